@@ -1,0 +1,260 @@
+//! Experiment configs in RON: reading, with errors that name file:line:col and the fix.
+
+mod kv;
+mod routing;
+mod train;
+
+use std::path::Path;
+
+use ron::extensions::Extensions;
+use ron::Options;
+use serde::de::DeserializeOwned;
+
+pub use kv::{KvEvalConfig, KvModelConfig, KvTask};
+pub use routing::{route_params, ParamSelector, RoutedParam};
+pub use train::{DataConfig, EvalConfig, ModelConfig, ParamGroupConfig, TrainConfig};
+
+use crate::error::{ConfigError, Location};
+use crate::registry::{self, Family};
+use crate::suggest::closest;
+
+/// A config file that checks itself after parsing (values in range, plugins valid for their budgets).
+pub trait Validate {
+    /// The first problem found; its `near` text lets the error point at the offending line.
+    fn validate(&self) -> Result<(), Invalid>;
+}
+
+/// A problem found after parsing: what, where (a plugin's name, or a field), and the fix.
+#[derive(Debug)]
+pub struct Invalid {
+    /// Text to look for in the file to find the line: a plugin name or a field name.
+    pub near: Option<String>,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Invalid {
+    pub fn new(message: impl Into<String>) -> Self {
+        Invalid {
+            near: None,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn near(mut self, text: impl Into<String>) -> Self {
+        self.near = Some(text.into());
+        self
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        location: None,
+        message: format!("cannot read the config: {e}"),
+        help: Some("check the path; the experiments/ folder has examples".into()),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `file` is used in messages.
+pub fn parse<T: DeserializeOwned + Validate>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    let value: T = parse_ron(text, file)?;
+    value.validate().map_err(|invalid| ConfigError {
+        file: file.to_path_buf(),
+        location: invalid
+            .near
+            .as_deref()
+            .and_then(|needle| locate(text, needle)),
+        message: invalid.message,
+        help: invalid.help,
+    })?;
+    Ok(value)
+}
+
+/// Parses RON with spectra's options (`Some` may be omitted), mapping errors to file:line:col with help.
+pub fn parse_ron<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    let options = Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
+    options.from_str(text).map_err(|e| {
+        let location = Location {
+            line: e.span.start.line,
+            col: e.span.start.col,
+        };
+        let before = text_before(text, location);
+        let (message, help) = describe(&e.code, before);
+        ConfigError {
+            file: file.to_path_buf(),
+            location: Some(location),
+            message,
+            help,
+        }
+    })
+}
+
+/// The error's message, and help naming the valid choices and the likeliest intended one.
+/// `before` is the config text up to the error, to tell a plugin's `type:` from other enums.
+fn describe(code: &ron::Error, before: &str) -> (String, Option<String>) {
+    use ron::Error as E;
+    match code {
+        E::NoSuchEnumVariant {
+            expected, found, ..
+        } if names_a_plugin(before) => describe_unknown_plugin(expected, found, before),
+        E::NoSuchEnumVariant {
+            expected, found, ..
+        } => {
+            let mut help = format!("valid variants: {}", expected.join(", "));
+            if let Some(best) = closest(found, expected.iter().copied()) {
+                help = format!("did you mean `{best}`? {help}");
+            }
+            (format!("unknown variant `{found}`"), Some(help))
+        }
+        E::NoSuchStructField {
+            expected,
+            found,
+            outer,
+        } => {
+            let owner = outer
+                .as_deref()
+                .map(|o| format!(" in `{o}`"))
+                .unwrap_or_default();
+            let mut help = format!("valid fields: {}", expected.join(", "));
+            if let Some(best) = closest(found, expected.iter().copied()) {
+                help = format!("did you mean `{best}`? {help}");
+            }
+            (format!("unknown field `{found}`{owner}"), Some(help))
+        }
+        E::MissingStructField { field, outer } => {
+            let owner = outer
+                .as_deref()
+                .map(|o| format!(" in `{o}`"))
+                .unwrap_or_default();
+            (
+                format!("missing field `{field}`{owner}"),
+                Some(format!("add `{field}: ...`")),
+            )
+        }
+        E::InvalidValueForType { expected, found } => {
+            (format!("expected {expected}, found {found}"), None)
+        }
+        other => (other.to_string(), None),
+    }
+}
+
+/// A plugin entry reads `(type: "Name", cfg: ...)`: the error sits just after `type:`.
+fn names_a_plugin(before: &str) -> bool {
+    before.trim_end_matches('"').trim_end().ends_with("type:")
+}
+
+/// typetag does not say which trait it was deserializing, so the family comes from the names it
+/// expected, else from the field holding the entry (`optimizer:`, `constraints:`, `policies:`).
+fn describe_unknown_plugin(
+    expected: &[&str],
+    found: &str,
+    before: &str,
+) -> (String, Option<String>) {
+    let family = Family::ALL
+        .into_iter()
+        .find(|f| {
+            expected
+                .first()
+                .is_some_and(|e| registry::names(*f).contains(e))
+        })
+        .or_else(|| family_from_context(before));
+    let families: Vec<Family> = family.map_or(Family::ALL.to_vec(), |f| vec![f]);
+    let valid: Vec<&str> = families.iter().flat_map(|f| registry::names(*f)).collect();
+    let what = family.map_or("plugin".to_string(), |f| f.trait_name().to_string());
+    let mut help = String::new();
+    if let Some(best) = closest(found, valid.iter().copied()) {
+        help.push_str(&format!("did you mean `{best}`? "));
+    }
+    let lists: Vec<String> = families
+        .iter()
+        .map(|f| format!("{}: {}", f.trait_name(), registry::names(*f).join(", ")))
+        .collect();
+    help.push_str(&format!(
+        "valid names ({}); `spectra list` shows each with its default config",
+        lists.join("; ")
+    ));
+    (format!("unknown {what} `{found}`"), Some(help))
+}
+
+fn family_from_context(before: &str) -> Option<Family> {
+    [
+        ("optimizer:", Family::Optimizer),
+        ("constraints:", Family::WeightConstraint),
+        ("policies:", Family::KvEvictionPolicy),
+        ("policy:", Family::KvEvictionPolicy),
+    ]
+    .into_iter()
+    .filter_map(|(key, family)| before.rfind(key).map(|at| (at, family)))
+    .max_by_key(|(at, _)| *at)
+    .map(|(_, family)| family)
+}
+
+/// The text from the start up to a 1-based line:col.
+fn text_before(text: &str, at: Location) -> &str {
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(at.line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let line = &text[line_start..];
+    let col_bytes: usize = line
+        .chars()
+        .take(at.col.saturating_sub(1))
+        .map(char::len_utf8)
+        .sum();
+    &text[..(line_start + col_bytes).min(text.len())]
+}
+
+/// The 1-based line:col of the first occurrence of `needle` (a plugin name is looked up as `"Name"`).
+fn locate(text: &str, needle: &str) -> Option<Location> {
+    let quoted = format!("\"{needle}\"");
+    let offset = text.find(&quoted).or_else(|| text.find(needle))?;
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    Some(Location { line, col })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_counts_lines_and_columns_from_one() {
+        let text = "(\n  a: 1,\n  type: \"Muon\",\n)";
+        assert_eq!(locate(text, "Muon"), Some(Location { line: 3, col: 9 }));
+        assert_eq!(locate(text, "a:"), Some(Location { line: 2, col: 3 }));
+        assert_eq!(locate(text, "zzz"), None);
+    }
+
+    #[test]
+    fn text_before_stops_at_the_position() {
+        let text = "(\n  a: 1,\n  type: \"Muon\",\n)";
+        let before = text_before(text, Location { line: 3, col: 10 });
+        assert_eq!(before, "(\n  a: 1,\n  type: \"");
+        assert!(names_a_plugin(before));
+        assert!(!names_a_plugin("model: "));
+    }
+
+    #[test]
+    fn plugin_family_comes_from_the_enclosing_field() {
+        assert_eq!(
+            family_from_context("groups: [(optimizer: (type: \""),
+            Some(Family::Optimizer)
+        );
+        assert_eq!(
+            family_from_context("(optimizer: (type: \"Sgd\"), constraints: [(type: \""),
+            Some(Family::WeightConstraint)
+        );
+        assert_eq!(family_from_context("(type: \""), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! Parameter-group routing: which parameters a group's optimizer and constraints apply to.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Invalid, ParamGroupConfig};
+use crate::param::ParamRole;
+
+/// Picks parameters for a group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ParamSelector {
+    /// Every parameter.
+    All,
+    /// Parameters of one role.
+    Role(ParamRole),
+    /// Parameters whose name matches a glob (`*` matches any run of characters), e.g. `"blocks.*.attn.q"`.
+    Name(String),
+}
+
+impl ParamSelector {
+    pub fn matches(&self, name: &str, role: ParamRole) -> bool {
+        match self {
+            ParamSelector::All => true,
+            ParamSelector::Role(r) => *r == role,
+            ParamSelector::Name(pattern) => glob_match(pattern, name),
+        }
+    }
+}
+
+impl std::fmt::Display for ParamSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParamSelector::All => write!(f, "All"),
+            ParamSelector::Role(r) => write!(f, "Role({r})"),
+            ParamSelector::Name(p) => write!(f, "Name({p:?})"),
+        }
+    }
+}
+
+/// `*` matches any (possibly empty) run of characters; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A parameter and the group it was routed to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutedParam {
+    pub name: String,
+    pub role: ParamRole,
+    pub group: usize,
+}
+
+/// Routes each parameter to the first group with a matching selector. Every parameter must land in a
+/// group, every group must receive a parameter, and no matrix constraint may land on a 1-D parameter.
+pub fn route_params(
+    params: &[(String, ParamRole)],
+    groups: &[ParamGroupConfig],
+) -> Result<Vec<RoutedParam>, Invalid> {
+    let all_names = || {
+        params
+            .iter()
+            .map(|(n, r)| format!("{n} ({r})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut routed = Vec::with_capacity(params.len());
+    for (name, role) in params {
+        let group = groups
+            .iter()
+            .position(|g| g.params.iter().any(|s| s.matches(name, *role)))
+            .ok_or_else(|| {
+                Invalid::new(format!("parameter `{name}` ({role}) matches no group"))
+                    .near("groups")
+                    .help("add a group for it, e.g. `params: [Role(Hidden)]`, or a catch-all `params: [All]` last")
+            })?;
+        if let Some(c) = groups[group].constraints.iter().find(|c| !c.accepts(*role)) {
+            let cname = c.typetag_name();
+            return Err(Invalid::new(format!(
+                "group `{}` applies {cname} to `{name}`, a {role} parameter it cannot constrain",
+                groups[group].name
+            ))
+            .near(cname)
+            .help(
+                "route that parameter to a group without the constraint (groups match in order)",
+            ));
+        }
+        routed.push(RoutedParam {
+            name: name.clone(),
+            role: *role,
+            group,
+        });
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if !routed.iter().any(|r| r.group == i) {
+            return Err(
+                Invalid::new(format!("group `{}` matches no parameter", g.name))
+                    .near(g.name.clone())
+                    .help(format!("the model's parameters are: {}", all_names())),
+            );
+        }
+    }
+    Ok(routed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_shells() {
+        assert!(glob_match("blocks.*.attn.q", "blocks.2.attn.q"));
+        assert!(!glob_match("blocks.*.attn.q", "blocks.2.attn.k"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*b*c", "aXbYc"));
+        assert!(!glob_match("a*b*c", "acb"));
+        assert!(glob_match("embed", "embed"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+}

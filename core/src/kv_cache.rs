@@ -1,0 +1,619 @@
+//! The compacting KV cache.
+//!
+//! Per layer and KV head it stores a variable number of entries: the key as stored (after RoPE), the
+//! value, the entry's original absolute position and, when asked for, the attention the entry has
+//! received so far (H2O's state). Keys and values live in preallocated tensors on the model's device
+//! that grow by doubling, so appending a token costs amortised O(1) copies; reading back returns a
+//! contiguous view of the filled rows. Compaction gathers the kept rows into tensors of exactly the kept
+//! length and drops the old ones, so evicted entries really give their memory back (unlike masking
+//! schemes, which save nothing).
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::kv_policy::{KeepPlan, KvHeadView, KvLayerView};
+use crate::{Error, Result};
+
+/// Rows allocated the first time a head receives entries; small enough not to matter, large enough that
+/// the first decode steps do not reallocate every token.
+const MIN_CAPACITY: usize = 16;
+
+/// The shape of a model's cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheShape {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Query heads per KV head.
+    pub group_size: usize,
+}
+
+/// One (layer, KV head): the storage and the views of its filled rows.
+#[derive(Debug)]
+struct HeadCache {
+    /// `[capacity, head_dim]`; rows `[0, len)` hold entries.
+    key_store: Tensor,
+    value_store: Tensor,
+    /// `key_store.narrow(0, 0, len)`, kept so that views can be lent without allocating.
+    keys: Tensor,
+    values: Tensor,
+    positions: Vec<u64>,
+    attention: Option<Vec<f32>>,
+}
+
+impl HeadCache {
+    fn empty(
+        head_dim: usize,
+        dtype: DType,
+        device: &Device,
+        tracks_attention: bool,
+    ) -> Result<Self> {
+        let store = Tensor::zeros((0, head_dim), dtype, device)?;
+        Ok(HeadCache {
+            key_store: store.clone(),
+            value_store: store.clone(),
+            keys: store.clone(),
+            values: store,
+            positions: Vec::new(),
+            attention: tracks_attention.then(Vec::new),
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.key_store.dim(0).unwrap_or(0)
+    }
+
+    fn refresh_views(&mut self) -> Result<()> {
+        let len = self.len();
+        self.keys = self.key_store.narrow(0, 0, len)?;
+        self.values = self.value_store.narrow(0, 0, len)?;
+        Ok(())
+    }
+
+    /// Makes room for `extra` more rows, doubling the capacity when it runs out.
+    fn reserve(&mut self, extra: usize) -> Result<()> {
+        let needed = self.len() + extra;
+        if needed <= self.capacity() {
+            return Ok(());
+        }
+        let capacity = needed.max(2 * self.capacity()).max(MIN_CAPACITY);
+        let grow = |store: &Tensor, filled: &Tensor| -> Result<Tensor> {
+            let bigger = Tensor::zeros((capacity, store.dim(1)?), store.dtype(), store.device())?;
+            if filled.dim(0)? > 0 {
+                bigger.slice_set(filled, 0, 0)?;
+            }
+            Ok(bigger)
+        };
+        self.key_store = grow(&self.key_store, &self.keys)?;
+        self.value_store = grow(&self.value_store, &self.values)?;
+        self.refresh_views()
+    }
+
+    fn append(&mut self, keys: &Tensor, values: &Tensor, positions: &[u64]) -> Result<()> {
+        self.reserve(positions.len())?;
+        let at = self.len();
+        self.key_store.slice_set(keys, 0, at)?;
+        self.value_store.slice_set(values, 0, at)?;
+        self.positions.extend_from_slice(positions);
+        if let Some(acc) = &mut self.attention {
+            acc.resize(self.positions.len(), 0.0);
+        }
+        self.refresh_views()
+    }
+
+    /// Replaces the storage by the kept rows only, in tensors of exactly that length.
+    fn compact(&mut self, keep: &[u32]) -> Result<()> {
+        if keep.len() == self.len() && self.capacity() == self.len() {
+            return Ok(());
+        }
+        let (keys, values) = if keep.is_empty() {
+            let empty = Tensor::zeros(
+                (0, self.key_store.dim(1)?),
+                self.key_store.dtype(),
+                self.key_store.device(),
+            )?;
+            (empty.clone(), empty)
+        } else {
+            let index = Tensor::from_slice(keep, keep.len(), self.key_store.device())?;
+            (
+                self.keys.index_select(&index, 0)?,
+                self.values.index_select(&index, 0)?,
+            )
+        };
+        self.key_store = keys;
+        self.value_store = values;
+        self.positions = keep.iter().map(|&i| self.positions[i as usize]).collect();
+        self.positions.shrink_to_fit();
+        if let Some(acc) = &mut self.attention {
+            let mut kept: Vec<f32> = keep.iter().map(|&i| acc[i as usize]).collect();
+            kept.shrink_to_fit();
+            *acc = kept;
+        }
+        self.refresh_views()
+    }
+}
+
+/// A KV cache whose heads hold independent numbers of entries and that frees evicted entries' memory.
+#[derive(Debug)]
+pub struct KvCache {
+    shape: KvCacheShape,
+    dtype: DType,
+    device: Device,
+    layers: Vec<Vec<HeadCache>>,
+}
+
+impl KvCache {
+    /// An empty cache. With `tracks_attention` every entry also accumulates the attention it receives
+    /// (see [`add_attention`](Self::add_attention)), for policies such as H2O.
+    pub fn new(
+        shape: KvCacheShape,
+        dtype: DType,
+        device: &Device,
+        tracks_attention: bool,
+    ) -> Result<Self> {
+        if shape.kv_heads == 0 || shape.head_dim == 0 || shape.group_size == 0 {
+            return Err(Error::invalid(
+                "KvCacheShape",
+                format!("{shape:?}: kv_heads, head_dim and group_size must be at least 1"),
+            ));
+        }
+        let layers = (0..shape.layers)
+            .map(|_| {
+                (0..shape.kv_heads)
+                    .map(|_| HeadCache::empty(shape.head_dim, dtype, device, tracks_attention))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            shape,
+            dtype,
+            device: device.clone(),
+            layers,
+        })
+    }
+
+    pub fn shape(&self) -> KvCacheShape {
+        self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn tracks_attention(&self) -> bool {
+        self.layers
+            .first()
+            .and_then(|l| l.first())
+            .is_some_and(|h| h.attention.is_some())
+    }
+
+    /// Appends `m` new entries to every KV head of `layer`: `keys` and `values` are `[kv_heads, m,
+    /// head_dim]` (keys after RoPE), `positions` their `m` absolute positions, increasing and after every
+    /// position already cached. Keys and values are converted to the cache's dtype.
+    pub fn append(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+        positions: &[u64],
+    ) -> Result<()> {
+        let m = positions.len();
+        let want = [self.shape.kv_heads, m, self.shape.head_dim];
+        for (name, t) in [("keys", keys), ("values", values)] {
+            if t.dims() != want {
+                return Err(Error::invalid(
+                    format!("KvCache::append {name}"),
+                    format!(
+                        "shape {:?} should be [kv_heads, new tokens, head_dim] = {want:?}",
+                        t.dims()
+                    ),
+                ));
+            }
+            if !t.device().same_device(&self.device) {
+                return Err(Error::invalid(
+                    format!("KvCache::append {name}"),
+                    format!(
+                        "tensor is on {:?} but the cache is on {:?}",
+                        t.device(),
+                        self.device
+                    ),
+                ));
+            }
+        }
+        if positions.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::invalid(
+                "KvCache::append positions",
+                "positions must be strictly increasing",
+            ));
+        }
+        let heads = self.layer_mut(layer)?;
+        if let (Some(&first), Some(last)) = (
+            positions.first(),
+            heads.iter().filter_map(|h| h.positions.last()).max(),
+        ) {
+            if first <= *last {
+                return Err(Error::invalid(
+                    "KvCache::append positions",
+                    format!("new position {first} is not after the last cached position {last}"),
+                ));
+            }
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        let dtype = self.dtype;
+        let keys = keys.to_dtype(dtype)?.contiguous()?;
+        let values = values.to_dtype(dtype)?.contiguous()?;
+        for (h, head) in self.layer_mut(layer)?.iter_mut().enumerate() {
+            head.append(&keys.get(h)?, &values.get(h)?, positions)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the attention each entry of (`layer`, `kv_head`) received in the last forward pass, summed
+    /// over the new queries and the GQA group: one number per cached entry.
+    pub fn add_attention(&mut self, layer: usize, kv_head: usize, received: &[f32]) -> Result<()> {
+        let head = self.head_mut(layer, kv_head)?;
+        let n = head.len();
+        let Some(acc) = &mut head.attention else {
+            return Err(Error::invalid(
+                "KvCache::add_attention",
+                "this cache does not track attention; create it with tracks_attention = true",
+            ));
+        };
+        if received.len() != n {
+            return Err(Error::invalid(
+                "KvCache::add_attention",
+                format!("{} values for a head holding {n} entries", received.len()),
+            ));
+        }
+        if let Some(bad) = received.iter().find(|a| !a.is_finite()) {
+            return Err(Error::NonFinite {
+                name: "received attention".into(),
+                what: format!("value {bad}"),
+            });
+        }
+        acc.iter_mut().zip(received).for_each(|(a, r)| *a += r);
+        Ok(())
+    }
+
+    /// Keeps, per KV head of `layer`, the entries the plan names (keys, values, positions and attention
+    /// gathered with the same indices) and releases everything else.
+    pub fn compact(&mut self, layer: usize, plan: &KeepPlan) -> Result<()> {
+        let lens = self.lens(layer)?;
+        plan.check(&lens)
+            .map_err(|m| Error::invalid("KvCache::compact plan", m))?;
+        for (head, keep) in self.layer_mut(layer)?.iter_mut().zip(&plan.per_head) {
+            head.compact(keep)?;
+        }
+        Ok(())
+    }
+
+    /// The policy's view of `layer`.
+    pub fn layer_view(&self, layer: usize) -> Result<KvLayerView<'_>> {
+        let heads = self
+            .layer(layer)?
+            .iter()
+            .map(|h| KvHeadView {
+                keys: &h.keys,
+                values: &h.values,
+                positions: &h.positions,
+                accumulated_attention: h.attention.as_deref(),
+            })
+            .collect();
+        Ok(KvLayerView {
+            layer,
+            heads,
+            group_size: self.shape.group_size,
+        })
+    }
+
+    /// `[len, head_dim]` keys of one head, contiguous.
+    pub fn keys(&self, layer: usize, kv_head: usize) -> Result<&Tensor> {
+        Ok(&self.head(layer, kv_head)?.keys)
+    }
+
+    /// `[len, head_dim]` values of one head, contiguous.
+    pub fn values(&self, layer: usize, kv_head: usize) -> Result<&Tensor> {
+        Ok(&self.head(layer, kv_head)?.values)
+    }
+
+    pub fn positions(&self, layer: usize, kv_head: usize) -> Result<&[u64]> {
+        Ok(&self.head(layer, kv_head)?.positions)
+    }
+
+    pub fn accumulated_attention(&self, layer: usize, kv_head: usize) -> Result<Option<&[f32]>> {
+        Ok(self.head(layer, kv_head)?.attention.as_deref())
+    }
+
+    /// Entries per KV head of `layer`.
+    pub fn lens(&self, layer: usize) -> Result<Vec<usize>> {
+        Ok(self.layer(layer)?.iter().map(HeadCache::len).collect())
+    }
+
+    /// Entries held in all layers and heads.
+    pub fn entries(&self) -> usize {
+        self.layers.iter().flatten().map(HeadCache::len).sum()
+    }
+
+    /// Bytes allocated for keys and values on the device: `capacity × 2 × head_dim × dtype size`, summed
+    /// over heads. Right after [`compact`](Self::compact) every capacity equals its length, so this is
+    /// `kept entries × 2 × head_dim × dtype size`.
+    pub fn bytes(&self) -> usize {
+        let row = 2 * self.shape.head_dim * self.dtype.size_in_bytes();
+        self.layers
+            .iter()
+            .flatten()
+            .map(|h| h.capacity() * row)
+            .sum()
+    }
+
+    /// Bytes allocated on the host for bookkeeping: 8 per position and 4 per accumulated attention value.
+    pub fn host_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|h| 8 * h.positions.capacity() + 4 * h.attention.as_ref().map_or(0, Vec::capacity))
+            .sum()
+    }
+
+    fn layer(&self, layer: usize) -> Result<&Vec<HeadCache>> {
+        let layers = self.layers.len();
+        self.layers.get(layer).ok_or_else(|| {
+            Error::invalid(
+                "KvCache layer",
+                format!("layer {layer} out of range ({layers} layers)"),
+            )
+        })
+    }
+
+    fn layer_mut(&mut self, layer: usize) -> Result<&mut Vec<HeadCache>> {
+        let layers = self.layers.len();
+        self.layers.get_mut(layer).ok_or_else(|| {
+            Error::invalid(
+                "KvCache layer",
+                format!("layer {layer} out of range ({layers} layers)"),
+            )
+        })
+    }
+
+    fn head(&self, layer: usize, kv_head: usize) -> Result<&HeadCache> {
+        let heads = self.shape.kv_heads;
+        self.layer(layer)?.get(kv_head).ok_or_else(|| {
+            Error::invalid(
+                "KvCache head",
+                format!("KV head {kv_head} out of range ({heads} heads)"),
+            )
+        })
+    }
+
+    fn head_mut(&mut self, layer: usize, kv_head: usize) -> Result<&mut HeadCache> {
+        let heads = self.shape.kv_heads;
+        self.layer_mut(layer)?.get_mut(kv_head).ok_or_else(|| {
+            Error::invalid(
+                "KvCache head",
+                format!("KV head {kv_head} out of range ({heads} heads)"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const D: usize = 4;
+    const HEADS: usize = 2;
+    const LAYERS: usize = 2;
+
+    /// The naive model: per (layer, head) a list of (key, value, position, attention).
+    type Entry = (Vec<f32>, Vec<f32>, u64, f32);
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append {
+            layer: usize,
+            m: usize,
+        },
+        Attend {
+            layer: usize,
+            head: usize,
+            seed: u32,
+        },
+        Compact {
+            layer: usize,
+            masks: Vec<Vec<bool>>,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..LAYERS, 0usize..40).prop_map(|(layer, m)| Op::Append { layer, m }),
+            (0..LAYERS, 0..HEADS, any::<u32>()).prop_map(|(layer, head, seed)| Op::Attend {
+                layer,
+                head,
+                seed
+            }),
+            (
+                0..LAYERS,
+                prop::collection::vec(prop::collection::vec(any::<bool>(), 200), HEADS)
+            )
+                .prop_map(|(layer, masks)| Op::Compact { layer, masks }),
+        ]
+    }
+
+    fn shape() -> KvCacheShape {
+        KvCacheShape {
+            layers: LAYERS,
+            kv_heads: HEADS,
+            head_dim: D,
+            group_size: 1,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn behaves_like_a_list_of_entries(ops in prop::collection::vec(op(), 1..30)) {
+            let mut cache = KvCache::new(shape(), DType::F32, &Device::Cpu, true).unwrap();
+            let mut model: Vec<Vec<Vec<Entry>>> = vec![vec![Vec::new(); HEADS]; LAYERS];
+            let mut next_pos = [0u64; LAYERS];
+            let mut counter = 0f32;
+            for op in ops {
+                match op {
+                    Op::Append { layer, m } => {
+                        let mut k: Vec<f32> = Vec::new();
+                        let mut v: Vec<f32> = Vec::new();
+                        for (h, entries) in model[layer].iter_mut().enumerate() {
+                            for i in 0..m {
+                                let key: Vec<f32> = (0..D).map(|c| counter + (h * 1000 + i * 10 + c) as f32).collect();
+                                let value: Vec<f32> = key.iter().map(|x| -x).collect();
+                                k.extend(&key);
+                                v.extend(&value);
+                                entries.push((key, value, next_pos[layer] + 3 * i as u64, 0.0));
+                            }
+                        }
+                        counter += 0.5;
+                        let positions: Vec<u64> = (0..m as u64).map(|i| next_pos[layer] + 3 * i).collect();
+                        next_pos[layer] += 3 * m as u64 + 1;
+                        let kt = Tensor::from_vec(k, (HEADS, m, D), &Device::Cpu).unwrap();
+                        let vt = Tensor::from_vec(v, (HEADS, m, D), &Device::Cpu).unwrap();
+                        cache.append(layer, &kt, &vt, &positions).unwrap();
+                    }
+                    Op::Attend { layer, head, seed } => {
+                        let n = model[layer][head].len();
+                        let received: Vec<f32> = (0..n).map(|i| ((seed as usize + i) % 7) as f32 * 0.25).collect();
+                        for (e, r) in model[layer][head].iter_mut().zip(&received) {
+                            e.3 += r;
+                        }
+                        cache.add_attention(layer, head, &received).unwrap();
+                    }
+                    Op::Compact { layer, masks } => {
+                        let per_head: Vec<Vec<u32>> = (0..HEADS)
+                            .map(|h| (0..model[layer][h].len() as u32).filter(|&i| masks[h][i as usize % 200]).collect())
+                            .collect();
+                        for (entries, keep) in model[layer].iter_mut().zip(&per_head) {
+                            *entries = keep.iter().map(|&i| entries[i as usize].clone()).collect();
+                        }
+                        let before_other: usize = (0..LAYERS).filter(|&l| l != layer).map(|l| {
+                            (0..HEADS).map(|h| cache.head(l, h).unwrap().capacity()).sum::<usize>()
+                        }).sum();
+                        cache.compact(layer, &KeepPlan { per_head }).unwrap();
+                        // The compacted layer holds exactly its kept rows; other layers are untouched.
+                        let kept_rows: usize = model[layer].iter().map(Vec::len).sum();
+                        let after_other: usize = (0..LAYERS).filter(|&l| l != layer).map(|l| {
+                            (0..HEADS).map(|h| cache.head(l, h).unwrap().capacity()).sum::<usize>()
+                        }).sum();
+                        let layer_rows: usize = (0..HEADS).map(|h| cache.head(layer, h).unwrap().capacity()).sum();
+                        prop_assert_eq!(layer_rows, kept_rows);
+                        prop_assert_eq!(before_other, after_other);
+                    }
+                }
+                for (l, layer_model) in model.iter().enumerate() {
+                    for (h, want) in layer_model.iter().enumerate() {
+                        let keys = cache.keys(l, h).unwrap();
+                        prop_assert!(keys.is_contiguous());
+                        let keys = keys.to_vec2::<f32>().unwrap();
+                        let values = cache.values(l, h).unwrap().to_vec2::<f32>().unwrap();
+                        prop_assert_eq!(keys.len(), want.len());
+                        for (i, e) in want.iter().enumerate() {
+                            prop_assert_eq!(&keys[i], &e.0);
+                            prop_assert_eq!(&values[i], &e.1);
+                        }
+                        let positions: Vec<u64> = want.iter().map(|e| e.2).collect();
+                        prop_assert_eq!(cache.positions(l, h).unwrap(), &positions[..]);
+                        let acc: Vec<f32> = want.iter().map(|e| e.3).collect();
+                        prop_assert_eq!(cache.accumulated_attention(l, h).unwrap().unwrap(), &acc[..]);
+                        let view = cache.layer_view(l).unwrap();
+                        prop_assert_eq!(view.heads[h].len(), want.len());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn compaction_frees_the_evicted_entries() {
+        let d = 8;
+        let shape = KvCacheShape {
+            layers: 1,
+            kv_heads: 3,
+            head_dim: d,
+            group_size: 2,
+        };
+        let mut cache = KvCache::new(shape, DType::F16, &Device::Cpu, false).unwrap();
+        for t in 0..100u64 {
+            let k = Tensor::ones((3, 1, d), DType::F32, &Device::Cpu).unwrap();
+            cache.append(0, &k, &k, &[t]).unwrap();
+        }
+        // Doubling from 16: 16 → 32 → 64 → 128 rows per head.
+        assert_eq!(cache.bytes(), 3 * 128 * 2 * d * 2);
+        let plan = KeepPlan {
+            per_head: vec![vec![0, 5, 99], (0..40).collect(), vec![]],
+        };
+        cache.compact(0, &plan).unwrap();
+        assert_eq!(cache.lens(0).unwrap(), vec![3, 40, 0]);
+        assert_eq!(cache.entries(), 43);
+        // Keys and values of the kept entries only, f16 = 2 bytes.
+        assert_eq!(cache.bytes(), 43 * 2 * d * 2);
+        assert_eq!(cache.host_bytes(), 43 * 8);
+        assert_eq!(cache.positions(0, 0).unwrap(), &[0, 5, 99]);
+        assert_eq!(cache.layer_view(0).unwrap().group_size, 2);
+        // Growing again after compaction appends after the kept rows.
+        let k = Tensor::full(2f32, (3, 1, d), &Device::Cpu).unwrap();
+        cache.append(0, &k, &k, &[100]).unwrap();
+        assert_eq!(cache.lens(0).unwrap(), vec![4, 41, 1]);
+        let last = cache
+            .keys(0, 0)
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(last, vec![2.0; d]);
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_a_reason() {
+        let mut cache = KvCache::new(shape(), DType::F32, &Device::Cpu, false).unwrap();
+        let k = Tensor::zeros((HEADS, 2, D), DType::F32, &Device::Cpu).unwrap();
+        cache.append(0, &k, &k, &[4, 5]).unwrap();
+        let err = cache.append(0, &k, &k, &[5, 6]).unwrap_err().to_string();
+        assert!(err.contains("not after the last cached position"), "{err}");
+        assert!(cache
+            .append(0, &k, &k, &[7, 7])
+            .unwrap_err()
+            .to_string()
+            .contains("strictly increasing"));
+        let wrong = Tensor::zeros((HEADS, 2, D + 1), DType::F32, &Device::Cpu).unwrap();
+        assert!(cache
+            .append(0, &wrong, &wrong, &[8, 9])
+            .unwrap_err()
+            .to_string()
+            .contains("head_dim"));
+        assert!(cache
+            .add_attention(0, 0, &[1.0, 1.0])
+            .unwrap_err()
+            .to_string()
+            .contains("does not track"));
+        let plan = KeepPlan {
+            per_head: vec![vec![0, 2], vec![]],
+        };
+        assert!(cache
+            .compact(0, &plan)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        assert!(cache.layer_view(LAYERS).is_err());
+    }
+}

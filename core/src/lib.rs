@@ -1,0 +1,39 @@
+//! The core of spectra: the three plugin traits, the plugin registry, the experiment config schema,
+//! errors, device selection, the compacting KV cache and (feature `conformance`) the conformance suites
+//! that every plugin, built-in or third-party, is held to.
+
+pub mod config;
+pub mod constraint;
+pub mod device;
+pub mod error;
+pub mod kv_cache;
+pub mod kv_policy;
+pub mod kv_stats;
+pub mod linalg;
+pub mod optimizer;
+pub mod param;
+pub mod registry;
+pub mod rng;
+pub mod rope;
+pub mod schedule;
+pub mod suggest;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use constraint::{ConstraintContext, ConstraintReport, ConstraintState, WeightConstraint};
+pub use device::DeviceSpec;
+pub use error::{ConfigError, Error, Result};
+pub use kv_policy::{
+    keep_top_k, Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvHeadView, KvLayerView,
+    KvPhase, KvSideInfo, KvStepContext, PolicyContract, SideInfoNeeds, TriggerSchedule,
+};
+pub use optimizer::{Optimizer, OptimizerStep};
+pub use param::{Param, ParamRole};
+pub use registry::{Family, PluginDescriptor};
+pub use rng::SpectraRng;
+pub use schedule::Schedule;
+
+// Re-exported so that `register_plugin!` works from third-party crates without extra dependencies.
+#[doc(hidden)]
+pub use inventory;

@@ -1,0 +1,88 @@
+//! `ValueNorm`: keeps the attention sinks and the entries whose values have the largest L2 norm.
+//! Entries with large values move the attention output most when they are attended to.
+
+use serde::{Deserialize, Serialize};
+use spectra_core::kv_policy::{GqaAggregation, TriggerSchedule};
+use spectra_core::{
+    Budget, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueNorm {
+    pub sinks: usize,
+}
+
+impl Default for ValueNorm {
+    fn default() -> Self {
+        ValueNorm { sinks: 4 }
+    }
+}
+
+#[typetag::serde]
+impl KvEvictionPolicy for ValueNorm {
+    fn contract(&self) -> PolicyContract {
+        PolicyContract {
+            sinks: self.sinks,
+            recent_window: 0,
+            protects_prompt: false,
+            fills_budget: true,
+            trigger: TriggerSchedule::PrefillOnly,
+            gqa: GqaAggregation::NotApplicable,
+            shares_across_layers: false,
+            top_k_by_score: true,
+        }
+    }
+
+    fn validate(&self, budget: &Budget) -> Result<(), String> {
+        budget.validate()?;
+        match budget.min_tokens() {
+            Some(b) if self.sinks >= b => Err(format!(
+                "{} sinks leave no room in a budget of {b}; use fewer sinks",
+                self.sinks
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn score(
+        &self,
+        layer: &KvLayerView<'_>,
+        _side: &KvSideInfo<'_>,
+        _ctx: &KvStepContext,
+    ) -> spectra_core::Result<Option<Vec<Vec<f32>>>> {
+        let scores = layer
+            .heads
+            .iter()
+            .map(|h| {
+                if h.is_empty() {
+                    return Ok(Vec::new());
+                }
+                h.values.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(scores))
+    }
+
+    fn select(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> spectra_core::Result<KeepPlan> {
+        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
+        let per_head = layer
+            .heads
+            .iter()
+            .zip(&scores)
+            .map(|(_, s)| spectra_core::kv_policy::keep_top_k(s, self.sinks, 0, ctx.budget))
+            .collect();
+        Ok(KeepPlan { per_head })
+    }
+}
+
+spectra_core::register_plugin!(
+    KvEvictionPolicy,
+    ValueNorm,
+    "Keeps the sinks and the entries with the largest value norm."
+);

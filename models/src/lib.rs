@@ -1,0 +1,72 @@
+//! spectra's models and data loaders: the Lipschitz paper's MLP and GPT (§4), the Lipschitz
+//! certificate (§5), character-level text and IDX image data.
+
+pub mod activations;
+pub mod certificate;
+pub mod data;
+pub mod init;
+pub mod lipschitz_gpt;
+pub mod lipschitz_mlp;
+pub mod llama;
+pub mod mass;
+pub mod rope;
+
+use candle_core::{Device, Tensor};
+use spectra_core::config::ModelConfig;
+use spectra_core::{Error, Param, Result, SpectraRng};
+
+pub use certificate::Certificate;
+pub use data::{Batch, Dataset, InputKind};
+pub use lipschitz_gpt::{GptShape, LipschitzGpt};
+pub use lipschitz_mlp::LipschitzMlp;
+
+/// A classifier the training runner can drive: parameters in, logits out, and a Lipschitz certificate.
+pub trait Model: Send {
+    /// Every trainable parameter, with its role and target norm, in a fixed order.
+    fn params(&self) -> &[Param];
+
+    /// Logits `[examples, classes]` for a batch's inputs; examples are images, or every position of
+    /// every window, in the order of the batch's targets.
+    fn logits(&self, inputs: &Tensor) -> Result<Tensor>;
+
+    /// The whole-network Lipschitz bound from exact per-matrix norms of the current weights.
+    fn certificate(&self) -> Result<Certificate>;
+}
+
+/// Builds the configured model for a dataset; its weights are drawn from `rng`.
+pub fn build(
+    config: &ModelConfig,
+    input: &InputKind,
+    device: &Device,
+    rng: &mut SpectraRng,
+) -> Result<Box<dyn Model>> {
+    match (config, input) {
+        (
+            ModelConfig::LipschitzGpt { d_model, blocks, heads, seq_len, mlp_ratio, blocks_mass, softmax_scale },
+            InputKind::Tokens { vocab },
+        ) => {
+            let shape = GptShape {
+                vocab: *vocab,
+                d_model: *d_model,
+                blocks: *blocks,
+                heads: *heads,
+                seq_len: *seq_len,
+                mlp_ratio: *mlp_ratio,
+                blocks_mass: *blocks_mass,
+                softmax_scale: *softmax_scale,
+            };
+            Ok(Box::new(LipschitzGpt::new(shape, device, rng)?))
+        }
+        (ModelConfig::LipschitzMlp { hidden, layers }, InputKind::Images { pixels, classes }) => {
+            Ok(Box::new(LipschitzMlp::new(*pixels, *hidden, *classes, *layers, device, rng)?))
+        }
+        (ModelConfig::LipschitzGpt { .. }, InputKind::Images { .. }) => Err(Error::invalid(
+            "model",
+            "LipschitzGpt reads token windows, but the data are images; use `data: Text(...)` or `model: LipschitzMlp(...)`",
+        )),
+        (ModelConfig::LipschitzMlp { .. }, InputKind::Tokens { .. }) => Err(Error::invalid(
+            "model",
+            "LipschitzMlp classifies images, but the data are text; use `data: Idx(...)` or `model: LipschitzGpt(...)`",
+        )),
+    }
+}

@@ -1,0 +1,326 @@
+//! The Lipschitz transformer (the paper's §4.2): no layer norm, no QK norm, no logit soft cap; residuals
+//! `(1 − a)·x + a·f(x)` with `a = 1/(2L)`; attention logits scaled by `softmax_scale/d_head`; attention
+//! output divided by 3; GELU (tanh form) divided by 1.1289; RoPE.
+//!
+//! Weights are `(fan_out, fan_in)` and act as `y = x Wᵀ`; the embedding is `(d_model, vocab)`, one
+//! column per token. Blocks are numbered in the order they run (`blocks.0` first); the paper's code
+//! numbers them the other way round (§8.1).
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
+
+use crate::activations::scaled_gelu;
+use crate::certificate::{self, Certificate};
+use crate::init;
+use crate::mass::Module;
+use crate::rope::Rope;
+use crate::Model;
+
+/// The transformer's sizes; the paper's Shakespeare model is vocab 65, d 256, 3 blocks, 4 heads, 256.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GptShape {
+    pub vocab: usize,
+    pub d_model: usize,
+    pub blocks: usize,
+    pub heads: usize,
+    pub seq_len: usize,
+    pub mlp_ratio: usize,
+    pub blocks_mass: f64,
+    pub softmax_scale: f64,
+}
+
+impl GptShape {
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.heads
+    }
+
+    /// The residual mixing weight `a = 1/(2L)`.
+    pub fn residual_weight(&self) -> f64 {
+        1.0 / (2.0 * self.blocks as f64)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid("model", m));
+        if self.vocab == 0
+            || self.d_model == 0
+            || self.blocks == 0
+            || self.heads == 0
+            || self.seq_len == 0
+        {
+            return bad(format!("every size must be ≥ 1, got {self:?}"));
+        }
+        if self.mlp_ratio == 0 {
+            return bad("mlp_ratio must be ≥ 1".into());
+        }
+        if self.d_model % self.heads != 0 || self.head_dim() % 2 != 0 {
+            return bad(format!(
+                "d_model {} must split into {} heads of even size (RoPE rotates pairs)",
+                self.d_model, self.heads
+            ));
+        }
+        if !(self.blocks_mass > 0.0 && self.blocks_mass.is_finite()) {
+            return bad(format!(
+                "blocks_mass must be positive, got {}",
+                self.blocks_mass
+            ));
+        }
+        if !(self.softmax_scale > 0.0 && self.softmax_scale.is_finite()) {
+            return bad(format!(
+                "softmax_scale must be positive, got {}",
+                self.softmax_scale
+            ));
+        }
+        Ok(())
+    }
+
+    /// The modular-mass tree (§3.2): embedding and head mass 1 each, the blocks `blocks_mass` in all.
+    pub fn mass_tree(&self) -> Module {
+        let a = self.residual_weight();
+        let atom = |name: String| Module::Atom(name);
+        let mut blocks = Vec::new();
+        for b in 0..self.blocks {
+            let p = |s: &str| format!("blocks.{b}.{s}");
+            // Scores depend on q and k (sensitivity 2·scale together), values on v (1).
+            let qkv = Module::Parallel {
+                children: vec![atom(p("attn.q")), atom(p("attn.k")), atom(p("attn.v"))],
+                sensitivity: 1.0 + 2.0 * self.softmax_scale,
+            };
+            let attention = Module::Sequence(vec![qkv, Module::Bond(1.0 / 3.0), atom(p("attn.o"))]);
+            let mlp = Module::Sequence(vec![
+                atom(p("mlp.in")),
+                Module::Bond(1.0),
+                atom(p("mlp.out")),
+            ]);
+            blocks.push(Module::residual(a, attention));
+            blocks.push(Module::residual(a, mlp));
+        }
+        Module::Sequence(vec![
+            Module::Tare(1.0, Box::new(atom("embed".into()))),
+            Module::Tare(self.blocks_mass, Box::new(Module::Sequence(blocks))),
+            Module::Tare(1.0, Box::new(atom("head".into()))),
+        ])
+    }
+}
+
+/// Parameter indices of one block.
+#[derive(Clone, Debug)]
+struct Block {
+    q: usize,
+    k: usize,
+    v: usize,
+    o: usize,
+    mlp_in: usize,
+    mlp_out: usize,
+}
+
+pub struct LipschitzGpt {
+    shape: GptShape,
+    params: Vec<Param>,
+    blocks: Vec<Block>,
+    rope: Rope,
+    /// `[seq, seq]`: 0 where a query may see a key, −∞ above the diagonal.
+    causal_mask: Tensor,
+}
+
+const EMBED: usize = 0;
+
+impl LipschitzGpt {
+    /// Orthogonal q, k, v and MLP-in; zero attention output, MLP-out and head; unit-RMS embedding columns.
+    pub fn new(shape: GptShape, device: &Device, rng: &mut SpectraRng) -> Result<Self> {
+        shape.validate()?;
+        let (d, hidden) = (shape.d_model, shape.d_model * shape.mlp_ratio);
+        let targets = shape.mass_tree().target_norms(1.0);
+        let target = |name: &str| {
+            targets
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| *t)
+                .unwrap_or(1.0)
+        };
+        let mut params = Vec::new();
+        let mut push = |name: String, w: Tensor, role: ParamRole| -> Result<usize> {
+            let t = target(&name);
+            params.push(Param::new(name, Var::from_tensor(&w)?, role).with_target_norm(t));
+            Ok(params.len() - 1)
+        };
+        let zeros = |r: usize, c: usize| Tensor::zeros((r, c), DType::F32, device);
+        push(
+            "embed".into(),
+            init::unit_rms_columns(d, shape.vocab, rng, device)?,
+            ParamRole::Embedding,
+        )?;
+        let mut blocks = Vec::new();
+        for b in 0..shape.blocks {
+            let name = |s: &str| format!("blocks.{b}.{s}");
+            blocks.push(Block {
+                q: push(
+                    name("attn.q"),
+                    init::orthogonal(d, d, rng, device)?,
+                    ParamRole::Hidden,
+                )?,
+                k: push(
+                    name("attn.k"),
+                    init::orthogonal(d, d, rng, device)?,
+                    ParamRole::Hidden,
+                )?,
+                v: push(
+                    name("attn.v"),
+                    init::orthogonal(d, d, rng, device)?,
+                    ParamRole::Hidden,
+                )?,
+                o: push(name("attn.o"), zeros(d, d)?, ParamRole::Hidden)?,
+                mlp_in: push(
+                    name("mlp.in"),
+                    init::orthogonal(hidden, d, rng, device)?,
+                    ParamRole::Hidden,
+                )?,
+                mlp_out: push(name("mlp.out"), zeros(d, hidden)?, ParamRole::Hidden)?,
+            });
+        }
+        push("head".into(), zeros(shape.vocab, d)?, ParamRole::Head)?;
+        let rope = Rope::new(shape.head_dim(), shape.seq_len, device)?;
+        let causal_mask = causal_mask(shape.seq_len, device)?;
+        Ok(LipschitzGpt {
+            shape,
+            params,
+            blocks,
+            rope,
+            causal_mask,
+        })
+    }
+
+    pub fn shape(&self) -> &GptShape {
+        &self.shape
+    }
+
+    fn w(&self, i: usize) -> &Tensor {
+        self.params[i].var.as_tensor()
+    }
+
+    /// The embedding output `[batch, seq, d_model]` for token ids `[batch, seq]`.
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let table = self.w(EMBED).t()?.contiguous()?;
+        let rows = table.index_select(&tokens.flatten_all()?, 0)?;
+        Ok(rows.reshape((b, t, self.shape.d_model))?)
+    }
+
+    /// Logits `[batch, seq, vocab]` from an embedding output `[batch, seq, d_model]`: the function the
+    /// certificate bounds after the embedding.
+    pub fn body(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = h.dims3()?;
+        if t > self.shape.seq_len {
+            return Err(Error::invalid(
+                "inputs",
+                format!(
+                    "windows of {t} tokens are longer than the model's seq_len {}",
+                    self.shape.seq_len
+                ),
+            ));
+        }
+        let a = self.shape.residual_weight();
+        let mut h = h.reshape((b * t, d))?;
+        for blk in &self.blocks {
+            let att = self.attention(&h, blk, b, t)?;
+            h = ((&h * (1.0 - a))? + (att * a)?)?;
+            let mlp = linear(
+                &scaled_gelu(&linear(&h, self.w(blk.mlp_in))?)?,
+                self.w(blk.mlp_out),
+            )?;
+            h = ((&h * (1.0 - a))? + (mlp * a)?)?;
+        }
+        let head = self.params.len() - 1;
+        Ok(linear(&h, self.w(head))?.reshape((b, t, self.shape.vocab))?)
+    }
+
+    fn attention(&self, h: &Tensor, blk: &Block, b: usize, t: usize) -> Result<Tensor> {
+        let (heads, dh) = (self.shape.heads, self.shape.head_dim());
+        let split = |w: usize| -> Result<Tensor> {
+            Ok(linear(h, self.w(w))?
+                .reshape((b, t, heads, dh))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = self.rope.apply(&split(blk.q)?)?;
+        let k = self.rope.apply(&split(blk.k)?)?;
+        let v = split(blk.v)?;
+        let scale = self.shape.softmax_scale / dh as f64;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let mask = self.causal_mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
+        let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
+        let mixed = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b * t, heads * dh))?;
+        Ok(linear(&(mixed / 3.0)?, self.w(blk.o))?)
+    }
+}
+
+/// `x Wᵀ` for `x: [n, fan_in]`, `W: [fan_out, fan_in]`.
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?)
+}
+
+/// Softmax over the last axis with a gradient (candle-nn's fused kernel has none); the row maximum is
+/// subtracted as a constant, which leaves the value and the gradient unchanged.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..seq * seq)
+        .map(|i| {
+            if i % seq > i / seq {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(m, (seq, seq), device)?)
+}
+
+impl Model for LipschitzGpt {
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    fn logits(&self, inputs: &Tensor) -> Result<Tensor> {
+        let logits = self.body(&self.embed(inputs)?)?;
+        Ok(logits.reshape(((), self.shape.vocab))?)
+    }
+
+    fn certificate(&self) -> Result<Certificate> {
+        let norm = |i: usize| -> Result<(String, f64)> {
+            Ok((
+                self.params[i].name.clone(),
+                certificate::rms_to_rms_norm(self.w(i))?,
+            ))
+        };
+        let mut layers = Vec::new();
+        for blk in &self.blocks {
+            layers.push(certificate::GptBlockNorms {
+                q: norm(blk.q)?,
+                k: norm(blk.k)?,
+                v: norm(blk.v)?,
+                o: norm(blk.o)?,
+                mlp_in: norm(blk.mlp_in)?,
+                mlp_out: norm(blk.mlp_out)?,
+            });
+        }
+        let embed = (
+            "embed".to_string(),
+            certificate::max_column_rms(self.w(EMBED))?,
+        );
+        let head = norm(self.params.len() - 1)?;
+        Ok(certificate::gpt(
+            embed,
+            &layers,
+            head,
+            self.shape.residual_weight(),
+            self.shape.softmax_scale,
+        ))
+    }
+}

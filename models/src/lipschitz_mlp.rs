@@ -1,0 +1,98 @@
+//! The ReLU MLP of the paper's §4.1: `layers` bias-free linear layers, ReLU between them, the input
+//! layer zero-initialised and the others orthogonal. Its Lipschitz bound (RMS norm in and out) is the
+//! product of the layers' RMS→RMS norms, since ReLU is 1-Lipschitz.
+
+use candle_core::{DType, Device, Tensor, Var};
+use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
+
+use crate::activations::relu_half_at_zero;
+use crate::certificate::{self, Certificate};
+use crate::init;
+use crate::mass::Module;
+use crate::Model;
+
+pub struct LipschitzMlp {
+    params: Vec<Param>,
+}
+
+impl LipschitzMlp {
+    /// Parameters `layers.0` (input, Hidden, zeros) … `layers.{n−1}` (output, Head).
+    pub fn new(
+        inputs: usize,
+        hidden: usize,
+        classes: usize,
+        layers: usize,
+        device: &Device,
+        rng: &mut SpectraRng,
+    ) -> Result<Self> {
+        if layers < 2 {
+            return Err(Error::invalid(
+                "model",
+                format!("LipschitzMlp needs layers ≥ 2 (input and output), got {layers}"),
+            ));
+        }
+        if inputs == 0 || hidden == 0 || classes == 0 {
+            return Err(Error::invalid("model", "LipschitzMlp sizes must be ≥ 1"));
+        }
+        let targets = mass_tree(layers).target_norms(1.0);
+        let mut params = Vec::with_capacity(layers);
+        for (i, (name, target)) in targets.into_iter().enumerate() {
+            let fan_in = if i == 0 { inputs } else { hidden };
+            let (fan_out, role) = if i + 1 == layers {
+                (classes, ParamRole::Head)
+            } else {
+                (hidden, ParamRole::Hidden)
+            };
+            let w = if i == 0 {
+                Tensor::zeros((fan_out, fan_in), DType::F32, device)?
+            } else {
+                init::orthogonal(fan_out, fan_in, rng, device)?
+            };
+            params.push(Param::new(name, Var::from_tensor(&w)?, role).with_target_norm(target));
+        }
+        Ok(LipschitzMlp { params })
+    }
+}
+
+/// Atoms in a chain with 1-Lipschitz ReLUs between them.
+fn mass_tree(layers: usize) -> Module {
+    let mut chain = Vec::new();
+    for i in 0..layers {
+        if i > 0 {
+            chain.push(Module::Bond(1.0));
+        }
+        chain.push(Module::Atom(format!("layers.{i}")));
+    }
+    Module::Sequence(chain)
+}
+
+impl Model for LipschitzMlp {
+    fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    fn logits(&self, inputs: &Tensor) -> Result<Tensor> {
+        let mut x = inputs.clone();
+        for (i, p) in self.params.iter().enumerate() {
+            if i > 0 {
+                x = relu_half_at_zero(&x)?;
+            }
+            x = x.matmul(&p.var.as_tensor().t()?)?;
+        }
+        Ok(x)
+    }
+
+    fn certificate(&self) -> Result<Certificate> {
+        let norms = self
+            .params
+            .iter()
+            .map(|p| {
+                Ok((
+                    p.name.clone(),
+                    certificate::rms_to_rms_norm(p.var.as_tensor())?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(certificate::chain(norms))
+    }
+}

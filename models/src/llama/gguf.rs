@@ -1,0 +1,215 @@
+//! Loading a Llama-family decoder from a GGUF file (llama.cpp's format).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::Device;
+use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
+use spectra_core::{Error, Result};
+
+use super::config::LlamaConfig;
+use super::weights::{LayerWeights, LlamaWeights, WeightFormat};
+
+/// An open GGUF file: its metadata and tensor index, read once.
+pub struct GgufFile {
+    path: PathBuf,
+    file: File,
+    pub content: Content,
+}
+
+impl GgufFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| {
+            Error::file(
+                path,
+                format!("cannot open the model: {e}; scripts/get-model.sh fetches SmolLM2-135M"),
+            )
+        })?;
+        let content = Content::read(&mut file).map_err(|e| {
+            Error::file(
+                path,
+                format!("not a readable GGUF file (corrupt or truncated?): {e}"),
+            )
+        })?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            file,
+            content,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self, key: &str) -> Result<&Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| Error::file(&self.path, format!("GGUF metadata `{key}` is missing")))
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.metadata(key)?;
+        v.to_u64()
+            .map(|x| x as usize)
+            .or_else(|_| v.to_u32().map(|x| x as usize))
+            .map_err(|e| Error::file(&self.path, format!("GGUF metadata `{key}`: {e}")))
+    }
+
+    fn f64(&self, key: &str) -> Result<f64> {
+        let v = self.metadata(key)?;
+        v.to_f32()
+            .map(f64::from)
+            .or_else(|_| v.to_f64())
+            .map_err(|e| Error::file(&self.path, format!("GGUF metadata `{key}`: {e}")))
+    }
+
+    pub fn tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        if !self.content.tensor_infos.contains_key(name) {
+            return Err(Error::file(
+                &self.path,
+                format!("tensor `{name}` is missing"),
+            ));
+        }
+        self.content
+            .tensor(&mut self.file, name, device)
+            .map_err(|e| {
+                Error::file(
+                    &self.path,
+                    format!("tensor `{name}` cannot be read (truncated file?): {e}"),
+                )
+            })
+    }
+
+    fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// The decoder's hyper-parameters. llama.cpp's converter permutes Q/K rows so that RoPE pairs adjacent
+    /// coordinates: GGUF llama weights use interleaved pairing.
+    pub fn config(&self) -> Result<LlamaConfig> {
+        let arch = self
+            .metadata("general.architecture")?
+            .to_string()
+            .map_err(|e| Error::file(&self.path, e.to_string()))?;
+        if arch != "llama" {
+            return Err(Error::file(
+                &self.path,
+                format!("architecture `{arch}` is not a Llama-family decoder"),
+            ));
+        }
+        let hidden = self.usize("llama.embedding_length")?;
+        let heads = self.usize("llama.attention.head_count")?;
+        let kv_heads = self.usize("llama.attention.head_count_kv").unwrap_or(heads);
+        let head_dim = self
+            .usize("llama.rope.dimension_count")
+            .unwrap_or(hidden / heads.max(1));
+        let base = self.f64("llama.rope.freq_base").unwrap_or(10000.0);
+        let scaling = self.rope_scaling()?;
+        let vocab = match self.metadata("tokenizer.ggml.tokens") {
+            Ok(Value::Array(tokens)) => tokens.len(),
+            _ => self.usize("llama.vocab_size")?,
+        };
+        let config = LlamaConfig {
+            vocab,
+            hidden,
+            layers: self.usize("llama.block_count")?,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn: self.usize("llama.feed_forward_length")?,
+            rms_eps: self.f64("llama.attention.layer_norm_rms_epsilon")?,
+            rope: RopeSpec::new(head_dim, base, RopePairing::Interleaved, scaling),
+            max_context: self.usize("llama.context_length").unwrap_or(2048),
+            tied_embeddings: !self.has_tensor("output.weight"),
+        };
+        config.check(&self.path)?;
+        Ok(config)
+    }
+
+    fn rope_scaling(&self) -> Result<RopeScaling> {
+        let Ok(kind) = self.metadata("llama.rope.scaling.type") else {
+            return Ok(RopeScaling::None);
+        };
+        let kind = kind
+            .to_string()
+            .map_err(|e| Error::file(&self.path, e.to_string()))?;
+        Ok(match kind.as_str() {
+            "none" => RopeScaling::None,
+            "linear" => RopeScaling::Linear {
+                factor: self.f64("llama.rope.scaling.factor")?,
+            },
+            "yarn" => RopeScaling::Yarn {
+                factor: self.f64("llama.rope.scaling.factor")?,
+                original_max_position: self.f64("llama.rope.scaling.original_context_length")?,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+            },
+            other => {
+                return Err(Error::file(
+                    &self.path,
+                    format!("RoPE scaling `{other}` is not supported (linear, yarn are)"),
+                ))
+            }
+        })
+    }
+
+    /// Reads every weight. Matrices stay quantized for candle's quantized matmul, or are expanded to f32.
+    pub fn weights(
+        &mut self,
+        config: &LlamaConfig,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<LlamaWeights> {
+        let embed_q = self.tensor("token_embd.weight", device)?;
+        let embed = embed_q.dequantize(device)?;
+        let mut layers = Vec::with_capacity(config.layers);
+        for l in 0..config.layers {
+            let mut matrix = |name: &str| -> Result<QMatMul> {
+                let t = self.tensor(&format!("blk.{l}.{name}.weight"), device)?;
+                format.matmul(t, device)
+            };
+            let (q, k, v, o) = (
+                matrix("attn_q")?,
+                matrix("attn_k")?,
+                matrix("attn_v")?,
+                matrix("attn_output")?,
+            );
+            let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            layers.push(LayerWeights {
+                attn_norm: self
+                    .tensor(&format!("blk.{l}.attn_norm.weight"), device)?
+                    .dequantize(device)?,
+                q,
+                k,
+                v,
+                o,
+                ffn_norm: self
+                    .tensor(&format!("blk.{l}.ffn_norm.weight"), device)?
+                    .dequantize(device)?,
+                gate,
+                up,
+                down,
+            });
+        }
+        let head = if config.tied_embeddings {
+            format.matmul(embed_q, device)?
+        } else {
+            format.matmul(self.tensor("output.weight", device)?, device)?
+        };
+        let norm = self
+            .tensor("output_norm.weight", device)?
+            .dequantize(device)?;
+        let weights = LlamaWeights {
+            embed,
+            layers,
+            norm,
+            head,
+        };
+        weights.check(config, &self.path)?;
+        Ok(weights)
+    }
+}

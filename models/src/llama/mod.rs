@@ -1,0 +1,233 @@
+//! A Llama-family decoder (RMSNorm, SwiGLU, grouped-query attention, RoPE) whose attention reads
+//! spectra's compacting KV cache: entries keep their original positions, per-head lengths may differ,
+//! and a chunk of new tokens only ever attends over `chunk × cache` scores, never `n × n`.
+
+mod config;
+mod gguf;
+mod hf;
+mod rotary;
+mod session;
+mod tokenizer;
+mod weights;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use spectra_core::kv_cache::{KvCache, KvCacheShape};
+use spectra_core::{Error, Result};
+
+pub use config::LlamaConfig;
+pub use gguf::GgufFile;
+pub use session::{Session, SessionStats};
+pub use tokenizer::TextTokenizer;
+pub use weights::{LlamaWeights, WeightFormat};
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    weights: LlamaWeights,
+    device: Device,
+}
+
+/// Which rows of logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (decoding).
+    Last,
+    /// Every token's (scoring a text).
+    All,
+}
+
+/// What the forward pass hands to KV policies and to calibration besides logits.
+#[derive(Default)]
+pub struct Taps<'a> {
+    /// Keep the post-RoPE queries of this many most recent positions per layer (`[heads, w, head_dim]`).
+    pub window: usize,
+    pub window_queries: Vec<Option<Tensor>>,
+    /// Called per layer with the queries exactly as fed to RoPE, `[heads, tokens, head_dim]`.
+    pub pre_rope_queries: Option<&'a mut dyn FnMut(usize, &Tensor) -> Result<()>>,
+}
+
+impl Llama {
+    /// Loads a GGUF file with its tokenizer.
+    pub fn from_gguf(
+        path: &Path,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<(Self, TextTokenizer)> {
+        let mut file = GgufFile::open(path)?;
+        let config = file.config()?;
+        let weights = file.weights(&config, device, format)?;
+        let tokenizer = TextTokenizer::from_gguf(&file)?;
+        Ok((
+            Llama {
+                config,
+                weights,
+                device: device.clone(),
+            },
+            tokenizer,
+        ))
+    }
+
+    /// Loads a Hugging Face folder (`config.json`, `*.safetensors`).
+    pub fn from_hf(dir: &Path, device: &Device) -> Result<Self> {
+        let (config, weights) = hf::load(dir, device)?;
+        Ok(Llama {
+            config,
+            weights,
+            device: device.clone(),
+        })
+    }
+
+    /// Loads a GGUF file, or a Hugging Face folder with its `tokenizer.json`.
+    pub fn load(path: &Path, device: &Device, format: WeightFormat) -> Result<(Self, TextTokenizer)> {
+        if path.is_dir() {
+            let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
+            Ok((Llama::from_hf(path, device)?, tokenizer))
+        } else {
+            Llama::from_gguf(path, device, format)
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache shaped for this model.
+    pub fn new_cache(&self, tracks_attention: bool) -> Result<KvCache> {
+        let shape = KvCacheShape {
+            layers: self.config.layers,
+            kv_heads: self.config.kv_heads,
+            head_dim: self.config.head_dim,
+            group_size: self.config.group_size(),
+        };
+        KvCache::new(shape, DType::F32, &self.device, tracks_attention)
+    }
+
+    /// Runs `tokens` at `positions` (increasing, after everything cached), appending their keys and
+    /// values to `cache`, and returns logits `[rows, vocab]`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        positions: &[u64],
+        cache: &mut KvCache,
+        taps: &mut Taps<'_>,
+        rows: Logits,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        if tokens.len() != positions.len() || tokens.is_empty() {
+            return Err(Error::invalid(
+                "forward",
+                format!("{} tokens for {} positions", tokens.len(), positions.len()),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::invalid(
+                "forward",
+                format!("token id {bad} is outside the vocabulary of {}", c.vocab),
+            ));
+        }
+        let t = tokens.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.weights.embed.index_select(&ids, 0)?;
+        if taps.window_queries.len() < c.layers {
+            taps.window_queries.resize(c.layers, None);
+        }
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &w.attn_norm, c.rms_eps as f32)?;
+            let heads = |m: &candle_core::quantized::QMatMul, n: usize| -> Result<Tensor> {
+                Ok(m.forward(&h)?
+                    .reshape((t, n, c.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()?)
+            };
+            let q = heads(&w.q, c.heads)?;
+            let k = heads(&w.k, c.kv_heads)?;
+            let v = heads(&w.v, c.kv_heads)?;
+            if let Some(hook) = taps.pre_rope_queries.as_mut() {
+                hook(l, &q)?;
+            }
+            let q = rotary::apply(&c.rope, &q, positions, &self.device)?;
+            let k = rotary::apply(&c.rope, &k, positions, &self.device)?;
+            cache.append(l, &k, &v, positions)?;
+            if taps.window > 0 {
+                taps.window_queries[l] =
+                    Some(recent(taps.window_queries[l].take(), &q, taps.window)?);
+            }
+            let attended = self.attend(l, &q, cache)?;
+            x = (x + w.o.forward(&attended)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps as f32)?;
+            let gated = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
+            x = (x + w.down.forward(&gated)?)?;
+        }
+        let x = match rows {
+            Logits::Last => x.narrow(0, t - 1, 1)?,
+            Logits::All => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.weights.norm, c.rms_eps as f32)?;
+        Ok(self.weights.head.forward(&x)?)
+    }
+
+    /// Attention of `q` (`[heads, t, head_dim]`, the newest `t` tokens) over each KV head's cache, whose
+    /// last `t` entries are those tokens. Returns `[t, heads·head_dim]`.
+    fn attend(&self, layer: usize, q: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let c = &self.config;
+        let (g, t, d) = (c.group_size(), q.dim(1)?, c.head_dim);
+        let scale = 1.0 / (d as f64).sqrt();
+        // Only the newest t entries can lie in a query's future: mask those with a causal triangle.
+        let causal = (t > 1).then(|| causal_mask(t, &self.device)).transpose()?;
+        let mut outputs = Vec::with_capacity(c.kv_heads);
+        for kv in 0..c.kv_heads {
+            let keys = cache.keys(layer, kv)?.clone();
+            let values = cache.values(layer, kv)?.clone();
+            let n = keys.dim(0)?;
+            let qg = q.narrow(0, kv * g, g)?.reshape((g * t, d))?;
+            let mut scores = (qg.matmul(&keys.t()?)? * scale)?;
+            if let Some(mask) = &causal {
+                let old = scores.narrow(1, 0, n - t)?;
+                let new = scores
+                    .narrow(1, n - t, t)?
+                    .reshape((g, t, t))?
+                    .broadcast_add(mask)?
+                    .reshape((g * t, t))?;
+                scores = Tensor::cat(&[old, new], 1)?;
+            }
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            if cache.tracks_attention() {
+                let received = probs.sum(0)?.to_vec1::<f32>()?;
+                cache.add_attention(layer, kv, &received)?;
+            }
+            outputs.push(probs.matmul(&values)?.reshape((g, t, d))?);
+        }
+        Ok(Tensor::cat(&outputs, 0)?
+            .transpose(0, 1)?
+            .reshape((t, c.heads * d))?)
+    }
+}
+
+/// `[t, t]`: 0 on and below the diagonal, −∞ above.
+fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(mask, (t, t), device)?)
+}
+
+/// The last `window` rows (along dim 1) of `previous` followed by `new`.
+fn recent(previous: Option<Tensor>, new: &Tensor, window: usize) -> Result<Tensor> {
+    let all = match previous {
+        Some(p) => Tensor::cat(&[&p, new], 1)?,
+        None => new.clone(),
+    };
+    let len = all.dim(1)?;
+    Ok(all
+        .narrow(1, len.saturating_sub(window), len.min(window))?
+        .contiguous()?)
+}
+
+/// Mean negative log-likelihood of `targets` under `logits` (`[rows, vocab]`), in nats, as f64.
+pub fn mean_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
+    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    let ids = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
+    let picked = log_probs.gather(&ids, 1)?.to_vec2::<f32>()?;
+    Ok(-picked.iter().map(|r| f64::from(r[0])).sum::<f64>() / targets.len().max(1) as f64)
+}

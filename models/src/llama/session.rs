@@ -1,0 +1,160 @@
+//! Decoding with a bounded KV cache: prefill in chunks, then token by token, compressing the cache when
+//! the policy's trigger says so.
+
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use spectra_core::kv_cache::KvCache;
+use spectra_core::{Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result};
+
+use super::{Llama, Logits, Taps};
+
+/// What compression cost and saved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SessionStats {
+    pub compressions: usize,
+    /// Time spent choosing and compacting (scoring, selection, gathering).
+    pub eviction_time: Duration,
+    /// The largest KV allocation seen, in bytes.
+    pub peak_kv_bytes: usize,
+}
+
+/// One sequence being decoded.
+pub struct Session<'m> {
+    model: &'m Llama,
+    cache: KvCache,
+    policy: Option<&'m dyn KvEvictionPolicy>,
+    budget: Budget,
+    seed: u64,
+    taps: Taps<'static>,
+    position: u64,
+    prompt_len: u64,
+    pub stats: SessionStats,
+}
+
+impl<'m> Session<'m> {
+    /// A session that evicts with `policy` at `budget`, or never (`None`).
+    pub fn new(
+        model: &'m Llama,
+        policy: Option<&'m dyn KvEvictionPolicy>,
+        budget: Budget,
+        seed: u64,
+    ) -> Result<Self> {
+        let needs = policy.map(|p| p.needs()).unwrap_or_default();
+        Ok(Session {
+            model,
+            cache: model.new_cache(needs.accumulated_attention)?,
+            policy,
+            budget,
+            seed,
+            taps: Taps {
+                window: needs.window_queries.unwrap_or(0),
+                ..Taps::default()
+            },
+            position: 0,
+            prompt_len: 0,
+            stats: SessionStats::default(),
+        })
+    }
+
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Absolute position of the next token.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Runs the prompt in chunks of `chunk` tokens (so attention scores are at most `chunk × n`), then
+    /// compresses. Returns the last token's logits, or every token's with `Logits::All`.
+    pub fn prefill(&mut self, tokens: &[u32], chunk: usize, rows: Logits) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(spectra_core::Error::invalid(
+                "prompt",
+                "is empty; give at least one token",
+            ));
+        }
+        let pieces: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
+        let last = pieces.len() - 1;
+        let mut outputs = Vec::new();
+        for (i, piece) in pieces.into_iter().enumerate() {
+            // With `Logits::Last` an earlier chunk computes one row, which is dropped.
+            let logits = self.run(piece, rows)?;
+            if rows == Logits::All || i == last {
+                outputs.push(logits);
+            }
+        }
+        self.prompt_len = self.position;
+        self.compress(KvPhase::Prefill)?;
+        Ok(Tensor::cat(&outputs, 0)?)
+    }
+
+    /// Feeds one token, then compresses if the policy's trigger fires. Returns its logits `[1, vocab]`.
+    pub fn step(&mut self, token: u32) -> Result<Tensor> {
+        let logits = self.run(&[token], Logits::Last)?;
+        self.compress(KvPhase::Decode)?;
+        Ok(logits)
+    }
+
+    fn run(&mut self, tokens: &[u32], rows: Logits) -> Result<Tensor> {
+        let positions: Vec<u64> = (self.position..self.position + tokens.len() as u64).collect();
+        let logits =
+            self.model
+                .forward(tokens, &positions, &mut self.cache, &mut self.taps, rows)?;
+        self.position += tokens.len() as u64;
+        self.stats.peak_kv_bytes = self.stats.peak_kv_bytes.max(self.cache.bytes());
+        Ok(logits)
+    }
+
+    fn compress(&mut self, phase: KvPhase) -> Result<()> {
+        let Some(policy) = self.policy else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let layers = self.model.config.layers;
+        let context_len = self.position as usize;
+        let contexts: Vec<KvStepContext> = (0..layers)
+            .map(|l| KvStepContext {
+                phase,
+                position: self.position,
+                prompt_len: self.prompt_len,
+                budget: self.budget.tokens(l, context_len),
+                seed: self.seed,
+            })
+            .collect();
+        let mut chosen = Vec::new();
+        for (l, ctx) in contexts.iter().enumerate() {
+            let longest = self.cache.lens(l)?.into_iter().max().unwrap_or(0);
+            if policy.should_compress(longest, ctx) {
+                chosen.push(l);
+            }
+        }
+        if chosen.is_empty() {
+            return Ok(());
+        }
+        if policy.contract().shares_across_layers {
+            chosen = (0..layers).collect();
+        }
+        let views = chosen
+            .iter()
+            .map(|&l| self.cache.layer_view(l))
+            .collect::<Result<Vec<_>>>()?;
+        let side: Vec<KvSideInfo<'_>> = chosen
+            .iter()
+            .map(|&l| KvSideInfo {
+                window_queries: self.taps.window_queries.get(l).and_then(Option::as_ref),
+                rope: Some(&self.model.config.rope),
+            })
+            .collect();
+        let ctx: Vec<KvStepContext> = chosen.iter().map(|&l| contexts[l]).collect();
+        let plans = policy.select_layers(&views, &side, &ctx)?;
+        drop(views);
+        for (&l, plan) in chosen.iter().zip(&plans) {
+            self.cache.compact(l, plan)?;
+        }
+        self.stats.compressions += 1;
+        self.stats.eviction_time += started.elapsed();
+        Ok(())
+    }
+}

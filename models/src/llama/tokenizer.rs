@@ -1,0 +1,119 @@
+//! The GPT-2-style byte-level BPE tokenizer stored in GGUF metadata (tokens and merges).
+
+use candle_core::quantized::gguf_file::Value;
+use spectra_core::{Error, Result};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::PreTokenizerWrapper;
+use tokenizers::Tokenizer;
+
+use super::gguf::GgufFile;
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+}
+
+fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
+    match file.metadata(key)? {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| {
+                v.to_string()
+                    .cloned()
+                    .map_err(|e| Error::file(file.path(), format!("`{key}`: {e}")))
+            })
+            .collect(),
+        _ => Err(Error::file(
+            file.path(),
+            format!("GGUF metadata `{key}` is not a list of strings"),
+        )),
+    }
+}
+
+impl TextTokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let model = file
+            .metadata("tokenizer.ggml.model")?
+            .to_string()
+            .map_err(|e| Error::file(file.path(), e.to_string()))?;
+        if model != "gpt2" {
+            return Err(Error::file(
+                file.path(),
+                format!("tokenizer `{model}` is not supported (GPT-2-style BPE is)"),
+            ));
+        }
+        let tokens = strings(file, "tokenizer.ggml.tokens")?;
+        let merges = strings(file, "tokenizer.ggml.merges")?
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::file(file.path(), format!("malformed BPE merge `{m}`")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| {
+                Error::file(file.path(), format!("cannot build the BPE tokenizer: {e}"))
+            })?;
+        let mut inner = Tokenizer::new(bpe);
+        // SmolLM's tokenizer splits numbers into single digits before the byte-level split.
+        let pre = file
+            .metadata("tokenizer.ggml.pre")
+            .ok()
+            .and_then(|v| v.to_string().ok().cloned());
+        let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+        if pre.as_deref() == Some("smollm") {
+            let digits = PreTokenizerWrapper::Digits(Digits::new(true));
+            inner.with_pre_tokenizer(Some(Sequence::new(vec![digits, byte_level])));
+        } else {
+            inner.with_pre_tokenizer(Some(byte_level));
+        }
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let id = |key: &str| file.metadata(key).ok().and_then(|v| v.to_u32().ok());
+        Ok(TextTokenizer {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id"),
+            eos: id("tokenizer.ggml.eos_token_id"),
+        })
+    }
+
+    /// A Hugging Face `tokenizer.json`; `bos`/`eos` are looked up by their usual names.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| Error::file(path, format!("not a readable tokenizer.json: {e}")))?;
+        let id = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
+        let bos = id(&["<|endoftext|>", "<s>", "<|begin_of_text|>"]);
+        let eos = id(&["<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>"]);
+        Ok(TextTokenizer { inner, bos, eos })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::invalid("text", format!("cannot tokenize: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| Error::invalid("token ids", format!("cannot decode: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,106 @@
+//! Rotary position embedding for the Lipschitz GPT.
+//!
+//! Standard "rotate half" RoPE: band f rotates the pair `(x[f], x[f + d/2])` by `pos·ω_f`, with
+//! `ω_f = 10000^(−2f/d)`. The paper's code (§4.2) swaps sin and cos, making each band a reflection
+//! `[[c, s], [s, −c]]` instead of a rotation; `qᵀk` still depends only on the relative position and
+//! the map is still orthogonal (sensitivity 1), so the Lipschitz bound is the same. Its checkpoints would
+//! need the literal form; training from scratch does not.
+
+use candle_core::{Device, Result, Tensor, D};
+use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
+
+/// Cached cos/sin tables, `[seq_len, head_dim/2]` each.
+#[derive(Clone, Debug)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, seq_len: usize, device: &Device) -> Result<Self> {
+        let spec = RopeSpec::new(head_dim, 10000.0, RopePairing::Half, RopeScaling::None);
+        let bands = spec.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq_len * bands);
+        let mut sin = Vec::with_capacity(seq_len * bands);
+        for pos in 0..seq_len {
+            for w in &spec.inv_freq {
+                let angle = pos as f64 * w;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (seq_len, bands), device)?,
+            sin: Tensor::from_vec(sin, (seq_len, bands), device)?,
+        })
+    }
+
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]`, positions 0..seq.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, seq, head_dim) = x.dims4()?;
+        let half = head_dim / 2;
+        let cos = self.cos.narrow(0, 0, seq)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, 0, seq)?.to_dtype(x.dtype())?;
+        let a = x.narrow(D::Minus1, 0, half)?;
+        let b = x.narrow(D::Minus1, half, half)?;
+        let first = (a.broadcast_mul(&cos)? - b.broadcast_mul(&sin)?)?;
+        let second = (a.broadcast_mul(&sin)? + b.broadcast_mul(&cos)?)?;
+        Tensor::cat(&[first, second], D::Minus1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotate(rope: &Rope, x: Vec<f32>, seq: usize, d: usize) -> Vec<f32> {
+        let t = Tensor::from_vec(x, (1, 1, seq, d), &Device::Cpu).unwrap();
+        rope.apply(&t)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn rotation_preserves_norms_and_matches_a_hand_computed_band() {
+        let (seq, d) = (5, 8);
+        let rope = Rope::new(d, seq, &Device::Cpu).unwrap();
+        let x: Vec<f32> = (0..seq * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let y = rotate(&rope, x.clone(), seq, d);
+        for p in 0..seq {
+            let n_in: f32 = x[p * d..(p + 1) * d].iter().map(|v| v * v).sum();
+            let n_out: f32 = y[p * d..(p + 1) * d].iter().map(|v| v * v).sum();
+            // f32 rounding of a sum of 8 squares of size ~3.
+            assert!((n_in - n_out).abs() < 1e-4, "position {p}");
+        }
+        // Position 3, band 1: ω = 10000^(−2/8) = 0.1, angle 0.3; pair (x[1], x[5]).
+        let (a, b) = (x[3 * d + 1] as f64, x[3 * d + 5] as f64);
+        let (c, s) = (0.3f64.cos(), 0.3f64.sin());
+        assert!((y[3 * d + 1] as f64 - (a * c - b * s)).abs() < 1e-6);
+        assert!((y[3 * d + 5] as f64 - (a * s + b * c)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dot_products_depend_only_on_relative_position() {
+        let (seq, d) = (6, 4);
+        let rope = Rope::new(d, seq, &Device::Cpu).unwrap();
+        let q = [0.3f32, -1.2, 0.7, 0.4];
+        let k = [1.1f32, 0.2, -0.5, 0.9];
+        let tile = |v: &[f32; 4]| {
+            (0..seq)
+                .flat_map(|_| v.iter().copied())
+                .collect::<Vec<f32>>()
+        };
+        let (rq, rk) = (
+            rotate(&rope, tile(&q), seq, d),
+            rotate(&rope, tile(&k), seq, d),
+        );
+        let dot = |i: usize, j: usize| (0..d).map(|c| rq[i * d + c] * rk[j * d + c]).sum::<f32>();
+        assert!((dot(3, 1) - dot(5, 3)).abs() < 1e-5);
+        assert!((dot(2, 2) - dot(0, 0)).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,174 @@
+//! `AdamW`: Adam with decoupled weight decay; a switch selects the Lipschitz paper's JAX variant (spec §3.3).
+
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use spectra_core::{Optimizer, OptimizerStep, Param, Result};
+
+use super::state::{zeros_like, Layout, OptimizerState, ParamState};
+use super::{apply_updates, decay_rate, nonnegative, positive};
+
+/// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², d = m̂/(√v̂ + eps), W ← W(1 − wd·lr_t·c) − lr_t·d, with
+/// m̂, v̂ bias-corrected by the parameter's own update count (c = 1).
+///
+/// `jax_variant` reproduces the paper's JAX Adam: no bias correction, eps = 1e-12, β₂ = 0.95, and the
+/// decay multiplied by the parameter's target norm (c = t). It fixes those three values, so
+/// `beta2`, `eps` and `bias_correction` must then stay at their defaults.
+///
+/// Every role is accepted, 1-D gains included. No update bound is reported (Adam's update has no
+/// fixed spectral norm), so `SpectralSoftCap` cannot follow it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdamW {
+    pub lr: f64,
+    #[serde(default = "beta1")]
+    pub beta1: f64,
+    #[serde(default = "beta2")]
+    pub beta2: f64,
+    #[serde(default = "eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "yes")]
+    pub bias_correction: bool,
+    #[serde(default)]
+    pub jax_variant: bool,
+    #[serde(skip)]
+    state: OptimizerState,
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn eps() -> f64 {
+    1e-8
+}
+fn yes() -> bool {
+    true
+}
+
+const LAYOUT: Layout = Layout {
+    count: "adam_steps",
+    tensors: &["adam_m", "adam_v"],
+};
+const JAX_BETA2: f64 = 0.95;
+const JAX_EPS: f64 = 1e-12;
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW::new(1e-3)
+    }
+}
+
+impl AdamW {
+    pub fn new(lr: f64) -> Self {
+        AdamW {
+            lr,
+            beta1: beta1(),
+            beta2: beta2(),
+            eps: eps(),
+            weight_decay: 0.0,
+            bias_correction: true,
+            jax_variant: false,
+            state: OptimizerState::default(),
+        }
+    }
+
+    /// The paper's JAX Adam (β = (0.9, 0.95), eps 1e-12, no bias correction, decay × target norm).
+    pub fn jax(lr: f64, weight_decay: f64) -> Self {
+        AdamW {
+            weight_decay,
+            jax_variant: true,
+            ..AdamW::new(lr)
+        }
+    }
+
+    /// (β₂, eps, bias correction) in effect.
+    fn effective(&self) -> (f64, f64, bool) {
+        if self.jax_variant {
+            (JAX_BETA2, JAX_EPS, false)
+        } else {
+            (self.beta2, self.eps, self.bias_correction)
+        }
+    }
+
+    fn update(&self, p: &Param, g: &Tensor, lr: f64) -> Result<(Tensor, ParamState)> {
+        let (beta2, eps, bias_correction) = self.effective();
+        let (count, m, v) = match self.state.get(&p.name) {
+            Some(s) => (s.count, s.tensors[0].clone(), s.tensors[1].clone()),
+            None => (0, zeros_like(p)?, zeros_like(p)?),
+        };
+        let count = count + 1;
+        let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
+        let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+        let (m_hat, v_hat) = if bias_correction {
+            let t = count as i32;
+            (
+                m.affine(1.0 / (1.0 - self.beta1.powi(t)), 0.0)?,
+                v.affine(1.0 / (1.0 - beta2.powi(t)), 0.0)?,
+            )
+        } else {
+            (m.clone(), v.clone())
+        };
+        let d = m_hat.div(&v_hat.sqrt()?.affine(1.0, eps)?)?;
+        let decay = self.weight_decay * lr * if self.jax_variant { p.target_norm } else { 1.0 };
+        let w = (p.var.as_tensor().affine(1.0 - decay, 0.0)? - d.affine(lr, 0.0)?)?;
+        Ok((
+            w,
+            ParamState {
+                count,
+                tensors: vec![m, v],
+            },
+        ))
+    }
+}
+
+#[typetag::serde]
+impl Optimizer for AdamW {
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("lr", self.lr)?;
+        decay_rate("beta1", self.beta1)?;
+        decay_rate("beta2", self.beta2)?;
+        positive("eps", self.eps)?;
+        nonnegative("weight_decay", self.weight_decay)?;
+        if self.jax_variant && (self.beta2 != beta2() || self.eps != eps() || !self.bias_correction)
+        {
+            return Err(format!(
+                "jax_variant fixes beta2 = {JAX_BETA2}, eps = {JAX_EPS} and no bias correction; remove beta2, eps \
+                 and bias_correction from the config, or turn jax_variant off"
+            ));
+        }
+        Ok(())
+    }
+
+    fn lr(&self, at: &OptimizerStep) -> f64 {
+        self.lr * at.lr_factor
+    }
+
+    fn step(&mut self, params: &[Param], grads: &GradStore, at: &OptimizerStep) -> Result<()> {
+        let lr = self.lr(at);
+        let updated = apply_updates(params, grads, |p, g| self.update(p, g, lr))?;
+        self.state.commit(updated);
+        Ok(())
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.state.export(&LAYOUT)
+    }
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>, params: &[Param]) -> Result<()> {
+        self.state = OptimizerState::import(state, params, &LAYOUT)?;
+        Ok(())
+    }
+}
+
+spectra_core::register_plugin!(
+    Optimizer,
+    AdamW,
+    "Adam with decoupled weight decay (jax_variant: the paper's JAX Adam)."
+);

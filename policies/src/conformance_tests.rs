@@ -1,0 +1,116 @@
+//! Every policy, in its default and its main alternative configurations, through the conformance suite.
+
+use rand::Rng;
+use spectra_core::conformance::{
+    check_kv_policy, check_kv_policy_with, KvModelShape, KvSuiteInputs,
+};
+use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
+use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
+
+use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};
+use crate::{Full, H2o, KNorm, Pooling, RKv, Random, SnapKv, StreamingLlm};
+
+#[test]
+fn full() {
+    check_kv_policy(&Full::default());
+}
+
+#[test]
+fn streaming_llm() {
+    check_kv_policy(&StreamingLlm::default());
+}
+
+#[test]
+fn h2o() {
+    check_kv_policy(&H2o::default());
+    check_kv_policy(&H2o { recent_window: 3 });
+}
+
+#[test]
+fn snap_kv() {
+    check_kv_policy(&SnapKv::default());
+    check_kv_policy(&SnapKv {
+        window: 4,
+        kernel: 1,
+        pooling: Pooling::Max,
+        gqa: GqaAggregation::Max,
+    });
+}
+
+#[test]
+fn r_kv() {
+    check_kv_policy(&RKv::default());
+}
+
+#[test]
+fn k_norm_and_random() {
+    check_kv_policy(&KNorm::default());
+    check_kv_policy(&KNorm {
+        trigger: TriggerSchedule::Slack { slack: 4 },
+    });
+    check_kv_policy(&Random::default());
+    check_kv_policy(&Random {
+        trigger: TriggerSchedule::Interval { every: 3 },
+    });
+}
+
+#[test]
+fn tri_attention_estimating_centres_from_the_window() {
+    check_kv_policy(&TriAttention::default());
+}
+
+/// Calibrated statistics of the suite's random model shape (random centres with m ≥ |q̄|).
+fn calibrated(config: TriAttention) -> impl Fn(&KvModelShape) -> Box<dyn KvEvictionPolicy> {
+    move |shape: &KvModelShape| {
+        let heads = shape.kv_heads * shape.group_size;
+        let n = shape.layers * heads * shape.head_dim / 2;
+        let mut rng = spectra_core::rng::derived_rng(
+            shape.head_dim as u64,
+            (shape.layers * 64 + heads) as u64,
+        );
+        let re: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let im: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let abs: Vec<f32> = re
+            .iter()
+            .zip(&im)
+            .map(|(a, b)| a.hypot(*b) + rng.random_range(0.0..0.5))
+            .collect();
+        let meta = QueryStatsMeta::for_rope(&shape.rope, shape.layers, heads);
+        Box::new(
+            config
+                .clone()
+                .with_stats(QueryBandStats::new(meta, re, im, abs).unwrap()),
+        )
+    }
+}
+
+#[test]
+fn tri_attention_calibrated_shared_across_layers() {
+    let make = calibrated(TriAttention::default());
+    check_kv_policy_with(
+        &TriAttention::default(),
+        &KvSuiteInputs {
+            policy_for: Some(&make),
+        },
+    );
+}
+
+#[test]
+fn tri_attention_calibrated_per_layer_with_window() {
+    let config = TriAttention {
+        mode: TriAttentionMode::PerLayer,
+        aggregation: OffsetAggregation::Max,
+        gqa: GqaAggregation::Mean,
+        protect_prompt: false,
+        recent_window: 5,
+        slack: 16,
+        ..TriAttention::default()
+    };
+    let make = calibrated(config.clone());
+    check_kv_policy_with(
+        &config,
+        &KvSuiteInputs {
+            policy_for: Some(&make),
+        },
+    );
+}

@@ -1,0 +1,127 @@
+//! `KNorm` (kvpress `KnormPress`): keeps the entries whose keys have the smallest L2 norm, score −‖k‖.
+
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+use spectra_core::{
+    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, TriggerSchedule,
+};
+
+use crate::selection::{plan_from_scores, validate_protected};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KNorm {
+    /// When to compress; kvpress applies it once after the prompt.
+    pub trigger: TriggerSchedule,
+}
+
+impl Default for KNorm {
+    fn default() -> Self {
+        KNorm {
+            trigger: TriggerSchedule::PrefillOnly,
+        }
+    }
+}
+
+#[typetag::serde]
+impl KvEvictionPolicy for KNorm {
+    fn contract(&self) -> PolicyContract {
+        PolicyContract {
+            sinks: 0,
+            recent_window: 0,
+            protects_prompt: false,
+            fills_budget: true,
+            trigger: self.trigger,
+            gqa: GqaAggregation::NotApplicable,
+            shares_across_layers: false,
+            top_k_by_score: true,
+        }
+    }
+
+    fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
+        validate_trigger(self.trigger)?;
+        validate_protected(budget, 0, 0)
+    }
+
+    fn score(
+        &self,
+        layer: &KvLayerView<'_>,
+        _side: &KvSideInfo<'_>,
+        _ctx: &KvStepContext,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        let scores = layer
+            .heads
+            .iter()
+            .map(|h| {
+                if h.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(h.keys
+                    .to_dtype(DType::F32)?
+                    .sqr()?
+                    .sum(1)?
+                    .sqrt()?
+                    .neg()?
+                    .to_vec1::<f32>()?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(scores))
+    }
+
+    fn select(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> Result<KeepPlan> {
+        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
+        Ok(plan_from_scores(&scores, 0, 0, ctx.budget))
+    }
+}
+
+/// A configurable trigger must be able to fire: an interval of 0 never matches a position.
+pub fn validate_trigger(trigger: TriggerSchedule) -> std::result::Result<(), String> {
+    match trigger {
+        TriggerSchedule::Interval { every: 0 } => {
+            Err("Interval { every: 0 } never fires; use every ≥ 1".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+spectra_core::register_plugin!(
+    KvEvictionPolicy,
+    KNorm,
+    "Keeps the entries with the smallest key norm (score −‖k‖)."
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ctx, Layer};
+
+    #[test]
+    fn keeps_the_smallest_keys() {
+        let layer = Layer::from_keys(
+            &[
+                vec![3.0, 4.0],
+                vec![0.0, 1.0],
+                vec![6.0, 8.0],
+                vec![1.0, 1.0],
+            ],
+            1,
+        );
+        let policy = KNorm::default();
+        let scores = policy
+            .score(&layer.view(), &KvSideInfo::default(), &ctx(2, 4))
+            .unwrap()
+            .unwrap();
+        assert_eq!(scores[0], vec![-5.0, -1.0, -10.0, -(2f32.sqrt())]);
+        let plan = policy
+            .select(&layer.view(), &KvSideInfo::default(), &ctx(2, 4))
+            .unwrap();
+        assert_eq!(plan.per_head[0], vec![1, 3]);
+        assert!(validate_trigger(TriggerSchedule::Interval { every: 0 }).is_err());
+    }
+}

@@ -1,0 +1,28 @@
+//! spectra's KV-cache eviction policies, each a registered `KvEvictionPolicy` (kv-eviction.md §1–2):
+//! `Full`, `StreamingLlm`, `H2o`, `SnapKv`, `RKv`, `KNorm`, `Random` and `TriAttention`.
+
+mod full;
+mod h2o;
+mod k_norm;
+mod r_kv;
+mod random;
+mod selection;
+mod snap_kv;
+mod streaming_llm;
+pub mod tri_attention;
+mod window_attention;
+
+#[cfg(test)]
+mod conformance_tests;
+#[cfg(test)]
+mod testing;
+
+pub use full::Full;
+pub use h2o::H2o;
+pub use k_norm::KNorm;
+pub use r_kv::RKv;
+pub use random::Random;
+pub use snap_kv::SnapKv;
+pub use streaming_llm::StreamingLlm;
+pub use tri_attention::{OffsetAggregation, StatsSource, TriAttention, TriAttentionMode};
+pub use window_attention::Pooling;

@@ -1,0 +1,125 @@
+//! `Random` (kvpress `RandomPress`): keeps a uniformly random subset, seeded by the generation's seed,
+//! the layer and the head, so that a run is reproducible.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use spectra_core::rng::derived_rng;
+use spectra_core::{
+    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, TriggerSchedule,
+};
+
+use crate::k_norm::validate_trigger;
+use crate::selection::{plan_from_scores, validate_protected};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Random {
+    /// When to compress; kvpress applies it once after the prompt.
+    pub trigger: TriggerSchedule,
+}
+
+impl Default for Random {
+    fn default() -> Self {
+        Random {
+            trigger: TriggerSchedule::PrefillOnly,
+        }
+    }
+}
+
+/// The RNG stream of one (layer, head), so that heads draw independent numbers.
+fn stream(layer: usize, head: usize) -> u64 {
+    ((layer as u64) << 32) | head as u64
+}
+
+#[typetag::serde]
+impl KvEvictionPolicy for Random {
+    fn contract(&self) -> PolicyContract {
+        PolicyContract {
+            sinks: 0,
+            recent_window: 0,
+            protects_prompt: false,
+            fills_budget: true,
+            trigger: self.trigger,
+            gqa: GqaAggregation::NotApplicable,
+            shares_across_layers: false,
+            top_k_by_score: true,
+        }
+    }
+
+    fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
+        validate_trigger(self.trigger)?;
+        validate_protected(budget, 0, 0)
+    }
+
+    /// Uniform numbers in [0, 1) from a generator seeded by (seed, step position, layer, head).
+    fn score(
+        &self,
+        layer: &KvLayerView<'_>,
+        _side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        let scores = layer
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(h, head)| {
+                let mut rng = derived_rng(
+                    ctx.seed ^ ctx.position.rotate_left(17),
+                    stream(layer.layer, h),
+                );
+                (0..head.len()).map(|_| rng.random::<f32>()).collect()
+            })
+            .collect();
+        Ok(Some(scores))
+    }
+
+    fn select(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> Result<KeepPlan> {
+        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
+        Ok(plan_from_scores(&scores, 0, 0, ctx.budget))
+    }
+}
+
+spectra_core::register_plugin!(
+    KvEvictionPolicy,
+    Random,
+    "Keeps a seeded uniformly random subset."
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ctx, Layer};
+
+    #[test]
+    fn is_seeded_and_differs_between_heads_and_seeds() {
+        let layer = Layer::random(200, 4, 2, 1, 0);
+        let policy = Random::default();
+        let a = policy
+            .select(&layer.view(), &KvSideInfo::default(), &ctx(20, 200))
+            .unwrap();
+        let b = policy
+            .select(&layer.view(), &KvSideInfo::default(), &ctx(20, 200))
+            .unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.per_head[0], a.per_head[1]);
+        let other_seed = KvStepContext {
+            seed: 7,
+            ..ctx(20, 200)
+        };
+        assert_ne!(
+            policy
+                .select(&layer.view(), &KvSideInfo::default(), &other_seed)
+                .unwrap(),
+            a
+        );
+        // Each entry is kept with probability 20/200; over 400 entries the mean index is near 99.5.
+        let mean: f64 = a.per_head.iter().flatten().map(|&i| i as f64).sum::<f64>() / 40.0;
+        assert!((mean - 99.5).abs() < 30.0, "{mean}");
+    }
+}

@@ -1,0 +1,62 @@
+//! What the score-based policies share: turning per-head scores into a keep plan, and the config checks
+//! for protected sets.
+
+use spectra_core::{keep_top_k, Budget, KeepPlan};
+
+/// Per KV head, the protected entries plus the best-scored rest (see [`keep_top_k`]).
+pub fn plan_from_scores(
+    scores: &[Vec<f32>],
+    sinks: usize,
+    window: usize,
+    budget: usize,
+) -> KeepPlan {
+    KeepPlan {
+        per_head: scores
+            .iter()
+            .map(|s| keep_top_k(s, sinks, window, budget))
+            .collect(),
+    }
+}
+
+/// The checks every policy with sinks and a recent window makes when its config is read: a budget that
+/// keeps something, a window smaller than the budget, and sinks plus window within it. Ratio budgets are
+/// only known at run time; there the selection keeps sinks first, then the newest entries.
+pub fn validate_protected(budget: &Budget, sinks: usize, window: usize) -> Result<(), String> {
+    budget.validate()?;
+    let Some(b) = budget.min_tokens() else {
+        return Ok(());
+    };
+    if window > 0 && window >= b {
+        return Err(format!(
+            "the recent window ({window}) is not smaller than the budget ({b}), so nothing is ever chosen; \
+             use a window below {b} or a larger budget"
+        ));
+    }
+    if sinks + window > b {
+        return Err(format!(
+            "{sinks} sinks + a window of {window} exceed the budget of {b}; lower them or raise the budget"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protected_sets_must_fit_the_budget() {
+        assert!(validate_protected(&Budget::Tokens(0), 0, 0)
+            .unwrap_err()
+            .contains("budget 0"));
+        assert!(validate_protected(&Budget::Tokens(8), 0, 8)
+            .unwrap_err()
+            .contains("not smaller"));
+        assert!(validate_protected(&Budget::Tokens(8), 4, 5)
+            .unwrap_err()
+            .contains("exceed"));
+        assert!(validate_protected(&Budget::Tokens(9), 4, 5).is_ok());
+        assert!(validate_protected(&Budget::PerLayer(vec![16, 6]), 0, 6).is_err());
+        assert!(validate_protected(&Budget::Ratio(0.1), 4, 500).is_ok());
+    }
+}

@@ -1,0 +1,100 @@
+//! `spectra generate --model M [--policy RON --budget N] "prompt"`: greedy decoding, streamed, with the
+//! cache's size and the decoding speed at the end.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use spectra_core::config::parse_ron;
+use spectra_core::{Budget, DeviceSpec, Error, KvEvictionPolicy};
+use spectra_models::llama::{Llama, Logits, Session, WeightFormat};
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A GGUF file or a Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// A KV eviction policy as RON, inline or a file, e.g. '(type: "StreamingLlm", cfg: (sinks: 4))'.
+    #[arg(long)]
+    policy: Option<String>,
+    /// KV entries kept per head (with --policy).
+    #[arg(long, default_value_t = 512)]
+    budget: usize,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Prompt tokens per prefill chunk.
+    #[arg(long, default_value_t = 256)]
+    chunk: usize,
+    /// Keep quantized weights quantized (less memory; slower on the CPU than the f32 default).
+    #[arg(long)]
+    keep_quantized: bool,
+    #[arg(long, default_value = "Auto")]
+    device: String,
+    prompt: String,
+}
+
+fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
+    let path = Path::new(text);
+    if path.is_file() {
+        let body = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
+        Ok(parse_ron(&body, path)?)
+    } else {
+        Ok(parse_ron(text, Path::new("--policy"))?)
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<(), Error> {
+    let device: DeviceSpec = parse_ron(&args.device, Path::new("--device"))?;
+    let device = device.resolve()?;
+    let format = if args.keep_quantized { WeightFormat::Quantized } else { WeightFormat::Dequantized };
+    let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
+    let policy = args.policy.as_deref().map(read_policy).transpose()?;
+    let budget = Budget::Tokens(args.budget);
+    if let Some(p) = &policy {
+        p.validate(&budget).map_err(|m| Error::invalid("--budget", m))?;
+    }
+    let prompt = tokenizer.encode(&args.prompt)?;
+    let mut session = Session::new(&model, policy.as_deref(), budget, 0)?;
+    let started = Instant::now();
+    let mut logits = session.prefill(&prompt, args.chunk, Logits::Last)?;
+    let prefill_time = started.elapsed();
+    print!("{}", args.prompt);
+    let decode_started = Instant::now();
+    let mut generated = 0;
+    for _ in 0..args.max_tokens {
+        let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
+        if Some(next) == tokenizer.eos {
+            break;
+        }
+        print!("{}", tokenizer.decode(&[next])?);
+        std::io::stdout().flush().ok();
+        generated += 1;
+        logits = session.step(next)?;
+    }
+    let decode_time = decode_started.elapsed();
+    println!();
+    let stats = &session.stats;
+    eprintln!(
+        "prompt {} tokens in {:.2}s; {} tokens at {:.1} tokens/s; KV cache {} now, {} at peak; \
+         {} compressions took {:.1}% of the time",
+        prompt.len(),
+        prefill_time.as_secs_f64(),
+        generated,
+        generated as f64 / decode_time.as_secs_f64().max(1e-9),
+        human_bytes(session.cache().bytes()),
+        human_bytes(stats.peak_kv_bytes),
+        stats.compressions,
+        100.0 * stats.eviction_time.as_secs_f64() / started.elapsed().as_secs_f64().max(1e-9),
+    );
+    Ok(())
+}
+
+fn human_bytes(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}

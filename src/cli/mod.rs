@@ -1,0 +1,65 @@
+//! Subcommands of `spectra`.
+
+mod check;
+mod generate;
+mod list;
+mod sweep;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "spectra",
+    version,
+    about = "Lipschitz-constrained training and bounded KV caches, as plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every registered plugin with its summary and default config.
+    List {
+        /// Only this family: constraint, optimizer or policy.
+        family: Option<String>,
+    },
+    /// Validate an experiment config (training or KV evaluation) and print what would run.
+    Check {
+        /// The RON file.
+        file: std::path::PathBuf,
+    },
+    /// Train a model (e.g. `spectra train experiments/quick.ron`); Ctrl-C stops with a checkpoint.
+    Train(train::TrainArgs),
+    /// Generate text with a Llama-family model, optionally with a bounded KV cache.
+    Generate(generate::GenerateArgs),
+    /// Run a grid of training runs and plot accuracy against the certified Lipschitz bound.
+    Sweep(sweep::SweepArgs),
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    // Two plugins with one name would otherwise surface only when a config names one of them.
+    if let Err(e) = spectra_core::registry::check_unique() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Command::List { family } => list::run(family.as_deref()),
+        Command::Check { file } => check::run(&file),
+        Command::Train(args) => train::run(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `spectra train CONFIG.ron`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use spectra::train::{train_file, Outcome, TrainOptions};
+use spectra_core::Error;
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// The training config (RON).
+    config: PathBuf,
+    /// Continue from the checkpoint in the output folder.
+    #[arg(long)]
+    resume: bool,
+    /// Write into this folder instead of the config's `output`.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Train for this many steps instead of the config's `steps` (the schedule spans them).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Stop with a checkpoint after this many steps (the schedule still spans all of them); continue
+    /// later with --resume.
+    #[arg(long)]
+    stop_at: Option<u64>,
+    /// No progress bar or evaluation lines; the final result is still printed.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C while the checkpoint is being written: the user insists.
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nspectra: stopping after this step and writing a checkpoint (Ctrl-C again to abort)"
+        );
+    })
+    .map_err(|e| Error::invalid("ctrl-c", format!("cannot install the handler: {e}")))?;
+    let options = TrainOptions {
+        resume: args.resume,
+        quiet: args.quiet,
+        output: args.output,
+        steps: args.steps,
+        stop: Some(stop),
+        stop_at: args.stop_at,
+    };
+    let summary = train_file(&args.config, &options)?;
+    if let Some(e) = &summary.final_eval {
+        println!(
+            "{} after {} of {} steps: validation accuracy {:.2}%, validation loss {:.4}, certified Lipschitz bound {:.4}",
+            match summary.outcome {
+                Outcome::Finished => "finished",
+                Outcome::Stopped => "stopped",
+            },
+            summary.steps_done,
+            summary.steps,
+            100.0 * e.val_accuracy,
+            e.val_loss,
+            e.lipschitz_bound
+        );
+    }
+    println!(
+        "results in {} (report.md, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors)",
+        summary.output.display()
+    );
+    if summary.outcome == Outcome::Stopped {
+        println!(
+            "continue with: spectra train {} --resume --output {}",
+            args.config.display(),
+            summary.output.display()
+        );
+    }
+    Ok(())
+}

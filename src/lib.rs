@@ -1,0 +1,9 @@
+//! spectra: training with enforced Lipschitz bounds and serving with a bounded KV cache.
+//!
+//! This crate re-exports the workspace's crates; the `spectra` binary is its command line.
+
+pub use spectra_core as core;
+pub use spectra_models as models;
+pub use spectra_plugins as plugins;
+pub use spectra_policies as policies;
+pub mod train;

@@ -1,0 +1,114 @@
+//! Parameter groups: the config's optimizer and constraints with the model parameters routed to them.
+
+use std::path::Path;
+
+use spectra_core::config::{route_params, Invalid, ParamGroupConfig};
+use spectra_core::error::ConfigError;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use spectra_core::{
+    ConstraintContext, ConstraintState, Error, Optimizer, OptimizerStep, Param, Result, SpectraRng,
+    WeightConstraint,
+};
+
+pub struct Group {
+    pub name: String,
+    pub params: Vec<Param>,
+    pub optimizer: Box<dyn Optimizer>,
+    pub constraints: Vec<Box<dyn WeightConstraint>>,
+    /// `[constraint][param]`: each constraint's persistent state for each of the group's parameters.
+    pub states: Vec<Vec<ConstraintState>>,
+}
+
+/// Routes the model's parameters to the groups (first matching group wins). A parameter no group
+/// takes, a group that takes nothing, and a matrix constraint on a 1-D parameter are config errors.
+pub fn route(
+    params: &[Param],
+    configs: Vec<ParamGroupConfig>,
+    config_file: &Path,
+) -> Result<Vec<Group>> {
+    let named: Vec<_> = params.iter().map(|p| (p.name.clone(), p.role)).collect();
+    let routed = route_params(&named, &configs).map_err(|e| config_error(config_file, e))?;
+    let mut groups: Vec<Group> = configs
+        .into_iter()
+        .map(|g| Group {
+            name: g.name,
+            params: Vec::new(),
+            optimizer: g.optimizer,
+            constraints: g.constraints,
+            states: Vec::new(),
+        })
+        .collect();
+    for (p, r) in params.iter().zip(&routed) {
+        if p.role != spectra_core::ParamRole::Vector && p.var.as_tensor().rank() != 2 {
+            return Err(Error::invalid(
+                &p.name,
+                format!(
+                    "a {} parameter must be a 2-D matrix, this one has shape {:?}",
+                    p.role,
+                    p.var.shape()
+                ),
+            ));
+        }
+        groups[r.group].params.push(p.clone());
+    }
+    for g in &mut groups {
+        g.states = g
+            .constraints
+            .iter()
+            .map(|_| vec![ConstraintState::new(); g.params.len()])
+            .collect();
+    }
+    Ok(groups)
+}
+
+fn config_error(file: &Path, e: Invalid) -> Error {
+    let near = e.near.map(|n| format!(" (near `{n}`)")).unwrap_or_default();
+    Error::Config(ConfigError {
+        file: file.to_path_buf(),
+        location: None,
+        message: format!("{}{near}", e.message),
+        help: e.help,
+    })
+}
+
+/// One training update after the backward pass: each group's optimizer step, then each group's
+/// constraints on each of its parameters. Returns the seconds spent in the constraints.
+pub fn update(
+    groups: &mut [Group],
+    grads: &GradStore,
+    at: &OptimizerStep,
+    rng: &mut SpectraRng,
+) -> Result<f64> {
+    for g in groups.iter_mut() {
+        g.optimizer.step(&g.params, grads, at)?;
+    }
+    let t0 = Instant::now();
+    constrain(groups, at, rng)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Every group's constraints on each of its parameters, with the step's learning rate and the
+/// optimizer's update bound.
+pub fn constrain(groups: &mut [Group], at: &OptimizerStep, rng: &mut SpectraRng) -> Result<()> {
+    for g in groups.iter_mut() {
+        let lr = g.optimizer.lr(at);
+        for (c, states) in g.constraints.iter().zip(g.states.iter_mut()) {
+            for (p, state) in g.params.iter().zip(states.iter_mut()) {
+                let mut ctx = ConstraintContext {
+                    step: at.step,
+                    lr,
+                    target_norm: p.target_norm,
+                    update_norm_bound: g.optimizer.update_norm_bound(p, at),
+                    role: p.role,
+                    name: &p.name,
+                    rng,
+                    state,
+                };
+                c.apply(&p.var, &mut ctx)?;
+            }
+        }
+    }
+    Ok(())
+}

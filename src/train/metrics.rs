@@ -1,0 +1,242 @@
+//! Metrics: every record as a JSON line in `metrics.jsonl`, and the same as two CSV tables,
+//! `train.csv` (one row per step) and `eval.csv` (one row per evaluation).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use spectra_core::{Error, Result};
+
+/// One optimizer step. `step` counts completed steps (the first step's record has step 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    pub step: u64,
+    pub loss: f64,
+    /// Top-1 accuracy on the step's batch, from the forward pass before the update.
+    pub accuracy: f64,
+    pub lr_factor: f64,
+    pub step_seconds: f64,
+    /// Time spent in the weight constraints, part of `step_seconds`.
+    pub constraint_seconds: f64,
+    pub targets_per_second: f64,
+}
+
+/// One evaluation on the validation data, with the certificate of the weights at that step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub step: u64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    /// Targets scored (characters or images).
+    pub val_targets: u64,
+    pub lipschitz_bound: f64,
+    pub body_bound: f64,
+    /// `(parameter, RMS→RMS norm)`, the embedding's entry its largest column RMS.
+    pub norms: Vec<(String, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    Train(TrainRecord),
+    Eval(EvalRecord),
+}
+
+impl Record {
+    fn step(&self) -> u64 {
+        match self {
+            Record::Train(r) => r.step,
+            Record::Eval(r) => r.step,
+        }
+    }
+}
+
+const TRAIN_HEADER: &str =
+    "step,loss,accuracy,lr_factor,step_seconds,constraint_seconds,targets_per_second";
+
+/// Appends records to the three files.
+pub struct MetricsWriter {
+    dir: PathBuf,
+    jsonl: BufWriter<File>,
+    train_csv: BufWriter<File>,
+    eval_csv: BufWriter<File>,
+    norm_names: Option<Vec<String>>,
+}
+
+impl MetricsWriter {
+    /// Starts afresh, or (resuming) keeps the records up to `keep_until` and continues after them;
+    /// records a stopped run wrote after its last checkpoint are dropped, as the resumed run redoes them.
+    pub fn open(dir: &Path, keep_until: Option<u64>) -> Result<(Self, Vec<Record>)> {
+        let kept = match keep_until {
+            Some(step) => read(dir)?
+                .into_iter()
+                .filter(|r| r.step() <= step)
+                .collect(),
+            None => Vec::new(),
+        };
+        let create = |name: &str| -> Result<BufWriter<File>> {
+            let path = dir.join(name);
+            let f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .map_err(|e| Error::file(&path, format!("cannot write metrics: {e}")))?;
+            Ok(BufWriter::new(f))
+        };
+        let mut w = MetricsWriter {
+            dir: dir.to_path_buf(),
+            jsonl: create("metrics.jsonl")?,
+            train_csv: create("train.csv")?,
+            eval_csv: create("eval.csv")?,
+            norm_names: None,
+        };
+        writeln!(w.train_csv, "{TRAIN_HEADER}").map_err(|e| w.io(e))?;
+        for r in &kept {
+            w.write_record(r)?;
+        }
+        w.flush()?;
+        Ok((w, kept))
+    }
+
+    fn io(&self, e: std::io::Error) -> Error {
+        Error::file(&self.dir, format!("cannot write metrics: {e}"))
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<()> {
+        self.write_record(record)?;
+        if matches!(record, Record::Eval(_)) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, record: &Record) -> Result<()> {
+        let line =
+            serde_json::to_string(record).map_err(|e| Error::invalid("metrics", e.to_string()))?;
+        writeln!(self.jsonl, "{line}").map_err(|e| self.io(e))?;
+        match record {
+            Record::Train(r) => writeln!(
+                self.train_csv,
+                "{},{},{},{},{},{},{}",
+                r.step,
+                r.loss,
+                r.accuracy,
+                r.lr_factor,
+                r.step_seconds,
+                r.constraint_seconds,
+                r.targets_per_second
+            )
+            .map_err(|e| self.io(e)),
+            Record::Eval(r) => {
+                if self.norm_names.is_none() {
+                    let names: Vec<String> = r.norms.iter().map(|(n, _)| n.clone()).collect();
+                    let header = format!(
+                        "step,val_loss,val_accuracy,val_targets,lipschitz_bound,body_bound,{}",
+                        names
+                            .iter()
+                            .map(|n| format!("norm:{n}"))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    writeln!(self.eval_csv, "{header}").map_err(|e| self.io(e))?;
+                    self.norm_names = Some(names);
+                }
+                let norms: Vec<String> = r.norms.iter().map(|(_, v)| v.to_string()).collect();
+                writeln!(
+                    self.eval_csv,
+                    "{},{},{},{},{},{},{}",
+                    r.step,
+                    r.val_loss,
+                    r.val_accuracy,
+                    r.val_targets,
+                    r.lipschitz_bound,
+                    r.body_bound,
+                    norms.join(",")
+                )
+                .map_err(|e| self.io(e))
+            }
+        }
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        for f in [&mut self.jsonl, &mut self.train_csv, &mut self.eval_csv] {
+            f.flush()
+                .map_err(|e| Error::file(&self.dir, format!("cannot write metrics: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The records of `dir/metrics.jsonl` (none when the file does not exist).
+pub fn read(dir: &Path) -> Result<Vec<Record>> {
+    let path = dir.join("metrics.jsonl");
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::file(&path, format!("cannot read metrics: {e}"))),
+    };
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::file(&path, format!("cannot read metrics: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A run killed mid-write can leave a torn last line; nothing after it is trustworthy.
+        match serde_json::from_str(&line) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                eprintln!(
+                    "spectra: {}:{}: ignoring an unreadable metrics line ({e})",
+                    path.display(),
+                    i + 1
+                );
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train(step: u64) -> Record {
+        Record::Train(TrainRecord {
+            step,
+            loss: 1.5,
+            accuracy: 0.25,
+            lr_factor: 1.0,
+            step_seconds: 0.1,
+            constraint_seconds: 0.01,
+            targets_per_second: 100.0,
+        })
+    }
+
+    #[test]
+    fn resuming_drops_records_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = MetricsWriter::open(dir.path(), None).unwrap();
+        for s in 1..=5 {
+            w.write(&train(s)).unwrap();
+        }
+        w.write(&Record::Eval(EvalRecord {
+            step: 5,
+            val_loss: 2.0,
+            val_accuracy: 0.5,
+            val_targets: 10,
+            lipschitz_bound: 3.0,
+            body_bound: 3.0,
+            norms: vec![("w".into(), 1.5)],
+        }))
+        .unwrap();
+        drop(w);
+        let (_, kept) = MetricsWriter::open(dir.path(), Some(3)).unwrap();
+        assert_eq!(kept, vec![train(1), train(2), train(3)]);
+        assert_eq!(read(dir.path()).unwrap().len(), 3);
+        let csv = std::fs::read_to_string(dir.path().join("train.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 4, "{csv}");
+    }
+}

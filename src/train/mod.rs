@@ -1,0 +1,13 @@
+//! `spectra train` and `spectra sweep`: the training runner, its checkpoints, metrics and reports.
+
+pub mod checkpoint;
+mod eval;
+pub mod groups;
+pub mod metrics;
+pub mod plots;
+mod progress;
+mod report;
+mod runner;
+pub mod sweep;
+
+pub use runner::{train, train_file, Outcome, TrainOptions, TrainSummary};

@@ -1,0 +1,47 @@
+//! The progress bar: loss, accuracy, targets (tokens or images) per second, ETA. Where stderr is not a
+//! terminal (a log file, `nohup`) the bar hides itself and evaluations are printed as plain lines.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    pub fn new(total: u64, start: u64, quiet: bool, unit: &str) -> Progress {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total)
+        };
+        let template = format!("{{spinner}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} steps, ETA {{eta}}  {{msg}} ({unit})");
+        bar.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(start);
+        bar.reset_eta();
+        Progress { bar }
+    }
+
+    pub fn step(&self, step: u64, loss: f64, accuracy: f64, per_second: f64) {
+        self.bar.set_position(step);
+        self.bar.set_message(format!(
+            "loss {loss:.4} acc {:.1}% {per_second:.0}/s",
+            100.0 * accuracy
+        ));
+    }
+
+    /// A line above the bar, or on stdout when there is no bar (unless quiet).
+    pub fn line(&self, text: &str, quiet: bool) {
+        if !self.bar.is_hidden() {
+            self.bar.println(text);
+        } else if !quiet {
+            println!("{text}");
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,443 @@
+//! The training loop: forward, loss, backward, each group's optimizer step, then each group's
+//! constraints on each of its parameters; evaluation with the Lipschitz certificate at intervals;
+//! checkpoints; metrics; the final report.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use spectra_core::config::{self, TrainConfig};
+use spectra_core::rng::derived_rng;
+use spectra_core::{Error, OptimizerStep, Result, SpectraRng};
+use spectra_models::{data, Dataset, Model};
+
+use super::checkpoint::{self, Checkpoint};
+use super::eval::{correct_count, evaluate};
+use super::groups::{route, update, Group};
+use super::metrics::{EvalRecord, MetricsWriter, Record, TrainRecord};
+use super::progress::Progress;
+use super::report;
+
+/// Seed streams: model initialisation and the constraints' randomness (power-iteration starts).
+const INIT_STREAM: u64 = 1;
+const CONSTRAINT_STREAM: u64 = 2;
+
+/// Command-line choices that are not part of the experiment.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
+    /// Continue from the output folder's checkpoint.
+    pub resume: bool,
+    /// No progress bar and no evaluation lines.
+    pub quiet: bool,
+    /// Replaces the config's `output`.
+    pub output: Option<PathBuf>,
+    /// Replaces the config's `steps` (the schedule then spans the new number).
+    pub steps: Option<u64>,
+    /// Set (e.g. by Ctrl-C) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Stop with a checkpoint once this many steps are done, keeping the schedule of the full run: a
+    /// long run done in pieces, each continued with `resume`.
+    pub stop_at: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    Finished,
+    /// Stopped on request; the checkpoint holds the state after `steps_done` steps.
+    Stopped,
+}
+
+/// What a run did; also written to `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSummary {
+    pub outcome: Outcome,
+    pub output: PathBuf,
+    pub steps_done: u64,
+    pub steps: u64,
+    pub final_eval: Option<EvalRecord>,
+    /// Wall time of this invocation's training steps.
+    pub seconds: f64,
+    pub mean_step_seconds: f64,
+    pub mean_constraint_seconds: f64,
+    /// Training targets (tokens or images) per second over this invocation's steps.
+    pub targets_per_second: f64,
+}
+
+/// Reads the config file and trains.
+pub fn train_file(path: &Path, options: &TrainOptions) -> Result<TrainSummary> {
+    let cfg: TrainConfig = config::load(path)?;
+    train(cfg, path, options)
+}
+
+/// A run's live state.
+struct Run {
+    cfg: TrainConfig,
+    config_file: PathBuf,
+    output: PathBuf,
+    device: Device,
+    data: Box<dyn Dataset>,
+    model: Box<dyn Model>,
+    groups: Vec<Group>,
+    rng: SpectraRng,
+    fingerprint: String,
+    /// Steps completed.
+    step: u64,
+    last_checkpoint: Option<u64>,
+}
+
+pub fn train(
+    mut cfg: TrainConfig,
+    config_file: &Path,
+    options: &TrainOptions,
+) -> Result<TrainSummary> {
+    if let Some(steps) = options.steps {
+        if steps == 0 {
+            return Err(Error::invalid("--steps", "must be ≥ 1"));
+        }
+        cfg.steps = steps;
+    }
+    if let Some(out) = &options.output {
+        cfg.output = out.clone();
+    }
+    let mut run = Run::new(cfg, config_file)?;
+    if options.resume {
+        run.restore()?;
+    } else if checkpoint::path_in(&run.output).exists() {
+        return Err(Error::file(
+            checkpoint::path_in(&run.output),
+            "a checkpoint from an earlier run is here; continue it with --resume, or choose another output \
+             (--output DIR) or delete the folder",
+        ));
+    }
+    run.train(options)
+}
+
+impl Run {
+    fn new(mut cfg: TrainConfig, config_file: &Path) -> Result<Run> {
+        let device = cfg.device.resolve()?;
+        let data = data::open(&cfg.data, &cfg.model)?;
+        let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
+        let model = spectra_models::build(&cfg.model, &data.input_kind(), &device, &mut init_rng)?;
+        let fingerprint = format!(
+            "{} {} {}",
+            spectra_core::registry::to_ron(&cfg.model),
+            spectra_core::registry::to_ron(&cfg.data),
+            spectra_core::registry::to_ron(&cfg.groups)
+        );
+        let group_configs = std::mem::take(&mut cfg.groups);
+        let groups = route(model.params(), group_configs, config_file)?;
+        let output = cfg.output.clone();
+        std::fs::create_dir_all(&output)
+            .map_err(|e| Error::file(&output, format!("cannot create the output folder: {e}")))?;
+        Ok(Run {
+            rng: derived_rng(cfg.seed, CONSTRAINT_STREAM),
+            cfg,
+            config_file: config_file.to_path_buf(),
+            output,
+            device,
+            data,
+            model,
+            groups,
+            fingerprint,
+            step: 0,
+            last_checkpoint: None,
+        })
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        checkpoint::path_in(&self.output)
+    }
+
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let mut tensors = HashMap::new();
+        for p in self.model.params() {
+            tensors.insert(format!("param/{}", p.name), p.var.as_tensor().clone());
+        }
+        for g in &self.groups {
+            for (key, t) in g.optimizer.state() {
+                tensors.insert(format!("optim/{}/{key}", g.name), t);
+            }
+            for (ci, per_param) in g.states.iter().enumerate() {
+                for (p, state) in g.params.iter().zip(per_param) {
+                    for (key, t) in state {
+                        tensors.insert(
+                            format!("constraint/{}/{ci}/{}/{key}", g.name, p.name),
+                            t.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        let ck = Checkpoint {
+            step: self.step,
+            tensors,
+            rng: self.rng.clone(),
+            fingerprint: self.fingerprint.clone(),
+        };
+        checkpoint::save(&self.checkpoint_path(), &ck)?;
+        self.last_checkpoint = Some(self.step);
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        let path = self.checkpoint_path();
+        let ck = checkpoint::load(&path, &self.device)?;
+        if ck.fingerprint != self.fingerprint {
+            return Err(Error::file(
+                &path,
+                "this checkpoint was written with a different model, data or parameter groups than the config \
+                 has now; resume with the config that wrote it, or start afresh in another output folder",
+            ));
+        }
+        let missing = |name: &str| Error::file(&path, format!("the checkpoint has no `{name}`"));
+        for p in self.model.params() {
+            let key = format!("param/{}", p.name);
+            let t = ck.tensors.get(&key).ok_or_else(|| missing(&key))?;
+            if t.shape() != p.var.shape() {
+                return Err(Error::file(
+                    &path,
+                    format!(
+                        "`{key}` has shape {:?}, the model {:?}",
+                        t.shape(),
+                        p.var.shape()
+                    ),
+                ));
+            }
+            p.var.set(t)?;
+        }
+        for g in &mut self.groups {
+            let prefix = format!("optim/{}/", g.name);
+            let state: HashMap<String, Tensor> = ck
+                .tensors
+                .iter()
+                .filter_map(|(k, t)| k.strip_prefix(&prefix).map(|k| (k.to_string(), t.clone())))
+                .collect();
+            g.optimizer.load_state(&state, &g.params)?;
+            for (ci, per_param) in g.states.iter_mut().enumerate() {
+                for (p, st) in g.params.iter().zip(per_param.iter_mut()) {
+                    let prefix = format!("constraint/{}/{ci}/{}/", g.name, p.name);
+                    st.clear();
+                    for (k, t) in &ck.tensors {
+                        if let Some(key) = k.strip_prefix(&prefix) {
+                            st.insert(key.to_string(), t.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.rng = ck.rng;
+        self.step = ck.step;
+        self.last_checkpoint = Some(ck.step);
+        Ok(())
+    }
+
+    fn train(mut self, options: &TrainOptions) -> Result<TrainSummary> {
+        let steps = self.cfg.steps;
+        let resumed_at = options.resume.then_some(self.step);
+        let (mut metrics, kept) = MetricsWriter::open(&self.output, resumed_at)?;
+        let mut history = kept;
+        let unit = if self.data.targets_per_item() > 1 {
+            "tokens"
+        } else {
+            "images"
+        };
+        let progress = Progress::new(steps, self.step, options.quiet, unit);
+        let batch_size = data::batch_size(&self.cfg.data);
+        let checkpoint_every = self
+            .cfg
+            .checkpoint_every
+            .unwrap_or(self.cfg.eval.every)
+            .max(1);
+        let say = |p: &Progress, text: &str| p.line(text, options.quiet);
+        if self.step >= steps {
+            say(
+                &progress,
+                &format!(
+                    "nothing to do: the checkpoint is at step {} of {steps}",
+                    self.step
+                ),
+            );
+        }
+        if resumed_at.is_none() {
+            let record = self.evaluate()?;
+            say(&progress, &eval_line(&record, steps));
+            metrics.write(&Record::Eval(record.clone()))?;
+            history.push(Record::Eval(record));
+        }
+        let started = Instant::now();
+        let (mut step_time, mut constraint_time, mut targets, mut done) = (0f64, 0f64, 0u64, 0u64);
+        let mut outcome = Outcome::Finished;
+        while self.step < steps {
+            let requested = options
+                .stop
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::SeqCst));
+            if requested || options.stop_at.is_some_and(|at| self.step >= at) {
+                self.save_checkpoint()?;
+                say(
+                    &progress,
+                    &format!(
+                        "stopped at step {}; checkpoint in {}",
+                        self.step,
+                        self.checkpoint_path().display()
+                    ),
+                );
+                outcome = Outcome::Stopped;
+                break;
+            }
+            let t0 = Instant::now();
+            let (loss, accuracy, n, seconds_in_constraints) =
+                self.step_once(batch_size).map_err(|e| self.diverged(e))?;
+            let step_seconds = t0.elapsed().as_secs_f64();
+            self.step += 1;
+            (step_time, constraint_time, targets, done) = (
+                step_time + step_seconds,
+                constraint_time + seconds_in_constraints,
+                targets + n,
+                done + 1,
+            );
+            let rate = targets as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            progress.step(self.step, loss, accuracy, rate);
+            let record = Record::Train(TrainRecord {
+                step: self.step,
+                loss,
+                accuracy,
+                lr_factor: self.cfg.schedule.factor(self.step - 1, steps),
+                step_seconds,
+                constraint_seconds: seconds_in_constraints,
+                targets_per_second: n as f64 / step_seconds.max(1e-9),
+            });
+            metrics.write(&record)?;
+            history.push(record);
+            let last = self.step == steps;
+            if self.step % self.cfg.eval.every == 0 || last {
+                let record = self.evaluate()?;
+                say(&progress, &eval_line(&record, steps));
+                metrics.write(&Record::Eval(record.clone()))?;
+                history.push(Record::Eval(record));
+            }
+            if self.step % checkpoint_every == 0 || last {
+                metrics.flush()?;
+                self.save_checkpoint()?;
+            }
+        }
+        metrics.flush()?;
+        progress.finish();
+        let final_eval = history.iter().rev().find_map(|r| match r {
+            Record::Eval(e) => Some(e.clone()),
+            _ => None,
+        });
+        let summary = TrainSummary {
+            outcome,
+            output: self.output.clone(),
+            steps_done: self.step,
+            steps,
+            final_eval,
+            seconds: started.elapsed().as_secs_f64(),
+            mean_step_seconds: step_time / done.max(1) as f64,
+            mean_constraint_seconds: constraint_time / done.max(1) as f64,
+            targets_per_second: targets as f64 / step_time.max(1e-9),
+        };
+        let json = serde_json::to_string_pretty(&summary)
+            .map_err(|e| Error::invalid("summary", e.to_string()))?;
+        let summary_path = self.output.join("summary.json");
+        std::fs::write(&summary_path, json)
+            .map_err(|e| Error::file(&summary_path, e.to_string()))?;
+        if outcome == Outcome::Finished {
+            let describe = report::RunDescription {
+                config_file: &self.config_file,
+                config: &self.cfg,
+                groups: &self.groups,
+                validation: self.data.describe_validation(),
+                validation_items: self
+                    .cfg
+                    .eval
+                    .windows
+                    .map_or(self.data.validation_items(), |w| {
+                        w.min(self.data.validation_items())
+                    }),
+                parameters: self.model.params().iter().map(|p| p.var.elem_count()).sum(),
+            };
+            report::write(&self.output, &describe, &history, &summary)?;
+        }
+        Ok(summary)
+    }
+
+    /// One optimizer step; returns the batch's loss and accuracy, its targets, and the constraints' time.
+    fn step_once(&mut self, batch_size: usize) -> Result<(f64, f64, u64, f64)> {
+        let step = self.step;
+        let batch = self
+            .data
+            .train_batch(self.cfg.seed, step, batch_size, &self.device)?;
+        let logits = self.model.logits(&batch.inputs)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &batch.targets)?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            return Err(Error::NonFinite {
+                name: "the training loss".into(),
+                what: format!("it is {loss_value}"),
+            });
+        }
+        let n = batch.targets.dim(0)?;
+        let accuracy = correct_count(&logits.detach(), &batch.targets)? / n as f64;
+        let grads = loss.backward()?;
+        let at = OptimizerStep {
+            step,
+            lr_factor: self.cfg.schedule.factor(step, self.cfg.steps),
+        };
+        let constraint_seconds = update(&mut self.groups, &grads, &at, &mut self.rng)?;
+        Ok((loss_value, accuracy, n as u64, constraint_seconds))
+    }
+
+    /// A NaN or Inf anywhere in a step (loss, gradients, updated weights) ends the run; the checkpoint
+    /// on disk predates it and stays.
+    fn diverged(&self, e: Error) -> Error {
+        if !matches!(e, Error::NonFinite { .. }) {
+            return e;
+        }
+        let kept = match self.last_checkpoint {
+            Some(s) => format!(
+                "the last good checkpoint (after step {s}) is kept in {}",
+                self.checkpoint_path().display()
+            ),
+            None => "no checkpoint had been written yet".to_string(),
+        };
+        Error::invalid(
+            format!("step {}", self.step + 1),
+            format!("{e}; training stopped and {kept}; lower the learning rate or tighten the constraints"),
+        )
+    }
+
+    fn evaluate(&self) -> Result<EvalRecord> {
+        let e = evaluate(
+            self.model.as_ref(),
+            self.data.as_ref(),
+            &self.cfg.eval,
+            &self.device,
+        )?;
+        let cert = self.model.certificate()?;
+        Ok(EvalRecord {
+            step: self.step,
+            val_loss: e.loss,
+            val_accuracy: e.accuracy,
+            val_targets: e.targets,
+            lipschitz_bound: cert.bound,
+            body_bound: cert.body_bound,
+            norms: cert.norms,
+        })
+    }
+}
+
+fn eval_line(r: &EvalRecord, steps: u64) -> String {
+    format!(
+        "step {:>6}/{steps}  val loss {:.4}  val acc {:.2}%  certified Lipschitz bound {:.4}",
+        r.step,
+        r.val_loss,
+        100.0 * r.val_accuracy,
+        r.lipschitz_bound
+    )
+}

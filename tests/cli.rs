@@ -1,0 +1,115 @@
+//! The `spectra` binary: list, check, version.
+
+use std::process::{Command, Output};
+
+fn spectra(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .args(args)
+        .output()
+        .expect("spectra runs")
+}
+
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = spectra(&["--version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn list_prints_plugins_with_default_configs() {
+    let out = spectra(&["list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for family in [
+        "WeightConstraint (constraint):",
+        "Optimizer (optimizer):",
+        "KvEvictionPolicy (policy):",
+    ] {
+        assert!(text.contains(family), "{text}");
+    }
+    let policies = String::from_utf8_lossy(&spectra(&["list", "policy"]).stdout).into_owned();
+    assert!(!policies.contains("WeightConstraint"), "{policies}");
+    let bad = spectra(&["list", "gpus"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown plugin family `gpus`"));
+}
+
+#[test]
+fn check_accepts_a_good_config_and_prints_what_would_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "good.ron",
+        r#"(
+    model: LipschitzGpt(d_model: 64, blocks: 2),
+    data: Text(path: "data/tinyshakespeare.txt", batch_size: 8),
+    groups: [(name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1)))],
+    steps: 10,
+    eval: (every: 5, windows: 16),
+    device: Cpu,
+    output: "runs/x",
+)"#,
+    );
+    let out = spectra(&["check", &file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a training experiment"), "{stdout}");
+    assert!(stdout.contains("all <- [All]"), "{stdout}");
+    assert!(stdout.contains("on 16 windows"), "{stdout}");
+}
+
+#[test]
+fn check_fails_on_a_bad_config_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "bad.ron",
+        r#"(
+    model: Gguf(path: "m.gguf"),
+    policies: [(type: "StreamingLmm", cfg: ())],
+    budgets: [Tokens(64)],
+    tasks: [],
+    output: "runs/kv",
+)"#,
+    );
+    let out = spectra(&["check", &file]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.ron:3:"), "{stderr}");
+    assert!(stderr.contains("did you mean `StreamingLlm`?"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_gpu_the_build_cannot_use() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "gpu.ron",
+        r#"(
+    model: LipschitzMlp(),
+    data: Idx(dir: "d", batch_size: 8),
+    groups: [(name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1)))],
+    steps: 10,
+    eval: (every: 5),
+    device: Cuda(0),
+    output: "runs/x",
+)"#,
+    );
+    let out = spectra(&["check", &file]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+}

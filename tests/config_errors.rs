@@ -1,0 +1,169 @@
+//! Config errors carry file:line:col, say what was expected and, for plugin names, list the valid ones.
+
+use std::path::Path;
+
+use spectra::core::config::{self, KvEvalConfig, TrainConfig};
+use spectra::core::error::ConfigError;
+use spectra::core::WeightConstraint;
+use third_party_plugin as _;
+
+fn train_config(group: &str) -> String {
+    format!(
+        r#"(
+    model: LipschitzMlp(),
+    data: Idx(dir: "data/fashion-mnist", batch_size: 512),
+    groups: [
+{group}
+    ],
+    steps: 100,
+    eval: (every: 50),
+    output: "runs/test",
+)"#
+    )
+}
+
+fn parse_train(text: &str) -> Result<TrainConfig, ConfigError> {
+    config::parse(text, Path::new("exp.ron"))
+}
+
+fn located(err: &ConfigError) -> (usize, usize) {
+    let loc = err
+        .location
+        .unwrap_or_else(|| panic!("no line:col in `{err}`"));
+    (loc.line, loc.col)
+}
+
+const GOOD_GROUP: &str = r#"        (name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1)),
+         constraints: [(type: "MaxEntryClip", cfg: (limit: 0.5))]),"#;
+
+#[test]
+fn a_valid_config_parses() {
+    let cfg = parse_train(&train_config(GOOD_GROUP)).unwrap();
+    assert_eq!(cfg.groups.len(), 1);
+    assert_eq!(cfg.groups[0].constraints[0].typetag_name(), "MaxEntryClip");
+}
+
+#[test]
+fn unknown_plugin_names_its_place_the_valid_names_and_the_likely_one() {
+    let text = train_config(GOOD_GROUP).replace("MaxEntryClip", "MaxEntyClip");
+    let err = parse_train(&text).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err).0, 6, "{msg}");
+    assert!(msg.starts_with("exp.ron:6:"), "{msg}");
+    assert!(
+        msg.contains("unknown WeightConstraint `MaxEntyClip`"),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean `MaxEntryClip`?"), "{msg}");
+    assert!(
+        msg.contains("valid names:") && msg.contains("MaxEntryClip"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn misspelled_field_suggests_the_right_one() {
+    let text = train_config(GOOD_GROUP).replace("limit: 0.5", "limt: 0.5");
+    let err = parse_train(&text).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err).0, 6, "{msg}");
+    assert!(msg.contains("unknown field `limt`"), "{msg}");
+    assert!(msg.contains("did you mean `limit`?"), "{msg}");
+}
+
+#[test]
+fn misspelled_top_level_field_is_caught() {
+    let text = train_config(GOOD_GROUP).replace("steps: 100", "stesp: 100");
+    let err = parse_train(&text).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err).0, 8, "{msg}");
+    assert!(msg.contains("did you mean `steps`?"), "{msg}");
+}
+
+#[test]
+fn missing_field_is_named_with_a_fix() {
+    let text = train_config(GOOD_GROUP).replace("cfg: (limit: 0.5)", "cfg: ()");
+    let err = parse_train(&text).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err).0, 6, "{msg}");
+    assert!(msg.contains("missing field `limit`"), "{msg}");
+    assert!(msg.contains("add `limit: ...`"), "{msg}");
+}
+
+#[test]
+fn wrong_type_says_what_was_expected() {
+    let text = train_config(GOOD_GROUP).replace("steps: 100", "steps: \"many\"");
+    let err = parse_train(&text).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err).0, 8, "{msg}");
+    assert!(msg.to_lowercase().contains("expected"), "{msg}");
+}
+
+#[test]
+fn invalid_plugin_values_point_at_the_plugin() {
+    let text = train_config(GOOD_GROUP).replace("limit: 0.5", "limit: -1.0");
+    let err = parse_train(&text).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err), (6, 27), "{msg}");
+    assert!(
+        msg.contains("MaxEntryClip: limit must be a positive number"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    let err = parse_train(&train_config(GOOD_GROUP).replace("steps: 100", "steps: 0")).unwrap_err();
+    assert!(err.to_string().contains("steps is 0"), "{err}");
+    assert_eq!(located(&err).0, 8);
+    let empty = train_config("");
+    assert!(parse_train(&empty)
+        .unwrap_err()
+        .to_string()
+        .contains("no parameter groups"));
+}
+
+#[test]
+fn unknown_enum_variant_outside_plugins_lists_choices() {
+    let text = train_config(GOOD_GROUP).replace("LipschitzMlp()", "LipschitzMLP()");
+    let msg = parse_train(&text).unwrap_err().to_string();
+    assert!(msg.contains("did you mean `LipschitzMlp`?"), "{msg}");
+    assert!(msg.contains("LipschitzGpt"), "{msg}");
+}
+
+#[test]
+fn unreadable_file_says_so() {
+    let err = config::load::<TrainConfig>(Path::new("no/such/file.ron")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no/such/file.ron: cannot read the config"),
+        "{err}"
+    );
+}
+
+#[test]
+fn kv_configs_reject_budgets_that_cannot_hold() {
+    let text = |budget: &str| {
+        format!(
+            r#"(
+    model: Gguf(path: "m.gguf"),
+    policies: [(type: "ValueNorm", cfg: (sinks: 8))],
+    budgets: [{budget}],
+    tasks: [],
+    output: "runs/kv",
+)"#
+        )
+    };
+    let parse = |t: &str| config::parse::<KvEvalConfig>(t, Path::new("kv.ron"));
+    assert!(parse(&text("Tokens(64)")).is_ok());
+    let zero = parse(&text("Tokens(0)")).unwrap_err().to_string();
+    assert!(zero.contains("budget 0"), "{zero}");
+    let small = parse(&text("Tokens(8)")).unwrap_err();
+    assert_eq!(located(&small).0, 3, "{small}");
+    assert!(
+        small
+            .to_string()
+            .contains("ValueNorm cannot hold budget Tokens(8)"),
+        "{small}"
+    );
+}

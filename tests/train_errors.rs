@@ -1,0 +1,148 @@
+//! Bad configurations and bad runs stop with errors that say what is wrong and what to do.
+
+mod train_support;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use spectra::plugins::{Muon, SpectralSoftCap};
+use spectra::train::groups::route;
+use spectra::train::{train, TrainOptions};
+use spectra_core::config::{ParamGroupConfig, ParamSelector};
+use spectra_core::{Param, ParamRole};
+use train_support::*;
+
+fn train_error(text: &str, options: &TrainOptions) -> String {
+    match train(parse(text), Path::new("test.ron"), options) {
+        Ok(_) => panic!("training succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_group_that_selects_no_parameter_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let groups = format!(
+        r#"{MUON_SOFT_CAP}
+        (name: "gains", params: [Name("blocks.*.norm.gain")], optimizer: (type: "AdamW", cfg: (lr: 0.01)))"#
+    );
+    let err = train_error(
+        &gpt_config(&corpus, &dir.path().join("o"), &groups, 5, ""),
+        &quiet(),
+    );
+    assert!(err.contains("group `gains` matches no parameter"), "{err}");
+    assert!(
+        err.contains("blocks.0.attn.q"),
+        "the help lists the model's parameters: {err}"
+    );
+}
+
+#[test]
+fn a_parameter_no_group_takes_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let groups =
+        r#"(name: "hidden", params: [Role(Hidden)], optimizer: (type: "Muon", cfg: (lr: 0.1)))"#;
+    let err = train_error(
+        &gpt_config(&corpus, &dir.path().join("o"), groups, 5, ""),
+        &quiet(),
+    );
+    assert!(
+        err.contains("parameter `embed` (Embedding) matches no group"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_matrix_constraint_on_a_1d_parameter_is_refused_before_training() {
+    let gain = Param::new(
+        "norm.gain",
+        Var::from_tensor(&Tensor::ones(8, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap(),
+        ParamRole::Vector,
+    );
+    let groups = vec![ParamGroupConfig {
+        name: "everything".into(),
+        params: vec![ParamSelector::All],
+        optimizer: Box::new(Muon::new(0.1)),
+        constraints: vec![Box::new(SpectralSoftCap {
+            w_max: 1.0,
+            ..SpectralSoftCap::default()
+        })],
+    }];
+    let err = route(&[gain], groups, Path::new("exp.ron"))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("SpectralSoftCap") && err.contains("norm.gain") && err.contains("Vector"),
+        "{err}"
+    );
+    assert!(err.contains("exp.ron"), "{err}");
+}
+
+#[test]
+fn missing_data_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere/tinyshakespeare.txt");
+    let err = train_error(
+        &gpt_config(&missing, &dir.path().join("o"), MUON_SOFT_CAP, 5, ""),
+        &quiet(),
+    );
+    assert!(
+        err.contains("not found") && err.contains("scripts/get-data.sh"),
+        "{err}"
+    );
+    let groups = r#"(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.1)))"#;
+    let err = train_error(
+        &mlp_config(
+            &dir.path().join("no-images"),
+            &dir.path().join("o2"),
+            groups,
+            5,
+            8,
+        ),
+        &quiet(),
+    );
+    assert!(err.contains("dataset-fashion-mnist"), "{err}");
+}
+
+#[test]
+fn a_model_that_does_not_fit_the_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_idx_set(dir.path(), 16);
+    let text = gpt_config(&data, &dir.path().join("o"), MUON_SOFT_CAP, 5, "")
+        .replace("Text(path", "Idx(dir");
+    let err = train_error(&text, &quiet());
+    assert!(err.contains("LipschitzGpt reads token windows"), "{err}");
+}
+
+#[test]
+fn a_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_idx_set(dir.path(), 32);
+    let out = dir.path().join("o");
+    // Plain SGD with an absurd rate and no constraint: the weights overflow within a few steps.
+    let groups = r#"(name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 1e30)))"#;
+    let text = mlp_config(&data, &out, groups, 50, 8)
+        .replace("eval: (every: 20)", "eval: (every: 1), checkpoint_every: 1");
+    let err = train_error(&text, &quiet());
+    assert!(
+        err.contains("NaN or Inf") && err.contains("training stopped and the last good checkpoint"),
+        "{err}"
+    );
+    let ck =
+        spectra::train::checkpoint::load(&spectra::train::checkpoint::path_in(&out), &Device::Cpu)
+            .unwrap();
+    for (name, t) in &ck.tensors {
+        let values = t
+            .flatten_all()
+            .unwrap()
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let finite = values.iter().all(|x| x.is_finite());
+        assert!(finite, "{name} in the kept checkpoint is finite");
+    }
+}
