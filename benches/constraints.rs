@@ -6,7 +6,7 @@ mod roofline;
 
 use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
-use roofline::{init_weight, Roofline, Work, SHAPES};
+use roofline::{init_weight, Op, Roofline, Work, SHAPES};
 use spectra::plugins::{
     EmbeddingColumnCap, HardCapMode, SpectralHammer, SpectralHardCap, SpectralNormalize,
     SpectralSoftCap, SpectralWeightDecay, Stiefel, SvdClip, WeightDecay,
@@ -14,8 +14,6 @@ use spectra::plugins::{
 use spectra_core::linalg::svd::sigma_max;
 use spectra_core::linalg::{orthogonalize, power_iterate, Orthogonalizer, StartVector};
 use spectra_core::{ConstraintContext, ConstraintState, ParamRole, SpectraRng, WeightConstraint};
-
-type Op<'a> = (String, Work, Box<dyn FnMut() + 'a>);
 
 /// One constraint applied repeatedly to the same weight, as after every training step.
 fn constraint_op<'a>(

@@ -5,12 +5,10 @@ mod roofline;
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use roofline::{init_weight, Roofline, Work, SHAPES};
+use roofline::{init_weight, Op, Roofline, Work, SHAPES};
 use spectra::plugins::{AdamW, Muon, Sgd};
 use spectra_core::linalg::Orthogonalizer;
 use spectra_core::{Optimizer, OptimizerStep, Param, ParamRole};
-
-type Op<'a> = (String, Work, Box<dyn FnMut() + 'a>);
 
 /// Repeated steps of `opt` on one parameter with a fixed gradient.
 fn step_op<'a>(id: &str, mut opt: Box<dyn Optimizer>, m: usize, n: usize, work: Work) -> Op<'a> {

@@ -44,18 +44,24 @@ fn list_prints_plugins_with_default_configs() {
 #[test]
 fn check_accepts_a_good_config_and_prints_what_would_run() {
     let dir = tempfile::tempdir().unwrap();
+    let corpus = write_config(&dir, "corpus.txt", &"To be, or not to be: that is the question.\n".repeat(40));
     let file = write_config(
         &dir,
         "good.ron",
-        r#"(
-    model: LipschitzGpt(d_model: 64, blocks: 2),
-    data: Text(path: "data/tinyshakespeare.txt", batch_size: 8),
-    groups: [(name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1)))],
+        &format!(
+            r#"(
+    model: LipschitzGpt(d_model: 64, blocks: 2, seq_len: 16),
+    data: Text(path: {corpus:?}, batch_size: 8),
+    groups: [
+        (name: "embedding", params: [Role(Embedding)], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
+        (name: "rest", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
+    ],
     steps: 10,
     eval: (every: 5, windows: 16),
     device: Cpu,
     output: "runs/x",
-)"#,
+)"#
+        ),
     );
     let out = spectra(&["check", &file]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -65,8 +71,36 @@ fn check_accepts_a_good_config_and_prints_what_would_run() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("a training experiment"), "{stdout}");
-    assert!(stdout.contains("all <- [All]"), "{stdout}");
+    assert!(stdout.contains("rest <- [All]"), "{stdout}");
     assert!(stdout.contains("on 16 windows"), "{stdout}");
+    assert!(stdout.contains("embedding: embed [64, "), "{stdout}");
+}
+
+#[test]
+fn check_reports_a_group_that_matches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_config(&dir, "corpus.txt", &"abc ".repeat(100));
+    let file = write_config(
+        &dir,
+        "unused.ron",
+        &format!(
+            r#"(
+    model: LipschitzGpt(d_model: 32, blocks: 1, heads: 2, seq_len: 8),
+    data: Text(path: {corpus:?}, batch_size: 4),
+    groups: [
+        (name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
+        (name: "gains", params: [Role(Vector)], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
+    ],
+    steps: 10,
+    eval: (every: 5),
+    output: "runs/x",
+)"#
+        ),
+    );
+    let out = spectra(&["check", &file]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unused.ron:6:") && stderr.contains("group `gains` matches no parameter"), "{stderr}");
 }
 
 #[test]

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use spectra::core::config::{self, KvEvalConfig, TrainConfig};
 use spectra::core::error::ConfigError;
-use spectra::core::WeightConstraint;
 use third_party_plugin as _;
 
 fn train_config(group: &str) -> String {
@@ -56,7 +55,7 @@ fn unknown_plugin_names_its_place_the_valid_names_and_the_likely_one() {
     );
     assert!(msg.contains("did you mean `MaxEntryClip`?"), "{msg}");
     assert!(
-        msg.contains("valid names:") && msg.contains("MaxEntryClip"),
+        msg.contains("valid names (WeightConstraint: ") && msg.contains("MaxEntryClip"),
         "{msg}"
     );
 }
@@ -104,7 +103,7 @@ fn invalid_plugin_values_point_at_the_plugin() {
     let text = train_config(GOOD_GROUP).replace("limit: 0.5", "limit: -1.0");
     let err = parse_train(&text).unwrap_err();
     let msg = err.to_string();
-    assert_eq!(located(&err), (6, 27), "{msg}");
+    assert_eq!(located(&err), (6, 31), "{msg}");
     assert!(
         msg.contains("MaxEntryClip: limit must be a positive number"),
         "{msg}"

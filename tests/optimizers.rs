@@ -259,7 +259,7 @@ fn muon_nesterov_and_ema_follow_their_formulas() {
         muon.nesterov = nesterov;
         muon.step(
             std::slice::from_ref(&p),
-            &grads_for(&[&p], &[g.clone()]),
+            &grads_for(&[&p], std::slice::from_ref(&g)),
             &at(0),
         )
         .unwrap();

@@ -10,7 +10,7 @@ use third_party_plugin as _;
 /// Parses a default config back and prints it again: the text must be a fixed point.
 fn round_trip(family: Family, text: &str) -> String {
     let file = Path::new("default.ron");
-    let again = match family {
+    match family {
         Family::WeightConstraint => {
             registry::to_ron(&parse_ron::<Box<dyn WeightConstraint>>(text, file).unwrap())
         }
@@ -20,8 +20,7 @@ fn round_trip(family: Family, text: &str) -> String {
         Family::KvEvictionPolicy => {
             registry::to_ron(&parse_ron::<Box<dyn KvEvictionPolicy>>(text, file).unwrap())
         }
-    };
-    again
+    }
 }
 
 #[test]

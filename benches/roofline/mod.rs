@@ -25,6 +25,9 @@ pub enum Work {
     Time,
 }
 
+/// A named operation, its work, and the routine that performs it once.
+pub type Op<'a> = (String, Work, Box<dyn FnMut() + 'a>);
+
 struct Row {
     shape: (usize, usize),
     id: String,
@@ -64,16 +67,11 @@ impl Roofline {
     }
 
     /// Benchmarks the operations of one shape, preceded by the matmul and copy rooflines.
-    pub fn shape(
-        &mut self,
-        family: &str,
-        shape: (usize, usize),
-        ops: Vec<(String, Work, Box<dyn FnMut() + '_>)>,
-    ) {
+    pub fn shape(&mut self, family: &str, shape: (usize, usize), ops: Vec<Op<'_>>) {
         let (m, n) = shape;
         let w = Tensor::randn(0f32, 1.0, (m, n), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu).unwrap();
-        let mut all: Vec<(String, Work, Box<dyn FnMut() + '_>)> = vec![
+        let mut all: Vec<Op<'_>> = vec![
             (
                 MATMUL.into(),
                 Work::Flops(2.0 * (m * n * n) as f64),

@@ -21,6 +21,10 @@ impl DeviceSpec {
         match *self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(ordinal) => cuda(ordinal),
+            DeviceSpec::Auto if !cfg!(feature = "cuda") => {
+                eprintln!("spectra: device Auto: using the CPU (built without the `cuda` feature)");
+                Ok(Device::Cpu)
+            }
             DeviceSpec::Auto => match cuda(0) {
                 Ok(device) => Ok(device),
                 Err(reason) => {

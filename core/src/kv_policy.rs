@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::rope::RopeSpec;
-use crate::Result;
+use crate::{Error, Result};
 
 /// When a policy compresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +183,17 @@ pub struct KeepPlan {
 }
 
 impl KeepPlan {
+    /// Per KV head, the first `sinks` and last `window` entries plus the best-scored rest (see
+    /// [`keep_top_k`]).
+    pub fn from_scores(scores: &[Vec<f32>], sinks: usize, window: usize, budget: usize) -> Self {
+        KeepPlan {
+            per_head: scores
+                .iter()
+                .map(|s| keep_top_k(s, sinks, window, budget))
+                .collect(),
+        }
+    }
+
     /// Keeps everything.
     pub fn all(lens: &[usize]) -> Self {
         KeepPlan {
@@ -291,13 +302,28 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
         Ok(None)
     }
 
-    /// The keep plan for one layer.
+    /// The keep plan for one layer. The default keeps the contract's sinks and recent window and fills
+    /// the budget by `score`, so a score-based policy implements `score` alone.
     fn select(
         &self,
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<KeepPlan>;
+    ) -> Result<KeepPlan> {
+        let contract = self.contract();
+        let scores = self.score(layer, side, ctx)?.ok_or_else(|| {
+            Error::invalid(
+                self.typetag_name(),
+                "the policy implements neither `select` nor `score`; implement one of them",
+            )
+        })?;
+        Ok(KeepPlan::from_scores(
+            &scores,
+            contract.sinks,
+            contract.recent_window,
+            ctx.budget,
+        ))
+    }
 
     /// Keep plans for all layers at once. Policies that share one selection across layers override it.
     fn select_layers(

@@ -5,11 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, Error, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo,
-    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::selection::{plan_from_scores, validate_protected};
+use crate::selection::validate_protected;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,16 +72,6 @@ impl KvEvictionPolicy for H2o {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(scores))
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
-        Ok(plan_from_scores(&scores, 0, self.recent_window, ctx.budget))
     }
 }
 

@@ -3,11 +3,11 @@
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, TriggerSchedule,
 };
 
-use crate::selection::{plan_from_scores, validate_protected};
+use crate::selection::validate_protected;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,16 +67,6 @@ impl KvEvictionPolicy for KNorm {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(scores))
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
-        Ok(plan_from_scores(&scores, 0, 0, ctx.budget))
     }
 }
 

@@ -5,11 +5,11 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::selection::{plan_from_scores, validate_protected};
+use crate::selection::validate_protected;
 use crate::snap_kv::validate_gqa;
 use crate::window_attention::{
     pool1d, softmax_in_place, validate_kernel, window_queries, GroupLogits, Pooling,
@@ -178,16 +178,6 @@ impl KvEvictionPolicy for RKv {
         ctx: &KvStepContext,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.scores(layer, side, ctx).map(Some)
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let scores = self.scores(layer, side, ctx)?;
-        Ok(plan_from_scores(&scores, 0, self.window, ctx.budget))
     }
 }
 

@@ -5,12 +5,12 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{
-    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, TriggerSchedule,
 };
 
 use crate::k_norm::validate_trigger;
-use crate::selection::{plan_from_scores, validate_protected};
+use crate::selection::validate_protected;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -72,16 +72,6 @@ impl KvEvictionPolicy for Random {
             })
             .collect();
         Ok(Some(scores))
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
-        Ok(plan_from_scores(&scores, 0, 0, ctx.budget))
     }
 }
 

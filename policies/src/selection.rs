@@ -1,22 +1,6 @@
-//! What the score-based policies share: turning per-head scores into a keep plan, and the config checks
-//! for protected sets.
+//! The config checks every policy with sinks and a recent window shares.
 
-use spectra_core::{keep_top_k, Budget, KeepPlan};
-
-/// Per KV head, the protected entries plus the best-scored rest (see [`keep_top_k`]).
-pub fn plan_from_scores(
-    scores: &[Vec<f32>],
-    sinks: usize,
-    window: usize,
-    budget: usize,
-) -> KeepPlan {
-    KeepPlan {
-        per_head: scores
-            .iter()
-            .map(|s| keep_top_k(s, sinks, window, budget))
-            .collect(),
-    }
-}
+use spectra_core::Budget;
 
 /// The checks every policy with sinks and a recent window makes when its config is read: a budget that
 /// keeps something, a window smaller than the budget, and sinks plus window within it. Ratio budgets are

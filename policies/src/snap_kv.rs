@@ -4,11 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::selection::{plan_from_scores, validate_protected};
+use crate::selection::validate_protected;
 use crate::window_attention::{
     pool1d, softmax_in_place, validate_kernel, window_queries, GroupLogits, Pooling,
 };
@@ -142,16 +142,6 @@ impl KvEvictionPolicy for SnapKv {
         ctx: &KvStepContext,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         self.votes(layer, side, ctx).map(Some)
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let scores = self.votes(layer, side, ctx)?;
-        Ok(plan_from_scores(&scores, 0, self.window, ctx.budget))
     }
 }
 

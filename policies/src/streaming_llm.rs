@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, TriggerSchedule,
 };
 
-use crate::selection::{plan_from_scores, validate_protected};
+use crate::selection::validate_protected;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,16 +62,6 @@ impl KvEvictionPolicy for StreamingLlm {
                 .map(|h| (0..h.len()).map(|i| i as f32).collect())
                 .collect(),
         ))
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
-        Ok(plan_from_scores(&scores, self.sinks, 0, ctx.budget))
     }
 }
 

@@ -21,7 +21,8 @@ pub fn run(file: &Path) -> Result<(), Error> {
         print_kv(file, &cfg)
     } else {
         let cfg: TrainConfig = config::parse(&text, file)?;
-        print_train(file, &cfg)
+        print_train(file, &cfg)?;
+        print_routing(&text, file, &cfg)
     }
 }
 
@@ -55,6 +56,28 @@ fn print_train(file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
         for c in &g.constraints {
             println!("      constraint: {}", to_ron(c));
         }
+    }
+    Ok(())
+}
+
+/// Builds the model (on the CPU, from the data's vocabulary or image size) and shows which group each
+/// parameter lands in: a group that matches nothing or a parameter no group takes is an error here.
+fn print_routing(text: &str, file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
+    let data = spectra_models::data::open(&cfg.data, &cfg.model)?;
+    let mut rng = spectra_core::rng::derived_rng(cfg.seed, 0);
+    let model = spectra_models::build(&cfg.model, &data.input_kind(), &candle_core::Device::Cpu, &mut rng)?;
+    let params: Vec<_> = model.params().iter().map(|p| (p.name.clone(), p.role)).collect();
+    let routed = config::route_params(&params, &cfg.groups).map_err(|e| e.in_file(text, file))?;
+    println!("  parameters ({} in all):", model.params().len());
+    for (i, g) in cfg.groups.iter().enumerate() {
+        let mine: Vec<String> = model
+            .params()
+            .iter()
+            .zip(&routed)
+            .filter(|(_, r)| r.group == i)
+            .map(|(p, _)| format!("{} {:?}", p.name, p.var.dims()))
+            .collect();
+        println!("    {}: {}", g.name, mine.join(", "));
     }
     Ok(())
 }

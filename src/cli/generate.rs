@@ -48,12 +48,17 @@ fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
 pub fn run(args: GenerateArgs) -> Result<(), Error> {
     let device: DeviceSpec = parse_ron(&args.device, Path::new("--device"))?;
     let device = device.resolve()?;
-    let format = if args.keep_quantized { WeightFormat::Quantized } else { WeightFormat::Dequantized };
+    let format = if args.keep_quantized {
+        WeightFormat::Quantized
+    } else {
+        WeightFormat::Dequantized
+    };
     let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
     let policy = args.policy.as_deref().map(read_policy).transpose()?;
     let budget = Budget::Tokens(args.budget);
     if let Some(p) = &policy {
-        p.validate(&budget).map_err(|m| Error::invalid("--budget", m))?;
+        p.validate(&budget)
+            .map_err(|m| Error::invalid("--budget", m))?;
     }
     let prompt = tokenizer.encode(&args.prompt)?;
     let mut session = Session::new(&model, policy.as_deref(), budget, 0)?;

@@ -1,5 +1,6 @@
 //! Subcommands of `spectra`.
 
+mod calibrate;
 mod check;
 mod generate;
 mod list;
@@ -35,6 +36,8 @@ enum Command {
     },
     /// Train a model (e.g. `spectra train experiments/quick.ron`); Ctrl-C stops with a checkpoint.
     Train(train::TrainArgs),
+    /// Compute TriAttention's calibration statistics for a model from plain text.
+    Calibrate(calibrate::CalibrateArgs),
     /// Generate text with a Llama-family model, optionally with a bounded KV cache.
     Generate(generate::GenerateArgs),
     /// Run a grid of training runs and plot accuracy against the certified Lipschitz bound.
@@ -54,6 +57,7 @@ pub fn run() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

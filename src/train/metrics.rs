@@ -104,12 +104,10 @@ impl MetricsWriter {
         Error::file(&self.dir, format!("cannot write metrics: {e}"))
     }
 
+    /// Writes and flushes, so that a long run can be followed (and survives a kill) line by line.
     pub fn write(&mut self, record: &Record) -> Result<()> {
         self.write_record(record)?;
-        if matches!(record, Record::Eval(_)) {
-            self.flush()?;
-        }
-        Ok(())
+        self.flush()
     }
 
     fn write_record(&mut self, record: &Record) -> Result<()> {

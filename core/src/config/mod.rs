@@ -51,6 +51,16 @@ impl Invalid {
         self.help = Some(help.into());
         self
     }
+
+    /// The error as it reads for config `text` from `file`, at the line its `near` text is on.
+    pub fn in_file(self, text: &str, file: &Path) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            location: self.near.as_deref().and_then(|needle| locate(text, needle)),
+            message: self.message,
+            help: self.help,
+        }
+    }
 }
 
 /// Reads and validates a config file.
@@ -143,8 +153,41 @@ fn describe(code: &ron::Error, before: &str) -> (String, Option<String>) {
         E::InvalidValueForType { expected, found } => {
             (format!("expected {expected}, found {found}"), None)
         }
+        // Errors inside a plugin's `cfg` reach us through typetag as text; recover the same help.
+        E::Message(text) => describe_message(text),
         other => (other.to_string(), None),
     }
+}
+
+/// The backticked names of a message: for ron's field errors, the field found then those expected.
+fn backticked(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
+fn describe_message(text: &str) -> (String, Option<String>) {
+    let names = backticked(text);
+    if text.starts_with("Unexpected missing field named") {
+        if let Some(field) = names.first() {
+            let owner = names
+                .get(1)
+                .map(|o| format!(" in `{o}`"))
+                .unwrap_or_default();
+            return (
+                format!("missing field `{field}`{owner}"),
+                Some(format!("add `{field}: ...`")),
+            );
+        }
+    }
+    if text.starts_with("Unexpected field named") {
+        if let Some((found, expected)) = names.split_first() {
+            let mut help = format!("valid fields: {}", expected.join(", "));
+            if let Some(best) = closest(found, expected.iter().copied()) {
+                help = format!("did you mean `{best}`? {help}");
+            }
+            return (format!("unknown field `{found}`"), Some(help));
+        }
+    }
+    (text.to_string(), None)
 }
 
 /// A plugin entry reads `(type: "Name", cfg: ...)`: the error sits just after `type:`.
@@ -234,6 +277,21 @@ mod tests {
         assert_eq!(locate(text, "Muon"), Some(Location { line: 3, col: 9 }));
         assert_eq!(locate(text, "a:"), Some(Location { line: 2, col: 3 }));
         assert_eq!(locate(text, "zzz"), None);
+    }
+
+    #[test]
+    fn typetag_messages_get_the_same_help() {
+        let (m, h) = describe_message("Unexpected missing field named `limit` in `MaxEntryClip`");
+        assert_eq!(m, "missing field `limit` in `MaxEntryClip`");
+        assert_eq!(h.unwrap(), "add `limit: ...`");
+        let (m, h) =
+            describe_message("Unexpected field named `limt`, expected `limit` or `sinks` instead");
+        assert_eq!(m, "unknown field `limt`");
+        assert_eq!(
+            h.unwrap(),
+            "did you mean `limit`? valid fields: limit, sinks"
+        );
+        assert_eq!(describe_message("something else").0, "something else");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use spectra_core::kv_policy::{GqaAggregation, TriggerSchedule};
 use spectra_core::{
-    Budget, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
+    Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,22 +62,6 @@ impl KvEvictionPolicy for ValueNorm {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(scores))
-    }
-
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> spectra_core::Result<KeepPlan> {
-        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
-        let per_head = layer
-            .heads
-            .iter()
-            .zip(&scores)
-            .map(|(_, s)| spectra_core::kv_policy::keep_top_k(s, self.sinks, 0, ctx.budget))
-            .collect();
-        Ok(KeepPlan { per_head })
     }
 }
 

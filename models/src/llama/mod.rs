@@ -37,14 +37,17 @@ pub enum Logits {
     All,
 }
 
+/// Receives a layer's queries exactly as fed to RoPE, `[heads, tokens, head_dim]`.
+pub type QueryHook<'a> = &'a mut dyn FnMut(usize, &Tensor) -> Result<()>;
+
 /// What the forward pass hands to KV policies and to calibration besides logits.
 #[derive(Default)]
 pub struct Taps<'a> {
     /// Keep the post-RoPE queries of this many most recent positions per layer (`[heads, w, head_dim]`).
     pub window: usize,
     pub window_queries: Vec<Option<Tensor>>,
-    /// Called per layer with the queries exactly as fed to RoPE, `[heads, tokens, head_dim]`.
-    pub pre_rope_queries: Option<&'a mut dyn FnMut(usize, &Tensor) -> Result<()>>,
+    /// Called per layer with its pre-RoPE queries (calibration).
+    pub pre_rope_queries: Option<QueryHook<'a>>,
 }
 
 impl Llama {
@@ -79,7 +82,11 @@ impl Llama {
     }
 
     /// Loads a GGUF file, or a Hugging Face folder with its `tokenizer.json`.
-    pub fn load(path: &Path, device: &Device, format: WeightFormat) -> Result<(Self, TextTokenizer)> {
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<(Self, TextTokenizer)> {
         if path.is_dir() {
             let tokenizer = TextTokenizer::from_file(&path.join("tokenizer.json"))?;
             Ok((Llama::from_hf(path, device)?, tokenizer))

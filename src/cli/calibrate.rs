@@ -1,0 +1,83 @@
+//! `spectra calibrate --model M --text FILE --out stats.safetensors`: TriAttention's query statistics,
+//! from the vectors the model feeds to RoPE while it reads plain text.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use spectra_core::kv_stats::{QueryStatsAccumulator, QueryStatsMeta};
+use spectra_core::{DeviceSpec, Error};
+use spectra_models::llama::{Llama, Logits, Taps, WeightFormat};
+
+#[derive(Args)]
+pub struct CalibrateArgs {
+    /// A GGUF file or a Hugging Face folder.
+    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// Plain text to read (keep it disjoint from evaluation text).
+    #[arg(long)]
+    text: PathBuf,
+    /// Where to write the statistics.
+    #[arg(long)]
+    out: PathBuf,
+    /// Read at most this many tokens of the text (the reference reads up to 32K).
+    #[arg(long, default_value_t = 32768)]
+    max_tokens: usize,
+    /// Tokens per forward chunk.
+    #[arg(long, default_value_t = 512)]
+    chunk: usize,
+    #[arg(long, default_value = "Auto")]
+    device: String,
+}
+
+pub fn run(args: CalibrateArgs) -> Result<(), Error> {
+    let device: DeviceSpec =
+        spectra_core::config::parse_ron(&args.device, std::path::Path::new("--device"))?;
+    let device = device.resolve()?;
+    let (model, tokenizer) = Llama::load(&args.model, &device, WeightFormat::Dequantized)?;
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
+    let mut tokens = tokenizer.encode(&text)?;
+    tokens.truncate(args.max_tokens.min(model.config.max_context));
+    if tokens.is_empty() {
+        return Err(Error::file(&args.text, "holds no text to calibrate on"));
+    }
+    let config = &model.config;
+    let mut stats = QueryStatsAccumulator::new(QueryStatsMeta::for_rope(
+        &config.rope,
+        config.layers,
+        config.heads,
+    ))?;
+    let mut cache = model.new_cache(false)?;
+    let mut record = |layer: usize, queries: &candle_core::Tensor| -> spectra_core::Result<()> {
+        for head in 0..queries.dim(0)? {
+            stats.add_queries(layer, head, &queries.get(head)?)?;
+        }
+        Ok(())
+    };
+    let mut taps = Taps {
+        pre_rope_queries: Some(&mut record),
+        ..Taps::default()
+    };
+    for (i, piece) in tokens.chunks(args.chunk.max(1)).enumerate() {
+        let start = (i * args.chunk.max(1)) as u64;
+        let positions: Vec<u64> = (start..start + piece.len() as u64).collect();
+        model.forward(piece, &positions, &mut cache, &mut taps, Logits::Last)?;
+        eprint!(
+            "\rcalibrating: {} of {} tokens",
+            start as usize + piece.len(),
+            tokens.len()
+        );
+    }
+    eprintln!();
+    drop(taps);
+    stats.finish()?.save(&args.out)?;
+    println!(
+        "wrote {} ({} layers x {} query heads x {} bands, from {} tokens)",
+        args.out.display(),
+        config.layers,
+        config.heads,
+        config.rope.bands(),
+        tokens.len()
+    );
+    Ok(())
+}
