@@ -44,7 +44,11 @@ fn list_prints_plugins_with_default_configs() {
 #[test]
 fn check_accepts_a_good_config_and_prints_what_would_run() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_config(&dir, "corpus.txt", &"To be, or not to be: that is the question.\n".repeat(40));
+    let corpus = write_config(
+        &dir,
+        "corpus.txt",
+        &"To be, or not to be: that is the question.\n".repeat(40),
+    );
     let file = write_config(
         &dir,
         "good.ron",
@@ -100,7 +104,10 @@ fn check_reports_a_group_that_matches_nothing() {
     let out = spectra(&["check", &file]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unused.ron:6:") && stderr.contains("group `gains` matches no parameter"), "{stderr}");
+    assert!(
+        stderr.contains("unused.ron:6:") && stderr.contains("group `gains` matches no parameter"),
+        "{stderr}"
+    );
 }
 
 #[test]

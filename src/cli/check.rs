@@ -65,8 +65,17 @@ fn print_train(file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
 fn print_routing(text: &str, file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
     let data = spectra_models::data::open(&cfg.data, &cfg.model)?;
     let mut rng = spectra_core::rng::derived_rng(cfg.seed, 0);
-    let model = spectra_models::build(&cfg.model, &data.input_kind(), &candle_core::Device::Cpu, &mut rng)?;
-    let params: Vec<_> = model.params().iter().map(|p| (p.name.clone(), p.role)).collect();
+    let model = spectra_models::build(
+        &cfg.model,
+        &data.input_kind(),
+        &candle_core::Device::Cpu,
+        &mut rng,
+    )?;
+    let params: Vec<_> = model
+        .params()
+        .iter()
+        .map(|p| (p.name.clone(), p.role))
+        .collect();
     let routed = config::route_params(&params, &cfg.groups).map_err(|e| e.in_file(text, file))?;
     println!("  parameters ({} in all):", model.params().len());
     for (i, g) in cfg.groups.iter().enumerate() {
