@@ -139,6 +139,10 @@ impl Llama {
         if taps.window_queries.len() < c.layers {
             taps.window_queries.resize(c.layers, None);
         }
+        // Shared by every layer: the rotation tables of these positions, and (for a chunk) the causal
+        // triangle over its newest entries.
+        let rotary = rotary::Rotary::new(&c.rope, positions, &self.device)?;
+        let causal = (t > 1).then(|| causal_mask(t, &self.device)).transpose()?;
         for (l, w) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &w.attn_norm, c.rms_eps as f32)?;
             let heads = |m: &candle_core::quantized::QMatMul, n: usize| -> Result<Tensor> {
@@ -153,14 +157,14 @@ impl Llama {
             if let Some(hook) = taps.pre_rope_queries.as_mut() {
                 hook(l, &q)?;
             }
-            let q = rotary::apply(&c.rope, &q, positions, &self.device)?;
-            let k = rotary::apply(&c.rope, &k, positions, &self.device)?;
+            let q = rotary.apply(&q)?;
+            let k = rotary.apply(&k)?;
             cache.append(l, &k, &v, positions)?;
             if taps.window > 0 {
                 taps.window_queries[l] =
                     Some(recent(taps.window_queries[l].take(), &q, taps.window)?);
             }
-            let attended = self.attend(l, &q, cache)?;
+            let attended = self.attend(l, &q, cache, causal.as_ref())?;
             x = (x + w.o.forward(&attended)?)?;
             let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps as f32)?;
             let gated = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
@@ -176,12 +180,17 @@ impl Llama {
 
     /// Attention of `q` (`[heads, t, head_dim]`, the newest `t` tokens) over each KV head's cache, whose
     /// last `t` entries are those tokens. Returns `[t, heads·head_dim]`.
-    fn attend(&self, layer: usize, q: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    /// `causal` is [`causal_mask`] of `t`, given when `t > 1`.
+    fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        cache: &mut KvCache,
+        causal: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (g, t, d) = (c.group_size(), q.dim(1)?, c.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
-        // Only the newest t entries can lie in a query's future: mask those with a causal triangle.
-        let causal = (t > 1).then(|| causal_mask(t, &self.device)).transpose()?;
         let mut outputs = Vec::with_capacity(c.kv_heads);
         for kv in 0..c.kv_heads {
             let keys = cache.keys(layer, kv)?.clone();
@@ -189,7 +198,8 @@ impl Llama {
             let n = keys.dim(0)?;
             let qg = q.narrow(0, kv * g, g)?.reshape((g * t, d))?;
             let mut scores = (qg.matmul(&keys.t()?)? * scale)?;
-            if let Some(mask) = &causal {
+            // Only the newest t entries can lie in a query's future: mask those with the triangle.
+            if let Some(mask) = causal {
                 let old = scores.narrow(1, 0, n - t)?;
                 let new = scores
                     .narrow(1, n - t, t)?
