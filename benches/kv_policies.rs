@@ -1,7 +1,9 @@
 //! KV eviction: scoring plus selection per layer (8 KV heads, GQA 4, n ∈ {1K, 8K, 32K}, head dim 64 and
-//! 128), compaction, and TriAttention over all layers of SmolLM2-135M at n = 8K against one decoding
-//! step of that model. Rooflines are measured in the same run: a plain f32 matmul (FMA throughput) and a
-//! plain copy (memory bandwidth). After criterion's own report a table of ratios is printed.
+//! 128), the fused ops' CPU paths alone (TriAttention key scores, SnapKV vote + pooling, top-k against
+//! the host `keep_top_k` it can replace), compaction, and TriAttention over all layers of SmolLM2-135M at
+//! n = 8K against one decoding step of that model. Rooflines are measured in the same run: a plain f32
+//! matmul (FMA throughput) and a plain copy (memory bandwidth). After criterion's own report a table of
+//! ratios is printed.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -11,9 +13,15 @@ use candle_core::{DType, Device, Tensor};
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
+use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
-use spectra_core::{KeepPlan, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext};
-use spectra_policies::{H2o, KNorm, SnapKv, TriAttention};
+use spectra_core::{
+    keep_top_k, GqaAggregation, KeepPlan, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext,
+};
+use spectra_policies::snap_kv_votes::VotePool;
+use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
+use spectra_policies::tri_attention::{OffsetTable, ScoreOptions};
+use spectra_policies::{H2o, KNorm, OffsetAggregation, Pooling, SnapKv, TriAttention};
 
 const KV_HEADS: usize = 8;
 const GROUP: usize = 4;
@@ -176,6 +184,80 @@ fn policies(c: &mut Criterion) {
     group.finish();
 }
 
+/// The fused ops' CPU paths alone, for one layer (8 KV heads) at n = 32K, d = 128.
+const OPS_N: usize = 1 << 15;
+const SNAP_WINDOW: usize = 32;
+
+fn fused_ops(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fused_ops");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    let (d, n) = (128, OPS_N);
+    group.throughput(Throughput::Elements((n * KV_HEADS) as u64));
+    let rope = RopeSpec::new(d, 10000.0, RopePairing::Half, RopeScaling::None);
+    let stats = stats(&rope, 1, KV_HEADS * GROUP);
+    let cache = cache(1, KV_HEADS, GROUP, n, d);
+    let view = cache.layer_view(0).unwrap();
+    let table = OffsetTable::new(&rope, n as u64, 1 << 16);
+    let centers: Vec<Vec<_>> = (0..KV_HEADS)
+        .map(|g| {
+            (0..GROUP)
+                .map(|i| stats.head(0, g * GROUP + i).unwrap())
+                .collect()
+        })
+        .collect();
+    for (label, aggregation) in [
+        ("mean", OffsetAggregation::Mean),
+        ("max", OffsetAggregation::Max),
+    ] {
+        let options = ScoreOptions {
+            max_offset: 1 << 16,
+            aggregation,
+            disable_mlr: false,
+            disable_trig: false,
+        };
+        timed(&mut group, &format!("tri_key_scores_{label}"), || {
+            for (head, c) in view.heads.iter().zip(&centers) {
+                let inputs = KeyScoreInputs {
+                    centers: c,
+                    rope: &rope,
+                    table: &table,
+                    options: &options,
+                };
+                std::hint::black_box(key_scores(head.keys, &inputs).unwrap());
+            }
+        });
+    }
+    // The vote over precomputed window logits of each head.
+    let logits = Tensor::rand(-4f32, 4f32, (GROUP * SNAP_WINDOW, n), &Device::Cpu).unwrap();
+    let vote = VotePool {
+        group: GROUP,
+        visible: (0..SNAP_WINDOW).map(|i| n - SNAP_WINDOW + i + 1).collect(),
+        prefix: n - SNAP_WINDOW,
+        kernel: 5,
+        pooling: Pooling::Avg,
+        reduce: GqaAggregation::Mean,
+    };
+    timed(&mut group, "snap_vote_pool", || {
+        for _ in 0..KV_HEADS {
+            std::hint::black_box(vote.apply(&logits).unwrap());
+        }
+    });
+    let scores = Tensor::randn(0f32, 1f32, (KV_HEADS, n), &Device::Cpu).unwrap();
+    let rows: Vec<Vec<f32>> = scores.to_vec2().unwrap();
+    timed(&mut group, "top_k_op", || {
+        std::hint::black_box(keep_top_k_rows(&scores, 4, 128, n / 4).unwrap());
+    });
+    timed(&mut group, "top_k_host", || {
+        for row in &rows {
+            std::hint::black_box(keep_top_k(row, 4, 128, n / 4));
+        }
+    });
+    group.finish();
+}
+
 fn compaction(c: &mut Criterion) {
     let mut group = c.benchmark_group("compact");
     group
@@ -281,6 +363,46 @@ fn report() {
             }
         }
     }
+    let (d, n) = (128.0, OPS_N as f64);
+    let keys = n * KV_HEADS as f64;
+    println!("\n## Fused ops, CPU paths: one layer, 8 KV heads × d128, GQA 4, n = {OPS_N}\n");
+    println!("| op | ms / layer | Mkeys/s | % of FMA roofline | % of bandwidth |");
+    println!("|---|---|---|---|---|");
+    for (label, forms) in [("mean", 1.0), ("max", OFFSETS)] {
+        let t = median(&format!("tri_key_scores_{label}"));
+        // Per key and query head: 2 FMAs per band and form (Re, Im) plus 1 for the norm term.
+        let flops = keys * GROUP as f64 * (d / 2.0) * (2.0 * forms + 1.0) * 2.0;
+        let bytes = keys * d * 4.0 + keys * GROUP as f64 * 4.0;
+        println!(
+            "| TriAttention key scores ({label}) | {:.3} | {:.1} | {:.1}% | {:.1}% |",
+            t * 1e3,
+            keys / t / 1e6,
+            100.0 * flops / t / matmul,
+            100.0 * bytes / t / bandwidth
+        );
+    }
+    let t = median("snap_vote_pool");
+    let bytes = keys * (GROUP * SNAP_WINDOW) as f64 * 4.0;
+    println!(
+        "| SnapKV vote + pooling (window {SNAP_WINDOW}, logits given) | {:.3} | {:.1} | | {:.1}% |",
+        t * 1e3,
+        keys / t / 1e6,
+        100.0 * bytes / t / bandwidth
+    );
+    let (op, host) = (median("top_k_op"), median("top_k_host"));
+    println!(
+        "| top-k op (budget n/4) | {:.3} | {:.1} | | {:.1}% |",
+        op * 1e3,
+        keys / op / 1e6,
+        100.0 * keys * 4.0 / op / bandwidth
+    );
+    println!(
+        "| keep_top_k on the host, same scores | {:.3} | {:.1} | | {:.1}% |\n\ntop-k op / host keep_top_k time: {:.2}",
+        host * 1e3,
+        keys / host / 1e6,
+        100.0 * keys * 4.0 / host / bandwidth,
+        op / host
+    );
     for n in [1usize << 13, 1 << 15] {
         let t = median(&format!("compact/n{n}"));
         let bytes = (n * KV_HEADS * 128 * 4 * 2) as f64 / 4.0;
@@ -325,6 +447,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     rooflines(&mut c);
     policies(&mut c);
+    fused_ops(&mut c);
     compaction(&mut c);
     smollm(&mut c);
     c.final_summary();

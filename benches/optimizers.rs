@@ -1,5 +1,7 @@
 //! Optimizer steps on one f32 matrix of 256×256, 1024×1024 and 4096×1024, each against a plain
-//! matmul (Muon) or memory copy (AdamW, SGD) of the same shape measured in the same run.
+//! matmul (Muon) or memory copy (AdamW, SGD) of the same shape measured in the same run. AdamW's step
+//! runs the fused update (`spectra_core::ops::adamw`); the update alone is measured too, to separate it
+//! from the step's gradient and result checks and its write into the parameter.
 
 mod roofline;
 
@@ -8,6 +10,7 @@ use candle_core::{Device, Tensor, Var};
 use roofline::{init_weight, Op, Roofline, Work, SHAPES};
 use spectra::plugins::{AdamW, Muon, Sgd};
 use spectra_core::linalg::Orthogonalizer;
+use spectra_core::ops::adamw::{adamw_update, AdamWScalars};
 use spectra_core::{Optimizer, OptimizerStep, Param, ParamRole};
 
 /// Repeated steps of `opt` on one parameter with a fixed gradient.
@@ -38,6 +41,33 @@ fn step_op<'a>(id: &str, mut opt: Box<dyn Optimizer>, m: usize, n: usize, work: 
     (id.to_string(), work, Box::new(routine))
 }
 
+/// The fused AdamW update alone, on fixed inputs (its outputs are dropped).
+fn adamw_op<'a>(m: usize, n: usize) -> Op<'a> {
+    let gaussian = |std: f32| Tensor::randn(0f32, std, (m, n), &Device::Cpu).unwrap();
+    let (w, g, mom, v) = (
+        init_weight(m, n),
+        gaussian(1.0),
+        gaussian(0.1),
+        gaussian(0.1).sqr().unwrap(),
+    );
+    let (m_correction, v_correction) = AdamWScalars::corrections(0.9, 0.999, 10, true);
+    let scalars = AdamWScalars {
+        beta1: 0.9,
+        beta2: 0.999,
+        m_correction,
+        v_correction,
+        eps: 1e-8,
+        lr: 1e-3,
+        weight_scale: 1.0,
+    };
+    let routine = move || drop(adamw_update(&w, &g, &mom, &v, &scalars).unwrap());
+    (
+        "AdamW fused update alone".to_string(),
+        Work::Bytes(28.0 * (m * n) as f64),
+        Box::new(routine),
+    )
+}
+
 fn muon(orthogonalizer: Orthogonalizer) -> Box<dyn Optimizer> {
     let mut muon = Muon::new(0.01);
     muon.orthogonalizer = orthogonalizer;
@@ -56,6 +86,7 @@ fn ops<'a>(m: usize, n: usize) -> Vec<Op<'a>> {
             n,
             Work::Bytes(28.0 * mf * nf),
         ),
+        adamw_op(m, n),
         step_op(
             "Sgd step (momentum 0.9)",
             Box::new(Sgd::default()),

@@ -6,4 +6,6 @@ pub use spectra_core as core;
 pub use spectra_models as models;
 pub use spectra_plugins as plugins;
 pub use spectra_policies as policies;
+pub mod kv;
+pub mod plots;
 pub mod train;

@@ -46,6 +46,21 @@ fn the_capital_of_france_is_paris() {
 }
 
 #[test]
+fn chat_template_markers_are_single_tokens() {
+    let Some(path) = model_path() else { return };
+    let (_, tokenizer) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::Quantized).unwrap();
+    let ids = tokenizer.encode("<|im_start|>user\nHi<|im_end|>").unwrap();
+    // <|im_start|> is id 1 and <|im_end|> id 2 in SmolLM2's vocabulary (and its end-of-sequence).
+    assert_eq!(ids.first(), Some(&1), "{ids:?}");
+    assert_eq!(ids.last(), Some(&2), "{ids:?}");
+    assert_eq!(tokenizer.eos, Some(2));
+    assert_eq!(
+        tokenizer.decode(&ids).unwrap(),
+        "<|im_start|>user\nHi<|im_end|>"
+    );
+}
+
+#[test]
 fn full_policy_on_a_short_prompt_equals_plain_decoding() {
     use spectra::core::config::parse_ron;
     use spectra::core::{Budget, KvEvictionPolicy};

@@ -4,9 +4,11 @@
 //! value, the entry's original absolute position and, when asked for, the attention the entry has
 //! received so far (H2O's state). Keys and values live in preallocated tensors on the model's device
 //! that grow by doubling, so appending a token costs amortised O(1) copies; reading back returns a
-//! contiguous view of the filled rows. Compaction gathers the kept rows into tensors of exactly the kept
-//! length and drops the old ones, so evicted entries really give their memory back (unlike masking
-//! schemes, which save nothing).
+//! contiguous view of the filled rows. Compaction gathers the kept rows into new tensors with a little
+//! headroom ([`headroom`]) and drops the old ones, so evicted entries really give their memory back
+//! (unlike masking schemes, which save nothing), and the decode steps after a compaction append
+//! without reallocating (a policy that evicts at every step would otherwise copy its cache twice per
+//! token).
 
 use candle_core::{DType, Device, Tensor};
 
@@ -16,6 +18,16 @@ use crate::{Error, Result};
 /// Rows allocated the first time a head receives entries; small enough not to matter, large enough that
 /// the first decode steps do not reallocate every token.
 const MIN_CAPACITY: usize = 16;
+
+/// Free rows left after compacting to `kept` entries: an eighth, at least [`MIN_CAPACITY`], none for an
+/// emptied head.
+pub fn headroom(kept: usize) -> usize {
+    if kept == 0 {
+        0
+    } else {
+        (kept / 8).max(MIN_CAPACITY)
+    }
+}
 
 /// The shape of a model's cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,27 +116,36 @@ impl HeadCache {
         self.refresh_views()
     }
 
-    /// Replaces the storage by the kept rows only, in tensors of exactly that length.
+    /// A copy with storage of its own, exactly as long as the filled rows.
+    fn deep_copy(&self) -> Result<Self> {
+        let keys = self.keys.copy()?;
+        let values = self.values.copy()?;
+        Ok(HeadCache {
+            key_store: keys.clone(),
+            value_store: values.clone(),
+            keys,
+            values,
+            positions: self.positions.clone(),
+            attention: self.attention.clone(),
+        })
+    }
+
+    /// Replaces the storage by the kept rows plus [`headroom`]; keeping everything changes nothing.
     fn compact(&mut self, keep: &[u32]) -> Result<()> {
-        if keep.len() == self.len() && self.capacity() == self.len() {
+        if keep.len() == self.len() {
             return Ok(());
         }
-        let (keys, values) = if keep.is_empty() {
-            let empty = Tensor::zeros(
-                (0, self.key_store.dim(1)?),
-                self.key_store.dtype(),
-                self.key_store.device(),
-            )?;
-            (empty.clone(), empty)
-        } else {
-            let index = Tensor::from_slice(keep, keep.len(), self.key_store.device())?;
-            (
-                self.keys.index_select(&index, 0)?,
-                self.values.index_select(&index, 0)?,
-            )
+        let capacity = keep.len() + headroom(keep.len());
+        let gather = |filled: &Tensor| -> Result<Tensor> {
+            let store = Tensor::zeros((capacity, filled.dim(1)?), filled.dtype(), filled.device())?;
+            if !keep.is_empty() {
+                let index = Tensor::from_slice(keep, keep.len(), filled.device())?;
+                store.slice_set(&filled.index_select(&index, 0)?, 0, 0)?;
+            }
+            Ok(store)
         };
-        self.key_store = keys;
-        self.value_store = values;
+        self.key_store = gather(&self.keys)?;
+        self.value_store = gather(&self.values)?;
         self.positions = keep.iter().map(|&i| self.positions[i as usize]).collect();
         self.positions.shrink_to_fit();
         if let Some(acc) = &mut self.attention {
@@ -171,6 +192,23 @@ impl KvCache {
             shape,
             dtype,
             device: device.clone(),
+            layers,
+        })
+    }
+
+    /// An independent copy: appending to or compacting either cache leaves the other untouched (a
+    /// shallow clone would share the preallocated storage that `append` writes into). Lets one prefill
+    /// serve several policies.
+    pub fn deep_copy(&self) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|heads| heads.iter().map(HeadCache::deep_copy).collect())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache {
+            shape: self.shape,
+            dtype: self.dtype,
+            device: self.device.clone(),
             layers,
         })
     }
@@ -344,8 +382,8 @@ impl KvCache {
     }
 
     /// Bytes allocated for keys and values on the device: `capacity × 2 × head_dim × dtype size`, summed
-    /// over heads. Right after [`compact`](Self::compact) every capacity equals its length, so this is
-    /// `kept entries × 2 × head_dim × dtype size`.
+    /// over heads. Right after [`compact`](Self::compact) a head's capacity is its kept entries plus
+    /// [`headroom`].
     pub fn bytes(&self) -> usize {
         let row = 2 * self.shape.head_dim * self.dtype.size_in_bytes();
         self.layers
@@ -500,6 +538,16 @@ mod tests {
                         let per_head: Vec<Vec<u32>> = (0..HEADS)
                             .map(|h| (0..model[layer][h].len() as u32).filter(|&i| masks[h][i as usize % 200]).collect())
                             .collect();
+                        // A head that evicts holds its kept rows plus the headroom; one that keeps
+                        // everything, and every other layer, is untouched.
+                        let expected: Vec<usize> = (0..HEADS).map(|h| {
+                            let kept = per_head[h].len();
+                            if kept < model[layer][h].len() {
+                                kept + headroom(kept)
+                            } else {
+                                cache.head(layer, h).unwrap().capacity()
+                            }
+                        }).collect();
                         for (entries, keep) in model[layer].iter_mut().zip(&per_head) {
                             *entries = keep.iter().map(|&i| entries[i as usize].clone()).collect();
                         }
@@ -507,13 +555,11 @@ mod tests {
                             (0..HEADS).map(|h| cache.head(l, h).unwrap().capacity()).sum::<usize>()
                         }).sum();
                         cache.compact(layer, &KeepPlan { per_head }).unwrap();
-                        // The compacted layer holds exactly its kept rows; other layers are untouched.
-                        let kept_rows: usize = model[layer].iter().map(Vec::len).sum();
                         let after_other: usize = (0..LAYERS).filter(|&l| l != layer).map(|l| {
                             (0..HEADS).map(|h| cache.head(l, h).unwrap().capacity()).sum::<usize>()
                         }).sum();
-                        let layer_rows: usize = (0..HEADS).map(|h| cache.head(layer, h).unwrap().capacity()).sum();
-                        prop_assert_eq!(layer_rows, kept_rows);
+                        let capacities: Vec<usize> = (0..HEADS).map(|h| cache.head(layer, h).unwrap().capacity()).collect();
+                        prop_assert_eq!(capacities, expected);
                         prop_assert_eq!(before_other, after_other);
                     }
                 }
@@ -562,8 +608,8 @@ mod tests {
         cache.compact(0, &plan).unwrap();
         assert_eq!(cache.lens(0).unwrap(), vec![3, 40, 0]);
         assert_eq!(cache.entries(), 43);
-        // Keys and values of the kept entries only, f16 = 2 bytes.
-        assert_eq!(cache.bytes(), 43 * 2 * d * 2);
+        // Keys and values of the kept entries plus 16 rows of headroom per non-empty head, f16 = 2 bytes.
+        assert_eq!(cache.bytes(), (43 + 2 * 16) * 2 * d * 2);
         assert_eq!(cache.host_bytes(), 43 * 8);
         assert_eq!(cache.positions(0, 0).unwrap(), &[0, 5, 99]);
         assert_eq!(cache.layer_view(0).unwrap().group_size, 2);
@@ -581,6 +627,45 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(last, vec![2.0; d]);
+    }
+
+    #[test]
+    fn a_deep_copy_is_independent_of_its_source() {
+        let mut cache = KvCache::new(shape(), DType::F32, &Device::Cpu, true).unwrap();
+        let ones = Tensor::ones((HEADS, 3, D), DType::F32, &Device::Cpu).unwrap();
+        cache.append(0, &ones, &ones, &[0, 1, 2]).unwrap();
+        cache.add_attention(0, 1, &[0.5, 0.25, 0.25]).unwrap();
+        let mut copy = cache.deep_copy().unwrap();
+        // Both append a different row at the same place: with shared storage the second write would
+        // overwrite the first.
+        let twos = (&ones.narrow(1, 0, 1).unwrap() * 2.0).unwrap();
+        let threes = (&ones.narrow(1, 0, 1).unwrap() * 3.0).unwrap();
+        cache.append(0, &twos, &twos, &[3]).unwrap();
+        copy.append(0, &threes, &threes, &[4]).unwrap();
+        let last = |c: &KvCache| {
+            c.keys(0, 0)
+                .unwrap()
+                .get(3)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(last(&cache), vec![2.0; D]);
+        assert_eq!(last(&copy), vec![3.0; D]);
+        assert_eq!(cache.positions(0, 0).unwrap(), &[0, 1, 2, 3]);
+        assert_eq!(copy.positions(0, 0).unwrap(), &[0, 1, 2, 4]);
+        copy.compact(
+            0,
+            &KeepPlan {
+                per_head: vec![vec![3], vec![0, 1]],
+            },
+        )
+        .unwrap();
+        assert_eq!(cache.lens(0).unwrap(), vec![4, 4]);
+        assert_eq!(
+            copy.accumulated_attention(0, 1).unwrap().unwrap(),
+            &[0.5, 0.25]
+        );
     }
 
     #[test]

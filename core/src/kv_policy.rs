@@ -130,6 +130,17 @@ pub struct SideInfoNeeds {
     pub rope: bool,
 }
 
+impl SideInfoNeeds {
+    /// What covers both `self` and `other` (the longer window; attention if either tracks it).
+    pub fn union(self, other: SideInfoNeeds) -> SideInfoNeeds {
+        SideInfoNeeds {
+            window_queries: self.window_queries.max(other.window_queries),
+            accumulated_attention: self.accumulated_attention || other.accumulated_attention,
+            rope: self.rope || other.rope,
+        }
+    }
+}
+
 /// A cache budget as configured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

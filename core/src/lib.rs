@@ -10,6 +10,7 @@ pub mod kv_cache;
 pub mod kv_policy;
 pub mod kv_stats;
 pub mod linalg;
+pub mod ops;
 pub mod optimizer;
 pub mod param;
 pub mod registry;

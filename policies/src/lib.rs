@@ -8,6 +8,7 @@ mod r_kv;
 mod random;
 mod selection;
 mod snap_kv;
+pub mod snap_kv_votes;
 mod streaming_llm;
 pub mod tri_attention;
 mod window_attention;

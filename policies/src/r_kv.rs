@@ -51,12 +51,7 @@ impl Default for RKv {
 }
 
 impl RKv {
-    fn scores(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<Vec<Vec<f32>>> {
+    fn scores(&self, layer: &KvLayerView<'_>, side: &KvSideInfo<'_>) -> Result<Vec<Vec<f32>>> {
         let queries = window_queries(side, layer, "RKv")?;
         let given = queries.dim(1)?;
         let queries = queries.narrow(1, given - given.min(self.window), given.min(self.window))?;
@@ -70,8 +65,7 @@ impl RKv {
                 if prefix == 0 {
                     return Ok(vec![f32::INFINITY; n]);
                 }
-                let logits =
-                    GroupLogits::new(&queries, g, layer.group_size, head.keys, ctx.position)?;
+                let logits = GroupLogits::new(&queries, g, layer.group_size, head.keys)?;
                 let attention = self.attention(&logits, prefix);
                 let redundancy = redundancy(head.keys, self.similarity_threshold)?;
                 let mut scores: Vec<f32> = attention
@@ -175,9 +169,9 @@ impl KvEvictionPolicy for RKv {
         &self,
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
+        _ctx: &KvStepContext,
     ) -> Result<Option<Vec<Vec<f32>>>> {
-        self.scores(layer, side, ctx).map(Some)
+        self.scores(layer, side).map(Some)
     }
 }
 

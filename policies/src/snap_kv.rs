@@ -2,16 +2,17 @@
 //! pooled over neighbours and the best-voted prefix entries are kept with the window
 //! (kv-eviction.md §2.1). Runs once, after the prompt.
 
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
+use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
-use crate::window_attention::{
-    pool1d, softmax_in_place, validate_kernel, window_queries, GroupLogits, Pooling,
-};
+use crate::snap_kv_votes::VotePool;
+use crate::window_attention::{group_logits, validate_kernel, window_queries, Pooling};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,17 +40,20 @@ impl Default for SnapKv {
 }
 
 impl SnapKv {
-    /// Per KV head: the pooled votes of the prefix entries, `+inf` for the window entries (never evicted).
+    /// Per KV head, on the keys' device: the pooled votes of the prefix entries, `+inf` for the window
+    /// entries (never evicted).
     fn votes(
         &self,
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<Tensor>> {
         let queries = window_queries(side, layer, "SnapKv")?;
         let given = queries.dim(1)?;
-        let queries = queries.narrow(1, given - given.min(self.window), given.min(self.window))?;
-        let group = layer.group_size;
+        let window = given.min(self.window);
+        let queries = queries.narrow(1, given - window, window)?;
+        // The window queries sit at the last `window` positions before `position`.
+        let first_query = ctx.position.saturating_sub(window as u64);
         layer
             .heads
             .iter()
@@ -57,27 +61,21 @@ impl SnapKv {
             .map(|(g, head)| {
                 let n = head.len();
                 if n == 0 {
-                    return Ok(Vec::new());
+                    return Ok(Tensor::zeros(0, DType::F32, head.keys.device())?);
                 }
-                let logits = GroupLogits::new(&queries, g, group, head.keys, ctx.position)?;
-                let mut per_member = vec![vec![0f32; n]; group];
-                for (member, votes) in per_member.iter_mut().enumerate() {
-                    for (i, &query_pos) in logits.query_positions.iter().enumerate() {
-                        let mut row = logits.row(member, i).to_vec();
-                        // Causal mask: a query sees the entries at or before its own position.
-                        row.iter_mut()
-                            .zip(head.positions)
-                            .filter(|(_, &p)| p > query_pos)
-                            .for_each(|(x, _)| *x = f32::NEG_INFINITY);
-                        softmax_in_place(&mut row);
-                        votes.iter_mut().zip(&row).for_each(|(v, a)| *v += a);
-                    }
-                }
-                let votes = reduce_group(&per_member, self.gqa);
-                let prefix = n - n.min(self.window);
-                let mut scores = pool1d(&votes[..prefix], self.kernel, self.pooling);
-                scores.resize(n, f32::INFINITY);
-                Ok(scores)
+                // Causal mask: a query sees the entries at or before its own position.
+                let visible = (0..window as u64)
+                    .map(|i| head.positions.partition_point(|&p| p <= first_query + i))
+                    .collect();
+                let vote = VotePool {
+                    group: layer.group_size,
+                    visible,
+                    prefix: n - n.min(self.window),
+                    kernel: self.kernel,
+                    pooling: self.pooling,
+                    reduce: self.gqa,
+                };
+                vote.apply(&group_logits(&queries, g, layer.group_size, head.keys)?)
             })
             .collect()
     }
@@ -141,7 +139,34 @@ impl KvEvictionPolicy for SnapKv {
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
     ) -> Result<Option<Vec<Vec<f32>>>> {
-        self.votes(layer, side, ctx).map(Some)
+        let votes = self.votes(layer, side, ctx)?;
+        let on_host = votes
+            .iter()
+            .map(|v| v.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Some(on_host))
+    }
+
+    /// The window and the best-voted prefix entries, selected on the votes' device so that only the
+    /// kept indices come to the host.
+    fn select(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> Result<KeepPlan> {
+        let per_head = self
+            .votes(layer, side, ctx)?
+            .iter()
+            .map(|v| {
+                if v.dim(0)? == 0 {
+                    return Ok(Vec::new());
+                }
+                let kept = keep_top_k_rows(&v.unsqueeze(0)?, 0, self.window, ctx.budget)?;
+                Ok(kept.squeeze(0)?.to_vec1::<u32>()?)
+            })
+            .collect::<Result<_>>()?;
+        Ok(KeepPlan { per_head })
     }
 }
 
@@ -277,6 +302,63 @@ mod tests {
             .collect();
         want.sort_unstable();
         assert_eq!(plan.per_head[0], want);
+    }
+
+    /// The selection on the votes' device keeps what the standard selection keeps from the same votes
+    /// (window protected, best votes, ties to the newer entry), with GQA, causal counts that cut the
+    /// window and several heads of different lengths.
+    #[test]
+    fn device_selection_equals_the_standard_selection_of_the_votes() {
+        let (w, group) = (6, 2);
+        let mut rng = spectra_core::rng::derived_rng(13, 0);
+        let keys: Vec<Vec<Vec<f32>>> = (0..2)
+            .map(|_| {
+                (0..50)
+                    .map(|_| {
+                        (0..D)
+                            .map(|_| rand::Rng::random_range(&mut rng, -1.0..1.0))
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        let positions: Vec<u64> = (0..50).map(|j| 2 * j).collect();
+        let layer = Layer::from_head_keys(&keys, &positions, group, false);
+        let mut layer_view = layer.view();
+        // The second head holds fewer entries.
+        let short = layer_view.heads[1].keys.narrow(0, 0, 31).unwrap();
+        layer_view.heads[1].keys = &short;
+        layer_view.heads[1].values = &short;
+        layer_view.heads[1].positions = &positions[..31];
+        let q = Layer::random(w, D, 2 * group, 1, 14).cache;
+        let q = Tensor::stack(
+            &(0..2 * group)
+                .map(|h| q.keys(0, h).unwrap().clone())
+                .collect::<Vec<_>>(),
+            0,
+        )
+        .unwrap();
+        let side = KvSideInfo {
+            window_queries: Some(&q),
+            rope: None,
+        };
+        for (pooling, gqa) in [
+            (Pooling::Avg, GqaAggregation::Mean),
+            (Pooling::Max, GqaAggregation::Max),
+        ] {
+            let policy = SnapKv {
+                window: w,
+                kernel: 3,
+                pooling,
+                gqa,
+            };
+            let step = ctx(20, 100);
+            let scores = policy.score(&layer_view, &side, &step).unwrap().unwrap();
+            assert_eq!(
+                policy.select(&layer_view, &side, &step).unwrap(),
+                KeepPlan::from_scores(&scores, 0, w, 20)
+            );
+        }
     }
 
     /// Max takes each entry's best group member, mean their average; configs that cannot work are refused.

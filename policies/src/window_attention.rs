@@ -57,34 +57,19 @@ pub struct GroupLogits {
     pub window: usize,
     pub n: usize,
     pub data: Vec<f32>,
-    /// Absolute position of each window query: the last `window` positions before `position`.
-    pub query_positions: Vec<u64>,
 }
 
 impl GroupLogits {
-    pub fn new(
-        queries: &Tensor,
-        kv_head: usize,
-        group: usize,
-        keys: &Tensor,
-        position: u64,
-    ) -> Result<Self> {
-        let (_, window, head_dim) = queries.dims3()?;
+    pub fn new(queries: &Tensor, kv_head: usize, group: usize, keys: &Tensor) -> Result<Self> {
+        let window = queries.dim(1)?;
         let n = keys.dim(0)?;
-        let q = queries
-            .narrow(0, kv_head * group, group)?
-            .to_dtype(DType::F32)?
-            .reshape((group * window, head_dim))?;
-        let k = keys.to_dtype(DType::F32)?;
-        let logits = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
+        let logits = group_logits(queries, kv_head, group, keys)?;
         let data = logits.flatten_all()?.to_vec1::<f32>()?;
-        let first = position.saturating_sub(window as u64);
         Ok(GroupLogits {
             group,
             window,
             n,
             data,
-            query_positions: (0..window as u64).map(|i| first + i).collect(),
         })
     }
 
@@ -92,6 +77,23 @@ impl GroupLogits {
         let at = (member * self.window + query) * self.n;
         &self.data[at..at + self.n]
     }
+}
+
+/// `Q_win Kᵀ / √d` for the query heads of one KV head, `[group · window, n]` f32 on the keys' device:
+/// row `h · window + i` is query `i` of group member `h`.
+pub fn group_logits(
+    queries: &Tensor,
+    kv_head: usize,
+    group: usize,
+    keys: &Tensor,
+) -> Result<Tensor> {
+    let (_, window, head_dim) = queries.dims3()?;
+    let q = queries
+        .narrow(0, kv_head * group, group)?
+        .to_dtype(DType::F32)?
+        .reshape((group * window, head_dim))?;
+    let k = keys.to_dtype(DType::F32)?;
+    Ok((q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?)
 }
 
 /// Softmax in place, shifted by the maximum for stability. Entries set to `-inf` get zero weight; a row

@@ -3,6 +3,7 @@
 mod calibrate;
 mod check;
 mod generate;
+mod kv;
 mod list;
 mod sweep;
 mod train;
@@ -40,6 +41,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Generate text with a Llama-family model, optionally with a bounded KV cache.
     Generate(generate::GenerateArgs),
+    /// Evaluate KV eviction policies on a real model against the uncompressed cache.
+    Kv(kv::KvArgs),
     /// Run a grid of training runs and plot accuracy against the certified Lipschitz bound.
     Sweep(sweep::SweepArgs),
 }
@@ -58,6 +61,7 @@ pub fn run() -> ExitCode {
         Command::Sweep(args) => sweep::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Kv(args) => kv::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

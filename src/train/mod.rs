@@ -4,7 +4,6 @@ pub mod checkpoint;
 mod eval;
 pub mod groups;
 pub mod metrics;
-pub mod plots;
 mod progress;
 mod report;
 mod runner;

@@ -10,8 +10,8 @@ use spectra_core::{Error, Result};
 
 use super::groups::Group;
 use super::metrics::{EvalRecord, Record, TrainRecord};
-use super::plots::{Chart, Series, Style};
 use super::runner::TrainSummary;
+use crate::plots::{Chart, Series, Style};
 
 pub struct RunDescription<'a> {
     pub config_file: &'a Path,

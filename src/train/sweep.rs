@@ -16,7 +16,7 @@ use spectra_core::config::{self, Invalid, TrainConfig, Validate};
 use spectra_core::{Error, Result};
 
 use super::metrics::EvalRecord;
-use super::plots::{Chart, Series, Style};
+use crate::plots::{Chart, Series, Style};
 
 /// The sweep file.
 #[derive(Clone, Debug, Serialize, Deserialize)]

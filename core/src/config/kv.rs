@@ -20,7 +20,20 @@ pub struct KvEvalConfig {
     pub device: DeviceSpec,
     #[serde(default)]
     pub seed: u64,
+    /// Prompt tokens per prefill chunk (attention scores are at most chunk × context).
+    #[serde(default = "prefill_chunk")]
+    pub prefill_chunk: usize,
     pub output: PathBuf,
+}
+
+fn prefill_chunk() -> usize {
+    256
+}
+fn one() -> usize {
+    1
+}
+fn scoring_chunk() -> usize {
+    32
 }
 
 /// A pretrained decoder.
@@ -33,24 +46,39 @@ pub enum KvModelConfig {
     Safetensors { dir: PathBuf },
 }
 
-/// What to measure.
+/// What to measure. Every task compares each policy × budget with the uncompressed cache (`Full`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum KvTask {
-    /// NLL of the last `scored` tokens of a `context`-token passage from `text`, decoding with compression.
+    /// Language modelling on `passages` consecutive `context`-token passages of `text`: the first
+    /// `context − scored` tokens are the prompt; the last `scored` tokens are fed `chunk` at a time with
+    /// the cache compressed between chunks as in decoding, and scored: NLL, perplexity and top-1
+    /// agreement of the next-token predictions with `Full`'s.
     LanguageModelling {
         text: PathBuf,
         context: usize,
         scored: usize,
+        #[serde(default = "one")]
+        passages: usize,
+        #[serde(default = "scoring_chunk")]
+        chunk: usize,
     },
-    /// A 5-digit key hidden at each depth of filler text of each length, then asked for.
+    /// A 5-digit key hidden at each depth (0 = start, 1 = end) of filler text of each length (tokens),
+    /// `trials` random keys each; the prompt is compressed, then the question asked. Lengths at which
+    /// `Full` does not answer every sample are reported and left out.
     Passkey {
         lengths: Vec<usize>,
         depths: Vec<f64>,
+        #[serde(default = "one")]
         trials: usize,
     },
-    /// Top-1 agreement of next-token predictions with `Full` over `tokens` tokens of `text`.
-    Agreement { text: PathBuf, tokens: usize },
+    /// Greedy decoding of `tokens` tokens after the first `context` tokens of `text`, for each context:
+    /// tokens per second, eviction's share of the time, and the KV cache's peak bytes.
+    Decode {
+        text: PathBuf,
+        contexts: Vec<usize>,
+        tokens: usize,
+    },
 }
 
 impl Validate for KvEvalConfig {
@@ -76,26 +104,77 @@ impl Validate for KvEvalConfig {
                 })?;
             }
         }
-        for task in &self.tasks {
-            if let KvTask::Passkey { depths, .. } = task {
-                if let Some(d) = depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
-                    return Err(
-                        Invalid::new(format!("passkey depth {d} is outside [0, 1]")).near("depths")
-                    );
-                }
-            }
-            if let KvTask::LanguageModelling {
-                context, scored, ..
-            } = task
-            {
-                if scored > context || *scored == 0 {
-                    return Err(Invalid::new(format!(
-                        "scored = {scored} must be in 1..=context ({context})"
-                    ))
-                    .near("scored"));
-                }
-            }
+        if self.prefill_chunk == 0 {
+            return Err(Invalid::new("prefill_chunk = 0")
+                .near("prefill_chunk")
+                .help("use e.g. 256"));
         }
+        self.tasks.iter().try_for_each(validate_task)?;
         Ok(())
     }
+}
+
+fn validate_task(task: &KvTask) -> Result<(), Invalid> {
+    let at_least_one = |field: &'static str, value: usize| {
+        if value == 0 {
+            Err(Invalid::new(format!("{field} = 0; it must be at least 1")).near(field))
+        } else {
+            Ok(())
+        }
+    };
+    match task {
+        KvTask::LanguageModelling {
+            context,
+            scored,
+            passages,
+            chunk,
+            ..
+        } => {
+            at_least_one("passages", *passages)?;
+            at_least_one("chunk", *chunk)?;
+            if *scored == 0 || scored >= context {
+                return Err(Invalid::new(format!(
+                    "scored = {scored} must be in 1..context ({context}): the unscored tokens are the prompt"
+                ))
+                .near("scored"));
+            }
+        }
+        KvTask::Passkey {
+            lengths,
+            depths,
+            trials,
+        } => {
+            at_least_one("trials", *trials)?;
+            if depths.is_empty() || lengths.is_empty() {
+                return Err(
+                    Invalid::new("passkey needs at least one length and one depth")
+                        .near("Passkey")
+                        .help("e.g. `lengths: [2048], depths: [0.1, 0.5, 0.9]`"),
+                );
+            }
+            if let Some(d) = depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+                return Err(
+                    Invalid::new(format!("passkey depth {d} is outside [0, 1]")).near("depths")
+                );
+            }
+            if let Some(l) = lengths.iter().find(|&&l| l < 64) {
+                return Err(Invalid::new(format!(
+                    "passkey length {l} is too short to hide a key in; use at least 64 tokens"
+                ))
+                .near("lengths"));
+            }
+        }
+        KvTask::Decode {
+            contexts, tokens, ..
+        } => {
+            at_least_one("tokens", *tokens)?;
+            if contexts.is_empty() || contexts.contains(&0) {
+                return Err(Invalid::new(
+                    "decode contexts must be a non-empty list of lengths ≥ 1",
+                )
+                .near("contexts"));
+            }
+        }
+    }
+    Ok(())
 }

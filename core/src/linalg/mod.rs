@@ -17,7 +17,10 @@ pub use checks::{
     all_finite, column_rms, ensure_finite, frobenius_norm, matrix_dims, rms_scale, scalar_f64,
 };
 pub use msign::{clip_singular_values, msign};
-pub use orthogonalize::{orthogonalize, Orthogonalizer};
+pub use orthogonalize::{
+    orthogonalize, orthogonalize_normalized_by, OrthogonalizeDtype, Orthogonalizer,
+    BF16_SIGMA_SLACK,
+};
 pub use polynomial::{apply_odd_steps, composite, max_on_unit_interval, OddStep};
 pub use power_iteration::{iterate_len, power_iterate, StartVector, TopSingular};
 pub use soft_cap::{soft_cap_alpha, soft_cap_steps};

@@ -6,7 +6,7 @@
 //! matrix is always formed on the smaller side (`XᵀX` for a tall X, `XXᵀ` for a wide one), so a step on
 //! an m×n matrix with m ≥ n costs `4mn² + 2n³` flops (`4mn²` for a cubic step).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::Result;
 
@@ -106,11 +106,20 @@ pub fn max_on_unit_interval(steps: &[OddStep]) -> f64 {
 }
 
 /// Applies the steps to the matrix `x` (2-D), forming each Gram matrix on the smaller side.
+///
+/// The products run in `x`'s dtype. For bf16/f16, whose 8 or 11 significant bits cannot hold the
+/// coefficients (3955/1024 would round by 0.1%), the small n×n polynomial is formed in f32 and rounded
+/// once before each product, as PyTorch's reduced-precision arithmetic does with float coefficients.
 pub fn apply_odd_steps(x: &Tensor, steps: &[OddStep]) -> Result<Tensor> {
     let (rows, cols) = x.dims2()?;
     let tall = rows >= cols;
     let n = rows.min(cols);
-    let eye = Tensor::eye(n, x.dtype(), x.device())?;
+    let dtype = x.dtype();
+    let exact = match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        other => other,
+    };
+    let eye = Tensor::eye(n, exact, x.device())?;
     let mut x = x.clone();
     for step in steps {
         let gram = if tall {
@@ -119,12 +128,14 @@ pub fn apply_odd_steps(x: &Tensor, steps: &[OddStep]) -> Result<Tensor> {
             x.matmul(&x.t()?)?
         };
         // P = aI + bA + cA² as A(cA + bI) + aI: one n×n product, then a single m×n product with X.
+        let gram_exact = gram.to_dtype(exact)?;
         let inner = if step.c == 0.0 {
-            gram.affine(step.b, 0.0)?
+            gram_exact.affine(step.b, 0.0)?
         } else {
-            gram.matmul(&(gram.affine(step.c, 0.0)? + eye.affine(step.b, 0.0)?)?)?
+            let factor = (gram_exact.affine(step.c, 0.0)? + eye.affine(step.b, 0.0)?)?;
+            gram.matmul(&factor.to_dtype(dtype)?)?.to_dtype(exact)?
         };
-        let poly = (inner + eye.affine(step.a, 0.0)?)?;
+        let poly = (inner + eye.affine(step.a, 0.0)?)?.to_dtype(dtype)?;
         x = if tall {
             x.matmul(&poly)?
         } else {

@@ -241,10 +241,13 @@ fn recent(previous: Option<Tensor>, new: &Tensor, window: usize) -> Result<Tenso
         .contiguous()?)
 }
 
-/// Mean negative log-likelihood of `targets` under `logits` (`[rows, vocab]`), in nats, as f64.
-pub fn mean_nll(logits: &Tensor, targets: &[u32]) -> Result<f64> {
-    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+/// Per row of `logits` (`[rows, vocab]`): the negative log-likelihood of that row's target, in nats
+/// (log-softmax in f32), and the row's most likely token.
+pub fn score_targets(logits: &Tensor, targets: &[u32]) -> Result<(Vec<f64>, Vec<u32>)> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let ids = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
-    let picked = log_probs.gather(&ids, 1)?.to_vec2::<f32>()?;
-    Ok(-picked.iter().map(|r| f64::from(r[0])).sum::<f64>() / targets.len().max(1) as f64)
+    let picked = log_probs.gather(&ids, 1)?.squeeze(1)?.to_vec1::<f32>()?;
+    let top = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    Ok((picked.iter().map(|&p| -f64::from(p)).collect(), top))
 }

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use spectra_core::kv_cache::KvCache;
-use spectra_core::{Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result};
+use spectra_core::{
+    Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result, SideInfoNeeds,
+};
 
 use super::{Llama, Logits, Taps};
 
@@ -41,12 +43,22 @@ impl<'m> Session<'m> {
         seed: u64,
     ) -> Result<Self> {
         let needs = policy.map(|p| p.needs()).unwrap_or_default();
+        let mut session = Session::recording(model, needs)?;
+        session.policy = policy;
+        session.budget = budget;
+        session.seed = seed;
+        Ok(session)
+    }
+
+    /// A session that never evicts but records what `needs` asks for, so that its prefill can be
+    /// [forked](Self::fork) by every policy whose needs it covers (see [`SideInfoNeeds::union`]).
+    pub fn recording(model: &'m Llama, needs: SideInfoNeeds) -> Result<Self> {
         Ok(Session {
             model,
             cache: model.new_cache(needs.accumulated_attention)?,
-            policy,
-            budget,
-            seed,
+            policy: None,
+            budget: Budget::Tokens(usize::MAX),
+            seed: 0,
             taps: Taps {
                 window: needs.window_queries.unwrap_or(0),
                 ..Taps::default()
@@ -55,6 +67,66 @@ impl<'m> Session<'m> {
             prompt_len: 0,
             stats: SessionStats::default(),
         })
+    }
+
+    /// This session's state continued with `policy` at `budget`, compressed now as after prefill: what a
+    /// session of its own would hold at this point, without running the prompt again. The cache is
+    /// copied, so both sessions go on independently; the copy's stats start after that compression.
+    /// Fails when this session did not record what the policy needs.
+    pub fn fork(
+        &self,
+        policy: Option<&'m dyn KvEvictionPolicy>,
+        budget: Budget,
+        seed: u64,
+    ) -> Result<Session<'m>> {
+        let needs = policy.map(|p| p.needs()).unwrap_or_default();
+        let window = needs.window_queries.unwrap_or(0);
+        if window > self.taps.window
+            || (needs.accumulated_attention && !self.cache.tracks_attention())
+        {
+            return Err(spectra_core::Error::invalid(
+                "Session::fork",
+                format!(
+                    "the policy needs {needs:?}, which this session did not record; create it with \
+                     Session::recording and the union of the policies' needs"
+                ),
+            ));
+        }
+        let window_queries = self
+            .taps
+            .window_queries
+            .iter()
+            .map(|q| {
+                q.as_ref()
+                    .map(|q| {
+                        let len = q.dim(1)?;
+                        q.narrow(1, len - window.min(len), window.min(len))?
+                            .contiguous()
+                    })
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut forked = Session {
+            model: self.model,
+            cache: self.cache.deep_copy()?,
+            policy,
+            budget,
+            seed,
+            taps: Taps {
+                window,
+                window_queries,
+                ..Taps::default()
+            },
+            position: self.position,
+            prompt_len: self.prompt_len,
+            stats: SessionStats::default(),
+        };
+        forked.compress(KvPhase::Prefill)?;
+        forked.stats = SessionStats {
+            peak_kv_bytes: forked.cache.bytes(),
+            ..SessionStats::default()
+        };
+        Ok(forked)
     }
 
     pub fn cache(&self) -> &KvCache {
@@ -92,7 +164,14 @@ impl<'m> Session<'m> {
 
     /// Feeds one token, then compresses if the policy's trigger fires. Returns its logits `[1, vocab]`.
     pub fn step(&mut self, token: u32) -> Result<Tensor> {
-        let logits = self.run(&[token], Logits::Last)?;
+        self.extend(&[token], Logits::Last)
+    }
+
+    /// Feeds `tokens` in one forward pass (teacher forcing), then compresses if the policy's trigger
+    /// fires, as a decode step would. The trigger is checked once per call, so a policy that fires at
+    /// given positions (`Interval`) sees only the positions at which calls end.
+    pub fn extend(&mut self, tokens: &[u32], rows: Logits) -> Result<Tensor> {
+        let logits = self.run(tokens, rows)?;
         self.compress(KvPhase::Decode)?;
         Ok(logits)
     }

@@ -8,9 +8,13 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::PreTokenizerWrapper;
-use tokenizers::Tokenizer;
+use tokenizers::{AddedToken, Tokenizer};
 
 use super::gguf::GgufFile;
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
 
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -81,6 +85,17 @@ impl TextTokenizer {
             inner.with_pre_tokenizer(Some(byte_level));
         }
         inner.with_decoder(Some(ByteLevelDecoder::default()));
+        // Control and user-defined tokens (`<|im_start|>`, `<|endoftext|>`, …) are matched whole in
+        // text, as llama.cpp does; otherwise a chat template would be spelled out byte by byte.
+        if let Ok(Value::Array(types)) = file.metadata("tokenizer.ggml.token_type") {
+            let special: Vec<AddedToken> = types
+                .iter()
+                .zip(&tokens)
+                .filter(|(t, _)| matches!(t.to_i32(), Ok(CONTROL | USER_DEFINED)))
+                .map(|(_, token)| AddedToken::from(token.clone(), true))
+                .collect();
+            inner.add_special_tokens(&special);
+        }
         let id = |key: &str| file.metadata(key).ok().and_then(|v| v.to_u32().ok());
         Ok(TextTokenizer {
             inner,

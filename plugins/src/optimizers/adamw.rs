@@ -5,10 +5,11 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use spectra_core::ops::adamw::{adamw_update, AdamWScalars};
 use spectra_core::{Optimizer, OptimizerStep, Param, Result};
 
 use super::state::{zeros_like, Layout, OptimizerState, ParamState};
-use super::{apply_updates, decay_rate, nonnegative, positive};
+use super::{apply_updates, decay_rate, for_param, nonnegative, positive};
 
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², d = m̂/(√v̂ + eps), W ← W(1 − wd·lr_t·c) − lr_t·d, with
 /// m̂, v̂ bias-corrected by the parameter's own update count (c = 1).
@@ -97,6 +98,7 @@ impl AdamW {
         }
     }
 
+    /// One fused pass over the weight, gradient and both moments (spectra_core::ops::adamw).
     fn update(&self, p: &Param, g: &Tensor, lr: f64) -> Result<(Tensor, ParamState)> {
         let (beta2, eps, bias_correction) = self.effective();
         let (count, m, v) = match self.state.get(&p.name) {
@@ -104,25 +106,25 @@ impl AdamW {
             None => (0, zeros_like(p)?, zeros_like(p)?),
         };
         let count = count + 1;
-        let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?;
-        let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-        let (m_hat, v_hat) = if bias_correction {
-            let t = count as i32;
-            (
-                m.affine(1.0 / (1.0 - self.beta1.powi(t)), 0.0)?,
-                v.affine(1.0 / (1.0 - beta2.powi(t)), 0.0)?,
-            )
-        } else {
-            (m.clone(), v.clone())
-        };
-        let d = m_hat.div(&v_hat.sqrt()?.affine(1.0, eps)?)?;
+        let (m_correction, v_correction) =
+            AdamWScalars::corrections(self.beta1, beta2, count, bias_correction);
         let decay = self.weight_decay * lr * if self.jax_variant { p.target_norm } else { 1.0 };
-        let w = (p.var.as_tensor().affine(1.0 - decay, 0.0)? - d.affine(lr, 0.0)?)?;
+        let scalars = AdamWScalars {
+            beta1: self.beta1,
+            beta2,
+            m_correction,
+            v_correction,
+            eps,
+            lr,
+            weight_scale: 1.0 - decay,
+        };
+        let out =
+            adamw_update(p.var.as_tensor(), g, &m, &v, &scalars).map_err(for_param(p, "AdamW"))?;
         Ok((
-            w,
+            out.weight,
             ParamState {
                 count,
-                tensors: vec![m, v],
+                tensors: vec![out.m, out.v],
             },
         ))
     }

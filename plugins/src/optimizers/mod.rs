@@ -7,8 +7,8 @@ mod sgd;
 mod state;
 
 use candle_core::backprop::GradStore;
-use candle_core::Tensor;
-use spectra_core::linalg::ensure_finite;
+use candle_core::{DType, Tensor};
+use spectra_core::linalg::{all_finite, scalar_f64};
 use spectra_core::{Error, Param, Result};
 
 pub use adamw::AdamW;
@@ -19,13 +19,14 @@ use state::ParamState;
 /// The parameters that have a gradient, with it, each checked: same shape as the parameter, finite.
 /// Any failure is an error naming the parameter before anything is computed or written.
 fn gradients<'a>(params: &'a [Param], grads: &GradStore) -> Result<Vec<(&'a Param, Tensor)>> {
-    let mut out = Vec::new();
+    let mut checked = Vec::new();
+    let mut misshapen = None;
     for p in params {
         let Some(g) = grads.get(p.var.as_tensor()) else {
             continue;
         };
         if g.dims() != p.var.dims() {
-            return Err(Error::invalid(
+            misshapen = Some(Error::invalid(
                 &p.name,
                 format!(
                     "gradient has shape {:?} but the parameter has {:?}",
@@ -33,11 +34,53 @@ fn gradients<'a>(params: &'a [Param], grads: &GradStore) -> Result<Vec<(&'a Para
                     p.var.dims()
                 ),
             ));
+            break;
         }
-        ensure_finite(g, &p.name, "gradient")?;
-        out.push((p, g.to_dtype(p.var.dtype())?));
+        checked.push((p, g));
     }
-    Ok(out)
+    // Parameters are checked in order: a non-finite gradient before the misshapen one is reported
+    // first, as a check of each parameter in turn would.
+    if let Some(i) = first_non_finite(checked.iter().map(|(_, g)| *g))? {
+        return Err(non_finite(checked[i].0, "gradient"));
+    }
+    if let Some(e) = misshapen {
+        return Err(e);
+    }
+    checked
+        .into_iter()
+        .map(|(p, g)| Ok((p, g.to_dtype(p.var.dtype())?)))
+        .collect()
+}
+
+/// The index of the first tensor with a NaN or Inf entry. One device reduction per tensor and a single
+/// host read for all of them, where checking each would wait on the device once per tensor: a finite
+/// sum of the tensors' sums proves every entry finite (a NaN or Inf anywhere makes it non-finite);
+/// only otherwise is each tensor checked exactly, in order.
+fn first_non_finite<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<Option<usize>> {
+    let tensors: Vec<&Tensor> = tensors.into_iter().collect();
+    let Some(first) = tensors.first() else {
+        return Ok(None);
+    };
+    let sums = tensors
+        .iter()
+        .map(|t| t.sum_all()?.to_dtype(DType::F64)?.to_device(first.device()))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    if scalar_f64(&Tensor::stack(&sums, 0)?.sum_all()?)?.is_finite() {
+        return Ok(None);
+    }
+    for (i, t) in tensors.iter().enumerate() {
+        if !all_finite(t)? {
+            return Ok(Some(i));
+        }
+    }
+    Ok(None)
+}
+
+fn non_finite(p: &Param, what: &str) -> Error {
+    Error::NonFinite {
+        name: p.name.clone(),
+        what: what.to_string(),
+    }
 }
 
 /// One optimizer step over a group: `update` maps each parameter with a gradient to its new weight and
@@ -55,17 +98,27 @@ fn apply_updates<'a>(
         weights.push((p, w));
         states.push((p.name.as_str(), s));
     }
-    for (p, w) in &weights {
-        ensure_finite(
-            w,
-            &p.name,
+    if let Some(i) = first_non_finite(weights.iter().map(|(_, w)| w))? {
+        return Err(non_finite(
+            weights[i].0,
             "the updated weights (an overflow; nothing was written)",
-        )?;
+        ));
     }
     for (p, w) in &weights {
         p.var.set(w)?;
     }
     Ok(states)
+}
+
+/// Maps a fused op's complaint about its operands (it knows them as "weight", "gradient", ...) to an
+/// error naming the parameter and the optimizer.
+fn for_param<'a>(p: &'a Param, optimizer: &'a str) -> impl Fn(Error) -> Error + 'a {
+    move |e| match e {
+        Error::InvalidInput { message, .. } => {
+            Error::invalid(&p.name, format!("{optimizer}: {message}"))
+        }
+        other => other,
+    }
 }
 
 /// `Ok` for a finite number > 0, else a message naming the field.
@@ -92,5 +145,62 @@ fn nonnegative(field: &str, value: f64) -> std::result::Result<(), String> {
         Ok(())
     } else {
         Err(format!("{field} must be a finite number ≥ 0, got {value}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+    use spectra_core::ParamRole;
+
+    use super::*;
+
+    fn t(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn the_first_non_finite_tensor_is_found_with_one_read_or_exactly() {
+        let (ok, big) = (t(&[1.0, -2.0]), t(&[3.0e38, 3.0e38]));
+        assert_eq!(first_non_finite([&ok, &ok]).unwrap(), None);
+        assert_eq!(first_non_finite([] as [&Tensor; 0]).unwrap(), None);
+        // Sums overflow in f32 (and each tensor's sum too): the exact check clears every tensor.
+        assert_eq!(first_non_finite([&big, &ok, &big]).unwrap(), None);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let with_bad = t(&[1.0, bad]);
+            assert_eq!(
+                first_non_finite([&ok, &with_bad, &ok, &with_bad]).unwrap(),
+                Some(1),
+                "{bad}"
+            );
+        }
+        // +Inf in one tensor and −Inf in another: the total is NaN, still caught.
+        let (pos, neg) = (t(&[f32::INFINITY]), t(&[f32::NEG_INFINITY]));
+        assert_eq!(first_non_finite([&ok, &neg, &pos]).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn gradient_problems_are_reported_in_parameter_order() {
+        let params: Vec<Param> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                Param::new(
+                    *n,
+                    Var::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+                    ParamRole::Vector,
+                )
+            })
+            .collect();
+        let (nan, misshapen) = (t(&[f32::NAN, 0.0]), t(&[0.0, 0.0, 0.0]));
+        let mut store = GradStore::default();
+        store.insert(params[0].var.as_tensor(), nan.clone());
+        store.insert(params[1].var.as_tensor(), misshapen.clone());
+        let err = gradients(&params, &store).unwrap_err().to_string();
+        assert!(err.contains("`a`") && err.contains("NaN"), "{err}");
+        let mut store = GradStore::default();
+        store.insert(params[0].var.as_tensor(), misshapen);
+        store.insert(params[1].var.as_tensor(), nan);
+        let err = gradients(&params, &store).unwrap_err().to_string();
+        assert!(err.contains("`a`") && err.contains("shape"), "{err}");
     }
 }

@@ -7,8 +7,10 @@ use spectra_core::rng::{derived_rng, SpectraRng};
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext};
 
+use super::key_scores::{key_scores, KeyScoreInputs};
 use super::reference::inverted_key_scores;
-use super::scoring::{GroupScorer, OffsetAggregation, OffsetTable, ScoreOptions};
+use super::scoring::{GroupForms, OffsetAggregation, OffsetTable, ScoreOptions};
+use super::unfused::unfused_scores;
 use super::{StatsSource, TriAttention, TriAttentionMode};
 use crate::testing::Layer;
 
@@ -77,10 +79,20 @@ fn hot_path(
     options: &ScoreOptions,
 ) -> Vec<f32> {
     let table = OffsetTable::new(rope, t, options.max_offset);
-    let scorer = GroupScorer::new(&[center], &table, rope, options);
     let flat: Vec<f32> = keys.iter().flatten().copied().collect();
     let k = Tensor::from_vec(flat, (keys.len(), rope.head_dim), &Device::Cpu).unwrap();
-    scorer.raw_scores(&k).unwrap().remove(0)
+    let inputs = KeyScoreInputs {
+        centers: &[center],
+        rope,
+        table: &table,
+        options,
+    };
+    key_scores(&k, &inputs)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// The scale of a score: Σ_f a²(|q̄_f| + m_f)|k_f|, bounding every term of it.
@@ -479,20 +491,20 @@ fn window_estimate_recovers_a_constant_query() {
         .all(|(a, b)| (a - b).abs() < 1e-3));
 }
 
-/// Keys borrowed in place (contiguous f32 on the host) and keys copied first (a transposed view) go
-/// through the same arithmetic: identical scores.
+/// Keys read through a strided layout (a transposed view, copied to contiguous first) and keys stored
+/// contiguously go through the same arithmetic: identical scores.
 #[test]
-fn borrowed_and_copied_keys_score_identically() {
+fn strided_and_contiguous_keys_score_identically() {
     let mut rng = derived_rng(8, 0);
     let rope = yarn(64, RopePairing::Half);
     let stats = random_stats(&mut rng, &rope, 1, 1);
     let table = OffsetTable::new(&rope, 900, 1 << 16);
-    let scorer = GroupScorer::new(
-        &[stats.head(0, 0).unwrap()],
-        &table,
-        &rope,
-        &DEFAULT_OPTIONS,
-    );
+    let inputs = KeyScoreInputs {
+        centers: &[stats.head(0, 0).unwrap()],
+        rope: &rope,
+        table: &table,
+        options: &DEFAULT_OPTIONS,
+    };
     let columns: Vec<f32> = (0..64 * 40).map(|_| rng.random_range(-1.0..1.0)).collect();
     let transposed = Tensor::from_vec(columns, (64, 40), &Device::Cpu)
         .unwrap()
@@ -500,8 +512,169 @@ fn borrowed_and_copied_keys_score_identically() {
         .unwrap();
     assert!(!transposed.is_contiguous());
     let contiguous = transposed.contiguous().unwrap();
-    assert_eq!(
-        scorer.raw_scores(&transposed).unwrap(),
-        scorer.raw_scores(&contiguous).unwrap()
-    );
+    let scores = |k: &Tensor| key_scores(k, &inputs).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(scores(&transposed), scores(&contiguous));
+}
+
+/// Every variant of the score (mean, max, norm only, m-weighted norm; both pairings; GQA groups; key
+/// counts that are not multiples of the op's blocks) against the unfused path it replaced, which
+/// sums in another order. Both are f32 sums of the same `d + F` products per form: they may differ
+/// by a few ulps of the sum of the terms' magnitudes (bounded by `scale`), never by more than 1e-5
+/// of it; a wrong weight, band or sign would be off by the order of the scale itself.
+#[test]
+fn fused_op_equals_the_unfused_path() {
+    let mut rng = derived_rng(9, 0);
+    for (pairing, d, group, n) in [
+        (RopePairing::Half, 64, 1, 37),
+        (RopePairing::Interleaved, 128, 3, 600),
+        (RopePairing::Half, 128, 4, 1030),
+        (RopePairing::Interleaved, 64, 2, 1),
+    ] {
+        let rope = yarn(d, pairing);
+        let stats = random_stats(&mut rng, &rope, 1, group);
+        let centers: Vec<_> = (0..group).map(|h| stats.head(0, h).unwrap()).collect();
+        let positions: Vec<u64> = (0..n as u64).map(|j| 3 * j + 1).collect();
+        let (pre, post) = cached_keys(&mut rng, &rope, &positions);
+        let flat: Vec<f32> = post.iter().flatten().copied().collect();
+        let keys = Tensor::from_vec(flat, (n, d), &Device::Cpu).unwrap();
+        let table = OffsetTable::new(&rope, 3 * n as u64 + 5, 1 << 16);
+        for options in [
+            DEFAULT_OPTIONS,
+            ScoreOptions {
+                aggregation: OffsetAggregation::Max,
+                ..DEFAULT_OPTIONS
+            },
+            ScoreOptions {
+                disable_trig: true,
+                ..DEFAULT_OPTIONS
+            },
+            ScoreOptions {
+                disable_mlr: true,
+                aggregation: OffsetAggregation::Max,
+                ..DEFAULT_OPTIONS
+            },
+        ] {
+            let inputs = KeyScoreInputs {
+                centers: &centers,
+                rope: &rope,
+                table: &table,
+                options: &options,
+            };
+            let fused = key_scores(&keys, &inputs)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let forms = GroupForms::new(&centers, &table, &rope, &options);
+            let unfused = unfused_scores(&forms, &keys, pairing, options.aggregation);
+            for (h, (a, b)) in fused.iter().zip(&unfused).enumerate() {
+                for ((x, y), k) in a.iter().zip(b).zip(&pre) {
+                    let tolerance = 1e-5 * scale(&centers[h], k, &rope);
+                    assert!(
+                        ((x - y) as f64).abs() < tolerance,
+                        "{x} vs {y} ({pairing:?}, d {d}, {options:?})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The mean form is built from the offsets' mean phasor; by linearity it equals the mean of the
+/// per-offset forms (computed here in f64 from the same table), up to the f32 rounding of the forms.
+#[test]
+fn mean_form_is_the_mean_of_the_offsets_forms() {
+    let mut rng = derived_rng(10, 0);
+    let rope = yarn(64, RopePairing::Interleaved);
+    let stats = random_stats(&mut rng, &rope, 1, 2);
+    let centers = [stats.head(0, 0).unwrap(), stats.head(0, 1).unwrap()];
+    let table = OffsetTable::new(&rope, 77_777, 1 << 16);
+    let mean = GroupForms::new(&centers, &table, &rope, &DEFAULT_OPTIONS);
+    let max_options = ScoreOptions {
+        aggregation: OffsetAggregation::Max,
+        ..DEFAULT_OPTIONS
+    };
+    let per_offset = GroupForms::new(&centers, &table, &rope, &max_options);
+    assert_eq!((mean.forms, per_offset.forms), (1, 17));
+    for h in 0..2 {
+        let (u, v) = mean.form(h, 0);
+        for f in 0..32 {
+            let (mut su, mut sv) = (0.0f64, 0.0f64);
+            for r in 0..17 {
+                let (pu, pv) = per_offset.form(h, r);
+                su += pu[f] as f64 / 17.0;
+                sv += pv[f] as f64 / 17.0;
+            }
+            // Forms are below a·(|q̄re| + |q̄im|) < 3 in size; each f32 rounding moves one by < 2e-7.
+            assert!((u[f] as f64 - su).abs() < 1e-6 && (v[f] as f64 - sv).abs() < 1e-6);
+        }
+    }
+}
+
+/// f16 and bf16 keys are read as they are: the same scores as their exact f32 conversion.
+#[test]
+fn half_precision_keys_score_as_their_f32_values() {
+    let mut rng = derived_rng(11, 0);
+    let rope = yarn(128, RopePairing::Half);
+    let stats = random_stats(&mut rng, &rope, 1, 2);
+    let centers = [stats.head(0, 0).unwrap(), stats.head(0, 1).unwrap()];
+    let table = OffsetTable::new(&rope, 4_000, 1 << 16);
+    let inputs = KeyScoreInputs {
+        centers: &centers,
+        rope: &rope,
+        table: &table,
+        options: &DEFAULT_OPTIONS,
+    };
+    let keys: Vec<f32> = (0..128 * 50).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let keys = Tensor::from_vec(keys, (50, 128), &Device::Cpu).unwrap();
+    for dtype in [candle_core::DType::F16, candle_core::DType::BF16] {
+        let half = keys.to_dtype(dtype).unwrap();
+        let widened = half.to_dtype(candle_core::DType::F32).unwrap();
+        assert_eq!(
+            key_scores(&half, &inputs)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            key_scores(&widened, &inputs)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            "{dtype:?}"
+        );
+    }
+}
+
+/// Keys of another head size, keys that are not a matrix, and centres of another band count are
+/// refused with the reason.
+#[test]
+fn key_scores_refuse_mismatched_input() {
+    let mut rng = derived_rng(12, 0);
+    let rope = yarn(128, RopePairing::Half);
+    let stats = random_stats(&mut rng, &rope, 1, 1);
+    let table = OffsetTable::new(&rope, 4_000, 1 << 16);
+    let centers = [stats.head(0, 0).unwrap()];
+    let inputs = KeyScoreInputs {
+        centers: &centers,
+        rope: &rope,
+        table: &table,
+        options: &DEFAULT_OPTIONS,
+    };
+    let error =
+        |k: &Tensor, inputs: &KeyScoreInputs<'_>| key_scores(k, inputs).unwrap_err().to_string();
+    let wrong = Tensor::zeros((5, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(error(&wrong, &inputs).contains("head_dim 64"));
+    let flat = Tensor::zeros(128, candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(error(&flat, &inputs).contains("[entries, head_dim]"));
+    let small = random_stats(&mut rng, &yarn(64, RopePairing::Half), 1, 1);
+    let other = [small.head(0, 0).unwrap()];
+    let keys = Tensor::zeros((5, 128), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mismatched = KeyScoreInputs {
+        centers: &other,
+        ..inputs
+    };
+    assert!(error(&keys, &mismatched).contains("64 bands"));
+    let none = KeyScoreInputs {
+        centers: &[],
+        ..inputs
+    };
+    assert!(error(&keys, &none).contains("got 0 centres"));
 }

@@ -6,26 +6,33 @@
 //! prompt entries are protected, one keep set per KV head is chosen from all layers together, and the
 //! cache is compressed back to the budget whenever it reaches budget + 128.
 
-mod normalize;
+pub mod key_scores;
+pub mod normalize;
 pub mod reference;
 pub mod scoring;
 mod window_centers;
 
 #[cfg(test)]
 mod golden_tests;
+#[cfg(test)]
+mod unfused;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use spectra_core::kv_stats::QueryBandStats;
+use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rope::RopeSpec;
 use spectra_core::{
-    keep_top_k, Budget, Error, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    Budget, Error, GqaAggregation, KeepPlan, KvEvictionPolicy, KvHeadView, KvLayerView, KvSideInfo,
     KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
+use key_scores::{key_scores, KeyScoreInputs};
+use normalize::{tie_noise, Finish};
 pub use scoring::{OffsetAggregation, OffsetTable, ScoreOptions};
 
 use crate::selection::validate_protected;
@@ -170,14 +177,15 @@ impl TriAttention {
         }
     }
 
-    /// Final per-KV-head scores of one layer: group-reduced z-scores plus tie noise.
+    /// Final per-KV-head scores of one layer, `[n]` on the keys' device: group-reduced z-scores plus
+    /// tie noise.
     fn layer_scores(
         &self,
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
         table: &OffsetTable,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<Vec<Tensor>> {
         let rope = Self::rope(side)?;
         let query_heads = layer.heads.len() * layer.group_size;
         let (stats, stats_layer) = match self.calibrated()? {
@@ -200,48 +208,54 @@ impl TriAttention {
             ),
         };
         let options = self.options();
-        // KV heads are independent; scoring them in parallel keeps results identical (each head's
-        // numbers, noise included, depend on that head alone).
-        layer
-            .heads
-            .par_iter()
-            .enumerate()
-            .map(|(g, head)| {
-                let centers = (0..layer.group_size)
-                    .map(|i| stats.head(stats_layer, g * layer.group_size + i))
-                    .collect::<Result<Vec<_>>>()?;
-                let scorer = scoring::GroupScorer::new(&centers, table, rope, &options);
-                let raw = scorer.raw_scores(head.keys)?;
-                let n = head.len();
-                let first = self.protected_prefix(head.positions, ctx).min(n);
-                let last = n.saturating_sub(self.recent_window).max(first);
-                Ok(normalize::finish(
-                    &raw,
-                    first..last,
-                    self.normalize,
-                    self.gqa,
-                    ctx.seed,
-                    layer.layer,
-                    g,
-                ))
-            })
-            .collect()
+        per_head(layer, |g, head| {
+            let centers = (0..layer.group_size)
+                .map(|i| stats.head(stats_layer, g * layer.group_size + i))
+                .collect::<Result<Vec<_>>>()?;
+            let inputs = KeyScoreInputs {
+                centers: &centers,
+                rope,
+                table,
+                options: &options,
+            };
+            let raw = key_scores(head.keys, &inputs)?;
+            let n = head.len();
+            let first = self.protected_prefix(head.positions, ctx).min(n);
+            let last = n.saturating_sub(self.recent_window).max(first);
+            let finish = Finish {
+                candidates: first..last,
+                normalize: self.normalize,
+                reduce: self.gqa,
+            };
+            finish.apply(
+                &raw,
+                &tie_noise(ctx.seed, layer.layer, g, n, head.keys.device())?,
+            )
+        })
     }
 
-    fn plan(&self, scores: &[Vec<f32>], layer: &KvLayerView<'_>, ctx: &KvStepContext) -> KeepPlan {
+    /// Per KV head, the kept indices: protected prompt and window, then the best scores, selected on
+    /// the scores' device so that only the indices come to the host.
+    fn plan(
+        &self,
+        scores: &[Tensor],
+        layer: &KvLayerView<'_>,
+        ctx: &KvStepContext,
+    ) -> Result<KeepPlan> {
         let per_head = scores
             .iter()
             .zip(&layer.heads)
             .map(|(s, head)| {
-                keep_top_k(
-                    s,
+                let kept = keep_top_k_rows(
+                    &s.unsqueeze(0)?,
                     self.protected_prefix(head.positions, ctx),
                     self.recent_window,
                     ctx.budget,
-                )
+                )?;
+                Ok(kept.squeeze(0)?.to_vec1::<u32>()?)
             })
-            .collect();
-        KeepPlan { per_head }
+            .collect::<Result<_>>()?;
+        Ok(KeepPlan { per_head })
     }
 
     /// One keep set per KV head from the mean over layers of the layers' scores, applied to every layer.
@@ -279,18 +293,22 @@ impl TriAttention {
             }
         }
         let table = OffsetTable::new(Self::rope(&side[0])?, step.position, self.max_offset);
-        let mut mean: Vec<Vec<f32>> = first.heads.iter().map(|h| vec![0.0; h.len()]).collect();
+        let mut mean = first
+            .heads
+            .iter()
+            .map(|h| Tensor::zeros(h.len(), DType::F32, h.keys.device()))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         for (layer, s) in layers.iter().zip(side) {
             for (acc, scores) in mean
                 .iter_mut()
                 .zip(self.layer_scores(layer, s, step, &table)?)
             {
-                acc.iter_mut()
-                    .zip(scores)
-                    .for_each(|(a, x)| *a += x / layers.len() as f32);
+                // x / L exactly (an elementwise division, not a multiplication by 1/L), then added.
+                let count = Tensor::new(layers.len() as f32, scores.device())?;
+                *acc = acc.add(&scores.broadcast_div(&count)?)?;
             }
         }
-        let plan = self.plan(&mean, first, step);
+        let plan = self.plan(&mean, first, step)?;
         Ok(vec![plan; layers.len()])
     }
 }
@@ -354,7 +372,12 @@ impl KvEvictionPolicy for TriAttention {
         ctx: &KvStepContext,
     ) -> Result<Option<Vec<Vec<f32>>>> {
         let table = OffsetTable::new(Self::rope(side)?, ctx.position, self.max_offset);
-        self.layer_scores(layer, side, ctx, &table).map(Some)
+        let scores = self.layer_scores(layer, side, ctx, &table)?;
+        let on_host = scores
+            .iter()
+            .map(|s| s.to_vec1::<f32>())
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Some(on_host))
     }
 
     fn select(
@@ -371,8 +394,9 @@ impl KvEvictionPolicy for TriAttention {
             )?;
             return Ok(plans.remove(0));
         }
-        let scores = self.score(layer, side, ctx)?.unwrap_or_default();
-        Ok(self.plan(&scores, layer, ctx))
+        let table = OffsetTable::new(Self::rope(side)?, ctx.position, self.max_offset);
+        let scores = self.layer_scores(layer, side, ctx, &table)?;
+        self.plan(&scores, layer, ctx)
     }
 
     fn select_layers(
@@ -390,6 +414,30 @@ impl KvEvictionPolicy for TriAttention {
                 .map(|((layer, side), ctx)| self.select(layer, side, ctx))
                 .collect(),
         }
+    }
+}
+
+/// `f` of every KV head of the layer: in parallel on the host (heads are independent, so results do
+/// not change), in order on a GPU, whose kernels queue on one stream anyway.
+fn per_head<T: Send>(
+    layer: &KvLayerView<'_>,
+    f: impl Fn(usize, &KvHeadView<'_>) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let on_host = layer.heads.iter().all(|h| h.keys.device().is_cpu());
+    if on_host {
+        layer
+            .heads
+            .par_iter()
+            .enumerate()
+            .map(|(g, h)| f(g, h))
+            .collect()
+    } else {
+        layer
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(g, h)| f(g, h))
+            .collect()
     }
 }
 

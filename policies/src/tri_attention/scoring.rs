@@ -4,18 +4,19 @@
 //! For a query head with calibrated centre `q̄_f` and a cached key `k̃` (post-RoPE), band by band
 //! `A_f = Re(q̄_f conj k̃_f)`, `B_f = Im(q̄_f conj k̃_f)` and
 //! `base_δ = a · Σ_f (A_f cos θ_fδ − B_f sin θ_fδ)`, `θ_fδ = ω_f (t + δ)`, which rearranges to
-//! `Σ_f k̃re_f · a(q̄re cos θ − q̄im sin θ) + k̃im_f · a(q̄im cos θ + q̄re sin θ)`: for each offset δ a
-//! fixed linear form in the key. The score of all keys for all offsets is therefore one matrix product
-//! `K̃ · Wᵀ` with `W` built from an `F × |D|` table of cos/sin (computed in f64 once per round). For the
-//! mean over offsets, linearity lets the forms be averaged first, so `W` has one row per query head.
-//! The norm term `a · Σ_f c_f |k̃_f|` with `c_f = m_f − |q̄_f|` (or `m_f`) is a second, `F`-wide product.
-//! `a` is RoPE's attention scaling: both terms then equal the pre-RoPE form's `a²`-weighted sums.
+//! `Σ_f k̃re_f · u_fδ + k̃im_f · v_fδ` with `u = a(q̄re cos θ − q̄im sin θ)`, `v = a(q̄im cos θ + q̄re sin θ)`:
+//! for each offset δ a fixed linear form in the key (its *weights*). For the mean over offsets, linearity
+//! lets the forms be averaged first: one form per query head, built from the offsets' mean phasor
+//! `(mean_δ cos θ_fδ, mean_δ sin θ_fδ)`. The norm term `a · Σ_f c_f |k̃_f|` with `c_f = m_f − |q̄_f|` (or
+//! `m_f`) has one weight per band. `a` is RoPE's attention scaling: both terms then equal the pre-RoPE
+//! form's `a²`-weighted sums. The phases are computed and reduced modulo 2π in f64.
+//!
+//! [`GroupForms`] holds these weights for one KV head's query group; the key score op
+//! (`key_scores`) evaluates them for every key in one pass.
 
-use candle_core::{DType, Storage, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::kv_stats::HeadBandStats;
-use spectra_core::rope::{RopePairing, RopeSpec};
-use spectra_core::{Error, Result};
+use spectra_core::rope::RopeSpec;
 
 /// How the 17 future offsets are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +37,17 @@ pub struct ScoreOptions {
     pub disable_trig: bool,
 }
 
+impl ScoreOptions {
+    /// Linear forms per query head: none (norm only), one (mean over offsets) or one per offset (max).
+    pub fn forms_per_head(&self, offsets: usize) -> usize {
+        match (self.disable_trig, self.aggregation) {
+            (true, _) => 0,
+            (false, OffsetAggregation::Mean) => 1,
+            (false, OffsetAggregation::Max) => offsets,
+        }
+    }
+}
+
 /// The future offsets `δ`: every power of two up to `max_offset`.
 pub fn offsets(max_offset: u64) -> Vec<u64> {
     (0..64)
@@ -48,6 +60,8 @@ pub fn offsets(max_offset: u64) -> Vec<u64> {
 /// in f64 (an f32 angle at t ≈ 1e5 is off by ~1e-2 rad).
 #[derive(Clone, Debug)]
 pub struct OffsetTable {
+    /// `t`: the position of the next token.
+    pub position: u64,
     pub offsets: Vec<u64>,
     bands: usize,
     /// `[offset][band]`.
@@ -71,183 +85,108 @@ impl OffsetTable {
             }
         }
         OffsetTable {
+            position,
             offsets,
             bands,
             cos,
             sin,
         }
     }
+
+    /// `(mean_δ cos θ_fδ, mean_δ sin θ_fδ)`: summed in offset order, then divided by the count.
+    fn mean_phasor(&self, f: usize) -> (f64, f64) {
+        let (mut c, mut s) = (0.0, 0.0);
+        for o in 0..self.offsets.len() {
+            c += self.cos[o * self.bands + f];
+            s += self.sin[o * self.bands + f];
+        }
+        let count = self.offsets.len() as f64;
+        (c / count, s / count)
+    }
 }
 
-/// The linear forms and norm weights of one KV head's query group.
-pub struct GroupScorer {
-    group: usize,
-    head_dim: usize,
+/// `(u, v)`: the weights of `k̃re_f` and `k̃im_f` in the logit of centre `(q̄re, q̄im)` rotated by the
+/// phasor `(cos, sin)`, times `a`. The CUDA kernel evaluates the same expression in the same order.
+pub fn form_weights(qre: f64, qim: f64, cos: f64, sin: f64, a: f64) -> (f64, f64) {
+    (a * (qre * cos - qim * sin), a * (qim * cos + qre * sin))
+}
+
+/// `a · c_f` for band `f` of `center`: `c_f = m_f − |q̄_f|`, or `m_f` with `disable_mlr`.
+pub fn norm_weight(center: &HeadBandStats<'_>, f: usize, a: f64, disable_mlr: bool) -> f64 {
+    let m = center.abs_mean[f] as f64;
+    let weight = if disable_mlr {
+        m
+    } else {
+        m - (center.mean_re[f] as f64).hypot(center.mean_im[f] as f64)
+    };
+    a * weight
+}
+
+/// The weights of one KV head's query group, rounded to f32 once.
+#[derive(Clone, Debug)]
+pub struct GroupForms {
+    pub group: usize,
+    pub bands: usize,
     /// Forms per query head: 0 (norm only), 1 (mean over offsets) or |D| (max over offsets).
-    forms: usize,
-    /// `[group · forms][head_dim]`: row `h · forms + r` is query head `h`'s form for offset `r`.
-    trig: Vec<f32>,
+    pub forms: usize,
+    /// `[group · forms][2 · bands]`: row `h · forms + r` holds query head `h`'s form for offset `r`
+    /// (or the mean form): `u_0..u_F` then `v_0..v_F`.
+    pub trig: Vec<f32>,
     /// `[group][bands]`: `a · c_f` per query head.
-    norm: Vec<f32>,
-    pairing: RopePairing,
-    aggregation: OffsetAggregation,
+    pub norm: Vec<f32>,
 }
 
-impl GroupScorer {
+impl GroupForms {
     pub fn new(
         centers: &[HeadBandStats<'_>],
         table: &OffsetTable,
         rope: &RopeSpec,
         options: &ScoreOptions,
     ) -> Self {
-        let (d, bands, group) = (rope.head_dim, rope.bands(), centers.len());
+        let (bands, group) = (rope.bands(), centers.len());
         let a = rope.attention_scaling;
-        let forms = match (options.disable_trig, options.aggregation) {
-            (true, _) => 0,
-            (false, OffsetAggregation::Mean) => 1,
-            (false, OffsetAggregation::Max) => table.offsets.len(),
-        };
-        let mut trig = vec![0f32; group * forms * d];
+        let forms = options.forms_per_head(table.offsets.len());
+        let mut trig = vec![0f32; group * forms * 2 * bands];
         let mut norm = vec![0f32; group * bands];
-        let count = table.offsets.len() as f64;
+        let mean_phasors: Vec<(f64, f64)> = if forms == 1 {
+            (0..bands).map(|f| table.mean_phasor(f)).collect()
+        } else {
+            Vec::new()
+        };
         for (h, c) in centers.iter().enumerate() {
             for f in 0..bands {
-                let (qre, qim, m) = (
-                    c.mean_re[f] as f64,
-                    c.mean_im[f] as f64,
-                    c.abs_mean[f] as f64,
-                );
-                let weight = if options.disable_mlr {
-                    m
-                } else {
-                    m - qre.hypot(qim)
-                };
-                norm[h * bands + f] = (a * weight) as f32;
-                if forms == 0 {
-                    continue;
-                }
-                let (re, im) = rope.pair(f);
-                let mut mean = (0.0, 0.0);
-                for o in 0..table.offsets.len() {
-                    let (cos, sin) = (
-                        table.cos[o * table.bands + f],
-                        table.sin[o * table.bands + f],
-                    );
-                    let u = a * (qre * cos - qim * sin);
-                    let v = a * (qim * cos + qre * sin);
-                    match options.aggregation {
-                        OffsetAggregation::Max => {
-                            let row = (h * forms + o) * d;
-                            trig[row + re] = u as f32;
-                            trig[row + im] = v as f32;
-                        }
-                        OffsetAggregation::Mean => mean = (mean.0 + u / count, mean.1 + v / count),
-                    }
-                }
-                if options.aggregation == OffsetAggregation::Mean {
-                    trig[h * d + re] = mean.0 as f32;
-                    trig[h * d + im] = mean.1 as f32;
+                norm[h * bands + f] = norm_weight(c, f, a, options.disable_mlr) as f32;
+                let (qre, qim) = (c.mean_re[f] as f64, c.mean_im[f] as f64);
+                for r in 0..forms {
+                    let (cos, sin) = if forms == 1 {
+                        mean_phasors[f]
+                    } else {
+                        (table.cos[r * bands + f], table.sin[r * bands + f])
+                    };
+                    let (u, v) = form_weights(qre, qim, cos, sin, a);
+                    let row = (h * forms + r) * 2 * bands;
+                    trig[row + f] = u as f32;
+                    trig[row + bands + f] = v as f32;
                 }
             }
         }
-        GroupScorer {
+        GroupForms {
             group,
-            head_dim: d,
+            bands,
             forms,
             trig,
             norm,
-            pairing: rope.pairing,
-            aggregation: options.aggregation,
         }
     }
 
-    /// Raw scores `[group][n]` of the keys `[n, head_dim]` (post-RoPE, any dtype, on any device; copied
-    /// to the host once as f32). One pass over the keys: per key the band norms, the norm terms and the
-    /// forms' dot products.
-    pub fn raw_scores(&self, keys: &Tensor) -> Result<Vec<Vec<f32>>> {
-        let (n, d) = keys.dims2()?;
-        if d != self.head_dim {
-            return Err(Error::invalid(
-                "TriAttention",
-                format!(
-                    "keys have head_dim {d}, the RoPE description {}",
-                    self.head_dim
-                ),
-            ));
-        }
-        with_f32_rows(keys, |keys| self.score_rows(keys, n, d))
+    /// Query head `h`'s form `r`: `(u, v)`, each `bands` long.
+    pub fn form(&self, h: usize, r: usize) -> (&[f32], &[f32]) {
+        let row = (h * self.forms + r) * 2 * self.bands;
+        self.trig[row..row + 2 * self.bands].split_at(self.bands)
     }
 
-    fn score_rows(&self, keys: &[f32], n: usize, d: usize) -> Vec<Vec<f32>> {
-        let mut out = vec![vec![0f32; n]; self.group];
-        let bands = d / 2;
-        let mut norms = vec![0f32; bands];
-        let mut forms = vec![0f32; self.forms];
-        for (j, key) in keys.chunks_exact(d).enumerate() {
-            match self.pairing {
-                RopePairing::Half => {
-                    let (re, im) = key.split_at(bands);
-                    for ((n, x), y) in norms.iter_mut().zip(re).zip(im) {
-                        *n = (x * x + y * y).sqrt();
-                    }
-                }
-                RopePairing::Interleaved => {
-                    for (n, pair) in norms.iter_mut().zip(key.chunks_exact(2)) {
-                        *n = (pair[0] * pair[0] + pair[1] * pair[1]).sqrt();
-                    }
-                }
-            }
-            for (h, scores) in out.iter_mut().enumerate() {
-                let norm_term = dot(&norms, &self.norm[h * bands..(h + 1) * bands]);
-                let rows = &self.trig[h * self.forms * d..(h + 1) * self.forms * d];
-                for (value, row) in forms.iter_mut().zip(rows.chunks_exact(d)) {
-                    *value = dot(key, row);
-                }
-                let trig = match (self.forms, self.aggregation) {
-                    (0, _) => 0.0,
-                    (_, OffsetAggregation::Mean) => forms[0],
-                    (_, OffsetAggregation::Max) => {
-                        forms.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-                    }
-                };
-                scores[j] = trig + norm_term;
-            }
-        }
-        out
+    /// Query head `h`'s norm weights.
+    pub fn norm_weights(&self, h: usize) -> &[f32] {
+        &self.norm[h * self.bands..(h + 1) * self.bands]
     }
-}
-
-/// Runs `f` on the keys as one row-major f32 slice: borrowed in place when they are a contiguous f32
-/// tensor in host memory (the cache's usual case), otherwise copied to the host once.
-fn with_f32_rows<T>(keys: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    {
-        let (storage, layout) = keys.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            if let Ok(all) = cpu.as_slice::<f32>() {
-                return Ok(f(&all[start..end]));
-            }
-        }
-    }
-    let copy: Vec<f32> = keys.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    Ok(f(&copy))
-}
-
-/// Lanes of independent partial sums, so that the compiler vectorises the dot product.
-const LANES: usize = 16;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }

@@ -1,0 +1,202 @@
+//! Fused kernels: work that a chain of candle ops would do in several passes over memory, done in
+//! one, with a CPU path and (feature `cuda`) a CUDA path compiled at run time by NVRTC (`nvrtc`).
+//!
+//! The training ops read several tensors and write several (AdamW: weight, gradient and both
+//! moments in, weight and moments out), which candle's `CustomOp1/2/3` cannot express (one output
+//! each): they read their operands' storage directly and wrap freshly written storage in new
+//! tensors. Their outputs carry no backward op; optimizer updates are never differentiated.
+//!
+//! CPU and CUDA paths evaluate the same expression with the same correctly rounded IEEE operations in
+//! the same order (the CUDA code uses `__fmul_rn`-style intrinsics, which the compiler never fuses
+//! into an FMA), so the two devices agree bit for bit.
+
+pub mod adamw;
+pub mod muon_momentum;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
+pub mod top_k;
+
+use candle_core::op::BackpropOp;
+use candle_core::{DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
+
+use crate::{Error, Result};
+
+/// A floating-point element type the fused ops run on (f32, f64).
+pub(crate) trait Float: WithDType {
+    fn sqrt(self) -> Self;
+}
+
+impl Float for f32 {
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+
+impl Float for f64 {
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+/// Checks the operands of an elementwise op (same shape, dtype and device; dtype f32 or f64) and
+/// returns them contiguous (a non-contiguous one is copied).
+pub(crate) fn elementwise_operands<const N: usize>(
+    op: &str,
+    operands: [(&str, &Tensor); N],
+) -> Result<[Tensor; N]> {
+    let (first_name, first) = operands[0];
+    for (name, t) in &operands[1..] {
+        let mismatch = if t.dims() != first.dims() {
+            Some(format!("shape {:?} vs {:?}", t.dims(), first.dims()))
+        } else if t.dtype() != first.dtype() {
+            Some(format!("dtype {:?} vs {:?}", t.dtype(), first.dtype()))
+        } else if !t.device().same_device(first.device()) {
+            Some(format!(
+                "device {:?} vs {:?}",
+                t.device().location(),
+                first.device().location()
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = mismatch {
+            return Err(Error::invalid(
+                op,
+                format!("`{name}` and `{first_name}` differ in {what}; every operand must match"),
+            ));
+        }
+    }
+    if !matches!(first.dtype(), DType::F32 | DType::F64) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "runs on f32 or f64 tensors, got {:?}; keep parameters and optimizer state in f32",
+                first.dtype()
+            ),
+        ));
+    }
+    let contiguous: Vec<Tensor> = operands
+        .iter()
+        .map(|(_, t)| t.contiguous())
+        .collect::<candle_core::Result<_>>()?;
+    Ok(contiguous
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one tensor per operand")))
+}
+
+/// The elements of a contiguous CPU tensor's storage.
+pub(crate) fn cpu_slice<'a, T: WithDType>(
+    storage: &'a StorageRef<'_>,
+    layout: &Layout,
+) -> Result<&'a [T]> {
+    let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets()) else {
+        return Err(Error::Device(
+            "a fused op's CPU path was given a non-CPU or non-contiguous tensor".into(),
+        ));
+    };
+    Ok(&cpu.as_slice::<T>()?[start..end])
+}
+
+/// A new tensor (no backward op) owning `storage`, laid out contiguously as `shape`.
+pub(crate) fn tensor_from(storage: Storage, shape: &Shape) -> Tensor {
+    Tensor::from_storage(storage, shape.clone(), BackpropOp::none(), false)
+}
+
+/// A CPU tensor of `shape` holding `data`.
+pub(crate) fn cpu_tensor<T: WithDType>(data: Vec<T>, shape: &Shape) -> Tensor {
+    tensor_from(Storage::Cpu(T::to_cpu_storage_owned(data)), shape)
+}
+
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda {
+    //! What the CUDA paths of the fused ops share: typed views of input storage, output allocation
+    //! and the launch geometry.
+
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, DeviceRepr, LaunchConfig,
+    };
+    use candle_core::cuda_backend::CudaDType;
+    use candle_core::{CudaDevice, Layout, Shape, Storage, StorageRef, Tensor};
+
+    use super::tensor_from;
+    use crate::{Error, Result};
+
+    /// Threads per block of every fused kernel; the reductions' shared arrays are sized for it.
+    pub const BLOCK: u32 = 256;
+    /// At most this many blocks: the kernels loop over the rest (grid-stride), and a reduction's
+    /// per-block partial sums stay few enough to add up in one more pass.
+    pub const MAX_BLOCKS: u32 = 1024;
+
+    /// One thread per element up to [`MAX_BLOCKS`] blocks.
+    pub fn launch_config(n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS as usize) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The elements of a contiguous CUDA tensor's storage, and its device.
+    pub fn view<'a, T: CudaDType + DeviceRepr>(
+        storage: &'a StorageRef<'_>,
+        layout: &Layout,
+    ) -> Result<(CudaView<'a, T>, &'a CudaDevice)> {
+        let (Storage::Cuda(cuda), Some((start, end))) = (&**storage, layout.contiguous_offsets())
+        else {
+            return Err(Error::Device(
+                "a fused op's CUDA path was given a non-CUDA or non-contiguous tensor".into(),
+            ));
+        };
+        Ok((cuda.as_cuda_slice::<T>()?.slice(start..end), &cuda.device))
+    }
+
+    /// Uninitialized device memory for `n` elements, to be written entirely by a kernel.
+    pub fn output<T: DeviceRepr>(device: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller launches a kernel that writes all n elements before the buffer is
+        // read.
+        Ok(unsafe { device.alloc::<T>(n) }?)
+    }
+
+    /// A tensor of `shape` owning a kernel's output.
+    pub fn tensor<T: CudaDType>(slice: CudaSlice<T>, device: &CudaDevice, shape: &Shape) -> Tensor {
+        tensor_from(
+            Storage::Cuda(candle_core::CudaStorage::wrap_cuda_slice(
+                slice,
+                device.clone(),
+            )),
+            shape,
+        )
+    }
+}
+
+/// CUDA C prelude of every fused training kernel: `Rn<T>::mul/add/sub/div/sqrt` for float and
+/// double, each correctly rounded and never contracted into an FMA, so that a kernel evaluates an
+/// expression exactly as the CPU path does.
+#[cfg(feature = "cuda")]
+macro_rules! rounded_arithmetic_cuda {
+    () => {
+        r#"
+template <typename T> struct Rn;
+template <> struct Rn<float> {
+    static __device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+    static __device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
+    static __device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
+    static __device__ __forceinline__ float div(float a, float b) { return __fdiv_rn(a, b); }
+    static __device__ __forceinline__ float sqrt(float a) { return __fsqrt_rn(a); }
+};
+template <> struct Rn<double> {
+    static __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+    static __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
+    static __device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
+    static __device__ __forceinline__ double div(double a, double b) { return __ddiv_rn(a, b); }
+    static __device__ __forceinline__ double sqrt(double a) { return __dsqrt_rn(a); }
+};
+typedef unsigned long long u64;
+#define GRID_STRIDE_LOOP(i, n) \
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
+"#
+    };
+}
+#[cfg(feature = "cuda")]
+pub(crate) use rounded_arithmetic_cuda;

@@ -1,0 +1,755 @@
+//! The TriAttention key score as one fused op (candle `CustomOp1` on a KV head's keys): for a block of
+//! keys, every query head of the group, every band and every future offset in one pass over the keys,
+//! with a CPU path and a CUDA path (compiled at run time by NVRTC).
+//!
+//! Both paths evaluate [`GroupForms`]'s weights (scoring.rs) the same way: per key, band by band in
+//! increasing order, `trig += u_f·k̃re_f + v_f·k̃im_f` for each form and `norm += w_f·|k̃_f|`, then
+//! `trig + norm` (mean), `max_δ trig_δ + norm` (max) or `0 + norm` (norm only), each operation
+//! correctly rounded and unfused. The CUDA kernel builds the weights itself, per block, from the
+//! centres and the RoPE frequencies, with the phases `θ = ω_f (t + δ)` formed and reduced modulo 2π in
+//! double precision exactly as the host does; only `sincos` may differ in the last bit of a double
+//! (CUDA's and the C library's are both within 1 ulp), which survives rounding to f32 only in rare
+//! ties. The two devices therefore agree to the last bit almost always, and to an f32 rounding of a
+//! weight otherwise.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+use spectra_core::kv_stats::HeadBandStats;
+use spectra_core::rope::{RopePairing, RopeSpec};
+use spectra_core::{Error, Result};
+
+use super::scoring::{GroupForms, OffsetAggregation, OffsetTable, ScoreOptions};
+
+/// What the scores of one KV head's keys depend on besides the keys.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyScoreInputs<'a> {
+    /// One per query head of the group.
+    pub centers: &'a [HeadBandStats<'a>],
+    pub rope: &'a RopeSpec,
+    /// The phases of this step (built once per step, shared by every head and layer).
+    pub table: &'a OffsetTable,
+    pub options: &'a ScoreOptions,
+}
+
+/// Raw scores `[group, n]` (f32, on the keys' device) of the keys `[n, head_dim]` (post-RoPE; f32, f16
+/// or bf16 are read as they are, other float types are converted to f32 first).
+pub fn key_scores(keys: &Tensor, inputs: &KeyScoreInputs<'_>) -> Result<Tensor> {
+    let (n, d) = keys.dims2().map_err(|_| {
+        Error::invalid(
+            "TriAttention",
+            format!(
+                "keys have shape {:?}; expected [entries, head_dim]",
+                keys.dims()
+            ),
+        )
+    })?;
+    let rope = inputs.rope;
+    if d != rope.head_dim || d % 2 != 0 || rope.inv_freq.len() != d / 2 {
+        return Err(Error::invalid(
+            "TriAttention",
+            format!(
+                "keys have head_dim {d}, the RoPE description {} with {} frequencies",
+                rope.head_dim,
+                rope.inv_freq.len()
+            ),
+        ));
+    }
+    let bands = d / 2;
+    let short = |c: &HeadBandStats<'_>| {
+        [c.mean_re.len(), c.mean_im.len(), c.abs_mean.len()]
+            .iter()
+            .any(|&l| l != bands)
+    };
+    if inputs.centers.is_empty() || inputs.centers.iter().any(short) {
+        return Err(Error::invalid(
+            "TriAttention",
+            format!(
+                "the KV head needs one centre per query head with {bands} bands each, got {} centres",
+                inputs.centers.len()
+            ),
+        ));
+    }
+    let group = inputs.centers.len();
+    if n == 0 {
+        return Ok(Tensor::zeros((group, 0), DType::F32, keys.device())?);
+    }
+    let keys = match keys.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 => keys.contiguous()?,
+        _ => keys.to_dtype(DType::F32)?,
+    };
+    Ok(keys.apply_op1_no_bwd(&KeyScores { inputs, n, d })?)
+}
+
+struct KeyScores<'a> {
+    inputs: &'a KeyScoreInputs<'a>,
+    n: usize,
+    d: usize,
+}
+
+impl KeyScores<'_> {
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.inputs.centers.len(), self.n))
+    }
+}
+
+fn op_error(what: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("TriAttention key scores: {what}"))
+}
+
+impl CustomOp1 for KeyScores<'_> {
+    fn name(&self) -> &'static str {
+        "tri-attention-key-scores"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| op_error("keys must be contiguous"))?;
+        let i = self.inputs;
+        let forms = GroupForms::new(i.centers, i.table, i.rope, i.options);
+        let host = HostScorer {
+            forms: &forms,
+            head_dim: self.d,
+            pairing: i.rope.pairing,
+            aggregation: i.options.aggregation,
+            zeros: vec![0.0; forms.bands],
+        };
+        let scores = match storage {
+            CpuStorage::F32(v) => host.scores(&v[start..end], |x| x),
+            CpuStorage::F16(v) => host.scores(&v[start..end], |x| x.to_f32()),
+            CpuStorage::BF16(v) => host.scores(&v[start..end], |x| x.to_f32()),
+            other => return Err(op_error(format!("no path for {:?} keys", other.dtype()))),
+        };
+        Ok((CpuStorage::F32(scores), self.out_shape()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let scores = cuda::scores(storage, layout, self.inputs, self.n)?;
+        Ok((scores, self.out_shape()))
+    }
+}
+
+/// Keys scored together on the host: the loop over bands runs across them, as across the kernel's
+/// threads, so that the compiler vectorises it (16 f32: one AVX-512 register).
+const LANES: usize = 16;
+
+/// Keys per parallel task.
+const KEYS_PER_TASK: usize = 512;
+
+struct HostScorer<'a> {
+    forms: &'a GroupForms,
+    head_dim: usize,
+    pairing: RopePairing,
+    aggregation: OffsetAggregation,
+    /// `bands` zero weights, for padding a group of sums.
+    zeros: Vec<f32>,
+}
+
+impl HostScorer<'_> {
+    /// Scores `[group][n]` of the row-major keys.
+    fn scores<T: Copy + Send + Sync>(
+        &self,
+        keys: &[T],
+        to_f32: impl Fn(T) -> f32 + Sync,
+    ) -> Vec<f32> {
+        let (d, group) = (self.head_dim, self.forms.group);
+        let n = keys.len() / d;
+        let parts: Vec<Vec<f32>> = keys
+            .par_chunks(KEYS_PER_TASK * d)
+            .map(|part| self.score_part(part, &to_f32))
+            .collect();
+        let mut out = vec![0f32; group * n];
+        for (p, part) in parts.iter().enumerate() {
+            let m = part.len() / group;
+            for h in 0..group {
+                let at = h * n + p * KEYS_PER_TASK;
+                out[at..at + m].copy_from_slice(&part[h * m..(h + 1) * m]);
+            }
+        }
+        out
+    }
+
+    /// Scores `[group][m]` of `m` consecutive keys, with the widest vector instructions the CPU has.
+    /// Every variant performs the same unfused operations in the same order: the same bits.
+    fn score_part<T: Copy>(&self, keys: &[T], to_f32: &impl Fn(T) -> f32) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F.
+                return unsafe { self.score_part_avx512(keys, to_f32) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2.
+                return unsafe { self.score_part_avx2(keys, to_f32) };
+            }
+        }
+        self.score_part_portable(keys, to_f32)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn score_part_avx512<T: Copy>(
+        &self,
+        keys: &[T],
+        to_f32: &impl Fn(T) -> f32,
+    ) -> Vec<f32> {
+        self.score_part_portable(keys, to_f32)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn score_part_avx2<T: Copy>(&self, keys: &[T], to_f32: &impl Fn(T) -> f32) -> Vec<f32> {
+        self.score_part_portable(keys, to_f32)
+    }
+
+    /// The scoring loop, inlined into each of the variants above so that each is compiled for its
+    /// instruction set.
+    #[inline(always)]
+    fn score_part_portable<T: Copy>(&self, keys: &[T], to_f32: &impl Fn(T) -> f32) -> Vec<f32> {
+        let (d, bands, group) = (self.head_dim, self.forms.bands, self.forms.group);
+        let m = keys.len() / d;
+        let mut out = vec![0f32; group * m];
+        // Band-major copies of LANES keys: re[f][lane], im[f][lane], |k̃_f|.
+        let mut re = vec![[0f32; LANES]; bands];
+        let mut im = vec![[0f32; LANES]; bands];
+        let mut modulus = vec![[0f32; LANES]; bands];
+        let mut trig = vec![[0f32; LANES]; group * self.forms.forms];
+        let mut norm = vec![[0f32; LANES]; group];
+        for (b, block) in keys.chunks(LANES * d).enumerate() {
+            for (lane, key) in block.chunks_exact(d).enumerate() {
+                match self.pairing {
+                    RopePairing::Half => {
+                        let (x, y) = key.split_at(bands);
+                        for (((r, i), &x), &y) in re.iter_mut().zip(im.iter_mut()).zip(x).zip(y) {
+                            r[lane] = to_f32(x);
+                            i[lane] = to_f32(y);
+                        }
+                    }
+                    RopePairing::Interleaved => {
+                        for ((r, i), pair) in
+                            re.iter_mut().zip(im.iter_mut()).zip(key.chunks_exact(2))
+                        {
+                            r[lane] = to_f32(pair[0]);
+                            i[lane] = to_f32(pair[1]);
+                        }
+                    }
+                }
+            }
+            for ((m, x), y) in modulus.iter_mut().zip(&re).zip(&im) {
+                for l in 0..LANES {
+                    m[l] = (x[l] * x[l] + y[l] * y[l]).sqrt();
+                }
+            }
+            let lanes = block.len() / d;
+            self.accumulate(&re, &im, &modulus, &mut trig, &mut norm);
+            for h in 0..group {
+                let score = self.combine(h, &trig, &norm);
+                let at = h * m + b * LANES;
+                out[at..at + lanes].copy_from_slice(&score[..lanes]);
+            }
+        }
+        out
+    }
+
+    /// Every form (`trig[h · forms + r]`) and norm term (`norm[h]`) of the LANES keys held band-major,
+    /// each summed over the bands in increasing order. Sums are taken four at a time (padded with
+    /// zero weights, whose sums are dropped), so that four independent chains of additions overlap.
+    #[inline(always)]
+    fn accumulate(
+        &self,
+        re: &[[f32; LANES]],
+        im: &[[f32; LANES]],
+        modulus: &[[f32; LANES]],
+        trig: &mut [[f32; LANES]],
+        norm: &mut [[f32; LANES]],
+    ) {
+        let forms = self.forms;
+        let zeros = &self.zeros[..];
+        for (first, out) in (0..).step_by(AT_ONCE).zip(norm.chunks_mut(AT_ONCE)) {
+            let weights = std::array::from_fn(|i| {
+                if i < out.len() {
+                    forms.norm_weights(first + i)
+                } else {
+                    zeros
+                }
+            });
+            let sums = weighted_sums(weights, modulus);
+            out.copy_from_slice(&sums[..out.len()]);
+        }
+        for (first, out) in (0..).step_by(AT_ONCE).zip(trig.chunks_mut(AT_ONCE)) {
+            let rows = std::array::from_fn(|i| {
+                if i < out.len() {
+                    let row = first + i;
+                    forms.form(row / forms.forms, row % forms.forms)
+                } else {
+                    (zeros, zeros)
+                }
+            });
+            let sums = form_sums(rows, re, im);
+            out.copy_from_slice(&sums[..out.len()]);
+        }
+    }
+
+    /// Query head `h`'s scores from the accumulated forms and norm term.
+    #[inline(always)]
+    fn combine(&self, h: usize, trig: &[[f32; LANES]], norm: &[[f32; LANES]]) -> [f32; LANES] {
+        let forms = self.forms.forms;
+        let head = &trig[h * forms..(h + 1) * forms];
+        let best = match (forms, self.aggregation) {
+            (0, _) => [0f32; LANES],
+            (_, OffsetAggregation::Mean) => head[0],
+            (_, OffsetAggregation::Max) => {
+                let mut best = [f32::NEG_INFINITY; LANES];
+                for t in head {
+                    for l in 0..LANES {
+                        best[l] = best[l].max(t[l]);
+                    }
+                }
+                best
+            }
+        };
+        std::array::from_fn(|l| best[l] + norm[h][l])
+    }
+}
+
+/// Sums taken together on the host (independent accumulators in registers).
+const AT_ONCE: usize = 4;
+
+/// `Σ_f w_r[f] · m[f][l]` for each of the AT_ONCE weight vectors `w_r`, in band order.
+#[inline(always)]
+fn weighted_sums(weights: [&[f32]; AT_ONCE], modulus: &[[f32; LANES]]) -> [[f32; LANES]; AT_ONCE] {
+    let mut acc = [[0f32; LANES]; AT_ONCE];
+    for (f, m) in modulus.iter().enumerate() {
+        for (acc, w) in acc.iter_mut().zip(&weights) {
+            let w = w[f];
+            for l in 0..LANES {
+                acc[l] += w * m[l];
+            }
+        }
+    }
+    acc
+}
+
+/// `Σ_f u_r[f]·re[f][l] + v_r[f]·im[f][l]` for each of the AT_ONCE forms `(u_r, v_r)`, in band order.
+#[inline(always)]
+fn form_sums(
+    forms: [(&[f32], &[f32]); AT_ONCE],
+    re: &[[f32; LANES]],
+    im: &[[f32; LANES]],
+) -> [[f32; LANES]; AT_ONCE] {
+    let mut acc = [[0f32; LANES]; AT_ONCE];
+    for (f, (x, y)) in re.iter().zip(im).enumerate() {
+        for (acc, (u, v)) in acc.iter_mut().zip(&forms) {
+            let (u, v) = (u[f], v[f]);
+            for l in 0..LANES {
+                acc[l] += u * x[l] + v * y[l];
+            }
+        }
+    }
+    acc
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaSlice, CudaView, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::CudaStorageSlice;
+    use candle_core::{CudaDevice, CudaStorage, Layout};
+    use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
+    use spectra_core::rope::RopePairing;
+
+    use super::super::scoring::{norm_weight, OffsetAggregation};
+    use super::{op_error, KeyScoreInputs};
+
+    /// Keys per block (one thread each); the kernel's `TILE`.
+    const TILE: usize = 128;
+    /// Blocks per query head at most; each loops over the remaining tiles.
+    const MAX_TILE_BLOCKS: usize = 1024;
+    /// The kernel's `MAX_BANDS`: head_dim up to 256.
+    const MAX_BANDS: usize = 128;
+
+    const MODULE: KernelModule = KernelModule::new("spectra_tri_attention_key_scores", SOURCE);
+
+    /// Everything a launch passes besides the keys, in the kernel's argument order.
+    struct Launch<'a> {
+        device: &'a CudaDevice,
+        params: CudaSlice<f64>,
+        out: CudaSlice<f32>,
+        ints: [i32; 6],
+        scaling: f64,
+        position: u64,
+        config: LaunchConfig,
+    }
+
+    impl Launch<'_> {
+        fn run<T>(&self, function: &str, keys: &CudaView<'_, T>) -> candle_core::Result<()> {
+            let kernel = cuda_function(self.device, &MODULE, function).map_err(op_error)?;
+            let mut builder = kernel.builder();
+            builder.arg(keys).arg(&self.params).arg(&self.out);
+            for i in &self.ints {
+                builder.arg(i);
+            }
+            builder.arg(&self.scaling).arg(&self.position);
+            // SAFETY: the arguments follow the kernel's signature in order and type; the keys hold
+            // n·head_dim elements, `params` F + 3·group·F doubles laid out as the kernel reads them,
+            // `out` group·n floats.
+            unsafe { builder.launch(self.config) }
+                .map(|_| ())
+                .map_err(|e| op_error(launch_error(&MODULE, function, e)))
+        }
+    }
+
+    pub(super) fn scores(
+        storage: &CudaStorage,
+        layout: &Layout,
+        inputs: &KeyScoreInputs<'_>,
+        n: usize,
+    ) -> candle_core::Result<CudaStorage> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| op_error("keys must be contiguous"))?;
+        let rope = inputs.rope;
+        let (bands, group) = (rope.bands(), inputs.centers.len());
+        if bands > MAX_BANDS {
+            return Err(op_error(format!(
+                "the CUDA kernel handles head_dim up to {}, the keys have {}",
+                2 * MAX_BANDS,
+                rope.head_dim
+            )));
+        }
+        let as_i32 = |x: usize, what: &str| {
+            i32::try_from(x)
+                .map_err(|_| op_error(format!("{what} {x} exceeds the kernel's i32 range")))
+        };
+        as_i32(n * rope.head_dim, "key element count")?;
+        let mode = match (inputs.options.disable_trig, inputs.options.aggregation) {
+            (false, OffsetAggregation::Mean) => 0,
+            (false, OffsetAggregation::Max) => 1,
+            (true, _) => 2,
+        };
+        let ints = [
+            as_i32(n, "entry count")?,
+            as_i32(bands, "band count")?,
+            as_i32(group, "group size")?,
+            as_i32(inputs.table.offsets.len(), "offset count")?,
+            mode,
+            i32::from(rope.pairing == RopePairing::Interleaved),
+        ];
+        // [ω_f][Re q̄ per head][Im q̄ per head][a·c_f per head], f64.
+        let a = rope.attention_scaling;
+        let mut params = rope.inv_freq.clone();
+        for part in 0..3 {
+            for c in inputs.centers {
+                params.extend((0..bands).map(|f| match part {
+                    0 => c.mean_re[f] as f64,
+                    1 => c.mean_im[f] as f64,
+                    _ => norm_weight(c, f, a, inputs.options.disable_mlr),
+                }));
+            }
+        }
+        let device = &storage.device;
+        let tile_blocks = n.div_ceil(TILE).min(MAX_TILE_BLOCKS);
+        // Max: one block per (tile, query head), the heads of a tile adjacent.
+        let blocks = if mode == 1 {
+            tile_blocks * group
+        } else {
+            tile_blocks
+        };
+        let launch = Launch {
+            device,
+            params: device.clone_htod(&params)?,
+            out: device.alloc_zeros::<f32>(group * n)?,
+            ints,
+            scaling: a,
+            position: inputs.table.position,
+            config: LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (TILE as u32, 1, 1),
+                shared_mem_bytes: 0,
+            },
+        };
+        match &storage.slice {
+            CudaStorageSlice::F32(s) => launch.run("tri_key_scores_f32", &s.slice(start..end))?,
+            CudaStorageSlice::F16(s) => launch.run("tri_key_scores_f16", &s.slice(start..end))?,
+            CudaStorageSlice::BF16(s) => launch.run("tri_key_scores_bf16", &s.slice(start..end))?,
+            _ => return Err(op_error("keys must be f32, f16 or bf16")),
+        }
+        Ok(CudaStorage::wrap_cuda_slice(launch.out, device.clone()))
+    }
+
+    const SOURCE: &str = r#"
+// TriAttention key scores (key_scores.rs). One thread per key of a TILE-key tile; each block first
+// builds the weights of its rows in shared memory (phases in double precision), then streams its
+// tiles' keys through shared memory CHUNK bands at a time.
+typedef unsigned long long u64;
+
+#define TILE 128
+#define CHUNK 16
+#define MAX_BANDS 128
+#define MAX_ROWS 24
+#define WEIGHTS 6144
+#define MODE_MEAN 0
+#define MODE_MAX 1
+#define MODE_NORM 2
+#define TAU 6.283185307179586
+
+struct Bf16 { unsigned short bits; };
+struct F16 { unsigned short bits; };
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(Bf16 x) { return __uint_as_float(((unsigned int)x.bits) << 16); }
+__device__ __forceinline__ float to_float(F16 x) {
+    const unsigned int sign = ((unsigned int)x.bits & 0x8000u) << 16;
+    const unsigned int exponent = ((unsigned int)x.bits >> 10) & 0x1fu;
+    const unsigned int mantissa = (unsigned int)x.bits & 0x3ffu;
+    if (exponent == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (mantissa << 13));
+    if (exponent == 0u) {
+        // Zero or subnormal: mantissa · 2^-24, exact in float.
+        const float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+        return sign ? -magnitude : magnitude;
+    }
+    return __uint_as_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+}
+
+// ω·p reduced to [0, 2π) as f64::rem_euclid does (fmod is exact).
+__device__ __forceinline__ double phase(double inv_freq, u64 position) {
+    const double r = fmod(__dmul_rn(inv_freq, (double)position), TAU);
+    return r < 0.0 ? __dadd_rn(r, TAU) : r;
+}
+
+// scoring.rs `form_weights`: a(q̄re cos − q̄im sin), a(q̄im cos + q̄re sin).
+__device__ __forceinline__ double form_u(double qre, double qim, double c, double s, double a) {
+    return __dmul_rn(a, __dsub_rn(__dmul_rn(qre, c), __dmul_rn(qim, s)));
+}
+__device__ __forceinline__ double form_v(double qre, double qim, double c, double s, double a) {
+    return __dmul_rn(a, __dadd_rn(__dmul_rn(qim, c), __dmul_rn(qre, s)));
+}
+
+// The block's shared memory, declared once per kernel (a template's own __shared__ arrays would be
+// allocated once per instantiation).
+struct Shared {
+    float (*slab)[2 * CHUNK + 1];
+    float* weights;
+    double* mean_cos;
+    double* mean_sin;
+};
+
+template <typename K, int MODE>
+__device__ void key_scores(const K* keys, const double* params, float* out, int n, int bands,
+                           int group, int offsets, int interleaved, double scaling, u64 position,
+                           Shared shared) {
+    float (*slab)[2 * CHUNK + 1] = shared.slab;
+    float* weights = shared.weights;
+    double* mean_cos = shared.mean_cos;
+    double* mean_sin = shared.mean_sin;
+    const double* inv_freq = params;
+    const double* center_re = params + bands;
+    const double* center_im = center_re + (u64)group * bands;
+    const double* norm_weight = center_im + (u64)group * bands;
+    const int tid = threadIdx.x;
+    const int head_dim = 2 * bands;
+    const int tiles = (n + TILE - 1) / TILE;
+    // MODE_MAX: a block serves one query head and its rows are that head's offsets (consecutive
+    // blocks serve the heads of one tile, which then meet its keys in L2). Otherwise a block serves
+    // every query head, one row each.
+    const int head = MODE == MODE_MAX ? (int)(blockIdx.x % group) : 0;
+    const int first_tile = MODE == MODE_MAX ? (int)(blockIdx.x / group) : (int)blockIdx.x;
+    const int tile_stride = MODE == MODE_MAX ? (int)(gridDim.x / group) : (int)gridDim.x;
+    const int rows_total = MODE == MODE_MAX ? offsets : group;
+    const int row_floats = MODE == MODE_MAX ? 2 * bands : (MODE == MODE_MEAN ? 3 * bands : bands);
+    // MODE_MAX keeps the head's norm weights in front of the rows.
+    const int reserved = MODE == MODE_MAX ? bands : 0;
+    const int rows_per_pass = min(MAX_ROWS, (WEIGHTS - reserved) / row_floats);
+
+    if (MODE == MODE_MEAN) {
+        // The offsets' mean phasor per band, summed in offset order as the host does.
+        for (int f = tid; f < bands; f += blockDim.x) {
+            double c = 0.0, s = 0.0;
+            for (int o = 0; o < offsets; ++o) {
+                double sine, cosine;
+                sincos(phase(inv_freq[f], position + (1ull << o)), &sine, &cosine);
+                c = __dadd_rn(c, cosine);
+                s = __dadd_rn(s, sine);
+            }
+            mean_cos[f] = __ddiv_rn(c, (double)offsets);
+            mean_sin[f] = __ddiv_rn(s, (double)offsets);
+        }
+    }
+    if (MODE == MODE_MAX) {
+        for (int f = tid; f < bands; f += blockDim.x) weights[f] = (float)norm_weight[(u64)head * bands + f];
+    }
+
+    for (int first = 0; first < rows_total; first += rows_per_pass) {
+        const int rows = min(rows_per_pass, rows_total - first);
+        const bool last_pass = first + rows == rows_total;
+        __syncthreads();  // the previous pass no longer reads the weights; mean_cos is written
+        for (int i = tid; i < rows * bands; i += blockDim.x) {
+            const int r = i / bands, f = i % bands;
+            float* w = weights + reserved + r * row_floats;
+            if (MODE == MODE_MAX) {
+                const u64 at = (u64)head * bands + f;
+                double sine, cosine;
+                sincos(phase(inv_freq[f], position + (1ull << (first + r))), &sine, &cosine);
+                w[f] = (float)form_u(center_re[at], center_im[at], cosine, sine, scaling);
+                w[bands + f] = (float)form_v(center_re[at], center_im[at], cosine, sine, scaling);
+            } else if (MODE == MODE_MEAN) {
+                const u64 at = (u64)(first + r) * bands + f;
+                w[f] = (float)form_u(center_re[at], center_im[at], mean_cos[f], mean_sin[f], scaling);
+                w[bands + f] = (float)form_v(center_re[at], center_im[at], mean_cos[f], mean_sin[f], scaling);
+                w[2 * bands + f] = (float)norm_weight[at];
+            } else {
+                w[f] = (float)norm_weight[(u64)(first + r) * bands + f];
+            }
+        }
+        __syncthreads();
+        for (int t = first_tile; t < tiles; t += tile_stride) {
+            const int key = t * TILE + tid;
+            float trig[MAX_ROWS], norm[MAX_ROWS];
+#pragma unroll
+            for (int r = 0; r < MAX_ROWS; ++r) { trig[r] = 0.0f; norm[r] = 0.0f; }
+            for (int c0 = 0; c0 < bands; c0 += CHUNK) {
+                // Stage bands c0..c0+CHUNK of the tile's keys: Re parts in columns 0..CHUNK, Im
+                // parts after; each warp reads one key's coordinates, contiguous in memory.
+                for (int e = tid; e < TILE * 2 * CHUNK; e += blockDim.x) {
+                    const int k = e / (2 * CHUNK), s = e % (2 * CHUNK);
+                    const int band = interleaved ? c0 + s / 2 : c0 + s % CHUNK;
+                    const int part = interleaved ? s % 2 : s / CHUNK;
+                    const int row_key = t * TILE + k;
+                    float x = 0.0f;
+                    if (row_key < n && band < bands) {
+                        const int coordinate = interleaved ? 2 * band + part : part * bands + band;
+                        x = to_float(keys[(u64)row_key * head_dim + coordinate]);
+                    }
+                    slab[k][part * CHUNK + (band - c0)] = x;
+                }
+                __syncthreads();
+                const int width = min(CHUNK, bands - c0);
+                for (int b = 0; b < width; ++b) {
+                    const int f = c0 + b;
+                    const float re = slab[tid][b], im = slab[tid][CHUNK + b];
+                    const float modulus = __fsqrt_rn(__fadd_rn(__fmul_rn(re, re), __fmul_rn(im, im)));
+#pragma unroll
+                    for (int r = 0; r < MAX_ROWS; ++r) {
+                        if (r < rows) {
+                            const float* w = weights + reserved + r * row_floats;
+                            if (MODE == MODE_NORM) {
+                                norm[r] = __fadd_rn(norm[r], __fmul_rn(w[f], modulus));
+                            } else {
+                                trig[r] = __fadd_rn(trig[r], __fadd_rn(__fmul_rn(w[f], re), __fmul_rn(w[bands + f], im)));
+                                if (MODE == MODE_MEAN) norm[r] = __fadd_rn(norm[r], __fmul_rn(w[2 * bands + f], modulus));
+                            }
+                        }
+                    }
+                    if (MODE == MODE_MAX && last_pass) norm[0] = __fadd_rn(norm[0], __fmul_rn(weights[f], modulus));
+                }
+                __syncthreads();
+            }
+            if (key < n) {
+                if (MODE == MODE_MAX) {
+                    // Earlier passes left their running maximum in `out`.
+                    float best = first == 0 ? __int_as_float(0xff800000) : out[(u64)head * n + key];
+#pragma unroll
+                    for (int r = 0; r < MAX_ROWS; ++r) {
+                        if (r < rows) best = fmaxf(best, trig[r]);
+                    }
+                    out[(u64)head * n + key] = last_pass ? __fadd_rn(best, norm[0]) : best;
+                } else {
+#pragma unroll
+                    for (int r = 0; r < MAX_ROWS; ++r) {
+                        if (r < rows) {
+                            out[(u64)(first + r) * n + key] = __fadd_rn(MODE == MODE_MEAN ? trig[r] : 0.0f, norm[r]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#define KEY_SCORES(NAME, K)                                                                       \
+extern "C" __global__ void NAME(const K* keys, const double* params, float* out, int n,          \
+                                int bands, int group, int offsets, int mode, int interleaved,    \
+                                double scaling, u64 position) {                                  \
+    __shared__ float slab[TILE][2 * CHUNK + 1];                                                   \
+    __shared__ float weights[WEIGHTS];                                                            \
+    __shared__ double mean_cos[MAX_BANDS];                                                        \
+    __shared__ double mean_sin[MAX_BANDS];                                                        \
+    const Shared shared = {slab, weights, mean_cos, mean_sin};                                    \
+    if (mode == MODE_MEAN)                                                                        \
+        key_scores<K, MODE_MEAN>(keys, params, out, n, bands, group, offsets, interleaved,        \
+                                 scaling, position, shared);                                      \
+    else if (mode == MODE_MAX)                                                                    \
+        key_scores<K, MODE_MAX>(keys, params, out, n, bands, group, offsets, interleaved,         \
+                                scaling, position, shared);                                       \
+    else                                                                                          \
+        key_scores<K, MODE_NORM>(keys, params, out, n, bands, group, offsets, interleaved,        \
+                                 scaling, position, shared);                                      \
+}
+KEY_SCORES(tri_key_scores_f32, float)
+KEY_SCORES(tri_key_scores_f16, F16)
+KEY_SCORES(tri_key_scores_bf16, Bf16)
+"#;
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::Rng;
+    use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
+    use spectra_core::rng::derived_rng;
+    use spectra_core::rope::RopeScaling;
+
+    use super::*;
+
+    /// The host path's vectorised variants (AVX-512, AVX2, and the portable build) produce the same
+    /// bits: the same unfused operations in the same order, only wider.
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let mut rng = derived_rng(21, 0);
+        let rope = RopeSpec::new(128, 10000.0, RopePairing::Interleaved, RopeScaling::None);
+        let n = 3 * rope.bands();
+        let values = |rng: &mut spectra_core::rng::SpectraRng| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+        };
+        let (re, im) = (values(&mut rng), values(&mut rng));
+        let abs = re.iter().zip(&im).map(|(a, b)| a.hypot(*b) + 0.1).collect();
+        let stats =
+            QueryBandStats::new(QueryStatsMeta::for_rope(&rope, 1, 3), re, im, abs).unwrap();
+        let centers: Vec<_> = (0..3).map(|h| stats.head(0, h).unwrap()).collect();
+        let table = OffsetTable::new(&rope, 12_345, 1 << 16);
+        let keys: Vec<f32> = (0..37 * 128).map(|_| rng.random_range(-2.0..2.0)).collect();
+        for aggregation in [OffsetAggregation::Mean, OffsetAggregation::Max] {
+            let options = ScoreOptions {
+                max_offset: 1 << 16,
+                aggregation,
+                disable_mlr: false,
+                disable_trig: false,
+            };
+            let forms = GroupForms::new(&centers, &table, &rope, &options);
+            let host = HostScorer {
+                forms: &forms,
+                head_dim: 128,
+                pairing: rope.pairing,
+                aggregation,
+                zeros: vec![0.0; 64],
+            };
+            let portable = host.score_part_portable(&keys, &|x| x);
+            assert_eq!(host.score_part(&keys, &|x| x), portable);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2.
+                assert_eq!(unsafe { host.score_part_avx2(&keys, &|x| x) }, portable);
+            }
+        }
+    }
+}

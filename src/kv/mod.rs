@@ -1,0 +1,206 @@
+//! `spectra kv`: every policy at every budget against the uncompressed cache (`Full`) on a real model —
+//! language modelling, passkey retrieval and decoding speed — written up as Markdown, JSON and SVG.
+//!
+//! Each prompt is run once, by a session that records what every policy needs; each policy × budget then
+//! continues from a copy of that session ([`Session::fork`]), compressed as after its own prefill. The
+//! results are the same as running every arm from scratch (the prefill does not depend on the policy)
+//! at a fraction of the cost.
+
+mod decode;
+mod language_modelling;
+mod passkey;
+mod report;
+
+use std::path::Path;
+
+use serde::Serialize;
+use spectra_core::config::{KvEvalConfig, KvModelConfig, KvTask};
+use spectra_core::{Budget, Error, KvEvictionPolicy, Result, SideInfoNeeds, TriggerSchedule};
+use spectra_models::llama::{Llama, TextTokenizer, WeightFormat};
+
+pub use decode::{DecodeRow, DecodeTaskResult};
+pub use language_modelling::{LanguageModellingResult, LanguageModellingRow};
+pub use passkey::{PasskeyAnswer, PasskeyLength, PasskeyResult, PasskeyRow};
+pub use report::write_report;
+
+/// The label under which the uncompressed reference appears in tables.
+pub const FULL: &str = "Full";
+
+/// One policy at one budget.
+pub struct Arm<'c> {
+    pub policy: &'c dyn KvEvictionPolicy,
+    /// The policy's name, numbered when the config lists the same policy more than once.
+    pub label: String,
+    pub budget: &'c Budget,
+}
+
+impl Arm<'_> {
+    pub fn budget_label(&self) -> String {
+        budget_label(self.budget)
+    }
+}
+
+pub fn budget_label(budget: &Budget) -> String {
+    match budget {
+        Budget::Tokens(n) => n.to_string(),
+        Budget::Ratio(r) => format!("{}%", r * 100.0),
+        Budget::PerLayer(v) => format!("per layer {v:?}"),
+    }
+}
+
+/// The mean over layers of the entries `budget` keeps at a context of `context_len` tokens.
+pub fn budget_tokens(budget: &Budget, layers: usize, context_len: usize) -> f64 {
+    (0..layers)
+        .map(|l| budget.tokens(l, context_len) as f64)
+        .sum::<f64>()
+        / layers.max(1) as f64
+}
+
+/// What every task needs: the model, its tokenizer and the arms.
+pub struct Bench<'c> {
+    pub model: Llama,
+    pub tokenizer: TextTokenizer,
+    pub arms: Vec<Arm<'c>>,
+    /// What the shared prefill records: the union of the arms' needs.
+    pub needs: SideInfoNeeds,
+    pub seed: u64,
+    pub prefill_chunk: usize,
+}
+
+/// Everything `spectra kv` measured.
+#[derive(Debug, Default, Serialize)]
+pub struct KvReport {
+    pub model: String,
+    pub device: String,
+    pub language_modelling: Vec<LanguageModellingResult>,
+    pub passkey: Vec<PasskeyResult>,
+    pub decode: Vec<DecodeTaskResult>,
+}
+
+/// Runs every task of `config`; progress goes to stderr.
+pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
+    let device = config.device.resolve()?;
+    let path = match &config.model {
+        KvModelConfig::Gguf { path } => path,
+        KvModelConfig::Safetensors { dir } => dir,
+    };
+    if !path.exists() {
+        return Err(Error::file(
+            path,
+            "not found; scripts/get-model.sh downloads SmolLM2-135M-Instruct into data/models/",
+        ));
+    }
+    let (model, tokenizer) = Llama::load(path, &device, WeightFormat::Dequantized)?;
+    let bench = Bench {
+        arms: arms(&config.policies, &config.budgets),
+        needs: config
+            .policies
+            .iter()
+            .fold(SideInfoNeeds::default(), |n, p| n.union(p.needs())),
+        model,
+        tokenizer,
+        seed: config.seed,
+        prefill_chunk: config.prefill_chunk,
+    };
+    let mut report = KvReport {
+        model: path.display().to_string(),
+        device: format!("{device:?}"),
+        ..KvReport::default()
+    };
+    for task in &config.tasks {
+        match task {
+            KvTask::LanguageModelling {
+                text,
+                context,
+                scored,
+                passages,
+                chunk,
+            } => report.language_modelling.push(language_modelling::run(
+                &bench,
+                &language_modelling::Setup {
+                    text,
+                    context: *context,
+                    scored: *scored,
+                    passages: *passages,
+                    chunk: *chunk,
+                },
+            )?),
+            KvTask::Passkey {
+                lengths,
+                depths,
+                trials,
+            } => report
+                .passkey
+                .push(passkey::run(&bench, lengths, depths, *trials)?),
+            KvTask::Decode {
+                text,
+                contexts,
+                tokens,
+            } => report
+                .decode
+                .push(decode::run(&bench, text, contexts, *tokens)?),
+        }
+    }
+    Ok(report)
+}
+
+/// Every policy except the never-evicting ones (they equal the reference) at every budget.
+fn arms<'c>(policies: &'c [Box<dyn KvEvictionPolicy>], budgets: &'c [Budget]) -> Vec<Arm<'c>> {
+    let evicting: Vec<&dyn KvEvictionPolicy> = policies
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.contract().trigger != TriggerSchedule::Never)
+        .collect();
+    let mut arms = Vec::new();
+    for (i, policy) in evicting.iter().enumerate() {
+        let name = policy.typetag_name();
+        let same: Vec<usize> = (0..evicting.len())
+            .filter(|&j| evicting[j].typetag_name() == name)
+            .collect();
+        let label = if same.len() > 1 {
+            let nth = same.iter().position(|&j| j == i).unwrap_or(0) + 1;
+            format!("{name} #{nth}")
+        } else {
+            name.to_string()
+        };
+        arms.extend(budgets.iter().map(|budget| Arm {
+            policy: *policy,
+            label: label.clone(),
+            budget,
+        }));
+    }
+    arms
+}
+
+/// The tokens of a text file, with a message saying what to do when it is missing.
+pub fn read_tokens(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::file(
+            path,
+            format!("cannot read ({e}); scripts/get-data.sh puts the evaluation texts in data/"),
+        )
+    })?;
+    tokenizer.encode(&text)
+}
+
+/// Checks that `needed` tokens fit the model's context.
+pub fn check_context(model: &Llama, needed: usize, what: &str) -> Result<()> {
+    if needed > model.config.max_context {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "needs {needed} positions but the model was trained on {}; use a shorter length",
+                model.config.max_context
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Greedy next token of `[1, vocab]` logits.
+pub fn greedy(logits: &candle_core::Tensor) -> Result<u32> {
+    Ok(logits
+        .squeeze(0)?
+        .argmax(candle_core::D::Minus1)?
+        .to_scalar::<u32>()?)
+}

@@ -1,0 +1,168 @@
+//! `spectra kv` end to end on a tiny random-weight model with a byte-level vocabulary: the report's
+//! numbers obey what must hold whatever the weights (a budget above the context changes nothing, a
+//! small one compresses and saves memory), and passkey lengths the model cannot solve are left out.
+
+use std::path::Path;
+
+use spectra::core::config::{self, KvEvalConfig};
+use spectra::kv::{run, write_report, FULL};
+
+mod llama_support;
+
+use llama_support::Tiny;
+
+fn config(tiny: &Tiny, dir: &Path) -> KvEvalConfig {
+    let text = dir.join("text.txt");
+    let passage = "It was the best of times, it was the worst of times, it was the age of wisdom. ";
+    std::fs::write(&text, passage.repeat(8)).unwrap();
+    let ron = format!(
+        r#"(
+            model: Gguf(path: {model:?}),
+            policies: [
+                (type: "Full", cfg: ()),
+                (type: "StreamingLlm", cfg: (sinks: 2)),
+                (type: "H2o", cfg: (recent_window: 4)),
+                (type: "TriAttention", cfg: (stats: ObservationWindow(8), protect_prompt: false, slack: 8)),
+            ],
+            budgets: [Tokens(16), Tokens(1000)],
+            tasks: [
+                LanguageModelling(text: {text:?}, context: 96, scored: 40, passages: 2, chunk: 8),
+                Passkey(lengths: [320], depths: [0.5]),
+                Decode(text: {text:?}, contexts: [64], tokens: 20),
+            ],
+            device: Cpu,
+            output: {out:?},
+        )"#,
+        model = tiny.gguf_path(),
+        out = dir.join("out"),
+    );
+    config::parse(&ron, Path::new("kv.ron")).unwrap()
+}
+
+#[test]
+fn the_report_holds_what_must_hold_for_any_weights() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&tiny, dir.path());
+    let report = run(&cfg).unwrap();
+
+    let lm = &report.language_modelling[0];
+    assert_eq!(lm.rows.len(), 3 * 2);
+    assert!(lm.full.nll.is_finite() && lm.full.nll > 0.0);
+    for row in &lm.rows {
+        if row.budget == "1000" {
+            // Never compressed: the same computation as Full, bit for bit.
+            assert_eq!(row.delta_nll, 0.0, "{row:?}");
+            assert_eq!(row.agreement, 1.0, "{row:?}");
+            assert_eq!(row.compressions, 0, "{row:?}");
+        } else {
+            assert!(row.compressions > 0, "{row:?}");
+            assert!(row.peak_kv_bytes < lm.full.peak_kv_bytes, "{row:?}");
+            assert!(row.nll.is_finite(), "{row:?}");
+            assert!((0.0..=1.0).contains(&row.agreement));
+        }
+    }
+
+    // Random weights cannot find the key, so the length is reported and no policy is scored on it.
+    let passkey = &report.passkey[0];
+    assert!(passkey.lengths_used().is_empty());
+    assert_eq!(passkey.lengths[0].length, 320);
+    assert_eq!(passkey.lengths[0].full_correct, 0);
+    assert_eq!(passkey.answers.len(), 1);
+    assert_eq!(passkey.answers[0].policy, FULL);
+    assert!(passkey.rows.iter().all(|r| r.total == 0));
+
+    let decode = &report.decode[0];
+    assert_eq!(decode.rows.len(), 1 + 3 * 2);
+    assert_eq!(decode.rows[0].policy, FULL);
+    let full_peak = decode.rows[0].peak_kv_bytes;
+    for row in &decode.rows {
+        assert!(row.tokens_per_second > 0.0);
+        assert!((0.0..=1.0).contains(&row.eviction_share));
+        if row.budget == "16" {
+            assert!(row.peak_kv_bytes < full_peak, "{row:?}");
+        }
+    }
+
+    let out = dir.path().join("out");
+    write_report(&out, Path::new("kv.ron"), &report).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Summary") && md.contains("| StreamingLlm | 16 |"),
+        "{md}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        json["language_modelling"][0]["rows"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    for svg in ["delta_nll.svg", "passkey.svg"] {
+        assert!(std::fs::read_to_string(out.join(svg))
+            .unwrap()
+            .starts_with("<svg"));
+    }
+}
+
+#[test]
+fn missing_files_and_impossible_tasks_are_clear_errors() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&tiny, dir.path());
+    cfg.model = config::KvModelConfig::Gguf {
+        path: dir.path().join("missing.gguf"),
+    };
+    let err = run(&cfg).err().unwrap().to_string();
+    assert!(err.contains("scripts/get-model.sh"), "{err}");
+
+    let mut cfg = config(&tiny, dir.path());
+    cfg.tasks = vec![config::KvTask::LanguageModelling {
+        text: dir.path().join("text.txt"),
+        context: 600,
+        scored: 10,
+        passages: 2,
+        chunk: 8,
+    }];
+    let err = run(&cfg).err().unwrap().to_string();
+    assert!(err.contains("fewer passages"), "{err}");
+
+    let mut cfg = config(&tiny, dir.path());
+    cfg.tasks = vec![config::KvTask::Passkey {
+        lengths: vec![1200],
+        depths: vec![0.5],
+        trials: 1,
+    }];
+    let err = run(&cfg).err().unwrap().to_string();
+    assert!(err.contains("trained on 1024"), "{err}");
+}
+
+#[test]
+fn bad_kv_configs_name_the_line_and_the_fix() {
+    let bad = r#"(
+        model: Gguf(path: "m.gguf"),
+        policies: [(type: "StreamingLlm", cfg: (sinks: 2))],
+        budgets: [Tokens(64)],
+        tasks: [LanguageModelling(text: "t.txt", context: 100, scored: 100)],
+        output: "out",
+    )"#;
+    let err = config::parse::<KvEvalConfig>(bad, Path::new("kv.ron"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("kv.ron:5") && err.contains("scored = 100"),
+        "{err}"
+    );
+    let bad = bad.replace(
+        "LanguageModelling(text: \"t.txt\", context: 100, scored: 100)",
+        "Passkey(lengths: [1024], depths: [1.5])",
+    );
+    let err = config::parse::<KvEvalConfig>(&bad, Path::new("kv.ron"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("depth 1.5 is outside [0, 1]"), "{err}");
+}
