@@ -14,8 +14,10 @@
 #
 # Env: CUDA_COMPUTE_CAP (default: read from nvidia-smi, e.g. 90 for an H100/H200).
 #
-# Through a tool that copies the working tree and runs one command, carry the ignored vendor/ folder:
-#   scripts/gpu-check.sh "$OUT"     with carry: ["vendor"]
+# Through a tool that copies the working tree and runs one command, carry the bundles (vendor/ is
+# ignored by git): scripts/gpu-check.sh "$OUT" with carry ["vendor/spectra-vendor.tar.xz",
+# "vendor/cargo-config.toml", "vendor/spectra-gpu-prebuilt.tar.xz"] (11 + 23 MiB). Bundles are
+# unpacked under target/gpu-check/, never into vendor/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -114,10 +116,11 @@ setup() {
     fi
 }
 
-# Unpacks a bundle into vendor/ (with Python's lzma where tar has no xz).
+# Unpacks a bundle into $unpacked (with Python's lzma where tar has no xz).
 unpack() {
-    tar -C vendor -xJf "$1" 2>/dev/null ||
-        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" vendor
+    mkdir -p "$unpacked"
+    tar -C "$unpacked" -xJf "$1" 2>/dev/null ||
+        python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$unpacked"
 }
 
 # One cargo invocation for all targets (arguments: the target selection), so dependencies are built
@@ -146,20 +149,21 @@ for lib in libcublas.so libcurand.so libnvrtc.so; do
         [ -n "$dir" ] && export LD_LIBRARY_PATH="$dir:$LD_LIBRARY_PATH"
     fi
 done
-vendor_dir="$root/vendor/crates"
-cargo_config="$root/vendor/cargo-config.installed.toml"
-prebuilt_dir="$root/vendor/prebuilt"
+unpacked="$root/target/gpu-check"
+vendor_dir="$unpacked/crates"
+cargo_config="$unpacked/cargo-config.toml"
+prebuilt_dir="$unpacked/prebuilt"
 if command -v cargo >/dev/null && [ -f vendor/spectra-vendor.tar.xz ]; then
     mode=build
 elif [ -f vendor/spectra-gpu-prebuilt.tar.xz ]; then
     mode=prebuilt
 else
     echo "gpu-check: need cargo and vendor/spectra-vendor.tar.xz (scripts/vendor.sh), or" \
-        "vendor/spectra-gpu-prebuilt.tar.xz (scripts/vendor.sh --prebuilt); carry the vendor folder" >&2
+        "vendor/spectra-gpu-prebuilt.tar.xz (scripts/vendor.sh --prebuilt), carried along (see the header)" >&2
     rows+=("| setup | FAILED: neither cargo with the vendor bundle nor prebuilt binaries | 0 | |")
     exit 1
 fi
-export mode vendor_dir cargo_config prebuilt_dir out
+export mode unpacked vendor_dir cargo_config prebuilt_dir out
 export -f setup build unpack
 phase setup 60 bash -c setup || exit 1
 

@@ -130,7 +130,8 @@ fi
 if [ "${1:-}" = "--prebuilt" ]; then
     use_pip_cuda || { echo "vendor: --prebuilt needs nvcc: run scripts/check-cuda.sh once" >&2; exit 1; }
     # Stand-ins exporting every function cudarc declares for each library (each returns 100, CUDA's
-    # "no device", should one ever run), under the sonames of CUDA 13.
+    # "no device", should one ever run), under the sonames of CUDA 13; candle's kernels also link the
+    # CUDA runtime, which the pip toolkit has.
     stubs="$work/stubs"
     mkdir -p "$stubs"
     cudarc="$(ls -d "$work"/crates/cudarc-*)"
@@ -141,13 +142,16 @@ if [ "${1:-}" = "--prebuilt" ]; then
             sed 's/.*/int &(void) { return 100; }/' >"$stubs/$lib.c"
         cc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/lib$lib.so" "$stubs/$lib.c"
     done
+    ln -s "$CUDA_ROOT/lib/libcudart.so.13" "$stubs/libcudart.so"
     targets=(--bin spectra)
     for t in gpu_training gpu_kv; do
         [ -f "tests/$t.rs" ] && targets+=(--test "$t")
         [ -f "benches/$t.rs" ] && targets+=(--bench "$t")
     done
     echo "vendor: release build of ${targets[*]} (compute capability $CUDA_COMPUTE_CAP)"
-    RUSTFLAGS="-L native=$stubs" CARGO_TARGET_DIR="${VENDOR_PREBUILT_TARGET:-$root/target/prebuilt}" \
+    # The linker finds the stand-ins through LIBRARY_PATH, which (unlike RUSTFLAGS) leaves compiled
+    # crates valid between runs.
+    LIBRARY_PATH="$stubs${LIBRARY_PATH:+:$LIBRARY_PATH}" CARGO_TARGET_DIR="${VENDOR_PREBUILT_TARGET:-$root/target/prebuilt}" \
         cargo build --locked --release --features cuda "${targets[@]}" \
         --message-format=json-render-diagnostics >"$work/artifacts.json"
     mkdir -p "$work/prebuilt"

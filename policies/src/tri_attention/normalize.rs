@@ -129,14 +129,13 @@ impl CustomOp2 for Finish {
         noise_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (group, n) = raw_layout.shape().dims2()?;
-        let slice = |s: &CpuStorage, l: &Layout| -> candle_core::Result<Vec<f32>> {
+        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
             let (start, end) = l
                 .contiguous_offsets()
                 .ok_or_else(|| op_error("operands must be contiguous"))?;
-            Ok(s.as_slice::<f32>()?[start..end].to_vec())
-        };
-        let (raw, noise) = (slice(raw, raw_layout)?, slice(noise, noise_layout)?);
-        let out = self.host(&raw, group, &noise);
+            Ok(&s.as_slice::<f32>()?[start..end])
+        }
+        let out = self.host(slice(raw, raw_layout)?, group, slice(noise, noise_layout)?);
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
