@@ -17,7 +17,6 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use criterion::{Criterion, SamplingMode};
 use rand::{Rng, SeedableRng};
-use spectra::core::config::{ParamGroupConfig, ParamSelector};
 use spectra::core::linalg::{orthogonalize_normalized_by, OrthogonalizeDtype, Orthogonalizer};
 use spectra::core::ops::adamw::{adamw_update, AdamWScalars};
 use spectra::core::ops::muon_momentum::muon_momentum;
@@ -25,16 +24,19 @@ use spectra::core::{
     ConstraintContext, ConstraintState, DeviceSpec, Optimizer, OptimizerStep, Param, ParamRole,
     SpectraRng, WeightConstraint,
 };
-use spectra::models::{GptShape, LipschitzGpt, Model};
-use spectra::plugins::{AdamW, EmbeddingColumnCap, Muon, SpectralHardCap, SpectralSoftCap};
-use spectra::train::groups::{route, update};
+use spectra::models::{LipschitzGpt, Model};
+use spectra::plugins::{AdamW, SpectralHardCap, SpectralSoftCap};
+use spectra::train::groups::update;
+
+mod shakespeare_gpt;
+
+use shakespeare_gpt::{groups, shape, SEQ};
 
 /// Matrix shapes (fan_out, fan_in), tall or square so that the Gram side is fan_in.
 const SHAPES: [(usize, usize); 2] = [(4096, 4096), (8192, 2048)];
 /// The elementwise benchmarks' matrix.
 const ELEMENTWISE: (usize, usize) = (4096, 4096);
 const BATCH: usize = 512;
-const SEQ: usize = 256;
 
 /// Times routines on one device; a routine's time includes waiting for the GPU to finish its work.
 struct Timer {
@@ -266,48 +268,10 @@ fn elementwise_routines(timer: &mut Timer) {
 
 /// The paper's Shakespeare GPT (vocab 65, d 256, 3 blocks, 4 heads, MLP 1024), as in
 /// `benches/train_step.rs`.
-fn gpt_shape() -> GptShape {
-    GptShape {
-        vocab: 65,
-        d_model: 256,
-        blocks: 3,
-        heads: 4,
-        seq_len: SEQ,
-        mlp_ratio: 4,
-        blocks_mass: 16.0,
-        softmax_scale: 1.0,
-    }
-}
-
 fn training_step(timer: &mut Timer) {
     let device = timer.device.clone();
-    let model = LipschitzGpt::new(gpt_shape(), &device, &mut SpectraRng::seed_from_u64(0)).unwrap();
-    let configs = vec![
-        ParamGroupConfig {
-            name: "matrices".into(),
-            params: vec![
-                ParamSelector::Role(ParamRole::Hidden),
-                ParamSelector::Role(ParamRole::Head),
-            ],
-            optimizer: Box::new(Muon::new(0.1)),
-            constraints: vec![Box::new(SpectralSoftCap {
-                w_max: 1.2,
-                ..SpectralSoftCap::default()
-            })],
-        },
-        ParamGroupConfig {
-            name: "embedding".into(),
-            params: vec![ParamSelector::Role(ParamRole::Embedding)],
-            optimizer: Box::new(Muon::new(0.1)),
-            constraints: vec![Box::new(EmbeddingColumnCap { max_rms: 1.0 })],
-        },
-    ];
-    let mut groups = route(
-        model.params(),
-        configs,
-        Path::new("benches/gpu_training.rs"),
-    )
-    .unwrap();
+    let model = LipschitzGpt::new(shape(), &device, &mut SpectraRng::seed_from_u64(0)).unwrap();
+    let mut groups = groups(&model, Path::new("benches/gpu_training.rs"));
     let mut rng = SpectraRng::seed_from_u64(1);
     let ids: Vec<u32> = (0..BATCH * (SEQ + 1))
         .map(|_| rng.random_range(0..65))

@@ -15,49 +15,12 @@ use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::{Rng, SeedableRng};
 use spectra::models::{GptShape, LipschitzGpt, Model};
-use spectra::plugins::{EmbeddingColumnCap, Muon, SpectralSoftCap};
-use spectra::train::groups::{constrain, route, update, Group};
-use spectra_core::config::{ParamGroupConfig, ParamSelector};
-use spectra_core::{OptimizerStep, ParamRole, SpectraRng};
+use spectra::train::groups::{constrain, update};
+use spectra_core::{OptimizerStep, SpectraRng};
 
-const SEQ: usize = 256;
+mod shakespeare_gpt;
 
-fn shape() -> GptShape {
-    GptShape {
-        vocab: 65,
-        d_model: 256,
-        blocks: 3,
-        heads: 4,
-        seq_len: SEQ,
-        mlp_ratio: 4,
-        blocks_mass: 16.0,
-        softmax_scale: 1.0,
-    }
-}
-
-fn groups(model: &LipschitzGpt) -> Vec<Group> {
-    let configs = vec![
-        ParamGroupConfig {
-            name: "matrices".into(),
-            params: vec![
-                ParamSelector::Role(ParamRole::Hidden),
-                ParamSelector::Role(ParamRole::Head),
-            ],
-            optimizer: Box::new(Muon::new(0.1)),
-            constraints: vec![Box::new(SpectralSoftCap {
-                w_max: 1.2,
-                ..SpectralSoftCap::default()
-            })],
-        },
-        ParamGroupConfig {
-            name: "embedding".into(),
-            params: vec![ParamSelector::Role(ParamRole::Embedding)],
-            optimizer: Box::new(Muon::new(0.1)),
-            constraints: vec![Box::new(EmbeddingColumnCap { max_rms: 1.0 })],
-        },
-    ];
-    route(model.params(), configs, Path::new("benches/train_step.rs")).unwrap()
-}
+use shakespeare_gpt::{groups, shape, SEQ};
 
 /// Matmul FLOPs of one step: forward 2·tokens·(matrix params) plus attention's two T×T products per
 /// head, backward twice the forward.
@@ -104,7 +67,7 @@ fn bench(c: &mut Criterion) {
     let device = Device::Cpu;
     let s = shape();
     let model = LipschitzGpt::new(s.clone(), &device, &mut SpectraRng::seed_from_u64(0)).unwrap();
-    let mut groups = groups(&model);
+    let mut groups = groups(&model, Path::new("benches/train_step.rs"));
     let mut rng = SpectraRng::seed_from_u64(1);
     let ids: Vec<u32> = (0..batch * (SEQ + 1))
         .map(|_| rng.random_range(0..65))
