@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
-use spectra_core::{Budget, Error, Result};
+use spectra_core::{Error, Result};
 use spectra_models::llama::{Logits, Session};
 
 use super::{budget_tokens, check_context, greedy, read_tokens, Bench, FULL};
@@ -54,7 +54,7 @@ pub fn run(
         let mut shared = Session::recording(&bench.model, bench.needs)?;
         let first = shared.prefill(&all[..context], bench.prefill_chunk, Logits::Last)?;
         let first = greedy(&first)?;
-        let full = shared.fork(None, Budget::Tokens(usize::MAX), bench.seed)?;
+        let full = shared.fork_uncompressed()?;
         rows.push(decode(
             full,
             first,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 use serde::Serialize;
-use spectra_core::{Budget, Error, Result};
+use spectra_core::{Error, Result};
 use spectra_models::llama::{score_targets, Logits, Session};
 
 use super::{budget_tokens, check_context, read_tokens, Bench, FULL};
@@ -108,7 +108,7 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
         let (prompt, scored) = passage.split_at(prompt_len);
         let mut shared = Session::recording(&bench.model, bench.needs)?;
         let first = shared.prefill(prompt, bench.prefill_chunk, Logits::Last)?;
-        let mut reference = shared.fork(None, Budget::Tokens(usize::MAX), bench.seed)?;
+        let mut reference = shared.fork_uncompressed()?;
         let full_top = score(&mut reference, &first, scored, setup.chunk, None, &mut full)?;
         eprintln!(
             "language modelling, passage {}/{}: {FULL} NLL {:.4} ({:.0}s)",

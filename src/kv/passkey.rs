@@ -16,7 +16,7 @@ use std::time::Instant;
 use rand::Rng;
 use serde::Serialize;
 use spectra_core::rng::derived_rng;
-use spectra_core::{Budget, Error, Result};
+use spectra_core::{Error, Result};
 use spectra_models::llama::{Logits, Session, TextTokenizer};
 
 use super::{budget_tokens, check_context, greedy, Bench, FULL};
@@ -159,7 +159,7 @@ pub fn run(
                 let started = Instant::now();
                 let mut shared = Session::recording(&bench.model, bench.needs)?;
                 shared.prefill(&context, bench.prefill_chunk, Logits::Last)?;
-                let reference = shared.fork(None, Budget::Tokens(usize::MAX), bench.seed)?;
+                let reference = shared.fork_uncompressed()?;
                 let said = answer(bench, reference, &pieces.question)?;
                 let solved = digits(&said) == key;
                 eprintln!(

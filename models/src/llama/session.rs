@@ -73,6 +73,11 @@ impl<'m> Session<'m> {
     /// session of its own would hold at this point, without running the prompt again. The cache is
     /// copied, so both sessions go on independently; the copy's stats start after that compression.
     /// Fails when this session did not record what the policy needs.
+    /// This session's state continued without eviction: the reference every policy is compared with.
+    pub fn fork_uncompressed(&self) -> Result<Session<'m>> {
+        self.fork(None, Budget::Tokens(usize::MAX), self.seed)
+    }
+
     pub fn fork(
         &self,
         policy: Option<&'m dyn KvEvictionPolicy>,
