@@ -60,6 +60,8 @@ struct Timings {
 }
 
 fn bench(c: &mut Criterion) {
+    // As the `spectra` command trains.
+    spectra::allocator::keep_freed_memory();
     let batch: usize = std::env::var("SPECTRA_BENCH_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())

@@ -6,6 +6,7 @@ pub use spectra_core as core;
 pub use spectra_models as models;
 pub use spectra_plugins as plugins;
 pub use spectra_policies as policies;
+pub mod allocator;
 pub mod kv;
 pub mod plots;
 pub mod train;

@@ -21,6 +21,7 @@ fn shape(blocks_mass: f64) -> GptShape {
         mlp_ratio: 4,
         blocks_mass,
         softmax_scale: 1.0,
+        final_scale: 1.0,
     }
 }
 
@@ -63,6 +64,19 @@ fn target_norms_match_the_papers_table() {
             }
         }
         assert_eq!(gpt.params().len(), 20);
+        // A final scale is a bond after the head: every target is divided by it.
+        let scaled = LipschitzGpt::new(
+            GptShape {
+                final_scale: 4.0,
+                ..gpt.shape().clone()
+            },
+            &Device::Cpu,
+            &mut derived_rng(0, 1),
+        )
+        .unwrap();
+        for (p, q) in gpt.params().iter().zip(scaled.params()) {
+            assert!(close(q.target_norm, p.target_norm / 4.0), "{}", p.name);
+        }
     }
 }
 
@@ -173,8 +187,22 @@ fn certificate_bounds_measured_ratios_on_random_and_adversarial_pairs() {
         ..shape(16.0)
     };
     let mut rng = SpectraRng::seed_from_u64(11);
-    for top in [0.5, 1.0, 2.0, 3.0] {
-        let gpt = LipschitzGpt::new(s.clone(), &Device::Cpu, &mut rng).unwrap();
+    // (largest σ, softmax scale, final scale): the paper's scales, then sharper attention and a
+    // scaled (up or down) output.
+    for (top, softmax_scale, final_scale) in [
+        (0.5, 1.0, 1.0),
+        (1.0, 1.0, 1.0),
+        (2.0, 1.0, 1.0),
+        (3.0, 1.0, 1.0),
+        (1.0, 8.0, 3.0),
+        (2.0, 4.0, 0.5),
+    ] {
+        let s = GptShape {
+            softmax_scale,
+            final_scale,
+            ..s.clone()
+        };
+        let gpt = LipschitzGpt::new(s, &Device::Cpu, &mut rng).unwrap();
         randomize(&gpt, top, &mut rng);
         let cert = gpt.certificate().unwrap();
         // Unit embedding columns: inputs may have any per-position RMS up to 1.
@@ -219,7 +247,7 @@ fn certificate_bounds_measured_ratios_on_random_and_adversarial_pairs() {
         // f32 forward passes: the measured ratios carry ~1e-4 relative noise at δ ~ 1e-2.
         assert!(
             worst <= cert.body_bound * (1.0 + 1e-3),
-            "top {top}: measured {worst} > certified {}",
+            "top {top}, scales {softmax_scale}/{final_scale}: measured {worst} > certified {}",
             cert.body_bound
         );
         eprintln!(

@@ -22,6 +22,7 @@ pub fn shape() -> GptShape {
         mlp_ratio: 4,
         blocks_mass: 16.0,
         softmax_scale: 1.0,
+        final_scale: 1.0,
     }
 }
 

@@ -79,8 +79,9 @@ pub struct GptBlockNorms {
     pub mlp_out: (String, f64),
 }
 
-/// The §5 transformer bound, blocks in the order they run, residual weight `a`, and `softmax_scale` as
-/// the attention scale. The activation bound starts at the embedding's largest column RMS (§5 assumes
+/// The §5 transformer bound, blocks in the order they run, residual weight `a`, `softmax_scale` as
+/// the attention scale and `final_scale` multiplying the logits (the paper's code leaves it out of
+/// its bound; a certificate cannot). The activation bound starts at the embedding's largest column RMS (§5 assumes
 /// 1, which is what a capped embedding guarantees; the actual value is never looser).
 pub fn gpt(
     embed: (String, f64),
@@ -88,6 +89,7 @@ pub fn gpt(
     head: (String, f64),
     a: f64,
     softmax_scale: f64,
+    final_scale: f64,
 ) -> Certificate {
     let input_rms = embed.1;
     // Stage 1: a bound on the RMS of the residual stream entering each sub-block.
@@ -107,7 +109,7 @@ pub fn gpt(
         let mlp = b.mlp_out.1 * b.mlp_in.1 / crate::activations::GELU_MAX_SLOPE;
         body = (1.0 - a) * body + a * body * mlp;
     }
-    body *= head.1;
+    body *= head.1 * final_scale;
     let mut norms = vec![embed.clone()];
     for b in blocks {
         norms.extend([
@@ -155,6 +157,7 @@ mod tests {
             ("head".into(), 1.0),
             0.5,
             1.0,
+            1.0,
         );
         let expected = 0.5 + 0.5 / 1.1289;
         assert!((c.bound - expected).abs() < 1e-15, "{}", c.bound);
@@ -163,7 +166,7 @@ mod tests {
 
     #[test]
     fn gpt_bound_matches_the_reference_loop_for_two_blocks() {
-        // The §5 loop written out for norms 2, a = 1/4, scale 1, embedding 1, head 2.
+        // The §5 loop written out for norms 2, a = 1/4, scale 1, embedding 1, head 2, final scale 3.
         let a = 0.25f64;
         let r0 = 1.0f64;
         let r1 = (1.0 - a) * r0 + a * (4.0 / 3.0) * r0;
@@ -174,13 +177,14 @@ mod tests {
         l = (1.0 - a) * l + a * l * 4.0 / 1.1289;
         l = (1.0 - a) * l + a * l * att(r2);
         l = (1.0 - a) * l + a * l * 4.0 / 1.1289;
-        l *= 2.0;
+        l *= 2.0 * 3.0;
         let c = gpt(
             ("embed".into(), 1.0),
             &[block(2.0), block(2.0)],
             ("head".into(), 2.0),
             a,
             1.0,
+            3.0,
         );
         assert!((c.bound - l).abs() < 1e-12 * l, "{} vs {l}", c.bound);
     }

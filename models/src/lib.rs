@@ -2,6 +2,7 @@
 //! certificate (§5), character-level text and IDX image data.
 
 pub mod activations;
+pub mod causal_softmax;
 pub mod certificate;
 pub mod data;
 pub mod init;
@@ -42,7 +43,16 @@ pub fn build(
 ) -> Result<Box<dyn Model>> {
     match (config, input) {
         (
-            ModelConfig::LipschitzGpt { d_model, blocks, heads, seq_len, mlp_ratio, blocks_mass, softmax_scale },
+            ModelConfig::LipschitzGpt {
+                d_model,
+                blocks,
+                heads,
+                seq_len,
+                mlp_ratio,
+                blocks_mass,
+                softmax_scale,
+                final_scale,
+            },
             InputKind::Tokens { vocab },
         ) => {
             let shape = GptShape {
@@ -54,6 +64,7 @@ pub fn build(
                 mlp_ratio: *mlp_ratio,
                 blocks_mass: *blocks_mass,
                 softmax_scale: *softmax_scale,
+                final_scale: *final_scale,
             };
             Ok(Box::new(LipschitzGpt::new(shape, device, rng)?))
         }

@@ -6,10 +6,11 @@
 //! column per token. Blocks are numbered in the order they run (`blocks.0` first); the paper's code
 //! numbers them the other way round (§8.1).
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
 use crate::activations::scaled_gelu;
+use crate::causal_softmax::causal_softmax;
 use crate::certificate::{self, Certificate};
 use crate::init;
 use crate::mass::Module;
@@ -27,6 +28,8 @@ pub struct GptShape {
     pub mlp_ratio: usize,
     pub blocks_mass: f64,
     pub softmax_scale: f64,
+    /// Multiplies the logits.
+    pub final_scale: f64,
 }
 
 impl GptShape {
@@ -64,16 +67,20 @@ impl GptShape {
                 self.blocks_mass
             ));
         }
-        if !(self.softmax_scale > 0.0 && self.softmax_scale.is_finite()) {
-            return bad(format!(
-                "softmax_scale must be positive, got {}",
-                self.softmax_scale
-            ));
+        for (name, value) in [
+            ("softmax_scale", self.softmax_scale),
+            ("final_scale", self.final_scale),
+        ] {
+            if !(value > 0.0 && value.is_finite()) {
+                return bad(format!("{name} must be positive, got {value}"));
+            }
         }
         Ok(())
     }
 
-    /// The modular-mass tree (§3.2): embedding and head mass 1 each, the blocks `blocks_mass` in all.
+    /// The modular-mass tree (§3.2): embedding and head mass 1 each, the blocks `blocks_mass` in all;
+    /// the final scale is a bond of that sensitivity after the head, so every target norm is divided by
+    /// it.
     pub fn mass_tree(&self) -> Module {
         let a = self.residual_weight();
         let atom = |name: String| Module::Atom(name);
@@ -98,6 +105,7 @@ impl GptShape {
             Module::Tare(1.0, Box::new(atom("embed".into()))),
             Module::Tare(self.blocks_mass, Box::new(Module::Sequence(blocks))),
             Module::Tare(1.0, Box::new(atom("head".into()))),
+            Module::Bond(self.final_scale),
         ])
     }
 }
@@ -118,8 +126,6 @@ pub struct LipschitzGpt {
     params: Vec<Param>,
     blocks: Vec<Block>,
     rope: Rope,
-    /// `[seq, seq]`: 0 where a query may see a key, −∞ above the diagonal.
-    causal_mask: Tensor,
 }
 
 const EMBED: usize = 0;
@@ -179,13 +185,11 @@ impl LipschitzGpt {
         }
         push("head".into(), zeros(shape.vocab, d)?, ParamRole::Head)?;
         let rope = Rope::new(shape.head_dim(), shape.seq_len, device)?;
-        let causal_mask = causal_mask(shape.seq_len, device)?;
         Ok(LipschitzGpt {
             shape,
             params,
             blocks,
             rope,
-            causal_mask,
         })
     }
 
@@ -230,7 +234,8 @@ impl LipschitzGpt {
             h = ((&h * (1.0 - a))? + (mlp * a)?)?;
         }
         let head = self.params.len() - 1;
-        Ok(linear(&h, self.w(head))?.reshape((b, t, self.shape.vocab))?)
+        let logits = (linear(&h, self.w(head))? * self.shape.final_scale)?;
+        Ok(logits.reshape((b, t, self.shape.vocab))?)
     }
 
     fn attention(&self, h: &Tensor, blk: &Block, b: usize, t: usize) -> Result<Tensor> {
@@ -245,9 +250,7 @@ impl LipschitzGpt {
         let k = self.rope.apply(&split(blk.k)?)?;
         let v = split(blk.v)?;
         let scale = self.shape.softmax_scale / dh as f64;
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let mask = self.causal_mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
-        let probs = softmax_last(&scores.broadcast_add(&mask)?)?;
+        let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
         let mixed = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -259,27 +262,6 @@ impl LipschitzGpt {
 /// `x Wᵀ` for `x: [n, fan_in]`, `W: [fan_out, fan_in]`.
 fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(&w.t()?)?)
-}
-
-/// Softmax over the last axis with a gradient (candle-nn's fused kernel has none); the row maximum is
-/// subtracted as a constant, which leaves the value and the gradient unchanged.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
-}
-
-fn causal_mask(seq: usize, device: &Device) -> Result<Tensor> {
-    let m: Vec<f32> = (0..seq * seq)
-        .map(|i| {
-            if i % seq > i / seq {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Ok(Tensor::from_vec(m, (seq, seq), device)?)
 }
 
 impl Model for LipschitzGpt {
@@ -321,6 +303,7 @@ impl Model for LipschitzGpt {
             head,
             self.shape.residual_weight(),
             self.shape.softmax_scale,
+            self.shape.final_scale,
         ))
     }
 }

@@ -48,6 +48,7 @@ enum Command {
 }
 
 pub fn run() -> ExitCode {
+    spectra::allocator::keep_freed_memory();
     let cli = Cli::parse();
     // Two plugins with one name would otherwise surface only when a config names one of them.
     if let Err(e) = spectra_core::registry::check_unique() {

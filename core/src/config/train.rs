@@ -58,6 +58,11 @@ pub enum ModelConfig {
         blocks_mass: f64,
         #[serde(default = "one")]
         softmax_scale: f64,
+        /// A constant multiplying the logits (the paper's `final_scale`); the certified bound includes
+        /// it, and the optimizer's target norms are divided by it as modular mass prescribes. Left out
+        /// when 1, so that configs and checkpoints written before it existed still match.
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        final_scale: f64,
     },
     /// The ReLU MLP: `layers` linear layers of width `hidden`, the input layer zero-initialised.
     LipschitzMlp {
@@ -76,6 +81,9 @@ fn three() -> usize {
 }
 fn four() -> usize {
     4
+}
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 fn sixteen() -> f64 {
     16.0

@@ -71,6 +71,12 @@ pub enum OrthogonalizeDtype {
     Bf16,
 }
 
+impl OrthogonalizeDtype {
+    pub fn is_f32(&self) -> bool {
+        *self == OrthogonalizeDtype::F32
+    }
+}
+
 /// A bound on how far bf16 products move the output's singular values, relative: the largest can
 /// exceed the schedule's f32 maximum ([`Orthogonalizer::max_singular_value`]) by this fraction. Each
 /// step's product is rounded to bf16 (relative 2⁻⁹ per entry), which perturbs a near-isometry's

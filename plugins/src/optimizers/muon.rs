@@ -77,7 +77,8 @@ pub struct Muon {
     pub update_scale: UpdateScale,
     /// The precision of the orthogonalization's products: `F32` (default) or `Bf16`, as the reference
     /// implementations run it on GPUs (much faster on tensor cores; moves the update by ~1–2%).
-    #[serde(default)]
+    /// Left out of the written config when `F32`, so that checkpoints from before it existed resume.
+    #[serde(default, skip_serializing_if = "OrthogonalizeDtype::is_f32")]
     pub orthogonalize_dtype: OrthogonalizeDtype,
     /// Added to ‖b‖_F before dividing (1e-12 in the JAX code, 1e-7 in the PyTorch ones).
     #[serde(default = "eps")]
