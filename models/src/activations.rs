@@ -3,6 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_op::contiguous_f32;
+
 /// GELU's largest slope (tanh form, 1.12899; exact form 1.12890; the paper divides by 1.1289, §8.4).
 pub const GELU_MAX_SLOPE: f64 = 1.1289;
 
@@ -64,13 +66,6 @@ fn scaled_gelu_slope(x: f32) -> f32 {
 
 /// Elements per rayon task: large enough that scheduling costs nothing next to a `tanh` each.
 const PAR_CHUNK: usize = 1 << 14;
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
-    }
-}
 
 /// The scaled GELU as one CPU pass; backward is [`ScaledGeluGrad`].
 struct ScaledGelu;

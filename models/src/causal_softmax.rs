@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu_op::contiguous_f32;
+
 /// `softmax(scale · scores + causal mask)` over the last axis of `scores: [.., seq, seq]`.
 pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
     let dims = scores.dims();
@@ -46,13 +48,6 @@ fn causal_mask(seq: usize, dtype: DType, device: &candle_core::Device) -> Result
         })
         .collect();
     Tensor::from_vec(m, (seq, seq), device)?.to_dtype(dtype)
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
-    }
 }
 
 /// The length of a row (`seq`) of a `[.., seq, seq]` layout.

@@ -4,6 +4,7 @@
 pub mod activations;
 pub mod causal_softmax;
 pub mod certificate;
+mod cpu_op;
 pub mod data;
 pub mod init;
 pub mod lipschitz_gpt;
