@@ -28,13 +28,15 @@ pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
 }
 
 /// The same with candle's ops (one kernel each on a GPU): scale, hide the keys above the diagonal
-/// behind −∞, softmax. The mask is built on the scores' device from a `seq`-long index.
+/// behind −∞, softmax. The mask is built on the scores' device from a `seq`-long index and broadcast,
+/// never materialized at the scores' size.
 fn causal_softmax_chain(scores: &Tensor, scale: f64) -> Result<Tensor> {
     let seq = scores.dim(D::Minus1)?;
     let device = scores.device();
     let visible = Tensor::tril2(seq, DType::U8, device)?.broadcast_as(scores.shape())?;
-    let hidden =
-        Tensor::full(f32::NEG_INFINITY, scores.shape(), device)?.to_dtype(scores.dtype())?;
+    let hidden = Tensor::full(f32::NEG_INFINITY, (), device)?
+        .to_dtype(scores.dtype())?
+        .broadcast_as(scores.shape())?;
     softmax_last(&visible.where_cond(&(scores * scale)?, &hidden)?)
 }
 
