@@ -76,13 +76,14 @@ impl CustomOp1 for CausalSoftmax {
             .for_each(|(row, (p, s))| {
                 let visible = row % seq + 1;
                 let (p, s) = (&mut p[..visible], &s[..visible]);
-                let max = s
-                    .iter()
-                    .map(|&v| v * scale)
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
+                let mut max = f32::NEG_INFINITY;
                 for (p, &v) in p.iter_mut().zip(s) {
-                    *p = (v * scale - max).exp();
+                    *p = v * scale;
+                    max = max.max(*p);
+                }
+                let mut sum = 0f32;
+                for p in p.iter_mut() {
+                    *p = (*p - max).exp();
                     sum += *p;
                 }
                 for p in p {
