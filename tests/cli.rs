@@ -1,4 +1,4 @@
-//! The `spectra` binary: list, check, version.
+//! The `spectra` binary: list, check (training, KV and sweep configs), version, a closed output pipe.
 
 use std::process::{Command, Output};
 
@@ -81,6 +81,54 @@ fn check_accepts_a_good_config_and_prints_what_would_run() {
 }
 
 #[test]
+fn check_plans_every_run_of_a_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_config(&dir, "corpus.txt", &"abc ".repeat(100));
+    let train = write_config(
+        &dir,
+        "train.ron",
+        &format!(
+            r#"(
+    model: LipschitzGpt(d_model: 32, blocks: 1, heads: 2, seq_len: 8),
+    data: Text(path: {corpus:?}, batch_size: 4),
+    groups: [(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.1)),
+              constraints: [(type: "SpectralSoftCap", cfg: (w_max: 2.0))])],
+    steps: 10,
+    eval: (every: 5),
+    output: "runs/x",
+)"#
+        ),
+    );
+    let sweep = |grid: &str| {
+        format!(
+            r#"(
+    output: "runs/sweep",
+    methods: [(name: "Muon + SpectralSoftCap", config: {train:?}, grid: {grid})],
+)"#
+        )
+    };
+    let good = write_config(
+        &dir,
+        "sweep.ron",
+        &sweep(r#"{"w_max": [1.5, 3.0], "lr": [0.1]}"#),
+    );
+    let out = spectra(&["check", &good]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a sweep of 2 runs"), "{stdout}");
+    assert!(stdout.contains("lr=0.1,w_max=3"), "{stdout}");
+    let bad = write_config(&dir, "bad_sweep.ron", &sweep(r#"{"wmax": [1.5]}"#));
+    let out = spectra(&["check", &bad]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`wmax`"), "{stderr}");
+}
+
+#[test]
 fn check_reports_a_group_that_matches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = write_config(&dir, "corpus.txt", &"abc ".repeat(100));
@@ -153,4 +201,20 @@ fn check_refuses_a_gpu_the_build_cannot_use() {
     let out = spectra(&["check", &file]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_no_panic() {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .arg("list")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spectra runs");
+    // Closed before the child's first print (it is still starting up), as `spectra list | head -0` does.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

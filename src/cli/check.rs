@@ -2,13 +2,14 @@
 
 use std::path::Path;
 
+use spectra::train::sweep::{self, SweepConfig};
 use spectra_core::config::{self, KvEvalConfig, TrainConfig};
 use spectra_core::error::ConfigError;
 use spectra_core::registry::to_ron;
 use spectra_core::Error;
 
-/// A file is a training config if it has `groups`, a KV evaluation if it has `policies`; the error
-/// of the kind it resembles is the one shown.
+/// A file is a training config if it has `groups`, a KV evaluation if it has `policies`, a sweep if it
+/// has `methods`; the error of the kind it resembles is the one shown.
 pub fn run(file: &Path) -> Result<(), Error> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
@@ -19,6 +20,9 @@ pub fn run(file: &Path) -> Result<(), Error> {
     if looks_like_kv(&text) {
         let cfg: KvEvalConfig = config::parse(&text, file)?;
         print_kv(file, &cfg)
+    } else if looks_like_sweep(&text) {
+        let cfg: SweepConfig = config::parse(&text, file)?;
+        print_sweep(file, &cfg)
     } else {
         let cfg: TrainConfig = config::parse(&text, file)?;
         print_train(file, &cfg)?;
@@ -28,6 +32,25 @@ pub fn run(file: &Path) -> Result<(), Error> {
 
 fn looks_like_kv(text: &str) -> bool {
     text.contains("policies") && !text.contains("groups")
+}
+
+fn looks_like_sweep(text: &str) -> bool {
+    text.contains("methods") && !text.contains("groups")
+}
+
+/// Every run of the grid, each config substituted and validated as `spectra sweep` would.
+fn print_sweep(file: &Path, cfg: &SweepConfig) -> Result<(), Error> {
+    let runs = sweep::plan(cfg)?;
+    println!("{}: a sweep of {} runs", file.display(), runs.len());
+    println!("  output:   {}", cfg.output.display());
+    println!("  parallel: {}", cfg.parallel);
+    if let Some(steps) = cfg.steps {
+        println!("  steps:    {steps} (every run)");
+    }
+    for run in &runs {
+        println!("    {} -> {}", run.method, run.folder.display());
+    }
+    Ok(())
 }
 
 fn print_train(file: &Path, cfg: &TrainConfig) -> Result<(), Error> {

@@ -30,7 +30,7 @@ enum Command {
         /// Only this family: constraint, optimizer or policy.
         family: Option<String>,
     },
-    /// Validate an experiment config (training or KV evaluation) and print what would run.
+    /// Validate an experiment config (training, sweep or KV evaluation) and print what would run.
     Check {
         /// The RON file.
         file: std::path::PathBuf,
@@ -49,6 +49,7 @@ enum Command {
 
 pub fn run() -> ExitCode {
     spectra::allocator::keep_freed_memory();
+    end_quietly_on_a_closed_pipe();
     let cli = Cli::parse();
     // Two plugins with one name would otherwise surface only when a config names one of them.
     if let Err(e) = spectra_core::registry::check_unique() {
@@ -70,5 +71,15 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so `spectra list | head` would panic on the first print after `head` exits;
+/// the default action ends the process quietly, as other command-line tools do.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
