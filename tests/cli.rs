@@ -15,6 +15,22 @@ fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A one-block GPT config on a small corpus written into `dir`. `groups` is the value of `groups:`, which
+/// starts on line 4, so a test can expect an error's line inside it.
+fn tiny_gpt_config(dir: &tempfile::TempDir, groups: &str) -> String {
+    let corpus = write_config(dir, "corpus.txt", &"abc ".repeat(100));
+    format!(
+        r#"(
+    model: LipschitzGpt(d_model: 32, blocks: 1, heads: 2, seq_len: 8),
+    data: Text(path: {corpus:?}, batch_size: 4),
+    groups: {groups},
+    steps: 10,
+    eval: (every: 5),
+    output: "runs/x",
+)"#
+    )
+}
+
 #[test]
 fn version_prints_the_crate_version() {
     let out = spectra(&["--version"]);
@@ -83,20 +99,13 @@ fn check_accepts_a_good_config_and_prints_what_would_run() {
 #[test]
 fn check_plans_every_run_of_a_sweep() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_config(&dir, "corpus.txt", &"abc ".repeat(100));
     let train = write_config(
         &dir,
         "train.ron",
-        &format!(
-            r#"(
-    model: LipschitzGpt(d_model: 32, blocks: 1, heads: 2, seq_len: 8),
-    data: Text(path: {corpus:?}, batch_size: 4),
-    groups: [(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.1)),
-              constraints: [(type: "SpectralSoftCap", cfg: (w_max: 2.0))])],
-    steps: 10,
-    eval: (every: 5),
-    output: "runs/x",
-)"#
+        &tiny_gpt_config(
+            &dir,
+            r#"[(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.1)),
+              constraints: [(type: "SpectralSoftCap", cfg: (w_max: 2.0))])]"#,
         ),
     );
     let sweep = |grid: &str| {
@@ -131,22 +140,15 @@ fn check_plans_every_run_of_a_sweep() {
 #[test]
 fn check_reports_a_group_that_matches_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_config(&dir, "corpus.txt", &"abc ".repeat(100));
     let file = write_config(
         &dir,
         "unused.ron",
-        &format!(
-            r#"(
-    model: LipschitzGpt(d_model: 32, blocks: 1, heads: 2, seq_len: 8),
-    data: Text(path: {corpus:?}, batch_size: 4),
-    groups: [
+        &tiny_gpt_config(
+            &dir,
+            r#"[
         (name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
         (name: "gains", params: [Role(Vector)], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
-    ],
-    steps: 10,
-    eval: (every: 5),
-    output: "runs/x",
-)"#
+    ]"#,
         ),
     );
     let out = spectra(&["check", &file]);
