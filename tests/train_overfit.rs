@@ -29,6 +29,15 @@ fn a_tiny_gpt_memorises_a_cycle_with_muon_and_the_soft_cap() {
         assert!(*n <= cap * (1.0 + 1e-4), "{name}: {n}");
     }
     assert!(e.lipschitz_bound.is_finite() && e.lipschitz_bound > 0.0);
+    assert!(e.reference_bound.is_some_and(|b| b > 0.0));
+    // Certified robust accuracy counts a subset of the correct targets, fewer at larger radii.
+    let radii: Vec<f64> = e.certified_accuracy.iter().map(|(r, _)| *r).collect();
+    assert_eq!(radii, [0.01, 0.02, 0.05]);
+    let robust: Vec<f64> = e.certified_accuracy.iter().map(|(_, a)| *a).collect();
+    assert!(
+        robust[0] <= e.val_accuracy && robust.windows(2).all(|w| w[1] <= w[0]),
+        "{robust:?}"
+    );
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("| blocks.0.attn.q |") && report.contains("certified Lipschitz bound"),
@@ -52,7 +61,7 @@ fn a_tiny_gpt_memorises_a_cycle_with_muon_and_the_soft_cap() {
         .lines()
         .next()
         .unwrap()
-        .contains("lipschitz_bound,body_bound,norm:embed"));
+        .contains("lipschitz_bound,body_bound,reference_bound,certified_accuracy@0.01,certified_accuracy@0.02,certified_accuracy@0.05,norm:embed"));
 }
 
 #[test]
@@ -60,9 +69,10 @@ fn the_zero_initialised_mlp_trains_with_muon() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_idx_set(dir.path(), 64);
     let out = dir.path().join("run");
-    let groups = r#"(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.3)),
-                     constraints: [(type: "SpectralSoftCap", cfg: (w_max: 4.0))])"#;
-    let summary = run(&mlp_config(&data, &out, groups, 40, 16), &quiet());
+    let summary = run(
+        &mlp_config(&data, &out, MLP_MUON_SOFT_CAP, 40, 16),
+        &quiet(),
+    );
     let e = summary.final_eval.unwrap();
     assert_eq!(e.val_accuracy, 1.0, "val loss {}", e.val_loss);
     // The input layer left zero: ReLU′(0) = ½ let the first gradient through.

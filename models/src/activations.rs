@@ -5,8 +5,9 @@ use rayon::prelude::*;
 
 use crate::cpu_op::contiguous_f32;
 
-/// GELU's largest slope (tanh form, 1.12899; exact form 1.12890; the paper divides by 1.1289, §8.4).
-pub const GELU_MAX_SLOPE: f64 = 1.1289;
+/// The paper's GELU divisor (§8.4): the exact GELU's largest slope, 1.12890. The tanh form, which the
+/// model uses, is steeper (1.12899), so the scaled activation is not quite 1-Lipschitz.
+pub const GELU_DIVISOR: f64 = 1.1289;
 
 /// `max(x, 0)` whose derivative at 0 is ½, as JAX's `jnp.maximum` has it (§8.3). candle's `relu` has
 /// derivative 0 there, and its `abs` derivative 1, so `(x + |x|)/2` would give 1; `maximum` splits a
@@ -16,7 +17,8 @@ pub fn relu_half_at_zero(x: &Tensor) -> Result<Tensor> {
     x.maximum(0f32)
 }
 
-/// `gelu_tanh(x) / 1.1289`: 1-Lipschitz, and `|gelu(x)|/1.1289 ≤ |x|`.
+/// `gelu_tanh(x) / 1.1289`: its slope is at most 1.1289931/1.1289
+/// ([`crate::certificate::SCALED_GELU_LIPSCHITZ`]), and `|gelu(x)|/1.1289 ≤ |x|/1.1289`.
 ///
 /// On the CPU (f32) one pass forward and one backward: candle's chain makes two passes forward and
 /// about a dozen backward (its GELU derivative is a graph of `powf`, `tanh` and arithmetic ops), and
@@ -26,13 +28,13 @@ pub fn scaled_gelu(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1(ScaledGelu)
     } else {
-        x.gelu()? / GELU_MAX_SLOPE
+        x.gelu()? / GELU_DIVISOR
     }
 }
 
 /// 1/1.1289 as candle's `Tensor / f64` applies it (an f32 factor).
 fn inverse_slope() -> f32 {
-    (1.0 / GELU_MAX_SLOPE) as f32
+    (1.0 / GELU_DIVISOR) as f32
 }
 
 /// sqrt(2/π), GELU's tanh-form constant, and its cubic coefficient.
@@ -139,7 +141,7 @@ mod tests {
         let xs: Vec<f32> = (0..20001).map(|i| -10.0 + i as f32 * 1e-3).collect();
         let x = Var::new(xs.as_slice(), &Device::Cpu).unwrap();
         let fused = scaled_gelu(x.as_tensor()).unwrap();
-        let chain = (x.as_tensor().gelu().unwrap() / GELU_MAX_SLOPE).unwrap();
+        let chain = (x.as_tensor().gelu().unwrap() / GELU_DIVISOR).unwrap();
         assert_eq!(
             fused.to_vec1::<f32>().unwrap(),
             chain.to_vec1::<f32>().unwrap(),
@@ -159,7 +161,7 @@ mod tests {
             let t = (c * (x + 0.044715 * x * x * x)).tanh();
             let slope =
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
-            let expected = 3.0 * slope / GELU_MAX_SLOPE;
+            let expected = 3.0 * slope / GELU_DIVISOR;
             // Two terms, each within a few f32 ulps relative; they cancel for negative x, so the
             // error is measured against the larger term's size (≤ 1.2).
             assert!(

@@ -281,29 +281,33 @@ impl Model for LipschitzGpt {
                 certificate::rms_to_rms_norm(self.w(i))?,
             ))
         };
-        let mut layers = Vec::new();
+        let heads = self.shape.heads;
+        let mut blocks = Vec::new();
         for blk in &self.blocks {
-            layers.push(certificate::GptBlockNorms {
+            blocks.push(certificate::GptBlockNorms {
                 q: norm(blk.q)?,
                 k: norm(blk.k)?,
                 v: norm(blk.v)?,
                 o: norm(blk.o)?,
                 mlp_in: norm(blk.mlp_in)?,
                 mlp_out: norm(blk.mlp_out)?,
+                k_heads: certificate::head_spectral_norms(self.w(blk.k), heads)?,
+                v_heads: certificate::head_spectral_norms(self.w(blk.v), heads)?,
             });
         }
         let embed = (
             "embed".to_string(),
             certificate::max_column_rms(self.w(EMBED))?,
         );
-        let head = norm(self.params.len() - 1)?;
-        Ok(certificate::gpt(
+        Ok(certificate::GptNorms {
             embed,
-            &layers,
-            head,
-            self.shape.residual_weight(),
-            self.shape.softmax_scale,
-            self.shape.final_scale,
-        ))
+            blocks,
+            head: norm(self.params.len() - 1)?,
+            residual_weight: self.shape.residual_weight(),
+            heads,
+            softmax_scale: self.shape.softmax_scale,
+            final_scale: self.shape.final_scale,
+        }
+        .certificate())
     }
 }

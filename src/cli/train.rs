@@ -53,7 +53,7 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
     let summary = train_file(&args.config, &options)?;
     if let Some(e) = &summary.final_eval {
         println!(
-            "{} after {} of {} steps: validation accuracy {:.2}%, validation loss {:.4}, certified Lipschitz bound {:.4}",
+            "{} after {} of {} steps: validation accuracy {:.2}%, validation loss {:.4}, certified Lipschitz bound {:.4}{}",
             match summary.outcome {
                 Outcome::Finished => "finished",
                 Outcome::Stopped => "stopped",
@@ -62,7 +62,8 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
             summary.steps,
             100.0 * e.val_accuracy,
             e.val_loss,
-            e.lipschitz_bound
+            e.lipschitz_bound,
+            e.certified_summary()
         );
     }
     println!(

@@ -1,4 +1,4 @@
-//! Validation loss and top-1 accuracy.
+//! Validation loss, top-1 accuracy, and certified robust accuracy.
 
 use candle_core::{DType, Device, Tensor};
 use spectra_core::config::EvalConfig;
@@ -9,20 +9,25 @@ pub struct Evaluation {
     pub loss: f64,
     pub accuracy: f64,
     pub targets: u64,
+    /// `(radius, fraction)` for each `(radius, margin)` asked for.
+    pub certified_accuracy: Vec<(f64, f64)>,
 }
 
 /// Mean cross-entropy and accuracy over every target of the first `eval.windows` validation items (all
-/// of them when absent), weighting each target equally.
+/// of them when absent), weighting each target equally; and, for each `(radius, margin)` of
+/// `robust_margins`, the fraction of targets predicted correctly by more than that margin.
 pub fn evaluate(
     model: &dyn Model,
     data: &dyn Dataset,
     eval: &EvalConfig,
     device: &Device,
+    robust_margins: &[(f64, f64)],
 ) -> Result<Evaluation> {
     let items = eval
         .windows
         .map_or(data.validation_items(), |w| w.min(data.validation_items()));
     let (mut loss_sum, mut correct, mut targets) = (0f64, 0f64, 0u64);
+    let mut certified = vec![0u64; robust_margins.len()];
     let mut start = 0;
     while start < items {
         let count = eval.batch_size.min(items - start);
@@ -33,6 +38,11 @@ pub fn evaluate(
             as f64
             * n as f64;
         correct += correct_count(&logits, &batch.targets)?;
+        for m in target_margins(&logits, &batch.targets)? {
+            for (count, (_, needed)) in certified.iter_mut().zip(robust_margins) {
+                *count += u64::from(f64::from(m) > *needed);
+            }
+        }
         targets += n as u64;
         start += count;
     }
@@ -41,7 +51,31 @@ pub fn evaluate(
         loss: loss_sum / n,
         accuracy: correct / n,
         targets,
+        certified_accuracy: robust_margins
+            .iter()
+            .zip(certified)
+            .map(|((eps, _), c)| (*eps, c as f64 / n))
+            .collect(),
     })
+}
+
+/// Per row, the target's logit minus the largest other logit (positive where the prediction is right).
+fn target_margins(logits: &Tensor, targets: &Tensor) -> Result<Vec<f32>> {
+    let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    Ok(rows
+        .iter()
+        .zip(targets)
+        .map(|(row, t)| {
+            let other = row
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != t as usize)
+                .map(|(_, z)| *z)
+                .fold(f32::NEG_INFINITY, f32::max);
+            row[t as usize] - other
+        })
+        .collect())
 }
 
 /// How many rows of `logits` have their largest entry at the target.

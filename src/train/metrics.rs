@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Result};
+use spectra_models::certificate::ROBUST_RADII;
 
 /// One optimizer step. `step` counts completed steps (the first step's record has step 1).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,8 +33,40 @@ pub struct EvalRecord {
     pub val_targets: u64,
     pub lipschitz_bound: f64,
     pub body_bound: f64,
+    /// The paper code's formula on the same weights: a published figure to compare with, not a
+    /// certificate. Absent from records written before it was kept.
+    #[serde(default)]
+    pub reference_bound: Option<f64>,
+    /// `(radius ε, fraction of validation targets)` predicted correctly with a logit margin that no
+    /// body-input perturbation of norm ≤ ε can overturn (`Certificate::robust_margins`).
+    #[serde(default)]
+    pub certified_accuracy: Vec<(f64, f64)>,
     /// `(parameter, RMS→RMS norm)`, the embedding's entry its largest column RMS.
     pub norms: Vec<(String, f64)>,
+}
+
+impl EvalRecord {
+    /// `, certified robust accuracy A% / B% at ε = a / b (the paper's formula gives X)`, from what the
+    /// record has.
+    pub fn certified_summary(&self) -> String {
+        let mut s = String::new();
+        if !self.certified_accuracy.is_empty() {
+            let (radii, acc): (Vec<String>, Vec<String>) = self
+                .certified_accuracy
+                .iter()
+                .map(|(eps, a)| (eps.to_string(), format!("{:.2}%", 100.0 * a)))
+                .unzip();
+            s += &format!(
+                ", certified robust accuracy {} at ε = {}",
+                acc.join(" / "),
+                radii.join(" / ")
+            );
+        }
+        if let Some(r) = self.reference_bound {
+            s += &format!(" (the paper's formula gives {r:.4})");
+        }
+        s
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,8 +163,13 @@ impl MetricsWriter {
             Record::Eval(r) => {
                 if self.norm_names.is_none() {
                     let names: Vec<String> = r.norms.iter().map(|(n, _)| n.clone()).collect();
+                    let robust: Vec<String> = ROBUST_RADII
+                        .iter()
+                        .map(|eps| format!("certified_accuracy@{eps}"))
+                        .collect();
                     let header = format!(
-                        "step,val_loss,val_accuracy,val_targets,lipschitz_bound,body_bound,{}",
+                        "step,val_loss,val_accuracy,val_targets,lipschitz_bound,body_bound,reference_bound,{},{}",
+                        robust.join(","),
                         names
                             .iter()
                             .map(|n| format!("norm:{n}"))
@@ -142,15 +180,28 @@ impl MetricsWriter {
                     self.norm_names = Some(names);
                 }
                 let norms: Vec<String> = r.norms.iter().map(|(_, v)| v.to_string()).collect();
+                // One column per radius, empty where a record (from an older run) has none.
+                let robust: Vec<String> = ROBUST_RADII
+                    .iter()
+                    .map(|eps| {
+                        r.certified_accuracy
+                            .iter()
+                            .find(|(e, _)| e == eps)
+                            .map_or(String::new(), |(_, a)| a.to_string())
+                    })
+                    .collect();
+                let reference = r.reference_bound.map_or(String::new(), |b| b.to_string());
                 writeln!(
                     self.eval_csv,
-                    "{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{}",
                     r.step,
                     r.val_loss,
                     r.val_accuracy,
                     r.val_targets,
                     r.lipschitz_bound,
                     r.body_bound,
+                    reference,
+                    robust.join(","),
                     norms.join(",")
                 )
                 .map_err(|e| self.io(e))
@@ -227,6 +278,8 @@ mod tests {
             val_targets: 10,
             lipschitz_bound: 3.0,
             body_bound: 3.0,
+            reference_bound: Some(2.0),
+            certified_accuracy: vec![(0.01, 0.25)],
             norms: vec![("w".into(), 1.5)],
         }))
         .unwrap();

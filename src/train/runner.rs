@@ -413,13 +413,15 @@ impl Run {
     }
 
     fn evaluate(&self) -> Result<EvalRecord> {
+        let cert = self.model.certificate()?;
+        let classes = self.data.input_kind().classes();
         let e = evaluate(
             self.model.as_ref(),
             self.data.as_ref(),
             &self.cfg.eval,
             &self.device,
+            &cert.robust_margins(classes),
         )?;
-        let cert = self.model.certificate()?;
         Ok(EvalRecord {
             step: self.step,
             val_loss: e.loss,
@@ -427,6 +429,8 @@ impl Run {
             val_targets: e.targets,
             lipschitz_bound: cert.bound,
             body_bound: cert.body_bound,
+            reference_bound: Some(cert.reference_bound),
+            certified_accuracy: e.certified_accuracy,
             norms: cert.norms,
         })
     }
@@ -434,10 +438,11 @@ impl Run {
 
 fn eval_line(r: &EvalRecord, steps: u64) -> String {
     format!(
-        "step {:>6}/{steps}  val loss {:.4}  val acc {:.2}%  certified Lipschitz bound {:.4}",
+        "step {:>6}/{steps}  val loss {:.4}  val acc {:.2}%  certified Lipschitz bound {:.4}{}",
         r.step,
         r.val_loss,
         100.0 * r.val_accuracy,
-        r.lipschitz_bound
+        r.lipschitz_bound,
+        r.certified_summary()
     )
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use spectra_core::config::{self, Invalid, TrainConfig, Validate};
 use spectra_core::{Error, Result};
+use spectra_models::certificate::ROBUST_RADII;
 
 use super::metrics::EvalRecord;
 use crate::plots::{Chart, Series, Style};
@@ -118,6 +119,10 @@ pub struct SweepRow {
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
     pub lipschitz_bound: Option<f64>,
+    /// The paper code's formula on the same weights (not a certificate).
+    pub reference_bound: Option<f64>,
+    /// `(radius, fraction)`: certified robust accuracy.
+    pub certified_accuracy: Vec<(f64, f64)>,
 }
 
 /// Every run of the sweep, with its config text (checked to parse and validate).
@@ -372,6 +377,8 @@ fn row(r: &PlannedRun) -> SweepRow {
         val_loss: eval.as_ref().map(|e| e.val_loss),
         val_accuracy: eval.as_ref().map(|e| e.val_accuracy),
         lipschitz_bound: eval.as_ref().map(|e| e.lipschitz_bound),
+        reference_bound: eval.as_ref().and_then(|e| e.reference_bound),
+        certified_accuracy: eval.map(|e| e.certified_accuracy).unwrap_or_default(),
     }
 }
 
@@ -410,14 +417,36 @@ fn write_summary(sweep: &SweepConfig, rows: &[SweepRow]) -> Result<()> {
         |v: Option<f64>, digits: usize| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
     let mut md = String::new();
     let _ = writeln!(md, "# Sweep summary\n");
-    let _ = writeln!(md, "| method | settings | status | steps | val loss | val accuracy | certified Lipschitz bound | folder |");
-    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---|");
-    let mut csv =
-        String::from("method,settings,status,steps,val_loss,val_accuracy,lipschitz_bound,folder\n");
+    let radii: Vec<String> = ROBUST_RADII.iter().map(|e| e.to_string()).collect();
+    let _ = writeln!(
+        md,
+        "| method | settings | status | steps | val loss | val accuracy | certified Lipschitz bound | published formula | certified robust accuracy at ε = {} | folder |",
+        radii.join(" / ")
+    );
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+    let mut csv = format!(
+        "method,settings,status,steps,val_loss,val_accuracy,lipschitz_bound,reference_bound,{},folder\n",
+        radii
+            .iter()
+            .map(|e| format!("certified_accuracy@{e}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     for r in rows {
+        let robust = |digits: fn(f64) -> String, empty: &str| -> Vec<String> {
+            ROBUST_RADII
+                .iter()
+                .map(|eps| {
+                    r.certified_accuracy
+                        .iter()
+                        .find(|(e, _)| e == eps)
+                        .map_or(empty.to_string(), |(_, a)| digits(*a))
+                })
+                .collect()
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.method,
             r.settings,
             r.status,
@@ -426,12 +455,14 @@ fn write_summary(sweep: &SweepConfig, rows: &[SweepRow]) -> Result<()> {
             r.val_accuracy
                 .map_or("–".into(), |a| format!("{:.2}%", 100.0 * a)),
             fmt(r.lipschitz_bound, 4),
+            fmt(r.reference_bound, 4),
+            robust(|a| format!("{:.2}%", 100.0 * a), "–").join(" / "),
             r.folder.display()
         );
         let opt = |v: Option<f64>| v.map_or(String::new(), |v| v.to_string());
         let _ = writeln!(
             csv,
-            "\"{}\",\"{}\",{},{},{},{},{},\"{}\"",
+            "\"{}\",\"{}\",{},{},{},{},{},{},{},\"{}\"",
             r.method,
             r.settings,
             r.status,
@@ -439,6 +470,8 @@ fn write_summary(sweep: &SweepConfig, rows: &[SweepRow]) -> Result<()> {
             opt(r.val_loss),
             opt(r.val_accuracy),
             opt(r.lipschitz_bound),
+            opt(r.reference_bound),
+            robust(|a| a.to_string(), "").join(","),
             r.folder.display()
         );
     }

@@ -120,6 +120,10 @@ pub fn quiet() -> TrainOptions {
 }
 
 /// Muon with the soft cap on the matrices, Muon with the column cap on the embedding.
+/// Every MLP parameter under Muon and the soft cap at w_max 4.
+pub const MLP_MUON_SOFT_CAP: &str = r#"(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.3)),
+                     constraints: [(type: "SpectralSoftCap", cfg: (w_max: 4.0))])"#;
+
 pub const MUON_SOFT_CAP: &str = r#"
     (name: "matrices", params: [Role(Hidden), Role(Head)],
      optimizer: (type: "Muon", cfg: (lr: 0.5)),

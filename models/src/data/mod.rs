@@ -25,6 +25,16 @@ pub enum InputKind {
     Images { pixels: usize, classes: usize },
 }
 
+impl InputKind {
+    /// How many logits the model gives per target: the vocabulary, or the image classes.
+    pub fn classes(&self) -> usize {
+        match self {
+            InputKind::Tokens { vocab } => *vocab,
+            InputKind::Images { classes, .. } => *classes,
+        }
+    }
+}
+
 /// Inputs and their targets: `targets` is `[examples]` (u32), one per image or per window position.
 #[derive(Clone, Debug)]
 pub struct Batch {

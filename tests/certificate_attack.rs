@@ -1,0 +1,503 @@
+//! Attacks on the Lipschitz certificate: projected gradient ascent with restarts on pairs of body
+//! inputs, and hill-climbing on pairs of token sequences, for random and trained tiny GPTs and MLPs.
+//! No pair may ever exceed the certified bound; each case prints its tightness (best ratio / bound).
+//! Two constructed networks exceed the paper code's formula (`reference_bound`): the old certificate
+//! fails on both.
+//!
+//! Norms are the certificate's: a sequence `[seq, d]` is measured by its largest per-position RMS
+//! (embedding outputs and logits alike); a token sequence by its largest per-position ℓ1 distance of
+//! one-hot vectors (2 wherever two sequences differ); an image by its RMS.
+
+mod lipschitz_support;
+mod train_support;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use spectra::models::{Certificate, GptShape, LipschitzGpt, LipschitzMlp, Model};
+use spectra::train::checkpoint;
+use spectra_core::linalg::svd::with_singular_values;
+use spectra_core::SpectraRng;
+
+use lipschitz_support::{random_inputs, randomize, row_rms, seq_norms};
+
+/// f32 forward passes: a difference of outputs of size ~1e-2 carries ~1e-5 relative rounding, so a
+/// measured ratio may exceed an exact bound by that much and no more.
+const ROUNDING: f64 = 1e-3;
+
+fn tiny_shape() -> GptShape {
+    GptShape {
+        vocab: 11,
+        d_model: 16,
+        blocks: 2,
+        heads: 4,
+        seq_len: 6,
+        mlp_ratio: 4,
+        blocks_mass: 16.0,
+        softmax_scale: 1.0,
+        final_scale: 1.0,
+    }
+}
+
+/// Scales every row of `[.., d]` down to RMS at most `r`.
+fn project(x: &Tensor, r: f64) -> Tensor {
+    let rms = row_rms(x);
+    let factor = (rms.maximum(r).unwrap().recip().unwrap() * r)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    x.broadcast_mul(&factor).unwrap()
+}
+
+/// Each row of `[.., d]` scaled to RMS 1 (the steepest-ascent direction of each position's own norm).
+fn normalized(g: &Tensor) -> Tensor {
+    let rms = (row_rms(g) + 1e-30).unwrap().to_dtype(DType::F32).unwrap();
+    g.broadcast_div(&rms).unwrap()
+}
+
+/// Per batch element, `‖f(x) − f(y)‖ / ‖x − y‖` in the sequence norm.
+fn ratios(f_diff: &Tensor, x_diff: &Tensor) -> Vec<f64> {
+    seq_norms(f_diff)
+        .into_iter()
+        .zip(seq_norms(x_diff))
+        .map(|(n, d)| if d > 0.0 { n / d } else { 0.0 })
+        .collect()
+}
+
+/// Random sequences whose every position lies in one random head's coordinates: the inputs on which
+/// one head carries all the energy, when q and k keep coordinates apart.
+fn one_head_inputs(
+    b: usize,
+    t: usize,
+    d: usize,
+    heads: usize,
+    r: f64,
+    rng: &mut SpectraRng,
+) -> Tensor {
+    let x = random_inputs(b, t, d, r, rng);
+    let dh = d / heads;
+    let h = rng.random_range(0..heads);
+    let mask: Vec<f32> = (0..d)
+        .map(|i| if i / dh == h { 1.0 } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, d, &Device::Cpu).unwrap();
+    let x = x.broadcast_mul(&mask).unwrap();
+    let rms = (row_rms(&x) + 1e-30).unwrap();
+    let radius = rng.random_range(0.5..1.0) * r;
+    x.broadcast_mul(
+        &(rms.recip().unwrap() * radius)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// The best ratio projected gradient ascent finds for `f` on pairs `(x, x + δ)` with every position
+/// of both in the RMS ball of radius `r`: restarts at three scales of `‖δ‖` (a local slope, a nearby
+/// pair, a distant pair) and, every other restart, from inputs confined to one head's coordinates.
+fn attack_pairs(
+    f: &dyn Fn(&Tensor) -> Tensor,
+    dims: (usize, usize, usize),
+    heads: usize,
+    r: f64,
+    restarts: usize,
+    steps: usize,
+    rng: &mut SpectraRng,
+) -> f64 {
+    let (b, t, d) = dims;
+    let mut best = 0f64;
+    for restart in 0..restarts {
+        let eps = r * [1e-2, 0.1, 0.5][restart % 3];
+        let mut x = if restart % 2 == 1 {
+            one_head_inputs(b, t, d, heads, r, rng)
+        } else {
+            random_inputs(b, t, d, r, rng)
+        };
+        let mut delta = project(&random_inputs(b, t, d, eps, rng), eps);
+        for step in 0..steps {
+            let xv = Var::from_tensor(&x).unwrap();
+            let dv = Var::from_tensor(&delta).unwrap();
+            let y = (xv.as_tensor() + dv.as_tensor()).unwrap();
+            let diff = (f(&y) - f(xv.as_tensor())).unwrap();
+            best = ratios(&diff, &delta).into_iter().fold(best, f64::max);
+            let grads = diff.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            // Step sizes shrink linearly so that the last steps refine rather than jump.
+            let decay = 1.0 - step as f64 / steps as f64;
+            let gx = normalized(grads.get(&xv).unwrap());
+            let gd = normalized(grads.get(&dv).unwrap());
+            x = project(&(&x + (gx * (0.1 * r * decay)).unwrap()).unwrap(), r);
+            delta = project(
+                &(&delta + (gd * (0.3 * eps * decay)).unwrap()).unwrap(),
+                eps,
+            );
+            let y = project(&(&x + &delta).unwrap(), r);
+            delta = (y - &x).unwrap();
+        }
+    }
+    best
+}
+
+/// The best ratio found on pairs of token sequences: hill-climbing, one position at a time, over every
+/// token there. The input distance of two different sequences is 2.
+fn attack_tokens(
+    model: &dyn Model,
+    shape: (usize, usize),
+    rounds: usize,
+    rng: &mut SpectraRng,
+) -> f64 {
+    let (t, vocab) = shape;
+    let logits = |seqs: &[Vec<u32>]| -> Tensor {
+        let flat: Vec<u32> = seqs.concat();
+        let tokens = Tensor::from_vec(flat, (seqs.len(), t), &Device::Cpu).unwrap();
+        model
+            .logits(&tokens)
+            .unwrap()
+            .reshape((seqs.len(), t, vocab))
+            .unwrap()
+    };
+    let mut best = 0f64;
+    for _ in 0..4 {
+        let mut pair: [Vec<u32>; 2] =
+            [0, 1].map(|_| (0..t).map(|_| rng.random_range(0..vocab as u32)).collect());
+        for _ in 0..rounds {
+            let (side, pos) = (rng.random_range(0..2), rng.random_range(0..t));
+            let candidates: Vec<Vec<u32>> = (0..vocab as u32)
+                .map(|tok| {
+                    let mut s = pair[side].clone();
+                    s[pos] = tok;
+                    s
+                })
+                .collect();
+            let other = logits(&[pair[1 - side].clone()]);
+            let diff = logits(&candidates).broadcast_sub(&other).unwrap();
+            let norms = seq_norms(&diff);
+            let (tok, ratio) = candidates
+                .iter()
+                .zip(norms)
+                .filter(|(c, _)| **c != pair[1 - side])
+                .map(|(c, n)| (c[pos], n / 2.0))
+                .fold((pair[side][pos], 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            if ratio >= best {
+                best = ratio;
+                pair[side][pos] = tok;
+            }
+        }
+    }
+    best
+}
+
+fn gpt_body(gpt: &LipschitzGpt) -> impl Fn(&Tensor) -> Tensor + '_ {
+    move |x| gpt.body(x).unwrap()
+}
+
+/// Attacks the body and the token inputs of `gpt`; asserts the bounds hold and returns the body's
+/// tightness.
+fn attack_gpt(case: &str, gpt: &LipschitzGpt, rng: &mut SpectraRng) -> f64 {
+    let cert = gpt.certificate().unwrap();
+    let s = gpt.shape();
+    let dims = (8, s.seq_len, s.d_model);
+    let body = attack_pairs(&gpt_body(gpt), dims, s.heads, cert.input_rms, 9, 40, rng);
+    let tokens = attack_tokens(gpt, (s.seq_len, s.vocab), 60, rng);
+    eprintln!(
+        "{case}: body {body:.4} / certified {:.4} (tightness {:.3}; published formula {:.4}); \
+         tokens {tokens:.4} / certified {:.4} (tightness {:.3})",
+        cert.body_bound,
+        body / cert.body_bound,
+        cert.reference_bound / cert.input_rms,
+        cert.bound,
+        tokens / cert.bound
+    );
+    assert!(
+        body > 0.0 && tokens > 0.0,
+        "{case}: the attack found nothing"
+    );
+    assert!(
+        body <= cert.body_bound * (1.0 + ROUNDING),
+        "{case}: a pair of body inputs at ratio {body} exceeds the certified {}",
+        cert.body_bound
+    );
+    assert!(
+        tokens <= cert.bound * (1.0 + ROUNDING),
+        "{case}: a pair of token sequences at ratio {tokens} exceeds the certified {}",
+        cert.bound
+    );
+    body / cert.body_bound
+}
+
+#[test]
+fn random_gpts_never_exceed_their_certificate() {
+    let mut rng = SpectraRng::seed_from_u64(19);
+    // (largest σ, softmax scale, final scale): the paper's scale, sharper and flatter attention, and a
+    // final scale up or down.
+    for (top, softmax_scale, final_scale) in [
+        (1.0, 1.0, 1.0),
+        (2.0, 1.0, 1.0),
+        (3.0, 1.0, 1.0),
+        (1.0, 8.0, 3.0),
+        (2.0, 0.25, 0.5),
+    ] {
+        let shape = GptShape {
+            softmax_scale,
+            final_scale,
+            ..tiny_shape()
+        };
+        let gpt = LipschitzGpt::new(shape, &Device::Cpu, &mut rng).unwrap();
+        randomize(&gpt, top, &mut rng);
+        let case = format!(
+            "random GPT, σ ≤ {top}, softmax scale {softmax_scale}, final scale {final_scale}"
+        );
+        attack_gpt(&case, &gpt, &mut rng);
+    }
+}
+
+/// Trains through the runner, then loads the checkpoint's weights into a fresh model.
+fn trained_weights(
+    config: impl Fn(&std::path::Path, &std::path::Path) -> String,
+    params: &[spectra_core::Param],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    train_support::run(&config(dir.path(), &out), &train_support::quiet());
+    let ck = checkpoint::load(&checkpoint::path_in(&out), &Device::Cpu).unwrap();
+    for p in params {
+        p.var
+            .set(&ck.tensors[&format!("param/{}", p.name)])
+            .unwrap();
+    }
+}
+
+#[test]
+fn trained_gpt_and_mlp_never_exceed_their_certificate() {
+    let mut rng = SpectraRng::seed_from_u64(20);
+    // The runner's tiny GPT (train_support::gpt_config): d 16, 1 block, 2 heads, seq 8, vocab 9.
+    let gpt = LipschitzGpt::new(
+        GptShape {
+            vocab: 9,
+            blocks: 1,
+            heads: 2,
+            seq_len: 8,
+            ..tiny_shape()
+        },
+        &Device::Cpu,
+        &mut rng,
+    )
+    .unwrap();
+    trained_weights(
+        |dir, out| {
+            let corpus = train_support::write_cycle_corpus(dir);
+            train_support::gpt_config(&corpus, out, train_support::MUON_SOFT_CAP, 60, "")
+        },
+        gpt.params(),
+    );
+    let tightness = attack_gpt("GPT trained 60 steps (Muon + soft cap 2)", &gpt, &mut rng);
+    assert!(tightness < 1.0);
+
+    let mlp = LipschitzMlp::new(16, 16, 4, 3, &Device::Cpu, &mut rng).unwrap();
+    trained_weights(
+        |dir, out| {
+            let data = train_support::write_idx_set(dir, 64);
+            train_support::mlp_config(&data, out, train_support::MLP_MUON_SOFT_CAP, 40, 16)
+        },
+        mlp.params(),
+    );
+    attack_mlp("MLP trained 40 steps (Muon + soft cap 4)", &mlp, &mut rng);
+}
+
+fn attack_mlp(case: &str, mlp: &LipschitzMlp, rng: &mut SpectraRng) -> f64 {
+    let cert = mlp.certificate().unwrap();
+    let inputs = mlp.params()[0].var.dim(1).unwrap();
+    // An image is a sequence of one position; the MLP's bound holds on all of input space.
+    let f = |x: &Tensor| {
+        let (b, t, d) = x.dims3().unwrap();
+        let logits = mlp.logits(&x.reshape((b * t, d)).unwrap()).unwrap();
+        logits.reshape((b, t, ())).unwrap()
+    };
+    let best = attack_pairs(&f, (32, 1, inputs), 1, 3.0, 6, 40, rng);
+    eprintln!(
+        "{case}: {best:.4} / certified {:.4} (tightness {:.3})",
+        cert.bound,
+        best / cert.bound
+    );
+    assert!(
+        best > 0.0 && best <= cert.bound * (1.0 + ROUNDING),
+        "{case}: {best} > {}",
+        cert.bound
+    );
+    best / cert.bound
+}
+
+#[test]
+fn random_mlps_never_exceed_their_certificate() {
+    let mut rng = SpectraRng::seed_from_u64(21);
+    for top in [0.8, 2.0] {
+        let mlp = LipschitzMlp::new(20, 16, 5, 3, &Device::Cpu, &mut rng).unwrap();
+        for p in mlp.params() {
+            let (rows, cols) = p.var.dims2().unwrap();
+            let sigma = top * (rows as f64 / cols as f64).sqrt();
+            let sigmas: Vec<f64> = (0..rows.min(cols))
+                .map(|i| sigma / (1.0 + i as f64))
+                .collect();
+            let w = with_singular_values(rows, cols, &sigmas, &mut rng, DType::F32, &Device::Cpu)
+                .unwrap();
+            p.var.set(&w).unwrap();
+        }
+        attack_mlp(&format!("random MLP, σ ≤ {top}"), &mlp, &mut rng);
+    }
+}
+
+/// A one-block GPT whose weights are the given matrices (`None`: zero), embedding columns unit RMS.
+fn constructed_gpt(
+    shape: GptShape,
+    weights: &[(&str, Option<Tensor>)],
+) -> (LipschitzGpt, Certificate) {
+    let gpt = LipschitzGpt::new(shape, &Device::Cpu, &mut SpectraRng::seed_from_u64(0)).unwrap();
+    for p in gpt.params() {
+        if let Some((_, w)) = weights.iter().find(|(n, _)| *n == p.name) {
+            let w = match w {
+                Some(w) => w.clone(),
+                None => p.var.zeros_like().unwrap(),
+            };
+            p.var.set(&w).unwrap();
+        }
+    }
+    let cert = gpt.certificate().unwrap();
+    (gpt, cert)
+}
+
+/// `scale · u vᵀ` for unit vectors along `u` and `v` (given unnormalised).
+fn rank_one(u: &[f32], v: &[f32], scale: f64) -> Tensor {
+    let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+    let (nu, nv) = (norm(u), norm(v));
+    let u = Tensor::from_vec(
+        u.iter().map(|a| a / nu).collect(),
+        (u.len(), 1),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let v = Tensor::from_vec(
+        v.iter().map(|a| a / nv).collect(),
+        (1, v.len()),
+        &Device::Cpu,
+    )
+    .unwrap();
+    (u.matmul(&v).unwrap() * scale).unwrap()
+}
+
+#[test]
+fn an_mlp_at_the_steepest_gelu_slope_exceeds_the_published_formula_but_not_the_certificate() {
+    // Attention off (W_o = 0), so the block is (1 − a)·x, then the MLP residual; a = 1/2. W_in = s·u vᵀ
+    // and W_out = s'·v uᵀ with u the all-ones hidden direction: along v every hidden unit sits at the
+    // same pre-activation, chosen as GELU's steepest point 1.4185, where the scaled GELU's slope is
+    // 1.1289930/1.1289 > 1. The published formula divides the MLP's Lipschitz constant by 1.1289.
+    let shape = GptShape {
+        vocab: 16,
+        blocks: 1,
+        heads: 2,
+        seq_len: 2,
+        ..tiny_shape()
+    };
+    let (d, hidden) = (16usize, 64usize);
+    let v: Vec<f32> = (0..d)
+        .map(|i| if i % 3 == 0 { 1.0 } else { -0.5 })
+        .collect();
+    let ones = vec![1f32; hidden];
+    let x_rms = 0.5; // an input of RMS 1 after the attention residual's (1 − a)
+    let steepest = 1.418_504_f64;
+    // W_in's RMS→RMS norm is √(d/hidden)·s; a pre-activation is s·‖x‖₂/√hidden = s·x_rms·√(d/hidden).
+    let s_in = steepest / (x_rms * (d as f64 / hidden as f64).sqrt());
+    let s_out = 2.0;
+    let head_basis: Vec<f32> = (0..16).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+    let (gpt, cert) = constructed_gpt(
+        shape,
+        &[
+            ("blocks.0.attn.o", None),
+            ("blocks.0.mlp.in", Some(rank_one(&ones, &v, s_in))),
+            ("blocks.0.mlp.out", Some(rank_one(&v, &ones, s_out))),
+            ("head", Some(rank_one(&head_basis, &v, 4.0))),
+        ],
+    );
+    // Along v, from RMS 0.998 to 1 (the edge of the domain the body bound covers).
+    let unit: Vec<f32> = {
+        let rms = (v.iter().map(|a| a * a).sum::<f32>() / d as f32).sqrt();
+        v.iter().map(|a| a / rms).collect()
+    };
+    let at = |c: f64| {
+        let row: Vec<f32> = unit.iter().map(|a| a * c as f32).collect();
+        Tensor::from_vec([row.clone(), row].concat(), (1, 2, d), &Device::Cpu).unwrap()
+    };
+    let (x, y) = (at(1.0 - 2e-3), at(1.0));
+    let diff = (gpt.body(&y).unwrap() - gpt.body(&x).unwrap()).unwrap();
+    let measured = ratios(&diff, &(&y - &x).unwrap())[0];
+    let published = cert.reference_bound / cert.input_rms;
+    eprintln!(
+        "steepest-GELU MLP: measured {measured:.5}, certified {:.5}, published formula {published:.5}",
+        cert.body_bound
+    );
+    assert!(
+        measured > published * 1.05,
+        "the construction should beat the published formula: {measured} vs {published}"
+    );
+    assert!(
+        measured <= cert.body_bound * (1.0 + ROUNDING),
+        "{measured} > {}",
+        cert.body_bound
+    );
+    // The certificate is tight here: the block is exactly as steep as its bound says.
+    assert!(
+        measured > 0.999 * cert.body_bound,
+        "{measured} vs {}",
+        cert.body_bound
+    );
+}
+
+#[test]
+fn attention_with_one_head_carrying_all_the_energy_exceeds_the_published_formula_but_not_the_certificate(
+) {
+    // q = k = v = o = I, MLP off, 4 heads: an input confined to one head's 4 coordinates has ‖q_h‖₂ =
+    // √d·r rather than √d_head·r, so that head's scores move H = 4 times faster than the published
+    // formula's 2r²‖Wq‖‖Wk‖ allows.
+    let shape = GptShape {
+        vocab: 16,
+        blocks: 1,
+        heads: 4,
+        seq_len: 4,
+        ..tiny_shape()
+    };
+    let eye = Tensor::eye(16, DType::F32, &Device::Cpu).unwrap();
+    let (gpt, cert) = constructed_gpt(
+        shape,
+        &[
+            ("blocks.0.attn.q", Some(eye.clone())),
+            ("blocks.0.attn.k", Some(eye.clone())),
+            ("blocks.0.attn.v", Some(eye.clone())),
+            ("blocks.0.attn.o", Some(eye.clone())),
+            ("blocks.0.mlp.out", None),
+            ("head", Some(eye)),
+        ],
+    );
+    let mut rng = SpectraRng::seed_from_u64(23);
+    let best = attack_pairs(
+        &gpt_body(&gpt),
+        (16, 4, 16),
+        4,
+        cert.input_rms,
+        12,
+        60,
+        &mut rng,
+    );
+    let published = cert.reference_bound / cert.input_rms;
+    eprintln!(
+        "one-head attention: attack {best:.4}, certified {:.4} (tightness {:.3}), published formula {published:.4}",
+        cert.body_bound,
+        best / cert.body_bound
+    );
+    assert!(
+        best > published * 1.05,
+        "the attack should beat the published formula: {best} vs {published}"
+    );
+    assert!(
+        best <= cert.body_bound * (1.0 + ROUNDING),
+        "{best} > {}",
+        cert.body_bound
+    );
+}
