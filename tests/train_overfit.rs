@@ -32,7 +32,7 @@ fn a_tiny_gpt_memorises_a_cycle_with_muon_and_the_soft_cap() {
     assert!(e.reference_bound.is_some_and(|b| b > 0.0));
     // Certified robust accuracy counts a subset of the correct targets, fewer at larger radii.
     let radii: Vec<f64> = e.certified_accuracy.iter().map(|(r, _)| *r).collect();
-    assert_eq!(radii, [0.01, 0.02, 0.05]);
+    assert_eq!(radii, [0.001, 0.01, 0.1]);
     let robust: Vec<f64> = e.certified_accuracy.iter().map(|(_, a)| *a).collect();
     assert!(
         robust[0] <= e.val_accuracy && robust.windows(2).all(|w| w[1] <= w[0]),
@@ -61,7 +61,7 @@ fn a_tiny_gpt_memorises_a_cycle_with_muon_and_the_soft_cap() {
         .lines()
         .next()
         .unwrap()
-        .contains("lipschitz_bound,body_bound,reference_bound,certified_accuracy@0.01,certified_accuracy@0.02,certified_accuracy@0.05,norm:embed"));
+        .contains("lipschitz_bound,body_bound,reference_bound,certified_accuracy@0.001,certified_accuracy@0.01,certified_accuracy@0.1,norm:embed"));
 }
 
 #[test]

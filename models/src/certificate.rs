@@ -19,7 +19,7 @@ use crate::activations::GELU_DIVISOR;
 pub const SCALED_GELU_LIPSCHITZ: f64 = 1.000_082_5;
 
 /// Radii (in the certificate's input norm) at which the reports give certified robust accuracy.
-pub const ROBUST_RADII: [f64; 3] = [0.01, 0.02, 0.05];
+pub const ROBUST_RADII: [f64; 3] = [0.001, 0.01, 0.1];
 
 /// A certified Lipschitz bound and the per-matrix norms it was built from.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -229,8 +229,8 @@ fn markdown(run: &RunDescription<'_>, evals: &[&EvalRecord], summary: &TrainSumm
         w,
         "\nThe certified bound is sound: every factor is derived in `docs/certificate.md`. The published formula \
          is the paper code's (§5) on the same weights, for comparison with published figures; it is not a \
-         certificate. Accuracy does not change when the logits are scaled, the bound does; certified robust \
-         accuracy does not: a target counts at radius ε when it is predicted correctly with a logit margin \
+         certificate. Scaling the logits leaves accuracy unchanged and scales the bound; certified robust \
+         accuracy is invariant to it: a target counts at radius ε when it is predicted correctly with a logit margin \
          above √(2·classes)·L_ε·ε, so that no perturbation of the body's input (the embedding output, or the \
          image) of norm ≤ ε (largest per-position RMS) can change the prediction. L_ε is the body's bound on \
          inputs within ε of those the certificate covers."
