@@ -45,6 +45,23 @@ pub struct EvalRecord {
     pub norms: Vec<(String, f64)>,
 }
 
+/// The CSV column names of certified robust accuracy, one per radius of [`ROBUST_RADII`].
+pub fn certified_columns() -> Vec<String> {
+    ROBUST_RADII
+        .iter()
+        .map(|eps| format!("certified_accuracy@{eps}"))
+        .collect()
+}
+
+/// Certified robust accuracy at each radius of [`ROBUST_RADII`], `None` where `certified` (from an
+/// older record) has none.
+pub fn certified_at_radii(certified: &[(f64, f64)]) -> Vec<Option<f64>> {
+    ROBUST_RADII
+        .iter()
+        .map(|eps| certified.iter().find(|(e, _)| e == eps).map(|(_, a)| *a))
+        .collect()
+}
+
 impl EvalRecord {
     /// `, certified robust accuracy A% / B% at ε = a / b (the paper's formula gives X)`, from what the
     /// record has.
@@ -163,13 +180,9 @@ impl MetricsWriter {
             Record::Eval(r) => {
                 if self.norm_names.is_none() {
                     let names: Vec<String> = r.norms.iter().map(|(n, _)| n.clone()).collect();
-                    let robust: Vec<String> = ROBUST_RADII
-                        .iter()
-                        .map(|eps| format!("certified_accuracy@{eps}"))
-                        .collect();
                     let header = format!(
                         "step,val_loss,val_accuracy,val_targets,lipschitz_bound,body_bound,reference_bound,{},{}",
-                        robust.join(","),
+                        certified_columns().join(","),
                         names
                             .iter()
                             .map(|n| format!("norm:{n}"))
@@ -181,14 +194,9 @@ impl MetricsWriter {
                 }
                 let norms: Vec<String> = r.norms.iter().map(|(_, v)| v.to_string()).collect();
                 // One column per radius, empty where a record (from an older run) has none.
-                let robust: Vec<String> = ROBUST_RADII
-                    .iter()
-                    .map(|eps| {
-                        r.certified_accuracy
-                            .iter()
-                            .find(|(e, _)| e == eps)
-                            .map_or(String::new(), |(_, a)| a.to_string())
-                    })
+                let robust: Vec<String> = certified_at_radii(&r.certified_accuracy)
+                    .into_iter()
+                    .map(|a| a.map_or(String::new(), |a| a.to_string()))
                     .collect();
                 let reference = r.reference_bound.map_or(String::new(), |b| b.to_string());
                 writeln!(

@@ -16,7 +16,7 @@ use spectra_core::config::{self, Invalid, TrainConfig, Validate};
 use spectra_core::{Error, Result};
 use spectra_models::certificate::ROBUST_RADII;
 
-use super::metrics::EvalRecord;
+use super::metrics::{certified_at_radii, certified_columns, EvalRecord};
 use crate::plots::{Chart, Series, Style};
 
 /// The sweep file.
@@ -426,22 +426,13 @@ fn write_summary(sweep: &SweepConfig, rows: &[SweepRow]) -> Result<()> {
     let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     let mut csv = format!(
         "method,settings,status,steps,val_loss,val_accuracy,lipschitz_bound,reference_bound,{},folder\n",
-        radii
-            .iter()
-            .map(|e| format!("certified_accuracy@{e}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        certified_columns().join(",")
     );
     for r in rows {
         let robust = |digits: fn(f64) -> String, empty: &str| -> Vec<String> {
-            ROBUST_RADII
-                .iter()
-                .map(|eps| {
-                    r.certified_accuracy
-                        .iter()
-                        .find(|(e, _)| e == eps)
-                        .map_or(empty.to_string(), |(_, a)| digits(*a))
-                })
+            certified_at_radii(&r.certified_accuracy)
+                .into_iter()
+                .map(|a| a.map_or(empty.to_string(), digits))
                 .collect()
         };
         let _ = writeln!(
