@@ -2,7 +2,7 @@
 //! certificate (§5), character-level text and IDX image data.
 
 pub mod activations;
-pub mod causal_softmax;
+pub mod causal_attention;
 pub mod certificate;
 mod cpu_op;
 pub mod data;
@@ -11,6 +11,7 @@ pub mod lipschitz_gpt;
 pub mod lipschitz_mlp;
 pub mod llama;
 pub mod mass;
+pub mod residual;
 pub mod rope;
 
 use candle_core::{Device, Tensor};

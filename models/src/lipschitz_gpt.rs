@@ -10,10 +10,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
 use crate::activations::scaled_gelu;
-use crate::causal_softmax::causal_softmax;
+use crate::causal_attention::{causal_rope_attention, AttentionDims};
 use crate::certificate::{self, Certificate};
 use crate::init;
 use crate::mass::Module;
+use crate::residual::residual;
 use crate::rope::Rope;
 use crate::Model;
 
@@ -226,12 +227,12 @@ impl LipschitzGpt {
         let mut h = h.reshape((b * t, d))?;
         for blk in &self.blocks {
             let att = self.attention(&h, blk, b, t)?;
-            h = ((&h * (1.0 - a))? + (att * a)?)?;
+            h = residual(&h, &att, a)?;
             let mlp = linear(
                 &scaled_gelu(&linear(&h, self.w(blk.mlp_in))?)?,
                 self.w(blk.mlp_out),
             )?;
-            h = ((&h * (1.0 - a))? + (mlp * a)?)?;
+            h = residual(&h, &mlp, a)?;
         }
         let head = self.params.len() - 1;
         let logits = (linear(&h, self.w(head))? * self.shape.final_scale)?;
@@ -239,23 +240,17 @@ impl LipschitzGpt {
     }
 
     fn attention(&self, h: &Tensor, blk: &Block, b: usize, t: usize) -> Result<Tensor> {
-        let (heads, dh) = (self.shape.heads, self.shape.head_dim());
-        let split = |w: usize| -> Result<Tensor> {
-            Ok(linear(h, self.w(w))?
-                .reshape((b, t, heads, dh))?
-                .transpose(1, 2)?
-                .contiguous()?)
+        let dims = AttentionDims {
+            batch: b,
+            seq: t,
+            heads: self.shape.heads,
+            score_scale: self.shape.softmax_scale / self.shape.head_dim() as f64,
+            output_scale: 1.0 / 3.0,
         };
-        let q = self.rope.apply(&split(blk.q)?)?;
-        let k = self.rope.apply(&split(blk.k)?)?;
-        let v = split(blk.v)?;
-        let scale = self.shape.softmax_scale / dh as f64;
-        let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-        let mixed = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b * t, heads * dh))?;
-        linear(&(mixed / 3.0)?, self.w(blk.o))
+        // One product for the three projections: one pass over the stream and one gradient node.
+        let qkv = Tensor::cat(&[self.w(blk.q), self.w(blk.k), self.w(blk.v)], 0)?;
+        let mixed = causal_rope_attention(&linear(h, &qkv)?, &self.rope, dims)?;
+        linear(&mixed, self.w(blk.o))
     }
 }
 

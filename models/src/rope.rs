@@ -35,6 +35,17 @@ impl Rope {
         })
     }
 
+    /// The cos and sin tables of positions 0..seq, `[seq, head_dim/2]` each, as f32 on the CPU.
+    pub(crate) fn tables(&self, seq: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let flat = |t: &Tensor| {
+            t.narrow(0, 0, seq)?
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()
+        };
+        Ok((flat(&self.cos)?, flat(&self.sin)?))
+    }
+
     /// Rotates `x` of shape `[batch, heads, seq, head_dim]`, positions 0..seq.
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, seq, head_dim) = x.dims4()?;
