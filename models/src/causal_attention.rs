@@ -11,6 +11,8 @@
 //! times per layer and was most of a training step's time outside the dense matmuls. Elsewhere
 //! candle's own kernels run the chain.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -43,7 +45,7 @@ pub fn causal_rope_attention(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -> 
         );
     }
     if qkv.device().is_cpu() && qkv.dtype() == DType::F32 {
-        let (cos, sin) = rope.tables(dims.seq)?;
+        let (cos, sin) = rope.tables();
         let op = CausalAttention {
             dims,
             head_dim: columns / 3 / dims.heads,
@@ -99,12 +101,13 @@ fn causal_softmax_chain(scores: &Tensor, scale: f64) -> Result<Tensor> {
 const BLOCK: usize = 64;
 
 /// The fused op: forward [`CausalAttention`], backward [`CausalAttentionGrad`].
+#[derive(Clone)]
 struct CausalAttention {
     dims: AttentionDims,
     head_dim: usize,
-    /// RoPE tables `[seq, head_dim/2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// RoPE tables `[≥ seq, head_dim/2]`.
+    cos: Arc<[f32]>,
+    sin: Arc<[f32]>,
 }
 
 /// `dst = beta · lhs · rhs` for row-major `dst` (row stride `dst_rs`) with arbitrary `lhs` and `rhs`
@@ -419,12 +422,7 @@ impl CustomOp1 for CausalAttention {
 
     fn bwd(&self, qkv: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let op = CausalAttentionGrad {
-            forward: CausalAttention {
-                dims: self.dims,
-                head_dim: self.head_dim,
-                cos: self.cos.clone(),
-                sin: self.sin.clone(),
-            },
+            forward: self.clone(),
         };
         Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
     }

@@ -6,14 +6,18 @@
 //! the map is still orthogonal (sensitivity 1), so the Lipschitz bound is the same. Its checkpoints would
 //! need the literal form; training from scratch does not.
 
+use std::sync::Arc;
+
 use candle_core::{Device, Result, Tensor, D};
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 
-/// Cached cos/sin tables, `[seq_len, head_dim/2]` each.
+/// Cached cos/sin tables, `[seq_len, head_dim/2]` each, as tensors on the model's device and as f32
+/// for the fused CPU attention.
 #[derive(Clone, Debug)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
+    tables: (Arc<[f32]>, Arc<[f32]>),
 }
 
 impl Rope {
@@ -29,21 +33,17 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
+        let tables = (Arc::from(cos.as_slice()), Arc::from(sin.as_slice()));
         Ok(Rope {
             cos: Tensor::from_vec(cos, (seq_len, bands), device)?,
             sin: Tensor::from_vec(sin, (seq_len, bands), device)?,
+            tables,
         })
     }
 
-    /// The cos and sin tables of positions 0..seq, `[seq, head_dim/2]` each, as f32 on the CPU.
-    pub(crate) fn tables(&self, seq: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let flat = |t: &Tensor| {
-            t.narrow(0, 0, seq)?
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()
-        };
-        Ok((flat(&self.cos)?, flat(&self.sin)?))
+    /// The cos and sin tables `[seq_len, head_dim/2]` as f32, shared.
+    pub(crate) fn tables(&self) -> (Arc<[f32]>, Arc<[f32]>) {
+        self.tables.clone()
     }
 
     /// Rotates `x` of shape `[batch, heads, seq, head_dim]`, positions 0..seq.
