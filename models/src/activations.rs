@@ -77,19 +77,51 @@ fn scaled_gelu_values(xs: &[f32], ys: &mut [f32]) {
     for_each_sigmoid(xs, |i, x, sigma, _| ys[i] = x * sigma * inv + 0.0);
 }
 
-/// `grad · d/dx[gelu(x)/1.1289]`: with t = tanh(u) = 2σ − 1,
+/// `d/dx[gelu(x)/1.1289]`: with t = tanh(u) = 2σ − 1,
 /// ½(1 + t) + ½x(1 − t²)·u′ = σ + 2xσ(1 − σ)·u′, divided by 1.1289.
 #[inline(always)]
+fn scaled_gelu_slope(x: f32, sigma: f32, one_minus_sigma: f32) -> f32 {
+    let du = SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);
+    (sigma + 2.0 * x * sigma * one_minus_sigma * du) * inverse_slope()
+}
+
+/// `grad · d/dx[gelu(x)/1.1289]` for every element.
+#[inline(always)]
 fn scaled_gelu_grads(xs: &[f32], grads: &[f32], dx: &mut [f32]) {
-    let inv = inverse_slope();
     for_each_sigmoid(xs, |i, x, sigma, one_minus_sigma| {
-        let du = SQRT_TWO_OVER_PI * (1.0 + 3.0 * CUBIC * x * x);
-        dx[i] = grads[i] * ((sigma + 2.0 * x * sigma * one_minus_sigma * du) * inv);
+        dx[i] = grads[i] * scaled_gelu_slope(x, sigma, one_minus_sigma);
     });
 }
 
 /// Elements per rayon task: large enough that scheduling costs nothing next to an `exp` each.
 const PAR_CHUNK: usize = 1 << 14;
+
+/// `ys = scaled_gelu(xs)` on every thread.
+pub(crate) fn scaled_gelu_cpu(xs: &[f32], ys: &mut [f32]) {
+    ys.par_chunks_mut(PAR_CHUNK)
+        .zip(xs.par_chunks(PAR_CHUNK))
+        .for_each(|(y, x)| vectorized(|| scaled_gelu_values(x, y)));
+}
+
+/// From pre-activations `xs` and the gradient `grads` of the activations, in one pass on every
+/// thread: `ys = scaled_gelu(xs)` (the forward's values again, bit for bit) and, in place of
+/// `grads`, the gradient of `xs`.
+pub(crate) fn scaled_gelu_backward_cpu(xs: &[f32], grads: &mut [f32], ys: &mut [f32]) {
+    ys.par_chunks_mut(PAR_CHUNK)
+        .zip(
+            xs.par_chunks(PAR_CHUNK)
+                .zip(grads.par_chunks_mut(PAR_CHUNK)),
+        )
+        .for_each(|(y, (x, g))| {
+            vectorized(|| {
+                let inv = inverse_slope();
+                for_each_sigmoid(x, |i, x, sigma, one_minus_sigma| {
+                    y[i] = x * sigma * inv + 0.0;
+                    g[i] *= scaled_gelu_slope(x, sigma, one_minus_sigma);
+                })
+            })
+        });
+}
 
 /// The scaled GELU as one CPU pass; backward is [`ScaledGeluGrad`].
 struct ScaledGelu;
@@ -102,9 +134,7 @@ impl CustomOp1 for ScaledGelu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(storage, layout, self.name())?;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(PAR_CHUNK)
-            .zip(x.par_chunks(PAR_CHUNK))
-            .for_each(|(y, x)| vectorized(|| scaled_gelu_values(x, y)));
+        scaled_gelu_cpu(x, &mut y);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 

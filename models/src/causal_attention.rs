@@ -14,11 +14,11 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::cpu_op::{contiguous_f32, exp_nonpositive, vectorized};
 use crate::rope::Rope;
+use crate::sgemm::{sgemm, Operand, Threads};
 
 /// The sizes and scales of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +116,6 @@ struct CausalAttention {
 /// # Safety
 /// Every element the strides reach, `m × k` of `lhs`, `k × n` of `rhs` and `m × n` of `dst`, must lie
 /// in its allocation, and `dst` must not overlap the others.
-#[allow(clippy::too_many_arguments)]
 unsafe fn product(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
@@ -125,26 +124,20 @@ unsafe fn product(
     rhs: (*const f32, usize, usize),
     beta: f32,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
+    let operand = |(ptr, rs, cs): (*const f32, usize, usize)| Operand {
+        ptr,
+        rs: rs as isize,
+        cs: cs as isize,
+    };
+    sgemm(
+        (m, n, k),
         dst,
-        1,
-        dst_rs as isize,
-        false,
-        lhs.0,
-        lhs.2 as isize,
-        lhs.1 as isize,
-        rhs.0,
-        rhs.2 as isize,
-        rhs.1 as isize,
-        0.0,
+        dst_rs,
+        operand(lhs),
+        operand(rhs),
         beta,
         false,
-        false,
-        false,
-        Parallelism::None,
+        Threads::One,
     )
 }
 
@@ -152,6 +145,10 @@ unsafe fn product(
 struct Scratch {
     q: Vec<f32>,
     k: Vec<f32>,
+    /// kᵀ and vᵀ `[d_head, seq]`: the right-hand operands of Q Kᵀ and G Vᵀ row-major, which the
+    /// product packs by contiguous copies instead of element by element.
+    kt: Vec<f32>,
+    vt: Vec<f32>,
     probs: Vec<f32>,
     grad_scores: Vec<f32>,
     dq: Vec<f32>,
@@ -168,6 +165,8 @@ impl CausalAttention {
         Scratch {
             q: vec![0.0; t * dh],
             k: vec![0.0; t * dh],
+            kt: vec![0.0; t * dh],
+            vt: vec![0.0; t * dh],
             probs: vec![0.0; t * t],
             grad_scores: vec![0.0; t * t],
             dq: vec![0.0; t * dh],
@@ -229,12 +228,13 @@ impl CausalAttention {
         let at = h * self.head_dim;
         self.rotate(qkv, at, &mut s.q);
         self.rotate(qkv, self.width() + at, &mut s.k);
+        transpose(&s.k, self.head_dim, &mut s.kt);
     }
 
     /// The attention weights of one head into `probs: [seq, seq]`: row i holds the softmax over keys
     /// 0..=i and zeros after it up to the end of its block (the rest of the row is never read).
     #[inline(always)]
-    fn probabilities(&self, q: &[f32], k: &[f32], probs: &mut [f32]) {
+    fn probabilities(&self, q: &[f32], kt: &[f32], probs: &mut [f32]) {
         let (t, dh) = (self.dims.seq, self.head_dim);
         let scale = self.dims.score_scale as f32;
         for r0 in (0..t).step_by(BLOCK) {
@@ -247,7 +247,7 @@ impl CausalAttention {
                     probs[r0 * t..].as_mut_ptr(),
                     t,
                     (q[r0 * dh..].as_ptr(), dh, 1),
-                    (k.as_ptr(), 1, dh),
+                    (kt.as_ptr(), t, 1),
                     1.0,
                 );
             }
@@ -266,7 +266,7 @@ impl CausalAttention {
     fn head_forward(&self, h: usize, qkv: &[f32], out: &mut [f32], s: &mut Scratch) {
         let (t, dh, width) = (self.dims.seq, self.head_dim, self.width());
         self.rotate_head(qkv, h, s);
-        self.probabilities(&s.q, &s.k, &mut s.probs);
+        self.probabilities(&s.q, &s.kt, &mut s.probs);
         let v = &qkv[2 * width + h * dh..];
         for r0 in (0..t).step_by(BLOCK) {
             let r1 = (r0 + BLOCK).min(t);
@@ -300,13 +300,18 @@ impl CausalAttention {
         let (t, dh, width) = (self.dims.seq, self.head_dim, self.width());
         let (scale, out_scale) = (self.dims.score_scale as f32, self.dims.output_scale as f32);
         self.rotate_head(qkv, h, s);
-        self.probabilities(&s.q, &s.k, &mut s.probs);
-        let (g, vh) = (&grad[h * dh..], &qkv[2 * width + h * dh..]);
+        self.probabilities(&s.q, &s.kt, &mut s.probs);
+        let g = &grad[h * dh..];
+        for (pos, row) in qkv.chunks_exact(3 * width).enumerate() {
+            for (f, &v) in row[2 * width + h * dh..][..dh].iter().enumerate() {
+                s.vt[f * t + pos] = v;
+            }
+        }
         for r0 in (0..t).step_by(BLOCK) {
             let r1 = (r0 + BLOCK).min(t);
-            // SAFETY (all products): the same row and key ranges as in `probabilities`; g and vh are
-            // head h's columns of the gradient rows (row stride width) and of the value rows (row
-            // stride 3·width), dh columns each; distinct buffers.
+            // SAFETY (all products): the same row and key ranges as in `probabilities`; g is head
+            // h's columns of the gradient rows (row stride width, dh columns), vᵀ its values
+            // `[dh, seq]`; distinct buffers.
             unsafe {
                 // dP = output_scale · G Vᵀ.
                 product(
@@ -314,7 +319,7 @@ impl CausalAttention {
                     s.grad_scores[r0 * t..].as_mut_ptr(),
                     t,
                     (g[r0 * width..].as_ptr(), width, 1),
-                    (vh.as_ptr(), 1, 3 * width),
+                    (s.vt.as_ptr(), t, 1),
                     out_scale,
                 );
             }
@@ -371,6 +376,17 @@ impl CausalAttention {
         }
         self.rotate_back(&s.dq, h * dh, dqkv);
         self.rotate_back(&s.dk, width + h * dh, dqkv);
+    }
+}
+
+/// `dst: [cols, rows] = srcᵀ` for `src: [rows, cols]`.
+#[inline(always)]
+fn transpose(src: &[f32], cols: usize, dst: &mut [f32]) {
+    let rows = src.len() / cols;
+    for (r, row) in src.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            dst[c * rows + r] = x;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! What the models' fused CPU ops (the scaled GELU, causal attention) share.
 
-use candle_core::{CpuStorage, Layout, Result};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
 
 /// The elements of a contiguous f32 CPU tensor; `op` names the op in the error.
 pub(crate) fn contiguous_f32<'a>(
@@ -11,6 +11,17 @@ pub(crate) fn contiguous_f32<'a>(
     match (storage, layout.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
         _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
+    }
+}
+
+/// Calls `f` with the elements of an f32 CPU tensor, read in place (copied only when `t` is not
+/// contiguous); `op` names the op in the error.
+pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => Ok(f(contiguous_f32(s, layout, op)?)),
+        _ => candle_core::bail!("{op}: expects a CPU tensor"),
     }
 }
 

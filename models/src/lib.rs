@@ -7,12 +7,15 @@ pub mod certificate;
 mod cpu_op;
 pub mod data;
 pub mod init;
+pub mod linear;
 pub mod lipschitz_gpt;
 pub mod lipschitz_mlp;
 pub mod llama;
 pub mod mass;
+pub mod mlp;
 pub mod residual;
 pub mod rope;
+mod sgemm;
 
 use candle_core::{Device, Tensor};
 use spectra_core::config::ModelConfig;

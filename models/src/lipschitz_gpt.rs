@@ -9,11 +9,12 @@
 use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
-use crate::activations::scaled_gelu;
 use crate::causal_attention::{causal_rope_attention, AttentionDims};
 use crate::certificate::{self, Certificate};
 use crate::init;
+use crate::linear::linear;
 use crate::mass::Module;
+use crate::mlp::mlp;
 use crate::residual::residual;
 use crate::rope::Rope;
 use crate::Model;
@@ -228,10 +229,7 @@ impl LipschitzGpt {
         for blk in &self.blocks {
             let att = self.attention(&h, blk, b, t)?;
             h = residual(&h, &att, a)?;
-            let mlp = linear(
-                &scaled_gelu(&linear(&h, self.w(blk.mlp_in))?)?,
-                self.w(blk.mlp_out),
-            )?;
+            let mlp = mlp(&h, self.w(blk.mlp_in), self.w(blk.mlp_out))?;
             h = residual(&h, &mlp, a)?;
         }
         let head = self.params.len() - 1;
@@ -250,13 +248,8 @@ impl LipschitzGpt {
         // One product for the three projections: one pass over the stream and one gradient node.
         let qkv = Tensor::cat(&[self.w(blk.q), self.w(blk.k), self.w(blk.v)], 0)?;
         let mixed = causal_rope_attention(&linear(h, &qkv)?, &self.rope, dims)?;
-        linear(&mixed, self.w(blk.o))
+        Ok(linear(&mixed, self.w(blk.o))?)
     }
-}
-
-/// `x Wᵀ` for `x: [n, fan_in]`, `W: [fan_out, fan_in]`.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    Ok(x.matmul(&w.t()?)?)
 }
 
 impl Model for LipschitzGpt {
