@@ -220,3 +220,79 @@ fn a_reader_that_closes_the_pipe_early_is_no_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// SIGTERM, which `timeout`, schedulers and container stops send, is an interrupt like Ctrl-C: the
+/// run stops after its step with a checkpoint that `--resume` continues.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_training_with_a_checkpoint_that_resumes() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let groups = r#"[
+        (name: "embedding", params: [Role(Embedding)], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
+        (name: "rest", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1))),
+    ]"#;
+    let config = tiny_gpt_config(&dir, groups).replace("steps: 10", "steps: 1000000");
+    let file = write_config(&dir, "long.ron", &config);
+    let output = dir.path().join("run");
+    let output = output.to_str().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .args(["train", &file, "--output", output, "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spectra runs");
+    // Once training steps are being written, the run is past its setup.
+    let metrics = dir.path().join("run/metrics.jsonl");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&metrics)
+        .map(|m| m.contains("\"kind\":\"train\""))
+        .unwrap_or(false)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no training step within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the child's pid, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        stdout.contains("continue with:") && stdout.contains("--resume"),
+        "{stdout}"
+    );
+    assert!(dir.path().join("run/checkpoint.safetensors").exists());
+    // The resumed run continues from the checkpoint's step: one more step, then it stops again.
+    let done = |dir: &std::path::Path| -> u64 {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"train\""))
+            .count() as u64
+    };
+    let before = done(&dir.path().join("run"));
+    let stop_at = (before + 1).to_string();
+    let resumed = spectra(&[
+        "train",
+        &file,
+        "--output",
+        output,
+        "--resume",
+        "--stop-at",
+        &stop_at,
+        "--quiet",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(done(&dir.path().join("run")), before + 1);
+}

@@ -148,7 +148,7 @@ fn kv_configs_reject_budgets_that_cannot_hold() {
     model: Gguf(path: "m.gguf"),
     policies: [(type: "ValueNorm", cfg: (sinks: 8))],
     budgets: [{budget}],
-    tasks: [],
+    tasks: [Passkey(lengths: [512], depths: [0.5])],
     output: "runs/kv",
 )"#
         )
@@ -162,7 +162,48 @@ fn kv_configs_reject_budgets_that_cannot_hold() {
     assert!(
         small
             .to_string()
-            .contains("ValueNorm cannot hold budget Tokens(8)"),
+            .contains("ValueNorm at budget Tokens(8): 8 sinks"),
         "{small}"
     );
+}
+
+/// Settings under which a run would report numbers that measure nothing.
+#[test]
+fn configs_that_would_report_empty_results_are_errors() {
+    for (eval, expected) in [
+        ("eval: (every: 50, windows: 0)", "eval.windows is 0"),
+        ("eval: (every: 50, batch_size: 0)", "eval.batch_size is 0"),
+    ] {
+        let text = train_config(GOOD_GROUP).replace("eval: (every: 50)", eval);
+        let err = parse_train(&text).unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+        assert_eq!(located(&err).0, 9, "{err}");
+    }
+    let kv = |policies: &str, tasks: &str| {
+        config::parse::<KvEvalConfig>(
+            &format!(
+                r#"(
+    model: Gguf(path: "m.gguf"),
+    policies: [{policies}],
+    budgets: [Tokens(64)],
+    tasks: [{tasks}],
+    output: "runs/kv",
+)"#
+            ),
+            Path::new("kv.ron"),
+        )
+    };
+    let passkey = "Passkey(lengths: [512], depths: [0.5])";
+    let no_tasks = kv(r#"(type: "Full", cfg: ())"#, "").unwrap_err();
+    assert!(no_tasks.to_string().contains("no tasks"), "{no_tasks}");
+    assert_eq!(located(&no_tasks).0, 5, "{no_tasks}");
+    let twice = r#"(type: "ValueNorm", cfg: (sinks: 8)), (type: "ValueNorm", cfg: (sinks: 8))"#;
+    let dup = kv(twice, passkey).unwrap_err();
+    assert!(
+        dup.to_string().contains("`ValueNorm` is listed twice"),
+        "{dup}"
+    );
+    assert_eq!(located(&dup).0, 3, "{dup}");
+    let different = r#"(type: "ValueNorm", cfg: (sinks: 8)), (type: "ValueNorm", cfg: (sinks: 4))"#;
+    assert!(kv(different, passkey).is_ok());
 }

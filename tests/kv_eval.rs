@@ -166,3 +166,47 @@ fn bad_kv_configs_name_the_line_and_the_fix() {
         .to_string();
     assert!(err.contains("depth 1.5 is outside [0, 1]"), "{err}");
 }
+
+/// `generate` refuses a prompt and generation that run past the model's trained context, as `kv`
+/// refuses such a task, and a folder given as the policy.
+#[test]
+fn generate_refuses_to_run_past_the_context_and_a_folder_as_policy() {
+    let tiny = Tiny::byte_level();
+    let model = tiny.gguf_path();
+    let generate = |extra: &[&str], prompt: &str| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "Cpu",
+        ];
+        args.extend_from_slice(extra);
+        args.push(prompt);
+        std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    // 1000 bytes of prompt + 100 tokens > the tiny model's 1024 positions.
+    let long = generate(&["--max-tokens", "100"], &"a".repeat(1000));
+    let err = String::from_utf8_lossy(&long.stderr);
+    assert!(!long.status.success(), "{err}");
+    assert!(
+        err.contains("needs 1100 positions") && err.contains("1024"),
+        "{err}"
+    );
+    let short = generate(&["--max-tokens", "4"], "abc");
+    assert!(
+        short.status.success(),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let folder = generate(&["--policy", dir.path().to_str().unwrap()], "abc");
+    let err = String::from_utf8_lossy(&folder.stderr);
+    assert!(
+        !folder.status.success() && err.contains("is a folder"),
+        "{err}"
+    );
+}

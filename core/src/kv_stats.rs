@@ -302,8 +302,18 @@ impl QueryBandStats {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::file(path, format!("cannot read query stats: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            let fix = if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "; make them with `spectra calibrate --text <plain text> --out {}` (the model's \
+                     own query statistics; keep the text apart from evaluation text)",
+                    path.display()
+                )
+            } else {
+                String::new()
+            };
+            Error::file(path, format!("cannot read query stats: {e}{fix}"))
+        })?;
         Self::from_bytes(&bytes)
             .map_err(|m| Error::file(path, format!("{m}; recreate it with `spectra calibrate`")))
     }

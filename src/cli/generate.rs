@@ -37,6 +37,12 @@ pub struct GenerateArgs {
 
 fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
     let path = Path::new(text);
+    if path.is_dir() {
+        return Err(Error::file(
+            path,
+            "is a folder; --policy takes a RON file or inline RON, e.g. '(type: \"StreamingLlm\", cfg: (sinks: 4))'",
+        ));
+    }
     if path.is_file() {
         let body = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
         Ok(parse_ron(&body, path)?)
@@ -58,9 +64,19 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
     let budget = Budget::Tokens(args.budget);
     if let Some(p) = &policy {
         p.validate(&budget)
-            .map_err(|m| Error::invalid("--budget", m))?;
+            .map_err(|m| Error::invalid(format!("--policy at --budget {}", args.budget), m))?;
     }
     let prompt = tokenizer.encode(&args.prompt)?;
+    // As `spectra kv` checks its tasks: past the trained context, RoPE positions the model never saw.
+    spectra::kv::check_context(
+        &model,
+        prompt.len() + args.max_tokens,
+        &format!(
+            "the prompt ({} tokens) + --max-tokens {}",
+            prompt.len(),
+            args.max_tokens
+        ),
+    )?;
     let mut session = Session::new(&model, policy.as_deref(), budget, 0)?;
     let started = Instant::now();
     let mut logits = session.prefill(&prompt, args.chunk, Logits::Last)?;

@@ -32,16 +32,18 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
+    // Ctrl-C, and SIGTERM and SIGHUP (what `timeout`, schedulers and container stops send): a
+    // checkpoint, so that the run continues with --resume.
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C while the checkpoint is being written: the user insists.
+            // A second signal while the checkpoint is being written: the user insists.
             std::process::exit(130);
         }
         eprintln!(
-            "\nspectra: stopping after this step and writing a checkpoint (Ctrl-C again to abort)"
+            "\nspectra: interrupted; stopping after this step and writing a checkpoint (interrupt again to abort)"
         );
     })
-    .map_err(|e| Error::invalid("ctrl-c", format!("cannot install the handler: {e}")))?;
+    .map_err(|e| Error::invalid("signals", format!("cannot install the handler: {e}")))?;
     let options = TrainOptions {
         resume: args.resume,
         quiet: args.quiet,

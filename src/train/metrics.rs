@@ -234,24 +234,43 @@ pub fn read(dir: &Path) -> Result<Vec<Record>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::file(&path, format!("cannot read metrics: {e}"))),
     };
+    let lines = BufReader::new(file)
+        .lines()
+        .collect::<std::io::Result<Vec<String>>>()
+        .map_err(|e| Error::file(&path, format!("cannot read metrics: {e}")))?;
+    let last = lines.iter().rposition(|l| !l.trim().is_empty());
     let mut out = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::file(&path, format!("cannot read metrics: {e}")))?;
+    let mut skipped = 0;
+    for (i, line) in lines.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        // A run killed mid-write can leave a torn last line; nothing after it is trustworthy.
-        match serde_json::from_str(&line) {
+        match serde_json::from_str(line) {
             Ok(r) => out.push(r),
             Err(e) => {
+                skipped += 1;
+                // A run killed mid-write leaves a torn last line; a damaged line elsewhere loses
+                // only itself.
+                let what = if Some(i) == last {
+                    "a torn last line (a run stopped while writing it)"
+                } else {
+                    "an unreadable line"
+                };
                 eprintln!(
-                    "spectra: {}:{}: ignoring an unreadable metrics line ({e})",
+                    "spectra: {}:{}: ignoring {what}: {e}",
                     path.display(),
                     i + 1
                 );
-                break;
             }
         }
+    }
+    if skipped > 0 {
+        eprintln!(
+            "spectra: {}: kept {} records, ignored {skipped} line{}",
+            path.display(),
+            out.len(),
+            if skipped == 1 { "" } else { "s" }
+        );
     }
     Ok(out)
 }
@@ -270,6 +289,20 @@ mod tests {
             constraint_seconds: 0.01,
             targets_per_second: 100.0,
         })
+    }
+
+    #[test]
+    fn a_damaged_line_loses_only_itself_and_a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |step| serde_json::to_string(&train(step)).unwrap();
+        let mut text: Vec<String> = (1..=5).map(line).collect();
+        text.push("{\"kind\":\"train\",\"step\":6,\"lo".into());
+        text.extend((7..=10).map(line));
+        text.push(String::new());
+        text.push(line(11)[..20].to_string());
+        std::fs::write(dir.path().join("metrics.jsonl"), text.join("\n")).unwrap();
+        let steps: Vec<u64> = read(dir.path()).unwrap().iter().map(Record::step).collect();
+        assert_eq!(steps, [1, 2, 3, 4, 5, 7, 8, 9, 10]);
     }
 
     #[test]

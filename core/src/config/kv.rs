@@ -100,7 +100,9 @@ impl Validate for KvEvalConfig {
             for p in &self.policies {
                 let name = p.typetag_name();
                 p.validate(budget).map_err(|m| {
-                    Invalid::new(format!("{name} cannot hold budget {budget:?}: {m}")).near(name)
+                    // Not every error is the budget's (a missing stats file is not): name it as
+                    // the setting under which it arose.
+                    Invalid::new(format!("{name} at budget {budget:?}: {m}")).near(name)
                 })?;
             }
         }
@@ -108,6 +110,29 @@ impl Validate for KvEvalConfig {
             return Err(Invalid::new("prefill_chunk = 0")
                 .near("prefill_chunk")
                 .help("use e.g. 256"));
+        }
+        if self.tasks.is_empty() {
+            return Err(
+                Invalid::new("no tasks: the evaluation would have nothing to measure")
+                    .near("tasks")
+                    .help("add e.g. `Passkey(lengths: [1024], depths: [0.5])`"),
+            );
+        }
+        // The same policy twice would be two identical rows in every table.
+        let written: Vec<String> = self
+            .policies
+            .iter()
+            .map(|p| ron::to_string(p).unwrap_or_default())
+            .collect();
+        for (i, w) in written.iter().enumerate() {
+            if written[..i].contains(w) {
+                let name = self.policies[i].typetag_name();
+                return Err(Invalid::new(format!(
+                    "the policy `{name}` is listed twice with the same settings"
+                ))
+                .near(name)
+                .help("remove one, or give it other settings"));
+            }
         }
         self.tasks.iter().try_for_each(validate_task)?;
         Ok(())

@@ -142,6 +142,20 @@ impl Validate for TrainConfig {
                 .near("every")
                 .help("evaluate every N ≥ 1 steps"));
         }
+        if self.eval.windows == Some(0) {
+            return Err(Invalid::new(
+                "eval.windows is 0: a loss and accuracy over no windows are not results",
+            )
+            .near("eval:")
+            .help(
+                "use 1 or more, or leave windows out to evaluate on the whole validation split",
+            ));
+        }
+        if self.eval.batch_size == 0 {
+            return Err(Invalid::new("eval.batch_size is 0")
+                .near("eval:")
+                .help("use 1 or more (the default is 64)"));
+        }
         if self.groups.is_empty() {
             return Err(Invalid::new("no parameter groups").near("groups").help(
                 "add one, e.g. `groups: [(name: \"all\", params: [All], optimizer: (type: \"AdamW\", cfg: ()))]`",
