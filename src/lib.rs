@@ -8,5 +8,6 @@ pub use spectra_plugins as plugins;
 pub use spectra_policies as policies;
 pub mod allocator;
 pub mod kv;
+pub mod output;
 pub mod plots;
 pub mod train;

@@ -296,3 +296,31 @@ fn sigterm_stops_training_with_a_checkpoint_that_resumes() {
     );
     assert_eq!(done(&dir.path().join("run")), before + 1);
 }
+
+/// The kind of config is decided by its outermost fields, not by words anywhere in the file: a KV
+/// evaluation whose comments speak of groups and methods is still checked as one.
+#[test]
+fn check_tells_config_kinds_apart_by_their_fields_not_their_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_config(
+        &dir,
+        "kv.ron",
+        r#"// Compares eviction groups (no training groups here) and methods: "groups: [...]"
+(
+    /* nested /* comment */ with groups: */
+    model: Gguf(path: "m.gguf"),
+    policies: [(type: "StreamingLlm", cfg: (sinks: 4))],
+    budgets: [Tokens(64)],
+    tasks: [Passkey(lengths: [512], depths: [0.5])],
+    output: "runs/kv-groups",
+)"#,
+    );
+    let out = spectra(&["check", &file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("a KV-cache evaluation"), "{stdout}");
+}

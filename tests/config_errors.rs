@@ -207,3 +207,13 @@ fn configs_that_would_report_empty_results_are_errors() {
     let different = r#"(type: "ValueNorm", cfg: (sinks: 8)), (type: "ValueNorm", cfg: (sinks: 4))"#;
     assert!(kv(different, passkey).is_ok());
 }
+
+#[test]
+fn an_empty_file_says_so_and_a_byte_order_mark_is_skipped() {
+    for empty in ["", "  \n\t\n", "\u{feff}"] {
+        let msg = parse_train(empty).unwrap_err().to_string();
+        assert!(msg.contains("the config is empty"), "{msg}");
+    }
+    let with_bom = format!("\u{feff}{}", train_config(GOOD_GROUP));
+    assert!(parse_train(&with_bom).is_ok());
+}

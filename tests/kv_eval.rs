@@ -210,3 +210,45 @@ fn generate_refuses_to_run_past_the_context_and_a_folder_as_policy() {
         "{err}"
     );
 }
+
+/// An output folder that cannot be made is found before any evaluation: `check` and `kv` both say so.
+#[test]
+fn an_unwritable_output_is_refused_before_the_evaluation() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "It was the best of times. ".repeat(20)).unwrap();
+    let file = dir.path().join("kv.ron");
+    std::fs::write(
+        &file,
+        format!(
+            r#"(
+    model: Gguf(path: {model:?}),
+    policies: [(type: "StreamingLlm", cfg: (sinks: 2))],
+    budgets: [Tokens(16)],
+    tasks: [Decode(text: {text:?}, contexts: [64], tokens: 4)],
+    device: Cpu,
+    output: {out:?},
+)"#,
+            model = tiny.gguf_path(),
+            out = blocker.join("out"),
+        ),
+    )
+    .unwrap();
+    for command in ["check", "kv"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
+            .args([command, file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(!out.status.success(), "{command}: {stdout}");
+        assert!(stderr.contains("--output"), "{command}: {stderr}");
+        // Refused before the work: no decoding table was printed.
+        assert!(!stdout.contains("tokens/s"), "{command}: {stdout}");
+    }
+}

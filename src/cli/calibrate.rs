@@ -33,6 +33,8 @@ pub fn run(args: CalibrateArgs) -> Result<(), Error> {
     let device: DeviceSpec =
         spectra_core::config::parse_ron(&args.device, std::path::Path::new("--device"))?;
     let device = device.resolve()?;
+    let folder = args.out.parent().filter(|p| !p.as_os_str().is_empty());
+    spectra::output::prepare(folder.unwrap_or(std::path::Path::new(".")))?;
     let (model, tokenizer) = Llama::load(&args.model, &device, WeightFormat::Dequantized)?;
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;

@@ -8,8 +8,8 @@ use spectra_core::error::ConfigError;
 use spectra_core::registry::to_ron;
 use spectra_core::Error;
 
-/// A file is a training config if it has `groups`, a KV evaluation if it has `policies`, a sweep if it
-/// has `methods`; the error of the kind it resembles is the one shown.
+/// A file is a training config if its outermost fields include `groups`, a KV evaluation if they
+/// include `policies`, a sweep if they include `methods`; the error of that kind is the one shown.
 pub fn run(file: &Path) -> Result<(), Error> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
@@ -17,10 +17,12 @@ pub fn run(file: &Path) -> Result<(), Error> {
         message: format!("cannot read the config: {e}"),
         help: Some("check the path; the experiments/ folder has examples".into()),
     })?;
-    if looks_like_kv(&text) {
+    let fields = top_level_fields(&text);
+    let has = |name: &str| fields.iter().any(|f| f == name);
+    if has("policies") && !has("groups") {
         let cfg: KvEvalConfig = config::parse(&text, file)?;
         print_kv(file, &cfg)
-    } else if looks_like_sweep(&text) {
+    } else if has("methods") && !has("groups") {
         let cfg: SweepConfig = config::parse(&text, file)?;
         print_sweep(file, &cfg)
     } else {
@@ -30,18 +32,65 @@ pub fn run(file: &Path) -> Result<(), Error> {
     }
 }
 
-fn looks_like_kv(text: &str) -> bool {
-    text.contains("policies") && !text.contains("groups")
-}
-
-fn looks_like_sweep(text: &str) -> bool {
-    text.contains("methods") && !text.contains("groups")
+/// The field names of a RON text's outermost `( … )`, past comments and strings: enough to tell the
+/// kinds of config apart before parsing one of them (whose errors then have their locations).
+fn top_level_fields(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let (mut fields, mut depth, mut i) = (Vec::new(), 0usize, 0);
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            // Block comments nest in RON.
+            let mut open = 1;
+            i += 2;
+            while i < chars.len() && open > 0 {
+                match (chars[i], chars.get(i + 1).copied()) {
+                    ('/', Some('*')) => (open, i) = (open + 1, i + 1),
+                    ('*', Some('/')) => (open, i) = (open - 1, i + 1),
+                    _ => {}
+                }
+                i += 1;
+            }
+            continue;
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+        } else if matches!(c, '(' | '[' | '{') {
+            depth += 1;
+        } else if matches!(c, ')' | ']' | '}') {
+            depth = depth.saturating_sub(1);
+        } else if depth == 1 && (c.is_alphabetic() || c == '_') {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let name: String = chars[start..i].iter().collect();
+            let mut j = i;
+            while j < chars.len() && chars[j].is_whitespace() {
+                j += 1;
+            }
+            if chars.get(j) == Some(&':') {
+                fields.push(name);
+            }
+            continue;
+        }
+        i += 1;
+    }
+    fields
 }
 
 /// Every run of the grid, each config substituted and validated as `spectra sweep` would.
 fn print_sweep(file: &Path, cfg: &SweepConfig) -> Result<(), Error> {
     let runs = sweep::plan(cfg)?;
     println!("{}: a sweep of {} runs", file.display(), runs.len());
+    spectra::output::check(&cfg.output)?;
     println!("  output:   {}", cfg.output.display());
     println!("  parallel: {}", cfg.parallel);
     if let Some(steps) = cfg.steps {
@@ -70,6 +119,7 @@ fn print_train(file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
         });
     println!("  eval:     every {} steps on {windows}", cfg.eval.every);
     println!("  device:   {} -> {device:?}", cfg.device);
+    spectra::output::check(&cfg.output)?;
     println!("  output:   {}", cfg.output.display());
     println!("  groups (a parameter goes to the first group that selects it):");
     for g in &cfg.groups {
@@ -128,6 +178,7 @@ fn print_kv(file: &Path, cfg: &KvEvalConfig) -> Result<(), Error> {
     for t in &cfg.tasks {
         println!("    {}", to_ron(t));
     }
+    spectra::output::check(&cfg.output)?;
     println!("  output:   {}", cfg.output.display());
     Ok(())
 }

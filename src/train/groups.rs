@@ -45,7 +45,7 @@ pub fn route(
             return Err(Error::invalid(
                 &p.name,
                 format!(
-                    "a {} parameter must be a 2-D matrix, this one has shape {:?}",
+                    "a parameter with role {} must be a 2-D matrix; this one has shape {:?}",
                     p.role,
                     p.var.shape()
                 ),

@@ -131,8 +131,7 @@ impl Run {
         let group_configs = std::mem::take(&mut cfg.groups);
         let groups = route(model.params(), group_configs, config_file)?;
         let output = cfg.output.clone();
-        std::fs::create_dir_all(&output)
-            .map_err(|e| Error::file(&output, format!("cannot create the output folder: {e}")))?;
+        crate::output::prepare(&output)?;
         Ok(Run {
             rng: derived_rng(cfg.seed, CONSTRAINT_STREAM),
             cfg,

@@ -250,12 +250,7 @@ fn slug(name: &str) -> String {
 /// `summary.md`, `summary.csv` and `pareto.svg` into the sweep's output folder.
 pub fn run(sweep: &SweepConfig, exe: &Path, quiet: bool) -> Result<Vec<SweepRow>> {
     let runs = plan(sweep)?;
-    std::fs::create_dir_all(&sweep.output).map_err(|e| {
-        Error::file(
-            &sweep.output,
-            format!("cannot create the sweep folder: {e}"),
-        )
-    })?;
+    crate::output::prepare(&sweep.output)?;
     let todo: Vec<&PlannedRun> = runs.iter().filter(|r| !finished(&r.folder)).collect();
     if !quiet {
         println!(

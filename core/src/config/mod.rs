@@ -91,6 +91,16 @@ pub fn parse<T: DeserializeOwned + Validate>(text: &str, file: &Path) -> Result<
 
 /// Parses RON with spectra's options (`Some` may be omitted), mapping errors to file:line:col with help.
 pub fn parse_ron<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
+    // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not RON.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(ConfigError {
+            file: file.to_path_buf(),
+            location: None,
+            message: "the config is empty".into(),
+            help: Some("write a RON config; the experiments/ folder has examples".into()),
+        });
+    }
     let options = Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
     options.from_str(text).map_err(|e| {
         let location = Location {

@@ -90,7 +90,7 @@ pub fn route_params(
         if let Some(c) = groups[group].constraints.iter().find(|c| !c.accepts(*role)) {
             let cname = c.typetag_name();
             return Err(Invalid::new(format!(
-                "group `{}` applies {cname} to `{name}`, a {role} parameter it cannot constrain",
+                "group `{}` applies {cname} to `{name}` (role {role}), which it cannot constrain",
                 groups[group].name
             ))
             .near(cname)

@@ -1,0 +1,86 @@
+//! Output folders are checked before any work whose results they would receive: an unwritable folder
+//! found only at the end loses an evaluation's or a run's results.
+
+use std::path::Path;
+
+use spectra_core::{Error, Result};
+
+/// Makes `dir` (with its parents) and checks that a file can be written in it.
+pub fn prepare(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create the output folder: {e}{}", FIX)))?;
+    probe(dir)
+}
+
+/// Checks, creating nothing that stays, that `dir` could be made and written: its nearest existing
+/// ancestor must be a folder in which a file can be written.
+pub fn check(dir: &Path) -> Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) if !p.as_os_str().is_empty() => existing = p,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(Error::file(
+            dir,
+            format!(
+                "cannot be the output folder: {} is not a folder{FIX}",
+                existing.display()
+            ),
+        ));
+    }
+    probe(existing).map_err(|_| {
+        Error::file(
+            dir,
+            format!(
+                "cannot be the output folder: {} is not writable{FIX}",
+                existing.display()
+            ),
+        )
+    })
+}
+
+const FIX: &str = "; choose another output (`output:` in the config, or --output DIR)";
+
+/// Writes and removes a small file in `dir`.
+fn probe(dir: &Path) -> Result<()> {
+    let path = dir.join(format!(".spectra-write-check-{}", std::process::id()));
+    std::fs::write(&path, b"")
+        .map_err(|e| Error::file(dir, format!("cannot write in the output folder: {e}{FIX}")))?;
+    std::fs::remove_file(&path).ok();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_under_a_file_is_refused_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let inside = file.join("out");
+        let e = check(&inside).unwrap_err().to_string();
+        assert!(
+            e.contains("is not a folder") && e.contains("--output"),
+            "{e}"
+        );
+        assert!(prepare(&inside).is_err());
+        let fine = dir.path().join("new/deeper");
+        check(&fine).unwrap();
+        assert!(!fine.exists(), "check makes nothing");
+        prepare(&fine).unwrap();
+        assert!(fine.is_dir());
+        assert_eq!(
+            std::fs::read_dir(&fine).unwrap().count(),
+            0,
+            "the probe is removed"
+        );
+    }
+}
