@@ -9,6 +9,18 @@ fn spectra(args: &[&str]) -> Output {
         .expect("spectra runs")
 }
 
+/// `spectra check FILE`'s output, which must succeed.
+fn check_ok(file: &str) -> String {
+    let out = spectra(&["check", file]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
@@ -83,13 +95,7 @@ fn check_accepts_a_good_config_and_prints_what_would_run() {
 )"#
         ),
     );
-    let out = spectra(&["check", &file]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_ok(&file);
     assert!(stdout.contains("a training experiment"), "{stdout}");
     assert!(stdout.contains("rest <- [All]"), "{stdout}");
     assert!(stdout.contains("on 16 windows"), "{stdout}");
@@ -315,12 +321,6 @@ fn check_tells_config_kinds_apart_by_their_fields_not_their_comments() {
     output: "runs/kv-groups",
 )"#,
     );
-    let out = spectra(&["check", &file]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_ok(&file);
     assert!(stdout.contains("a KV-cache evaluation"), "{stdout}");
 }
