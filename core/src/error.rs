@@ -63,10 +63,24 @@ pub enum Error {
     File { path: PathBuf, message: String },
 
     #[error("tensor operation failed: {0}")]
-    Tensor(#[from] candle_core::Error),
+    Tensor(candle_core::Error),
 
     #[error(transparent)]
     Plugin(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<candle_core::Error> for Error {
+    /// Without the backtrace candle attaches when RUST_BACKTRACE is set: an error is a message for
+    /// the user, and only a panic (a bug) prints a backtrace.
+    fn from(e: candle_core::Error) -> Self {
+        fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+            match e {
+                candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+                other => other,
+            }
+        }
+        Error::Tensor(without_backtrace(e))
+    }
 }
 
 impl Error {
@@ -86,3 +100,19 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tensor_error_carries_no_backtrace() {
+        let with = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shapes differ".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(with.to_string().lines().count() > 1, "the input has a backtrace");
+        let ours = Error::from(with).to_string();
+        assert_eq!(ours, "tensor operation failed: shapes differ");
+    }
+}
