@@ -146,3 +146,20 @@ fn a_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         assert!(finite, "{name} in the kept checkpoint is finite");
     }
 }
+
+#[test]
+fn resuming_without_a_checkpoint_says_so_and_makes_no_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let output = dir.path().join("typo");
+    let options = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let err = train_error(
+        &gpt_config(&corpus, &output, MUON_SOFT_CAP, 5, ""),
+        &options,
+    );
+    assert!(err.contains("no checkpoint to resume from"), "{err}");
+    assert!(!output.exists(), "the output folder was made");
+}

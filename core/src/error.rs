@@ -111,7 +111,10 @@ mod tests {
             inner: Box::new(candle_core::Error::Msg("shapes differ".into())),
             backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
         };
-        assert!(with.to_string().lines().count() > 1, "the input has a backtrace");
+        assert!(
+            with.to_string().lines().count() > 1,
+            "the input has a backtrace"
+        );
         let ours = Error::from(with).to_string();
         assert_eq!(ours, "tensor operation failed: shapes differ");
     }

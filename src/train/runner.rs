@@ -103,6 +103,15 @@ pub fn train(
     if let Some(out) = &options.output {
         cfg.output = out.clone();
     }
+    // Before anything is built or made: a missing checkpoint is a mistyped folder, which must not
+    // be left behind empty.
+    if options.resume && !checkpoint::path_in(&cfg.output).exists() {
+        return Err(Error::file(
+            checkpoint::path_in(&cfg.output),
+            "there is no checkpoint to resume from; check the output folder (--output DIR), or run \
+             without --resume to start afresh",
+        ));
+    }
     let mut run = Run::new(cfg, config_file)?;
     if options.resume {
         run.restore()?;
