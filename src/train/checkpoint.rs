@@ -50,12 +50,15 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         .map_err(|e| Error::file(path, format!("cannot serialize the checkpoint: {e}")))?;
     let tmp = path.with_extension("safetensors.tmp");
     let io = |e: std::io::Error| Error::file(path, format!("cannot write the checkpoint: {e}"));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(&bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        // A full disk leaves a partial file: it is no checkpoint, and it holds the space.
+        std::fs::remove_file(&tmp).ok();
+        return Err(io(e));
     }
-    std::fs::rename(&tmp, path).map_err(io)?;
     // The rename itself is durable only once the folder's entry is on disk.
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
@@ -150,6 +153,28 @@ mod tests {
         );
         let (mut a, mut b) = (rng, back.rng);
         assert_eq!(a.random::<u64>(), b.random::<u64>());
+        assert!(!path.with_extension("safetensors.tmp").exists());
+    }
+
+    /// A write that fails part way (here the final rename, onto a folder in the way) leaves no partial
+    /// file behind.
+    #[test]
+    fn a_failed_write_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("in-the-way"), b"x").unwrap();
+        let ck = Checkpoint {
+            step: 1,
+            tensors: HashMap::from([(
+                "param/w".to_string(),
+                Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
+            )]),
+            rng: spectra_core::rng::derived_rng(0, 0),
+            fingerprint: "model".into(),
+        };
+        let err = save(&path, &ck).unwrap_err().to_string();
+        assert!(err.contains("cannot write the checkpoint"), "{err}");
         assert!(!path.with_extension("safetensors.tmp").exists());
     }
 
