@@ -62,9 +62,9 @@ impl CustomOp2 for Linear {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let ((n, fan_in), (fan_out, _)) = (x.dims2()?, w.dims2()?);
         let name = self.name();
-        // SAFETY: g is n × fan_out, w fan_out × fan_in, x n × fan_in, all contiguous; gᵀ is read
-        // through strides.
-        let (dx, dw) = with_f32(grad, name, |g| {
+        // SAFETY (both products): g is n × fan_out, w fan_out × fan_in, x n × fan_in, all
+        // contiguous; gᵀ is read through strides.
+        let dx = with_f32(grad, name, |g| {
             with_f32(w, name, |w| unsafe {
                 matmul(
                     (n, fan_in, fan_out),
@@ -72,15 +72,14 @@ impl CustomOp2 for Linear {
                     Operand::of(w, fan_in, false),
                 )
             })
-            .and_then(|dx| {
-                let dw = with_f32(x, name, |x| unsafe {
-                    matmul(
-                        (fan_out, fan_in, n),
-                        Operand::of(g, fan_out, true),
-                        Operand::of(x, fan_in, false),
-                    )
-                })?;
-                Ok((dx, dw))
+        })??;
+        let dw = with_f32(grad, name, |g| {
+            with_f32(x, name, |x| unsafe {
+                matmul(
+                    (fan_out, fan_in, n),
+                    Operand::of(g, fan_out, true),
+                    Operand::of(x, fan_in, false),
+                )
             })
         })??;
         let device = grad.device();

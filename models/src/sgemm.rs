@@ -244,6 +244,9 @@ mod blocked {
             // Depth in spans of several blocks, every block of a span packed first: each row block
             // of the destination is then read and written once per span, in L2 meanwhile, rather
             // than once per block from memory.
+            // Rows of a row-major `a` are read in place: an MR × kc panel is 6 KiB, in L1 while
+            // the tile walks the `b` panels. Other layouts are packed.
+            let direct = a.cs == 1;
             let width = nc.div_ceil(NR) * NR;
             let span = (SPAN_FLOATS / width / KC).max(1) * KC;
             for q0 in (0..k).step_by(span) {
@@ -257,9 +260,6 @@ mod blocked {
                     for p0 in (q0..q1).step_by(KC) {
                         let kc = KC.min(q1 - p0);
                         let accumulate = out.accumulate || p0 > 0;
-                        // Rows of a row-major `a` are read in place: an MR × kc panel is 6 KiB, in
-                        // L1 while the tile walks the `b` panels. Other layouts are packed.
-                        let direct = a.cs == 1;
                         if !direct {
                             pack_a(a, (i0, mc), (p0, kc), packed_a);
                         }

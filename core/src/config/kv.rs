@@ -119,11 +119,7 @@ impl Validate for KvEvalConfig {
             );
         }
         // The same policy twice would be two identical rows in every table.
-        let written: Vec<String> = self
-            .policies
-            .iter()
-            .map(|p| ron::to_string(p).unwrap_or_default())
-            .collect();
+        let written: Vec<String> = self.policies.iter().map(crate::registry::to_ron).collect();
         for (i, w) in written.iter().enumerate() {
             if written[..i].contains(w) {
                 let name = self.policies[i].typetag_name();
