@@ -10,4 +10,5 @@ pub mod allocator;
 pub mod kv;
 pub mod output;
 pub mod plots;
+pub mod threads;
 pub mod train;

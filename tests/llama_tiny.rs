@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use spectra::core::config::parse_ron;
 use spectra::core::{Budget, KvEvictionPolicy, SideInfoNeeds};
-use spectra::models::llama::{Llama, Logits, Session, Taps, WeightFormat};
+use spectra::models::llama::{Llama, Logits, PrefillCompression, Session, Taps, WeightFormat};
 
 mod llama_support;
 
@@ -148,6 +148,33 @@ fn compaction_frees_memory_and_keeps_positions() {
 }
 
 #[test]
+fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
+    let tiny = Tiny::new();
+    let model = tiny.gguf();
+    let seq = tokens(60);
+    let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 1))"#);
+    let peak = |prefill: PrefillCompression| {
+        let mut session = Session::new(&model, Some(streaming.as_ref()), Budget::Tokens(6), 0)
+            .unwrap()
+            .with_prefill_compression(prefill);
+        session.prefill(&seq, 4, Logits::Last).unwrap();
+        for l in 0..LAYERS {
+            assert!(session.cache().lens(l).unwrap().iter().all(|&n| n <= 6));
+        }
+        session.stats.peak_kv_bytes
+    };
+    let (every_chunk, at_end) = (
+        peak(PrefillCompression::EveryChunk),
+        peak(PrefillCompression::AtEnd),
+    );
+    // Rows of keys and values in every head: at most 6 + 4 entries and the 16 rows of headroom a
+    // compaction leaves, against all 60 before the one compression.
+    let rows = 2 * KV_HEADS * LAYERS * HEAD_DIM * 4;
+    assert!(every_chunk <= (6 + 4 + 16) * rows, "{every_chunk} bytes");
+    assert!(at_end >= 60 * rows, "{at_end} bytes");
+}
+
+#[test]
 fn a_forked_session_continues_like_a_session_of_its_own() {
     let tiny = Tiny::new();
     let model = tiny.gguf();
@@ -163,7 +190,9 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
     let mut shared = Session::recording(&model, needs).unwrap();
     shared.prefill(&seq[..10], 3, Logits::Last).unwrap();
     for p in &policies {
-        let mut own = Session::new(&model, Some(p.as_ref()), Budget::Tokens(6), 0).unwrap();
+        let mut own = Session::new(&model, Some(p.as_ref()), Budget::Tokens(6), 0)
+            .unwrap()
+            .with_prefill_compression(PrefillCompression::AtEnd);
         let own_logits = decode(&mut own, &seq, 10);
         let mut forked = shared.fork(Some(p.as_ref()), Budget::Tokens(6), 0).unwrap();
         for (i, &t) in seq[10..].iter().enumerate() {

@@ -13,9 +13,11 @@ pub mod lipschitz_mlp;
 pub mod llama;
 pub mod mass;
 pub mod mlp;
+pub mod quantized_matmul;
 pub mod residual;
 pub mod rope;
 mod sgemm;
+mod spin_pool;
 
 use candle_core::{Device, Tensor};
 use spectra_core::config::ModelConfig;

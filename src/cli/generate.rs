@@ -1,5 +1,5 @@
 //! `spectra generate --model M [--policy RON --budget N] "prompt"`: greedy decoding, streamed, with the
-//! cache's size and the decoding speed at the end.
+//! cache's size and the prefill and decoding speeds at the end.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,12 +27,22 @@ pub struct GenerateArgs {
     /// Prompt tokens per prefill chunk.
     #[arg(long, default_value_t = 256)]
     chunk: usize,
-    /// Keep quantized weights quantized (less memory; slower on the CPU than the f32 default).
+    /// Expand quantized weights to f32 when loading: exact products, 4–7× the memory, slower.
     #[arg(long)]
-    keep_quantized: bool,
+    f32_weights: bool,
+    /// Read the prompt from this file instead of the command line.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
+    /// Use only the first N tokens of the prompt (to time a given context length).
+    #[arg(long)]
+    prompt_tokens: Option<usize>,
+    /// Keep decoding past the end-of-sequence token, to --max-tokens (to time decoding).
+    #[arg(long)]
+    ignore_eos: bool,
     #[arg(long, default_value = "Auto")]
     device: String,
-    prompt: String,
+    #[arg(required_unless_present = "prompt_file")]
+    prompt: Option<String>,
 }
 
 fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
@@ -54,10 +64,17 @@ fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
 pub fn run(args: GenerateArgs) -> Result<(), Error> {
     let device: DeviceSpec = parse_ron(&args.device, Path::new("--device"))?;
     let device = device.resolve()?;
-    let format = if args.keep_quantized {
-        WeightFormat::Quantized
-    } else {
+    let format = if args.f32_weights {
         WeightFormat::Dequantized
+    } else {
+        WeightFormat::Quantized
+    };
+    let text = match (&args.prompt, &args.prompt_file) {
+        (_, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?
+        }
+        (Some(text), None) => text.clone(),
+        (None, None) => unreachable!("clap requires a prompt or --prompt-file"),
     };
     let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
     let policy = args.policy.as_deref().map(read_policy).transpose()?;
@@ -66,7 +83,20 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         p.validate(&budget)
             .map_err(|m| Error::invalid(format!("--policy at --budget {}", args.budget), m))?;
     }
-    let prompt = tokenizer.encode(&args.prompt)?;
+    let mut prompt = tokenizer.encode(&text)?;
+    if let Some(n) = args.prompt_tokens {
+        if n == 0 || n > prompt.len() {
+            return Err(Error::invalid(
+                "--prompt-tokens",
+                format!(
+                    "is {n}, the prompt has {} tokens; give 1 to {}, or a longer prompt",
+                    prompt.len(),
+                    prompt.len()
+                ),
+            ));
+        }
+        prompt.truncate(n);
+    }
     // As `spectra kv` checks its tasks: past the trained context, RoPE positions the model never saw.
     spectra::kv::check_context(
         &model,
@@ -81,12 +111,12 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
     let started = Instant::now();
     let mut logits = session.prefill(&prompt, args.chunk, Logits::Last)?;
     let prefill_time = started.elapsed();
-    print!("{}", args.prompt);
+    print!("{}", tokenizer.decode(&prompt)?);
     let decode_started = Instant::now();
     let mut generated = 0;
     for _ in 0..args.max_tokens {
         let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-        if Some(next) == tokenizer.eos {
+        if Some(next) == tokenizer.eos && !args.ignore_eos {
             break;
         }
         print!("{}", tokenizer.decode(&[next])?);
@@ -98,10 +128,11 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
     println!();
     let stats = &session.stats;
     eprintln!(
-        "prompt {} tokens in {:.2}s; {} tokens at {:.1} tokens/s; KV cache {} now, {} at peak; \
-         {} compressions took {:.1}% of the time",
+        "prompt {} tokens in {:.2}s ({:.1} tokens/s); {} tokens at {:.1} tokens/s; KV cache {} now, \
+         {} at peak; {} compressions took {:.1}% of the time",
         prompt.len(),
         prefill_time.as_secs_f64(),
+        prompt.len() as f64 / prefill_time.as_secs_f64().max(1e-9),
         generated,
         generated as f64 / decode_time.as_secs_f64().max(1e-9),
         human_bytes(session.cache().bytes()),

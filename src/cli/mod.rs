@@ -5,6 +5,7 @@ mod check;
 mod generate;
 mod kv;
 mod list;
+mod perplexity;
 mod sweep;
 mod train;
 
@@ -41,6 +42,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Generate text with a Llama-family model, optionally with a bounded KV cache.
     Generate(generate::GenerateArgs),
+    /// A text's perplexity as llama.cpp's llama-perplexity measures it.
+    Perplexity(perplexity::PerplexityArgs),
     /// Evaluate KV eviction policies on a real model against the uncompressed cache.
     Kv(kv::KvArgs),
     /// Run a grid of training runs and plot accuracy against the certified Lipschitz bound.
@@ -49,6 +52,7 @@ enum Command {
 
 pub fn run() -> ExitCode {
     spectra::allocator::keep_freed_memory();
+    spectra::threads::decide_thread_count();
     end_quietly_on_a_closed_pipe();
     let cli = Cli::parse();
     // Two plugins with one name would otherwise surface only when a config names one of them.
@@ -61,9 +65,10 @@ pub fn run() -> ExitCode {
         Command::Check { file } => check::run(&file),
         Command::Train(args) => train::run(args),
         Command::Sweep(args) => sweep::run(args),
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => rayon::scope(|_| generate::run(args)),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Kv(args) => kv::run(args),
+        Command::Perplexity(args) => rayon::scope(|_| perplexity::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ mod report;
 use std::path::Path;
 
 use serde::Serialize;
-use spectra_core::config::{KvEvalConfig, KvModelConfig, KvTask};
+use spectra_core::config::{KvEvalConfig, KvModelConfig, KvTask, KvWeights};
 use spectra_core::{Budget, Error, KvEvictionPolicy, Result, SideInfoNeeds, TriggerSchedule};
 use spectra_models::llama::{Llama, TextTokenizer, WeightFormat};
 
@@ -90,7 +90,11 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
             "not found; scripts/get-model.sh downloads SmolLM2-135M-Instruct into data/models/",
         ));
     }
-    let (model, tokenizer) = Llama::load(path, &device, WeightFormat::Dequantized)?;
+    let format = match config.weights {
+        KvWeights::F32 => WeightFormat::Dequantized,
+        KvWeights::AsStored => WeightFormat::Quantized,
+    };
+    let (model, tokenizer) = Llama::load(path, &device, format)?;
     let bench = Bench {
         arms: arms(&config.policies, &config.budgets),
         needs: config

@@ -23,7 +23,21 @@ pub struct KvEvalConfig {
     /// Prompt tokens per prefill chunk (attention scores are at most chunk × context).
     #[serde(default = "prefill_chunk")]
     pub prefill_chunk: usize,
+    /// How the model's matrices are multiplied.
+    #[serde(default)]
+    pub weights: KvWeights,
     pub output: PathBuf,
+}
+
+/// How a quantized model's matrices are held and multiplied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvWeights {
+    /// Expanded to f32 when loaded: exact products (the quality tables' default).
+    #[default]
+    F32,
+    /// As stored (Q4_0, Q4_1, Q8_0 by spectra's block kernels on the CPU), activations quantized to 8
+    /// bits per block as llama.cpp does: the fast decoder.
+    AsStored,
 }
 
 fn prefill_chunk() -> usize {

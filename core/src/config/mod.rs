@@ -10,7 +10,7 @@ use ron::extensions::Extensions;
 use ron::Options;
 use serde::de::DeserializeOwned;
 
-pub use kv::{KvEvalConfig, KvModelConfig, KvTask};
+pub use kv::{KvEvalConfig, KvModelConfig, KvTask, KvWeights};
 pub use routing::{route_params, ParamSelector, RoutedParam};
 pub use train::{DataConfig, EvalConfig, ModelConfig, ParamGroupConfig, TrainConfig};
 

@@ -4,13 +4,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::Device;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
-use super::weights::{LayerWeights, LlamaWeights, WeightFormat};
+use super::weights::{LayerWeights, Linear, LlamaWeights, WeightFormat};
 
 /// An open GGUF file: its metadata and tensor index, read once.
 pub struct GgufFile {
@@ -157,7 +157,7 @@ impl GgufFile {
         })
     }
 
-    /// Reads every weight. Matrices stay quantized for candle's quantized matmul, or are expanded to f32.
+    /// Reads every weight. Matrices stay quantized, or are expanded to f32 ([`WeightFormat`]).
     pub fn weights(
         &mut self,
         config: &LlamaConfig,
@@ -168,7 +168,7 @@ impl GgufFile {
         let embed = embed_q.dequantize(device)?;
         let mut layers = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
-            let mut matrix = |name: &str| -> Result<QMatMul> {
+            let mut matrix = |name: &str| -> Result<Linear> {
                 let t = self.tensor(&format!("blk.{l}.{name}.weight"), device)?;
                 format.matmul(t, device)
             };

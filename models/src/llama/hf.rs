@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
-use super::weights::{LayerWeights, LlamaWeights};
+use super::weights::{LayerWeights, Linear, LlamaWeights};
 
 pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> {
     let config_path = dir.join("config.json");
@@ -47,8 +47,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
     let mut layers = Vec::with_capacity(config.layers);
     for l in 0..config.layers {
         let mut tensor = |name: &str| take(&format!("model.layers.{l}.{name}"));
-        let mut matrix = |name: &str| -> Result<QMatMul> {
-            Ok(QMatMul::Tensor(tensor(&format!("{name}.weight"))?))
+        let mut matrix = |name: &str| -> Result<Linear> {
+            Ok(Linear::Candle(QMatMul::Tensor(tensor(&format!(
+                "{name}.weight"
+            ))?)))
         };
         let (q, k, v, o) = (
             matrix("self_attn.q_proj")?,
@@ -75,8 +77,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
     }
     let norm = take("model.norm.weight")?;
     let head = match take("lm_head.weight") {
-        Ok(t) => QMatMul::Tensor(t),
-        Err(_) if config.tied_embeddings => QMatMul::Tensor(embed.clone()),
+        Ok(t) => Linear::Candle(QMatMul::Tensor(t)),
+        Err(_) if config.tied_embeddings => Linear::Candle(QMatMul::Tensor(embed.clone())),
         Err(e) => return Err(e),
     };
     let weights = LlamaWeights {

@@ -3,6 +3,7 @@
 //! and a chunk of new tokens only ever attends over `chunk × cache` scores, never `n × n`.
 
 mod config;
+mod decode_attention;
 mod gguf;
 mod hf;
 mod rotary;
@@ -12,13 +13,13 @@ mod weights;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::{Error, Result};
 
 pub use config::LlamaConfig;
 pub use gguf::GgufFile;
-pub use session::{Session, SessionStats};
+pub use session::{PrefillCompression, Session, SessionStats};
 pub use tokenizer::TextTokenizer;
 pub use weights::{LlamaWeights, WeightFormat};
 
@@ -145,7 +146,7 @@ impl Llama {
         let causal = (t > 1).then(|| causal_mask(t, &self.device)).transpose()?;
         for (l, w) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &w.attn_norm, c.rms_eps as f32)?;
-            let heads = |m: &candle_core::quantized::QMatMul, n: usize| -> Result<Tensor> {
+            let heads = |m: &weights::Linear, n: usize| -> Result<Tensor> {
                 Ok(m.forward(&h)?
                     .reshape((t, n, c.head_dim))?
                     .transpose(0, 1)?
@@ -175,7 +176,7 @@ impl Llama {
             Logits::All => x,
         };
         let x = candle_nn::ops::rms_norm(&x, &self.weights.norm, c.rms_eps as f32)?;
-        Ok(self.weights.head.forward(&x)?)
+        self.weights.head.forward(&x)
     }
 
     /// Attention of `q` (`[heads, t, head_dim]`, the newest `t` tokens) over each KV head's cache, whose
@@ -191,6 +192,9 @@ impl Llama {
         let c = &self.config;
         let (g, t, d) = (c.group_size(), q.dim(1)?, c.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
+        if t == 1 && q.device().is_cpu() && q.dtype() == DType::F32 && cache.dtype() == DType::F32 {
+            return self.attend_one_token(layer, q, cache, scale as f32);
+        }
         let mut outputs = Vec::with_capacity(c.kv_heads);
         for kv in 0..c.kv_heads {
             let keys = cache.keys(layer, kv)?.clone();
@@ -218,6 +222,76 @@ impl Llama {
         Ok(Tensor::cat(&outputs, 0)?
             .transpose(0, 1)?
             .reshape((t, c.heads * d))?)
+    }
+}
+
+impl Llama {
+    /// [`Llama::attend`] for one new token on the CPU, fused ([`decode_attention`]).
+    fn attend_one_token(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        cache: &mut KvCache,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let stores = (0..c.kv_heads)
+            .map(|kv| {
+                Ok((
+                    cache.keys(layer, kv)?.storage_and_layout(),
+                    cache.values(layer, kv)?.storage_and_layout(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let heads = stores
+            .iter()
+            .map(|((ks, kl), (vs, vl))| {
+                Ok(decode_attention::HeadEntries {
+                    keys: cpu_f32(ks, kl)?,
+                    values: cpu_f32(vs, vl)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut received = cache
+            .tracks_attention()
+            .then(|| vec![Vec::new(); c.kv_heads]);
+        let out = crate::cpu_op::with_f32(q, "decode attention", |q| {
+            decode_attention::attend_one_token(
+                q,
+                &heads,
+                c.group_size(),
+                c.head_dim,
+                scale,
+                received.as_deref_mut(),
+            )
+        })?;
+        drop(heads);
+        drop(stores);
+        if let Some(received) = received {
+            for (kv, r) in received.iter().enumerate() {
+                cache.add_attention(layer, kv, r)?;
+            }
+        }
+        Ok(Tensor::from_vec(
+            out,
+            (1, c.heads * c.head_dim),
+            &self.device,
+        )?)
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor's storage.
+fn cpu_f32<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> Result<&'a [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(s) => Ok(crate::cpu_op::contiguous_f32(
+            s,
+            layout,
+            "decode attention",
+        )?),
+        _ => Err(Error::invalid("decode attention", "expects a CPU cache")),
     }
 }
 

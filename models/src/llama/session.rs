@@ -31,7 +31,20 @@ pub struct Session<'m> {
     taps: Taps<'static>,
     position: u64,
     prompt_len: u64,
+    prefill: PrefillCompression,
     pub stats: SessionStats,
+}
+
+/// When a session compresses while it reads a prompt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrefillCompression {
+    /// After every chunk, as the policy's prefill trigger says: the cache never holds more than the
+    /// budget plus one chunk per head, during prefill too.
+    #[default]
+    EveryChunk,
+    /// Once, after the whole prompt (what a [fork](Session::fork) of an uncompressed prefill holds):
+    /// the policy sees the whole prompt at once, and the cache holds all of it until then.
+    AtEnd,
 }
 
 impl<'m> Session<'m> {
@@ -65,8 +78,15 @@ impl<'m> Session<'m> {
             },
             position: 0,
             prompt_len: 0,
+            prefill: PrefillCompression::default(),
             stats: SessionStats::default(),
         })
+    }
+
+    /// This session, compressing its prompt as `prefill` says.
+    pub fn with_prefill_compression(mut self, prefill: PrefillCompression) -> Self {
+        self.prefill = prefill;
+        self
     }
 
     /// This session's state continued with `policy` at `budget`, compressed now as after prefill: what a
@@ -124,6 +144,7 @@ impl<'m> Session<'m> {
             },
             position: self.position,
             prompt_len: self.prompt_len,
+            prefill: self.prefill,
             stats: SessionStats::default(),
         };
         forked.compress(KvPhase::Prefill)?;
@@ -143,8 +164,9 @@ impl<'m> Session<'m> {
         self.position
     }
 
-    /// Runs the prompt in chunks of `chunk` tokens (so attention scores are at most `chunk × n`), then
-    /// compresses. Returns the last token's logits, or every token's with `Logits::All`.
+    /// Runs the prompt in chunks of `chunk` tokens (so attention scores are at most `chunk × n`),
+    /// compressing as [`PrefillCompression`] says. Returns the last token's logits, or every token's
+    /// with `Logits::All`.
     pub fn prefill(&mut self, tokens: &[u32], chunk: usize, rows: Logits) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(spectra_core::Error::invalid(
@@ -161,9 +183,12 @@ impl<'m> Session<'m> {
             if rows == Logits::All || i == last {
                 outputs.push(logits);
             }
+            if i == last || self.prefill == PrefillCompression::EveryChunk {
+                // What has been read so far is the prompt, for policies that protect or score it.
+                self.prompt_len = self.position;
+                self.compress(KvPhase::Prefill)?;
+            }
         }
-        self.prompt_len = self.position;
-        self.compress(KvPhase::Prefill)?;
         Ok(Tensor::cat(&outputs, 0)?)
     }
 

