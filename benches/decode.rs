@@ -53,10 +53,9 @@ fn run() {
         let q = QTensor::quantize(&w, dtype).unwrap();
         let m = QuantizedMatrix::from_qtensor(&q).unwrap().unwrap();
         let x = Tensor::randn(0f32, 1.0, (1, cols), &Device::Cpu).unwrap();
-        // Enough calls that every round reads ~1 GB: layers' matrices would otherwise stay in L3.
-        let copies: Vec<QuantizedMatrix> = (0..std::env::var("COPIES")
-            .map(|v| v.parse().unwrap())
-            .unwrap_or((64 << 20) / m.bytes() + 1))
+        // Copies filling 64 MiB, twice L3, so that every call reads its weights from memory as
+        // decoding does.
+        let copies: Vec<QuantizedMatrix> = (0..(64 << 20) / m.bytes() + 1)
             .map(|_| QuantizedMatrix::from_qtensor(&q).unwrap().unwrap())
             .collect();
         let ours = median_seconds(7, 1, || {

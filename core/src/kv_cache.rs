@@ -3,7 +3,9 @@
 //! Per layer and KV head it stores a variable number of entries: the key as stored (after RoPE), the
 //! value, the entry's original absolute position and, when asked for, the attention the entry has
 //! received so far (H2O's state). Keys and values live in preallocated tensors on the model's device
-//! that grow by doubling, so appending a token costs amortised O(1) copies; reading back returns a
+//! that grow by an eighth ([`headroom`]), so appending a token costs amortised O(1) copies (eight rows
+//! per appended row at most) and a bounded cache never holds much more than it needs: doubling made a
+//! cache compacted to 1024 entries allocate 2304 rows when one 256-token prefill chunk arrived; reading back returns a
 //! contiguous view of the filled rows. Compaction gathers the kept rows into new tensors with a little
 //! headroom ([`headroom`]) and drops the old ones, so evicted entries really give their memory back
 //! (unlike masking schemes, which save nothing), and the decode steps after a compaction append
@@ -15,12 +17,12 @@ use candle_core::{DType, Device, Tensor};
 use crate::kv_policy::{KeepPlan, KvHeadView, KvLayerView};
 use crate::{Error, Result};
 
-/// Rows allocated the first time a head receives entries; small enough not to matter, large enough that
-/// the first decode steps do not reallocate every token.
+/// The fewest free rows a head is given when it grows or is compacted; small enough not to matter,
+/// large enough that the first decode steps do not reallocate every token.
 const MIN_CAPACITY: usize = 16;
 
-/// Free rows left after compacting to `kept` entries: an eighth, at least [`MIN_CAPACITY`], none for an
-/// emptied head.
+/// Free rows left after compacting or growing to `kept` entries: an eighth, at least
+/// [`MIN_CAPACITY`], none for an emptied head.
 pub fn headroom(kept: usize) -> usize {
     if kept == 0 {
         0
@@ -85,13 +87,13 @@ impl HeadCache {
         Ok(())
     }
 
-    /// Makes room for `extra` more rows, doubling the capacity when it runs out.
+    /// Makes room for `extra` more rows, growing to the rows needed plus [`headroom`] when it runs out.
     fn reserve(&mut self, extra: usize) -> Result<()> {
         let needed = self.len() + extra;
         if needed <= self.capacity() {
             return Ok(());
         }
-        let capacity = needed.max(2 * self.capacity()).max(MIN_CAPACITY);
+        let capacity = needed + headroom(needed);
         let grow = |store: &Tensor, filled: &Tensor| -> Result<Tensor> {
             let bigger = Tensor::zeros((capacity, store.dim(1)?), store.dtype(), store.device())?;
             if filled.dim(0)? > 0 {
@@ -600,8 +602,9 @@ mod tests {
             let k = Tensor::ones((3, 1, d), DType::F32, &Device::Cpu).unwrap();
             cache.append(0, &k, &k, &[t]).unwrap();
         }
-        // Doubling from 16: 16 → 32 → 64 → 128 rows per head.
-        assert_eq!(cache.bytes(), 3 * 128 * 2 * d * 2);
+        // Each growth to the rows needed plus max(an eighth, 16): 17 → 34 → 51 → 68 → 85 → 102 rows
+        // per head, never more than 16 rows past the 100 held.
+        assert_eq!(cache.bytes(), 3 * 102 * 2 * d * 2);
         let plan = KeepPlan {
             per_head: vec![vec![0, 5, 99], (0..40).collect(), vec![]],
         };

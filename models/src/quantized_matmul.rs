@@ -130,7 +130,8 @@ impl QuantizedMatrix {
             if t >= PREFILL_ROWS {
                 self.multiply_expanded(x, t)
             } else {
-                self.multiply(&vectorized(|| quantize_rows(x, cols)), t)
+                let x = vectorized(|| quantize_rows(x, cols));
+                multiply_all(&[self], &x, t).remove(0)
             }
         })?;
         Ok(Tensor::from_vec(out, (t, self.rows), &Device::Cpu)?)
@@ -161,50 +162,21 @@ impl QuantizedMatrix {
         }
     }
 
-    /// `[t, rows]`, row-major, on every thread: each thread takes an equal run of weight rows and
-    /// computes their outputs for all `t` inputs as `[rows, t]`, 16 weight rows at a time (5–11 KiB
-    /// for 576 inputs, staying in L1 while every input row passes over them); one transpose at the
-    /// end gives `[t, rows]`.
-    fn multiply(&self, x: &QuantizedRows, t: usize) -> Vec<f32> {
-        let kernel = kernel();
-        let nb = x.blocks_per_row;
-        let row_bytes = nb * self.format.bytes();
-        let mut by_row = vec![0f32; self.rows * t];
-        let out = DisjointWrites::new(&mut by_row);
-        run_parts(|part, parts| {
-            let rows = part * self.rows / parts..(part + 1) * self.rows / parts;
-            for first in rows.clone().step_by(16) {
-                let run = first..(first + 16).min(rows.end);
-                for r in run {
-                    let row = &self.data[r * row_bytes..(r + 1) * row_bytes];
-                    for i in 0..t {
-                        let blocks = i * nb..(i + 1) * nb;
-                        // SAFETY: `kernel` runs on this CPU; the row and the input hold `nb`
-                        // blocks; element (r, i) is inside `by_row`, and only this part writes
-                        // its rows.
-                        unsafe {
-                            *out.at(r * t + i) = kernel(
-                                self.format,
-                                row,
-                                &x.qs[i * nb * BLOCK..(i + 1) * nb * BLOCK],
-                                &x.d[blocks.clone()],
-                                &x.s[blocks],
-                            );
-                        }
-                    }
-                }
-            }
-        });
-        if t == 1 {
-            return by_row;
+    /// `x·Wᵀ` for several matrices of one input width, as `[t, rows]` each: `x` is quantized once, and
+    /// one parallel section computes every matrix (the query, key and value projections of a layer;
+    /// its gate and up projections), instead of one section per matrix.
+    pub fn forward_all(matrices: &[&QuantizedMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+        let (t, cols) = x.dims2()?;
+        if t >= PREFILL_ROWS || matrices.iter().any(|m| m.cols != cols) {
+            return matrices.iter().map(|m| m.forward(x)).collect();
         }
-        let mut out = vec![0f32; t * self.rows];
-        for (r, row) in by_row.chunks(t).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                out[i * self.rows + r] = v;
-            }
-        }
-        out
+        let outs = with_f32(x, "quantized matmul", |x| {
+            multiply_all(matrices, &vectorized(|| quantize_rows(x, cols)), t)
+        })?;
+        outs.into_iter()
+            .zip(matrices)
+            .map(|(out, m)| Ok(Tensor::from_vec(out, (t, m.rows), &Device::Cpu)?))
+            .collect()
     }
 
     /// The matrix expanded to f32, `[rows, cols]`.
@@ -275,6 +247,54 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantizedRows {
         *s = sum as f32 * *d;
     }
     q
+}
+
+/// `[t, rows]`, row-major, for each matrix, on every thread: each thread takes an equal share of
+/// every matrix's rows and computes their outputs for all `t` inputs (each weight row read once, from
+/// memory, then used `t` times from L1) as `[rows, t]`; a transpose at the end gives `[t, rows]`.
+fn multiply_all(matrices: &[&QuantizedMatrix], x: &QuantizedRows, t: usize) -> Vec<Vec<f32>> {
+    let kernel = kernel();
+    let nb = x.blocks_per_row;
+    let mut by_row: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; m.rows * t]).collect();
+    let outs: Vec<DisjointWrites> = by_row.iter_mut().map(|b| DisjointWrites::new(b)).collect();
+    run_parts(|part, parts| {
+        for (m, out) in matrices.iter().zip(&outs) {
+            let row_bytes = nb * m.format.bytes();
+            for r in part * m.rows / parts..(part + 1) * m.rows / parts {
+                let row = &m.data[r * row_bytes..(r + 1) * row_bytes];
+                for i in 0..t {
+                    let blocks = i * nb..(i + 1) * nb;
+                    // SAFETY: `kernel` runs on this CPU; the row and the input hold `nb` blocks;
+                    // element (r, i) is inside this matrix's buffer, and only this part writes row r.
+                    unsafe {
+                        *out.at(r * t + i) = kernel(
+                            m.format,
+                            row,
+                            &x.qs[i * nb * BLOCK..(i + 1) * nb * BLOCK],
+                            &x.d[blocks.clone()],
+                            &x.s[blocks],
+                        );
+                    }
+                }
+            }
+        }
+    });
+    if t == 1 {
+        return by_row;
+    }
+    by_row
+        .iter()
+        .zip(matrices)
+        .map(|(by_row, m)| {
+            let mut out = vec![0f32; t * m.rows];
+            for (r, row) in by_row.chunks(t).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    out[i * m.rows + r] = v;
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// One weight row against one input row: `(format, row, qs, d, s) ↦ Σ_b …`.
@@ -630,6 +650,20 @@ mod tests {
                         "{dtype:?}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn several_matrices_in_one_section_are_each_matrix_alone() {
+        let (_, a) = quantized(GgmlDType::Q4_1, 50, 128);
+        let (_, b) = quantized(GgmlDType::Q8_0, 7, 128);
+        for t in [1, 4] {
+            let x = Tensor::from_vec(matrix(t, 128, 0.1), (t, 128), &Device::Cpu).unwrap();
+            let together = QuantizedMatrix::forward_all(&[&a, &b], &x).unwrap();
+            for (got, m) in together.iter().zip([&a, &b]) {
+                let alone = m.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(got.to_vec2::<f32>().unwrap(), alone);
             }
         }
     }

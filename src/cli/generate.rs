@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use candle_core::DType;
 use clap::Args;
 use spectra_core::config::parse_ron;
 use spectra_core::{Budget, DeviceSpec, Error, KvEvictionPolicy};
@@ -36,6 +37,9 @@ pub struct GenerateArgs {
     /// Use only the first N tokens of the prompt (to time a given context length).
     #[arg(long)]
     prompt_tokens: Option<usize>,
+    /// How the KV cache stores keys and values: f16 or bf16 halve its bytes.
+    #[arg(long, value_enum, default_value_t = KvDtype::F32)]
+    kv_dtype: KvDtype,
     /// Keep decoding past the end-of-sequence token, to --max-tokens (to time decoding).
     #[arg(long)]
     ignore_eos: bool,
@@ -43,6 +47,13 @@ pub struct GenerateArgs {
     device: String,
     #[arg(required_unless_present = "prompt_file")]
     prompt: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KvDtype {
+    F32,
+    F16,
+    Bf16,
 }
 
 fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
@@ -77,6 +88,11 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         (None, None) => unreachable!("clap requires a prompt or --prompt-file"),
     };
     let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
+    let model = model.with_kv_dtype(match args.kv_dtype {
+        KvDtype::F32 => DType::F32,
+        KvDtype::F16 => DType::F16,
+        KvDtype::Bf16 => DType::BF16,
+    })?;
     let policy = args.policy.as_deref().map(read_policy).transpose()?;
     let budget = Budget::Tokens(args.budget);
     if let Some(p) = &policy {

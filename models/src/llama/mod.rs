@@ -21,12 +21,15 @@ pub use config::LlamaConfig;
 pub use gguf::GgufFile;
 pub use session::{PrefillCompression, Session, SessionStats};
 pub use tokenizer::TextTokenizer;
+use weights::Linear;
 pub use weights::{LlamaWeights, WeightFormat};
 
 pub struct Llama {
     pub config: LlamaConfig,
     weights: LlamaWeights,
     device: Device,
+    /// How the caches it makes store keys and values.
+    kv_dtype: DType,
 }
 
 /// Which rows of logits a forward pass returns.
@@ -67,6 +70,7 @@ impl Llama {
                 config,
                 weights,
                 device: device.clone(),
+                kv_dtype: DType::F32,
             },
             tokenizer,
         ))
@@ -79,6 +83,7 @@ impl Llama {
             config,
             weights,
             device: device.clone(),
+            kv_dtype: DType::F32,
         })
     }
 
@@ -100,6 +105,19 @@ impl Llama {
         &self.device
     }
 
+    /// This model, making caches that store keys and values as `dtype` (f32, the default; f16 or bf16
+    /// halve the bytes a decoding step reads and eviction then divides).
+    pub fn with_kv_dtype(mut self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::invalid(
+                "KV cache dtype",
+                format!("{dtype:?} is not one of f32, f16, bf16"),
+            ));
+        }
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
     /// An empty cache shaped for this model.
     pub fn new_cache(&self, tracks_attention: bool) -> Result<KvCache> {
         let shape = KvCacheShape {
@@ -108,7 +126,7 @@ impl Llama {
             head_dim: self.config.head_dim,
             group_size: self.config.group_size(),
         };
-        KvCache::new(shape, DType::F32, &self.device, tracks_attention)
+        KvCache::new(shape, self.kv_dtype, &self.device, tracks_attention)
     }
 
     /// Runs `tokens` at `positions` (increasing, after everything cached), appending their keys and
@@ -146,15 +164,16 @@ impl Llama {
         let causal = (t > 1).then(|| causal_mask(t, &self.device)).transpose()?;
         for (l, w) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &w.attn_norm, c.rms_eps as f32)?;
-            let heads = |m: &weights::Linear, n: usize| -> Result<Tensor> {
-                Ok(m.forward(&h)?
+            let heads = |projected: &Tensor, n: usize| -> Result<Tensor> {
+                Ok(projected
                     .reshape((t, n, c.head_dim))?
                     .transpose(0, 1)?
                     .contiguous()?)
             };
-            let q = heads(&w.q, c.heads)?;
-            let k = heads(&w.k, c.kv_heads)?;
-            let v = heads(&w.v, c.kv_heads)?;
+            let projected = Linear::forward_all(&[&w.q, &w.k, &w.v], &h)?;
+            let q = heads(&projected[0], c.heads)?;
+            let k = heads(&projected[1], c.kv_heads)?;
+            let v = heads(&projected[2], c.kv_heads)?;
             if let Some(hook) = taps.pre_rope_queries.as_mut() {
                 hook(l, &q)?;
             }
@@ -168,7 +187,8 @@ impl Llama {
             let attended = self.attend(l, &q, cache, causal.as_ref())?;
             x = (x + w.o.forward(&attended)?)?;
             let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps as f32)?;
-            let gated = (candle_nn::ops::silu(&w.gate.forward(&h)?)? * w.up.forward(&h)?)?;
+            let gate_up = Linear::forward_all(&[&w.gate, &w.up], &h)?;
+            let gated = (candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?;
             x = (x + w.down.forward(&gated)?)?;
         }
         let x = match rows {
@@ -192,13 +212,18 @@ impl Llama {
         let c = &self.config;
         let (g, t, d) = (c.group_size(), q.dim(1)?, c.head_dim);
         let scale = 1.0 / (d as f64).sqrt();
-        if t == 1 && q.device().is_cpu() && q.dtype() == DType::F32 && cache.dtype() == DType::F32 {
+        if t == 1
+            && q.device().is_cpu()
+            && q.dtype() == DType::F32
+            && matches!(cache.dtype(), DType::F32 | DType::F16)
+        {
             return self.attend_one_token(layer, q, cache, scale as f32);
         }
         let mut outputs = Vec::with_capacity(c.kv_heads);
         for kv in 0..c.kv_heads {
-            let keys = cache.keys(layer, kv)?.clone();
-            let values = cache.values(layer, kv)?.clone();
+            // An f16 cache is widened for the chunk's products.
+            let keys = cache.keys(layer, kv)?.to_dtype(q.dtype())?;
+            let values = cache.values(layer, kv)?.to_dtype(q.dtype())?;
             let n = keys.dim(0)?;
             let qg = q.narrow(0, kv * g, g)?.reshape((g * t, d))?;
             let mut scores = (qg.matmul(&keys.t()?)? * scale)?;
@@ -225,8 +250,26 @@ impl Llama {
     }
 }
 
+/// The rows of a contiguous CPU storage of the given variant (`F32`, `F16`).
+macro_rules! cpu_rows {
+    ($storage:expr, $layout:expr, $variant:ident) => {
+        match (&**$storage, $layout.contiguous_offsets()) {
+            (candle_core::Storage::Cpu(candle_core::CpuStorage::$variant(v)), Some((a, b))) => {
+                &v[a..b]
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "decode attention",
+                    "expects a contiguous CPU cache of the cache's dtype",
+                ))
+            }
+        }
+    };
+}
+
 impl Llama {
-    /// [`Llama::attend`] for one new token on the CPU, fused ([`decode_attention`]).
+    /// [`Llama::attend`] for one new token on the CPU, fused ([`decode_attention`]), over an f32 or
+    /// f16 cache.
     fn attend_one_token(
         &self,
         layer: usize,
@@ -243,29 +286,39 @@ impl Llama {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let heads = stores
-            .iter()
-            .map(|((ks, kl), (vs, vl))| {
-                Ok(decode_attention::HeadEntries {
-                    keys: cpu_f32(ks, kl)?,
-                    values: cpu_f32(vs, vl)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         let mut received = cache
             .tracks_attention()
             .then(|| vec![Vec::new(); c.kv_heads]);
-        let out = crate::cpu_op::with_f32(q, "decode attention", |q| {
-            decode_attention::attend_one_token(
-                q,
-                &heads,
-                c.group_size(),
-                c.head_dim,
-                scale,
-                received.as_deref_mut(),
-            )
-        })?;
-        drop(heads);
+        let out = crate::cpu_op::with_f32(q, "decode attention", |q| -> Result<Vec<f32>> {
+            let run = |received: Option<&mut [Vec<f32>]>| -> Result<Vec<f32>> {
+                macro_rules! attend_as {
+                    ($variant:ident) => {{
+                        let heads = stores
+                            .iter()
+                            .map(|((ks, kl), (vs, vl))| {
+                                Ok(decode_attention::HeadEntries {
+                                    keys: cpu_rows!(ks, kl, $variant),
+                                    values: cpu_rows!(vs, vl, $variant),
+                                })
+                            })
+                            .collect::<Result<Vec<_>>>()?;
+                        decode_attention::attend_one_token(
+                            q,
+                            &heads,
+                            c.group_size(),
+                            c.head_dim,
+                            scale,
+                            received,
+                        )
+                    }};
+                }
+                Ok(match cache.dtype() {
+                    DType::F16 => attend_as!(F16),
+                    _ => attend_as!(F32),
+                })
+            };
+            run(received.as_deref_mut())
+        })??;
         drop(stores);
         if let Some(received) = received {
             for (kv, r) in received.iter().enumerate() {
@@ -277,21 +330,6 @@ impl Llama {
             (1, c.heads * c.head_dim),
             &self.device,
         )?)
-    }
-}
-
-/// The elements of a contiguous f32 CPU tensor's storage.
-fn cpu_f32<'a>(
-    storage: &'a candle_core::Storage,
-    layout: &candle_core::Layout,
-) -> Result<&'a [f32]> {
-    match storage {
-        candle_core::Storage::Cpu(s) => Ok(crate::cpu_op::contiguous_f32(
-            s,
-            layout,
-            "decode attention",
-        )?),
-        _ => Err(Error::invalid("decode attention", "expects a CPU cache")),
     }
 }
 

@@ -53,6 +53,21 @@ impl Linear {
         }
     }
 
+    /// Each linear applied to `x`: in one parallel section when all are GGUF blocks.
+    pub(crate) fn forward_all(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let blocks: Option<Vec<&QuantizedMatrix>> = linears
+            .iter()
+            .map(|l| match l {
+                Linear::Blocks(m) => Some(m),
+                Linear::Candle(_) => None,
+            })
+            .collect();
+        match blocks {
+            Some(blocks) => QuantizedMatrix::forward_all(&blocks, x),
+            None => linears.iter().map(|l| l.forward(x)).collect(),
+        }
+    }
+
     fn dims(&self) -> Vec<usize> {
         match self {
             Linear::Blocks(m) => {
