@@ -105,10 +105,6 @@ impl QuantizedMatrix {
         (self.rows, self.cols)
     }
 
-    pub fn format(&self) -> BlockFormat {
-        self.format
-    }
-
     /// Bytes held: the blocks as stored.
     pub fn bytes(&self) -> usize {
         self.data.len()

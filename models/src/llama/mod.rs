@@ -290,34 +290,32 @@ impl Llama {
             .tracks_attention()
             .then(|| vec![Vec::new(); c.kv_heads]);
         let out = crate::cpu_op::with_f32(q, "decode attention", |q| -> Result<Vec<f32>> {
-            let run = |received: Option<&mut [Vec<f32>]>| -> Result<Vec<f32>> {
-                macro_rules! attend_as {
-                    ($variant:ident) => {{
-                        let heads = stores
-                            .iter()
-                            .map(|((ks, kl), (vs, vl))| {
-                                Ok(decode_attention::HeadEntries {
-                                    keys: cpu_rows!(ks, kl, $variant),
-                                    values: cpu_rows!(vs, vl, $variant),
-                                })
+            let received = received.as_deref_mut();
+            macro_rules! attend_as {
+                ($variant:ident) => {{
+                    let heads = stores
+                        .iter()
+                        .map(|((ks, kl), (vs, vl))| {
+                            Ok(decode_attention::HeadEntries {
+                                keys: cpu_rows!(ks, kl, $variant),
+                                values: cpu_rows!(vs, vl, $variant),
                             })
-                            .collect::<Result<Vec<_>>>()?;
-                        decode_attention::attend_one_token(
-                            q,
-                            &heads,
-                            c.group_size(),
-                            c.head_dim,
-                            scale,
-                            received,
-                        )
-                    }};
-                }
-                Ok(match cache.dtype() {
-                    DType::F16 => attend_as!(F16),
-                    _ => attend_as!(F32),
-                })
-            };
-            run(received.as_deref_mut())
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    decode_attention::attend_one_token(
+                        q,
+                        &heads,
+                        c.group_size(),
+                        c.head_dim,
+                        scale,
+                        received,
+                    )
+                }};
+            }
+            Ok(match cache.dtype() {
+                DType::F16 => attend_as!(F16),
+                _ => attend_as!(F32),
+            })
         })??;
         drop(stores);
         if let Some(received) = received {
