@@ -124,3 +124,56 @@ fn a_stop_request_writes_a_checkpoint_and_a_fresh_start_refuses_to_overwrite_it(
         .to_string();
     assert!(err.contains("--resume"), "{err}");
 }
+
+#[test]
+fn a_changed_seed_is_refused_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let out = dir.path().join("run");
+    let text = gpt_config(&corpus, &out, MUON_SOFT_CAP, 4, "");
+    let s = run(
+        &text,
+        &TrainOptions {
+            stop_at: Some(2),
+            ..quiet()
+        },
+    );
+    assert_eq!((s.outcome, s.steps_done), (Outcome::Stopped, 2));
+    let reseeded = text.replace("seed: 3", "seed: 4");
+    let resume = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let err = spectra::train::train(parse(&reseeded), std::path::Path::new("test.ron"), &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("seed"), "{err}");
+}
+
+/// A save interrupted between its two renames leaves only the checkpoint before it: `--resume`
+/// names it rather than saying there is nothing.
+#[test]
+fn resume_with_only_the_previous_checkpoint_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let out = dir.path().join("run");
+    let text = gpt_config(&corpus, &out, MUON_SOFT_CAP, 4, "");
+    let s = run(
+        &text,
+        &TrainOptions {
+            stop_at: Some(2),
+            ..quiet()
+        },
+    );
+    assert_eq!(s.outcome, Outcome::Stopped);
+    let latest = checkpoint::path_in(&out);
+    std::fs::rename(&latest, checkpoint::previous_of(&latest)).unwrap();
+    let resume = TrainOptions {
+        resume: true,
+        ..quiet()
+    };
+    let err = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(checkpoint::PREVIOUS_FILE_NAME), "{err}");
+}

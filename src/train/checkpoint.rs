@@ -1,6 +1,7 @@
 //! Checkpoints in safetensors: weights, optimizer state, constraint state, the constraint RNG and the
 //! step, written atomically (temporary file, fsync, rename) so that a crash mid-write leaves the
-//! previous checkpoint intact.
+//! previous checkpoint intact. Every tensor and the metadata carry a CRC-32, checked on load: a
+//! damaged file is refused, naming the damaged entry, and the checkpoint before it is kept beside it.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -8,11 +9,19 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
+use safetensors::View;
 use spectra_core::{Error, Result, SpectraRng};
 
 /// The file name inside a run's output folder.
 pub const FILE_NAME: &str = "checkpoint.safetensors";
-const FORMAT: &str = "spectra-train-checkpoint-1";
+/// The checkpoint before the latest, kept in case the latest is damaged.
+pub const PREVIOUS_FILE_NAME: &str = "checkpoint.previous.safetensors";
+const FORMAT: &str = "spectra-train-checkpoint-2";
+/// Written before checksums existed: loaded without them.
+const FORMAT_UNCHECKED: &str = "spectra-train-checkpoint-1";
+/// Metadata keys: one checksum per tensor, and one over every other metadata entry.
+const TENSOR_CHECKSUM: &str = "crc32/";
+const METADATA_CHECKSUM: &str = "crc32_metadata";
 
 /// Everything needed to continue a run exactly where it stopped.
 #[derive(Debug)]
@@ -30,10 +39,42 @@ pub fn path_in(output: &Path) -> PathBuf {
     output.join(FILE_NAME)
 }
 
-/// Writes `checkpoint` to `path` atomically.
+/// Where the checkpoint before the one at `path` is kept.
+pub fn previous_of(path: &Path) -> PathBuf {
+    path.with_file_name(PREVIOUS_FILE_NAME)
+}
+
+/// A tensor's checksum: its dtype, shape and bytes, as stored.
+fn tensor_checksum(dtype: safetensors::Dtype, shape: &[usize], data: &[u8]) -> String {
+    let mut h = crc32fast::Hasher::new();
+    h.update(format!("{dtype:?}{shape:?}").as_bytes());
+    h.update(data);
+    format!("{:08x}", h.finalize())
+}
+
+/// The checksum of every metadata entry but its own, in key order.
+fn metadata_checksum(metadata: &HashMap<String, String>) -> String {
+    let mut entries: Vec<_> = metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != METADATA_CHECKSUM)
+        .collect();
+    entries.sort();
+    let mut h = crc32fast::Hasher::new();
+    for (k, v) in entries {
+        // Lengths first: no two different lists of entries hash the same bytes.
+        h.update(&(k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    format!("{:08x}", h.finalize())
+}
+
+/// Writes `checkpoint` to `path` atomically; the checkpoint that was there moves to
+/// [`previous_of`]`(path)`.
 pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let rng = &checkpoint.rng;
-    let metadata = HashMap::from([
+    let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("step".to_string(), checkpoint.step.to_string()),
         (
@@ -46,6 +87,13 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     ]);
     let mut sorted: Vec<(&String, &Tensor)> = checkpoint.tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, t) in &sorted {
+        metadata.insert(
+            format!("{TENSOR_CHECKSUM}{name}"),
+            tensor_checksum(t.dtype(), t.shape(), &t.data()),
+        );
+    }
+    metadata.insert(METADATA_CHECKSUM.to_string(), metadata_checksum(&metadata));
     let bytes = safetensors::serialize(sorted, Some(metadata))
         .map_err(|e| Error::file(path, format!("cannot serialize the checkpoint: {e}")))?;
     let tmp = path.with_extension("safetensors.tmp");
@@ -54,7 +102,15 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         f.write_all(&bytes)?;
         f.sync_all()
     });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+    let keep_previous = || match std::fs::rename(path, previous_of(path)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    // Between the two renames a crash leaves only the previous checkpoint, which `--resume` names.
+    if let Err(e) = written
+        .and_then(|()| keep_previous())
+        .and_then(|()| std::fs::rename(&tmp, path))
+    {
         // A full disk leaves a partial file: it is no checkpoint, and it holds the space.
         std::fs::remove_file(&tmp).ok();
         return Err(io(e));
@@ -76,7 +132,16 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             format!("cannot read the checkpoint ({e}); run without --resume to start afresh"),
         )
     })?;
-    let bad = |what: &str| Error::file(path, format!("not a spectra training checkpoint: {what}"));
+    let bad = |what: &str| {
+        Error::file(
+            path,
+            format!(
+                "damaged, or not a spectra training checkpoint: {what}; {}",
+                previous_hint(path)
+            ),
+        )
+    };
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e.to_string()))?;
     let (_, header) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
     let meta = header
@@ -87,11 +152,10 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         meta.get(key)
             .ok_or_else(|| bad(&format!("no `{key}` entry")))
     };
-    if get("format")? != FORMAT {
-        return Err(bad(&format!(
-            "format `{}`, expected `{FORMAT}`",
-            get("format")?
-        )));
+    match get("format")?.as_str() {
+        FORMAT => verify(&file, &meta).map_err(|damage| bad(&damage))?,
+        FORMAT_UNCHECKED => {}
+        other => return Err(bad(&format!("format `{other}`, expected `{FORMAT}`"))),
     }
     let step = get("step")?
         .parse()
@@ -125,6 +189,46 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     })
 }
 
+/// The first entry whose checksum does not match, if any, described.
+fn verify(
+    file: &safetensors::SafeTensors,
+    meta: &HashMap<String, String>,
+) -> std::result::Result<(), String> {
+    if meta.get(METADATA_CHECKSUM) != Some(&metadata_checksum(meta)) {
+        return Err(
+            "the metadata (step, random-number state, fingerprint) fails its checksum".into(),
+        );
+    }
+    let names = file.names();
+    let stored = meta.keys().filter_map(|k| k.strip_prefix(TENSOR_CHECKSUM));
+    if let Some(lost) = stored.into_iter().find(|n| !names.contains(n)) {
+        return Err(format!("tensor `{lost}` is missing"));
+    }
+    for name in names {
+        let damaged = || format!("tensor `{name}` fails its checksum");
+        let view = file.tensor(name).map_err(|_| damaged())?;
+        let want = meta.get(&format!("{TENSOR_CHECKSUM}{name}"));
+        if want != Some(&tensor_checksum(view.dtype(), view.shape(), view.data())) {
+            return Err(damaged());
+        }
+    }
+    Ok(())
+}
+
+/// What to do about a damaged checkpoint at `path`: use the previous one, if it is there.
+fn previous_hint(path: &Path) -> String {
+    let previous = previous_of(path);
+    if previous.exists() {
+        format!(
+            "the checkpoint before it is {}: move it to {} to resume from it",
+            previous.display(),
+            path.display()
+        )
+    } else {
+        "no earlier checkpoint is kept; run without --resume to start afresh".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,26 +260,19 @@ mod tests {
         assert!(!path.with_extension("safetensors.tmp").exists());
     }
 
-    /// A write that fails part way (here the final rename, onto a folder in the way) leaves no partial
-    /// file behind.
+    /// A write that fails part way (here the move of the checkpoint before it, onto a folder in the
+    /// way) leaves no partial file behind, and the checkpoint already there intact.
     #[test]
     fn a_failed_write_leaves_no_partial_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_in(dir.path());
-        std::fs::create_dir(&path).unwrap();
-        std::fs::write(path.join("in-the-way"), b"x").unwrap();
-        let ck = Checkpoint {
-            step: 1,
-            tensors: HashMap::from([(
-                "param/w".to_string(),
-                Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap(),
-            )]),
-            rng: spectra_core::rng::derived_rng(0, 0),
-            fingerprint: "model".into(),
-        };
-        let err = save(&path, &ck).unwrap_err().to_string();
+        save(&path, &checkpoint_at(100)).unwrap();
+        std::fs::create_dir(previous_of(&path)).unwrap();
+        std::fs::write(previous_of(&path).join("in-the-way"), b"x").unwrap();
+        let err = save(&path, &checkpoint_at(200)).unwrap_err().to_string();
         assert!(err.contains("cannot write the checkpoint"), "{err}");
         assert!(!path.with_extension("safetensors.tmp").exists());
+        assert_eq!(load(&path, &Device::Cpu).unwrap().step, 100);
     }
 
     #[test]
@@ -185,5 +282,100 @@ mod tests {
         std::fs::write(&path, b"not a checkpoint").unwrap();
         let err = load(&path, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("not a spectra training checkpoint"), "{err}");
+        assert!(err.contains("no earlier checkpoint is kept"), "{err}");
+    }
+
+    fn checkpoint_at(step: u64) -> Checkpoint {
+        let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.37).sin()).collect();
+        Checkpoint {
+            step,
+            tensors: HashMap::from([
+                (
+                    "param/w".to_string(),
+                    Tensor::from_vec(values, (64, 64), &Device::Cpu).unwrap(),
+                ),
+                (
+                    "optim/g/m".to_string(),
+                    Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap(),
+                ),
+            ]),
+            rng: spectra_core::rng::derived_rng(3, 1),
+            fingerprint: "model".into(),
+        }
+    }
+
+    /// The file's bytes with `f` applied, written back.
+    fn damage(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+        let mut bytes = std::fs::read(path).unwrap();
+        f(&mut bytes);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn each_save_keeps_the_checkpoint_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        save(&path, &checkpoint_at(100)).unwrap();
+        assert!(!previous_of(&path).exists());
+        save(&path, &checkpoint_at(200)).unwrap();
+        save(&path, &checkpoint_at(300)).unwrap();
+        assert_eq!(load(&path, &Device::Cpu).unwrap().step, 300);
+        assert_eq!(load(&previous_of(&path), &Device::Cpu).unwrap().step, 200);
+    }
+
+    /// Sixteen bytes flipped in the middle of the file (inside `param/w`'s data) resumed silently
+    /// before checksums; now the damaged tensor is named, and the previous checkpoint offered.
+    #[test]
+    fn flipped_bytes_in_a_tensor_are_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        save(&path, &checkpoint_at(100)).unwrap();
+        save(&path, &checkpoint_at(200)).unwrap();
+        damage(&path, |b| {
+            let mid = b.len() / 2;
+            b[mid..mid + 16].iter_mut().for_each(|x| *x ^= 0xA5);
+        });
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("tensor `param/w` fails its checksum"), "{err}");
+        assert!(err.contains(PREVIOUS_FILE_NAME), "{err}");
+        // One bit is enough.
+        save(&path, &checkpoint_at(200)).unwrap();
+        damage(&path, |b| {
+            let last = b.len() - 1;
+            b[last] ^= 1;
+        });
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("fails its checksum"), "{err}");
+    }
+
+    /// A metadata value changed in place (the step, same length, so the header still parses) is
+    /// caught by the metadata's own checksum.
+    #[test]
+    fn a_changed_metadata_entry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        save(&path, &checkpoint_at(100)).unwrap();
+        damage(&path, |b| {
+            let key = br#""step":"1"#;
+            let at = b
+                .windows(key.len())
+                .position(|w| w == key)
+                .expect("the step entry");
+            b[at + key.len() - 1] = b'9';
+        });
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("the metadata"), "{err}");
+        assert!(err.contains("no earlier checkpoint is kept"), "{err}");
+    }
+
+    /// A damaged header (its JSON no longer parses) is refused as damaged.
+    #[test]
+    fn a_damaged_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        save(&path, &checkpoint_at(100)).unwrap();
+        damage(&path, |b| b[12] = b'#');
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("damaged"), "{err}");
     }
 }

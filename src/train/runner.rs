@@ -105,19 +105,31 @@ pub fn train(
     }
     // Before anything is built or made: a missing checkpoint is a mistyped folder, which must not
     // be left behind empty.
-    if options.resume && !checkpoint::path_in(&cfg.output).exists() {
+    let latest = checkpoint::path_in(&cfg.output);
+    let previous = checkpoint::previous_of(&latest);
+    if options.resume && !latest.exists() {
         return Err(Error::file(
-            checkpoint::path_in(&cfg.output),
-            "there is no checkpoint to resume from; check the output folder (--output DIR), or run \
-             without --resume to start afresh",
+            &latest,
+            if previous.exists() {
+                format!(
+                    "there is no checkpoint to resume from, only the one before it (a save was \
+                     interrupted): move {} to {} to resume from it",
+                    previous.display(),
+                    latest.display()
+                )
+            } else {
+                "there is no checkpoint to resume from; check the output folder (--output DIR), or \
+                 run without --resume to start afresh"
+                    .to_string()
+            },
         ));
     }
     let mut run = Run::new(cfg, config_file)?;
     if options.resume {
         run.restore()?;
-    } else if checkpoint::path_in(&run.output).exists() {
+    } else if let Some(earlier) = [&latest, &previous].into_iter().find(|p| p.exists()) {
         return Err(Error::file(
-            checkpoint::path_in(&run.output),
+            earlier,
             "a checkpoint from an earlier run is here; continue it with --resume, or choose another output \
              (--output DIR) or delete the folder",
         ));
@@ -132,10 +144,11 @@ impl Run {
         let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
         let model = spectra_models::build(&cfg.model, &data.input_kind(), &device, &mut init_rng)?;
         let fingerprint = format!(
-            "{} {} {}",
+            "{} {} {} seed {}",
             spectra_core::registry::to_ron(&cfg.model),
             spectra_core::registry::to_ron(&cfg.data),
-            spectra_core::registry::to_ron(&cfg.groups)
+            spectra_core::registry::to_ron(&cfg.groups),
+            cfg.seed
         );
         let group_configs = std::mem::take(&mut cfg.groups);
         let groups = route(model.params(), group_configs, config_file)?;
@@ -197,8 +210,8 @@ impl Run {
         if ck.fingerprint != self.fingerprint {
             return Err(Error::file(
                 &path,
-                "this checkpoint was written with a different model, data or parameter groups than the config \
-                 has now; resume with the config that wrote it, or start afresh in another output folder",
+                "this checkpoint was written with a different model, data, parameter groups or seed than \
+                 the config has now; resume with the config that wrote it, or start afresh in another output folder",
             ));
         }
         let missing = |name: &str| Error::file(&path, format!("the checkpoint has no `{name}`"));
