@@ -163,3 +163,43 @@ fn resuming_without_a_checkpoint_says_so_and_makes_no_folder() {
     assert!(err.contains("no checkpoint to resume from"), "{err}");
     assert!(!output.exists(), "the output folder was made");
 }
+
+/// Errors found after parsing carry the config's line and column, in `train` as in `check`.
+fn train_error_in_file(dir: &Path, text: &str) -> String {
+    let file = dir.join("cfg.ron");
+    std::fs::write(&file, text).unwrap();
+    match train(parse(text), &file, &quiet()) {
+        Ok(_) => panic!("training succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `mlp_ratio: 100000000000` aborted the process on a failed allocation; it is a config error at
+/// the model's line, with the estimate and the machine's memory.
+#[test]
+fn an_absurd_size_is_refused_before_anything_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let text = gpt_config(&corpus, &dir.path().join("o"), MUON_SOFT_CAP, 5, "")
+        .replace("seq_len: 8)", "seq_len: 8, mlp_ratio: 100000000000)");
+    let err = train_error_in_file(dir.path(), &text);
+    assert!(err.contains("cfg.ron:2:"), "{err}");
+    assert!(err.contains("more than this machine's"), "{err}");
+    assert!(err.contains("make the model smaller"), "{err}");
+}
+
+#[test]
+fn a_routing_error_in_train_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let groups = format!(
+        r#"{MUON_SOFT_CAP}
+        (name: "gains", params: [Name("blocks.*.norm.gain")], optimizer: (type: "AdamW", cfg: (lr: 0.01)))"#
+    );
+    let err = train_error_in_file(
+        dir.path(),
+        &gpt_config(&corpus, &dir.path().join("o"), &groups, 5, ""),
+    );
+    assert!(err.contains("group `gains` matches no parameter"), "{err}");
+    assert!(err.contains("cfg.ron:"), "{err}");
+}

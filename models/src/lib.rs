@@ -12,6 +12,7 @@ pub mod lipschitz_gpt;
 pub mod lipschitz_mlp;
 pub mod llama;
 pub mod mass;
+pub mod memory_estimate;
 pub mod mlp;
 pub mod quantized_matmul;
 pub mod residual;

@@ -7,6 +7,7 @@ use spectra_core::config::{self, KvEvalConfig, TrainConfig};
 use spectra_core::error::ConfigError;
 use spectra_core::registry::to_ron;
 use spectra_core::Error;
+use spectra_models::memory_estimate::check_training_fits;
 
 /// A file is a training config if its outermost fields include `groups`, a KV evaluation if they
 /// include `policies`, a sweep if they include `methods`; the error of that kind is the one shown.
@@ -137,6 +138,8 @@ fn print_train(file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
 /// parameter lands in: a group that matches nothing or a parameter no group takes is an error here.
 fn print_routing(text: &str, file: &Path, cfg: &TrainConfig) -> Result<(), Error> {
     let data = spectra_models::data::open(&cfg.data, &cfg.model)?;
+    check_training_fits(cfg, &data.input_kind(), &candle_core::Device::Cpu)
+        .map_err(|e| e.in_file(text, file))?;
     let mut rng = spectra_core::rng::derived_rng(cfg.seed, 0);
     let model = spectra_models::build(
         &cfg.model,

@@ -63,7 +63,11 @@ pub fn route(
     Ok(groups)
 }
 
-fn config_error(file: &Path, e: Invalid) -> Error {
+/// The error at its line in `file`, as `spectra check` reports it.
+pub(crate) fn config_error(file: &Path, e: Invalid) -> Error {
+    if let Ok(text) = std::fs::read_to_string(file) {
+        return Error::Config(e.in_file(&text, file));
+    }
     let near = e.near.map(|n| format!(" (near `{n}`)")).unwrap_or_default();
     Error::Config(ConfigError {
         file: file.to_path_buf(),

@@ -13,11 +13,12 @@ use serde::Serialize;
 use spectra_core::config::{self, TrainConfig};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, OptimizerStep, Result, SpectraRng};
+use spectra_models::memory_estimate::check_training_fits;
 use spectra_models::{data, Dataset, Model};
 
 use super::checkpoint::{self, Checkpoint};
 use super::eval::{correct_count, evaluate};
-use super::groups::{route, update, Group};
+use super::groups::{config_error, route, update, Group};
 use super::metrics::{EvalRecord, MetricsWriter, Record, TrainRecord};
 use super::progress::Progress;
 use super::report;
@@ -141,6 +142,8 @@ impl Run {
     fn new(mut cfg: TrainConfig, config_file: &Path) -> Result<Run> {
         let device = cfg.device.resolve()?;
         let data = data::open(&cfg.data, &cfg.model)?;
+        check_training_fits(&cfg, &data.input_kind(), &device)
+            .map_err(|e| config_error(config_file, e))?;
         let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
         let model = spectra_models::build(&cfg.model, &data.input_kind(), &device, &mut init_rng)?;
         let fingerprint = format!(
