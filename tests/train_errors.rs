@@ -203,3 +203,16 @@ fn a_routing_error_in_train_names_its_line() {
     assert!(err.contains("group `gains` matches no parameter"), "{err}");
     assert!(err.contains("cfg.ron:"), "{err}");
 }
+
+/// A zero size was reported as a debug dump of the whole shape, without a location.
+#[test]
+fn a_zero_size_is_named_at_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let text = gpt_config(&corpus, &dir.path().join("o"), MUON_SOFT_CAP, 5, "")
+        .replace("blocks: 1", "blocks: 0");
+    let err = train_error_in_file(dir.path(), &text);
+    assert!(err.contains("cfg.ron:2:"), "{err}");
+    assert!(err.contains("blocks is 0"), "{err}");
+    assert!(!err.contains("GptShape"), "{err}");
+}

@@ -44,37 +44,42 @@ impl GptShape {
         1.0 / (2.0 * self.blocks as f64)
     }
 
+    /// Errors name the offending field as `model.FIELD`, which the app places at its line.
     fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::invalid("model", m));
-        if self.vocab == 0
-            || self.d_model == 0
-            || self.blocks == 0
-            || self.heads == 0
-            || self.seq_len == 0
-        {
-            return bad(format!("every size must be ≥ 1, got {self:?}"));
+        let bad = |field: &str, m: String| Err(Error::invalid(format!("model.{field}"), m));
+        for (field, size) in [
+            ("d_model", self.d_model),
+            ("blocks", self.blocks),
+            ("heads", self.heads),
+            ("seq_len", self.seq_len),
+            ("mlp_ratio", self.mlp_ratio),
+        ] {
+            if size == 0 {
+                return bad(field, format!("{field} is 0; it must be ≥ 1"));
+            }
         }
-        if self.mlp_ratio == 0 {
-            return bad("mlp_ratio must be ≥ 1".into());
+        if self.vocab == 0 {
+            return Err(Error::invalid(
+                "data",
+                "the corpus is empty: a vocabulary of 0 tokens",
+            ));
         }
         if self.d_model % self.heads != 0 || self.head_dim() % 2 != 0 {
-            return bad(format!(
-                "d_model {} must split into {} heads of even size (RoPE rotates pairs)",
-                self.d_model, self.heads
-            ));
+            return bad(
+                "heads",
+                format!(
+                    "d_model {} must split into {} heads of even size (RoPE rotates pairs)",
+                    self.d_model, self.heads
+                ),
+            );
         }
-        if !(self.blocks_mass > 0.0 && self.blocks_mass.is_finite()) {
-            return bad(format!(
-                "blocks_mass must be positive, got {}",
-                self.blocks_mass
-            ));
-        }
-        for (name, value) in [
+        for (field, value) in [
+            ("blocks_mass", self.blocks_mass),
             ("softmax_scale", self.softmax_scale),
             ("final_scale", self.final_scale),
         ] {
             if !(value > 0.0 && value.is_finite()) {
-                return bad(format!("{name} must be positive, got {value}"));
+                return bad(field, format!("{field} must be positive, got {value}"));
             }
         }
         Ok(())

@@ -27,12 +27,21 @@ impl LipschitzMlp {
     ) -> Result<Self> {
         if layers < 2 {
             return Err(Error::invalid(
-                "model",
+                "model.layers",
                 format!("LipschitzMlp needs layers ≥ 2 (input and output), got {layers}"),
             ));
         }
-        if inputs == 0 || hidden == 0 || classes == 0 {
-            return Err(Error::invalid("model", "LipschitzMlp sizes must be ≥ 1"));
+        if hidden == 0 {
+            return Err(Error::invalid(
+                "model.hidden",
+                "hidden is 0; it must be ≥ 1",
+            ));
+        }
+        if inputs == 0 || classes == 0 {
+            return Err(Error::invalid(
+                "data",
+                format!("the images give {inputs} pixels and {classes} classes; both must be ≥ 1"),
+            ));
         }
         let targets = mass_tree(layers).target_norms(1.0);
         let mut params = Vec::with_capacity(layers);

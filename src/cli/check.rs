@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use spectra::train::config_error::model_error;
 use spectra::train::sweep::{self, SweepConfig};
 use spectra_core::config::{self, KvEvalConfig, TrainConfig};
 use spectra_core::error::ConfigError;
@@ -146,7 +147,8 @@ fn print_routing(text: &str, file: &Path, cfg: &TrainConfig) -> Result<(), Error
         &data.input_kind(),
         &candle_core::Device::Cpu,
         &mut rng,
-    )?;
+    )
+    .map_err(|e| model_error(file, e))?;
     let params: Vec<_> = model
         .params()
         .iter()

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
-use spectra_core::config::{route_params, Invalid, ParamGroupConfig};
-use spectra_core::error::ConfigError;
+use super::config_error::config_error;
+
+use spectra_core::config::{route_params, ParamGroupConfig};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
@@ -61,20 +62,6 @@ pub fn route(
             .collect();
     }
     Ok(groups)
-}
-
-/// The error at its line in `file`, as `spectra check` reports it.
-pub(crate) fn config_error(file: &Path, e: Invalid) -> Error {
-    if let Ok(text) = std::fs::read_to_string(file) {
-        return Error::Config(e.in_file(&text, file));
-    }
-    let near = e.near.map(|n| format!(" (near `{n}`)")).unwrap_or_default();
-    Error::Config(ConfigError {
-        file: file.to_path_buf(),
-        location: None,
-        message: format!("{}{near}", e.message),
-        help: e.help,
-    })
 }
 
 /// One training update after the backward pass: each group's optimizer step, then each group's

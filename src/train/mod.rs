@@ -1,6 +1,7 @@
 //! `spectra train` and `spectra sweep`: the training runner, its checkpoints, metrics and reports.
 
 pub mod checkpoint;
+pub mod config_error;
 mod eval;
 pub mod groups;
 pub mod metrics;

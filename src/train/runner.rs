@@ -17,8 +17,9 @@ use spectra_models::memory_estimate::check_training_fits;
 use spectra_models::{data, Dataset, Model};
 
 use super::checkpoint::{self, Checkpoint};
+use super::config_error::{config_error, model_error};
 use super::eval::{correct_count, evaluate};
-use super::groups::{config_error, route, update, Group};
+use super::groups::{route, update, Group};
 use super::metrics::{EvalRecord, MetricsWriter, Record, TrainRecord};
 use super::progress::Progress;
 use super::report;
@@ -145,7 +146,8 @@ impl Run {
         check_training_fits(&cfg, &data.input_kind(), &device)
             .map_err(|e| config_error(config_file, e))?;
         let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
-        let model = spectra_models::build(&cfg.model, &data.input_kind(), &device, &mut init_rng)?;
+        let model = spectra_models::build(&cfg.model, &data.input_kind(), &device, &mut init_rng)
+            .map_err(|e| model_error(config_file, e))?;
         let fingerprint = format!(
             "{} {} {} seed {}",
             spectra_core::registry::to_ron(&cfg.model),

@@ -108,13 +108,44 @@ pub fn parse_ron<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Conf
             col: e.span.start.col,
         };
         let before = text_before(text, location);
-        let (message, help) = describe(&e.code, before);
+        let stopped_in_an_integer = ["comma", "integer", "digit"]
+            .iter()
+            .any(|w| e.code.to_string().to_lowercase().contains(w));
+        let (message, help) = stopped_in_an_integer
+            .then(|| fraction_of_a_whole_number(before, &text[before.len()..]))
+            .flatten()
+            .unwrap_or_else(|| describe(&e.code, before));
         ConfigError {
             file: file.to_path_buf(),
             location: Some(location),
             message,
             help,
         }
+    })
+}
+
+/// A number such as `2.5` or `1e12` where the field counts something: ron stops at the `.`
+/// ("expected comma") or at the number ("invalid digit"), naming neither the number nor the fix.
+fn fraction_of_a_whole_number(before: &str, after: &str) -> Option<(String, Option<String>)> {
+    let digits = before.trim_end_matches(|c: char| c.is_ascii_digit());
+    let whole = &before[digits.strip_suffix('-').unwrap_or(digits).len()..];
+    let rest = &after[..after
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_')))
+        .unwrap_or(after.len())];
+    let number = format!("{whole}{rest}");
+    let fractional = number
+        .trim_start_matches('-')
+        .starts_with(|c: char| c.is_ascii_digit())
+        && number.contains(['.', 'e', 'E'])
+        && number.parse::<f64>().is_ok();
+    fractional.then(|| {
+        (
+            format!("expected a whole number, found `{number}`"),
+            Some(
+                "this field counts something: write an integer, e.g. `1000000` rather than `1e6`"
+                    .into(),
+            ),
+        )
     })
 }
 
@@ -302,6 +333,22 @@ mod tests {
             "did you mean `limit`? valid fields: limit, sinks"
         );
         assert_eq!(describe_message("something else").0, "something else");
+    }
+
+    #[test]
+    fn a_fraction_where_a_count_belongs_names_the_number() {
+        let (message, help) = fraction_of_a_whole_number("(\n  steps: 2", ".5,\n)").unwrap();
+        assert_eq!(message, "expected a whole number, found `2.5`");
+        assert!(help.unwrap().contains("integer"));
+        let (message, _) = fraction_of_a_whole_number("batch_size: 1", "e12)").unwrap();
+        assert_eq!(message, "expected a whole number, found `1e12`");
+        let (message, _) = fraction_of_a_whole_number("batch_size: ", "1e12)").unwrap();
+        assert_eq!(message, "expected a whole number, found `1e12`");
+        let (message, _) = fraction_of_a_whole_number("seed: -1", ".5").unwrap();
+        assert_eq!(message, "expected a whole number, found `-1.5`");
+        assert!(fraction_of_a_whole_number("lr: ", ".5").is_none());
+        assert!(fraction_of_a_whole_number("name: ", "\"a.b\"").is_none());
+        assert!(fraction_of_a_whole_number("steps: 2", ", eval").is_none());
     }
 
     #[test]
