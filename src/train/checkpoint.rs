@@ -152,10 +152,14 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         meta.get(key)
             .ok_or_else(|| bad(&format!("no `{key}` entry")))
     };
-    match get("format")?.as_str() {
-        FORMAT => verify(&file, &meta).map_err(|damage| bad(&damage))?,
-        FORMAT_UNCHECKED => {}
-        other => return Err(bad(&format!("format `{other}`, expected `{FORMAT}`"))),
+    let format = get("format")?.as_str();
+    if format != FORMAT && format != FORMAT_UNCHECKED {
+        return Err(bad(&format!("format `{format}`, expected `{FORMAT}`")));
+    }
+    // Checksums present are checked whatever the format says: a damaged format entry must not
+    // switch them off.
+    if format == FORMAT || meta.contains_key(METADATA_CHECKSUM) {
+        verify(&file, &meta).map_err(|damage| bad(&damage))?;
     }
     let step = get("step")?
         .parse()
@@ -366,6 +370,23 @@ mod tests {
         let err = load(&path, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("the metadata"), "{err}");
         assert!(err.contains("no earlier checkpoint is kept"), "{err}");
+    }
+
+    /// A format entry damaged into the format before checksums does not switch them off.
+    #[test]
+    fn a_format_entry_damaged_into_the_old_one_keeps_the_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        save(&path, &checkpoint_at(100)).unwrap();
+        damage(&path, |b| {
+            let at = b
+                .windows(FORMAT.len())
+                .position(|w| w == FORMAT.as_bytes())
+                .unwrap();
+            b[at + FORMAT.len() - 1] = b'1';
+        });
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("the metadata"), "{err}");
     }
 
     /// A damaged header (its JSON no longer parses) is refused as damaged.

@@ -42,8 +42,15 @@ impl LlamaConfig {
                 self.head_dim
             ));
         }
-        if self.layers == 0 || self.vocab == 0 || self.hidden == 0 || self.ffn == 0 {
-            return bad(format!("a size is zero: {self:?}"));
+        for (name, size) in [
+            ("layers", self.layers),
+            ("vocabulary", self.vocab),
+            ("hidden size", self.hidden),
+            ("feed-forward size", self.ffn),
+        ] {
+            if size == 0 {
+                return bad(format!("the {name} is 0; the model's config is damaged"));
+            }
         }
         Ok(())
     }

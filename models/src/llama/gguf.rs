@@ -19,6 +19,29 @@ pub struct GgufFile {
     pub content: Content,
 }
 
+/// Every tensor's element count, computed without overflow, and its bytes within the file: candle
+/// checks the bytes from a product that can wrap, and then allocates the unwrapped count.
+fn check_tensor_sizes(content: &Content, path: &Path, file_len: u64) -> Result<()> {
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let bytes = dims
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n.checked_mul(std::mem::size_of::<f32>()).is_some())
+            .map(|n| n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size());
+        if bytes.is_none_or(|b| b as u64 > file_len) {
+            return Err(Error::file(
+                path,
+                format!(
+                    "tensor `{name}` claims shape {dims:?}, more than the file holds (corrupt or \
+                     truncated?)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| {
@@ -33,6 +56,11 @@ impl GgufFile {
                 format!("not a readable GGUF file (corrupt or truncated?): {e}"),
             )
         })?;
+        check_tensor_sizes(
+            &content,
+            path,
+            file.metadata().map_or(u64::MAX, |m| m.len()),
+        )?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             file,
@@ -88,6 +116,26 @@ impl GgufFile {
         self.content.tensor_infos.contains_key(name)
     }
 
+    /// Refuses a file whose tensor `name` is missing or is not shaped `want` (candle's order).
+    fn expect_shape(&self, name: &str, want: &[usize]) -> Result<()> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::file(&self.path, format!("tensor `{name}` is missing")))?;
+        if info.shape.dims() != want {
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "tensor `{name}` has shape {:?}, but the metadata's sizes make it {want:?} \
+                     (corrupt or inconsistent file?)",
+                    info.shape.dims()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The decoder's hyper-parameters. llama.cpp's converter permutes Q/K rows so that RoPE pairs adjacent
     /// coordinates: GGUF llama weights use interleaved pairing.
     pub fn config(&self) -> Result<LlamaConfig> {
@@ -113,14 +161,35 @@ impl GgufFile {
             Ok(Value::Array(tokens)) => tokens.len(),
             _ => self.usize("llama.vocab_size")?,
         };
+        let layers = self.usize("llama.block_count")?;
+        let ffn = self.usize("llama.feed_forward_length")?;
+        // Sizes from the metadata are trusted only as far as the tensors bear them out: a corrupt
+        // count would otherwise size allocations (RoPE's tables, the layer list) before any
+        // tensor is read.
+        let rows = |a: usize, b: usize| a.checked_mul(b).unwrap_or(usize::MAX);
+        for (name, want) in [
+            ("token_embd.weight", [vocab, hidden]),
+            ("blk.0.attn_q.weight", [rows(heads, head_dim), hidden]),
+            ("blk.0.attn_k.weight", [rows(kv_heads, head_dim), hidden]),
+            ("blk.0.ffn_up.weight", [ffn, hidden]),
+        ] {
+            self.expect_shape(name, &want)?;
+        }
+        let last = format!("blk.{}.attn_norm.weight", layers.max(1) - 1);
+        if layers == 0 || !self.has_tensor(&last) {
+            return Err(Error::file(
+                &self.path,
+                format!("llama.block_count says {layers} layers, but the file has no `{last}`"),
+            ));
+        }
         let config = LlamaConfig {
             vocab,
             hidden,
-            layers: self.usize("llama.block_count")?,
+            layers,
             heads,
             kv_heads,
             head_dim,
-            ffn: self.usize("llama.feed_forward_length")?,
+            ffn,
             rms_eps: self.f64("llama.attention.layer_norm_rms_epsilon")?,
             rope: RopeSpec::new(head_dim, base, RopePairing::Interleaved, scaling),
             max_context: self.usize("llama.context_length").unwrap_or(2048),
@@ -166,7 +235,7 @@ impl GgufFile {
     ) -> Result<LlamaWeights> {
         let embed_q = self.tensor("token_embd.weight", device)?;
         let embed = embed_q.dequantize(device)?;
-        let mut layers = Vec::with_capacity(config.layers);
+        let mut layers = Vec::new();
         for l in 0..config.layers {
             let mut matrix = |name: &str| -> Result<Linear> {
                 let t = self.tensor(&format!("blk.{l}.{name}.weight"), device)?;

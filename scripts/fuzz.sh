@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Fuzzes every reader of untrusted input (RON configs, GGUF models, checkpoints, KV query stats)
+# with CASES mutated inputs each (default 250000: a million in all) and prints each reader's count,
+# time and outcome. A panic fails the run; an abort ends it with the signal.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cases="${1:-250000}"
+SPECTRA_FUZZ_CASES="$cases" cargo test --release --quiet --test fuzz -- --nocapture --test-threads 1 2>&1 |
+    grep -E '^fuzz|panicked|FAILED|test result'
