@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cases="${1:-250000}"
 SPECTRA_FUZZ_CASES="$cases" cargo test --release --quiet --test fuzz -- --nocapture --test-threads 1 2>&1 |
-    grep -E '^fuzz|panicked|FAILED|test result'
+    grep -E 'fuzz |panicked|memory allocation|signal|FAILED|test result'
