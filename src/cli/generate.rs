@@ -43,6 +43,10 @@ pub struct GenerateArgs {
     /// Keep decoding past the end-of-sequence token, to --max-tokens (to time decoding).
     #[arg(long)]
     ignore_eos: bool,
+    /// Write each generated token's id, text, logit and lead over the runner-up to this file, one
+    /// JSON line per token (to tell a near-tie from a real disagreement with another engine).
+    #[arg(long)]
+    margins: Option<PathBuf>,
     #[arg(long, default_value = "Auto")]
     device: String,
     #[arg(required_unless_present = "prompt_file")]
@@ -130,17 +134,36 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
     print!("{}", tokenizer.decode(&prompt)?);
     let decode_started = Instant::now();
     let mut generated = 0;
+    let mut margins = match &args.margins {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|e| Error::file(path, format!("cannot write the margins: {e}")))?,
+        )),
+        None => None,
+    };
     for _ in 0..args.max_tokens {
         let next = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         if Some(next) == tokenizer.eos && !args.ignore_eos {
             break;
         }
-        print!("{}", tokenizer.decode(&[next])?);
+        let piece = tokenizer.decode(&[next])?;
+        if let (Some(out), Some(path)) = (margins.as_mut(), &args.margins) {
+            let (top, lead) = lead_over_runner_up(&logits.flatten_all()?.to_vec1::<f32>()?);
+            let line =
+                serde_json::json!({"token": next, "text": piece, "logit": top, "lead": lead});
+            writeln!(out, "{line}")
+                .map_err(|e| Error::file(path, format!("cannot write the margins: {e}")))?;
+        }
+        print!("{piece}");
         std::io::stdout().flush().ok();
         generated += 1;
         logits = session.step(next)?;
     }
     let decode_time = decode_started.elapsed();
+    if let (Some(mut out), Some(path)) = (margins, &args.margins) {
+        out.flush()
+            .map_err(|e| Error::file(path, format!("cannot write the margins: {e}")))?;
+    }
     println!();
     let stats = &session.stats;
     eprintln!(
@@ -159,10 +182,36 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The largest logit and how far it lies above the second largest.
+fn lead_over_runner_up(logits: &[f32]) -> (f32, f32) {
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in logits {
+        if x > first {
+            second = first;
+            first = x;
+        } else if x > second {
+            second = x;
+        }
+    }
+    (first, first - second)
+}
+
 fn human_bytes(bytes: usize) -> String {
     if bytes >= 1 << 20 {
         format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
     } else {
         format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lead_is_over_the_runner_up_wherever_they_stand() {
+        assert_eq!(lead_over_runner_up(&[1.0, 4.0, 2.5, 3.0]), (4.0, 1.0));
+        assert_eq!(lead_over_runner_up(&[5.0, 1.0, 4.5]), (5.0, 0.5));
+        assert_eq!(lead_over_runner_up(&[2.0, 2.0]), (2.0, 0.0));
     }
 }
