@@ -166,7 +166,7 @@ impl GgufFile {
         // Sizes from the metadata are trusted only as far as the tensors bear them out: a corrupt
         // count would otherwise size allocations (RoPE's tables, the layer list) before any
         // tensor is read.
-        let rows = |a: usize, b: usize| a.checked_mul(b).unwrap_or(usize::MAX);
+        let rows = usize::saturating_mul;
         for (name, want) in [
             ("token_embd.weight", [vocab, hidden]),
             ("blk.0.attn_q.weight", [rows(heads, head_dim), hidden]),
