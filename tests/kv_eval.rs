@@ -9,7 +9,7 @@ use spectra::kv::{run, write_report, FULL};
 
 mod llama_support;
 
-use llama_support::Tiny;
+use llama_support::{Tiny, HEAD_DIM, KV_HEADS, LAYERS};
 
 fn config(tiny: &Tiny, dir: &Path) -> KvEvalConfig {
     let text = dir.join("text.txt");
@@ -30,6 +30,7 @@ fn config(tiny: &Tiny, dir: &Path) -> KvEvalConfig {
                 Passkey(lengths: [320], depths: [0.5]),
                 Decode(text: {text:?}, contexts: [64], tokens: 20),
             ],
+            prefill_chunk: 16,
             device: Cpu,
             output: {out:?},
         )"#,
@@ -79,8 +80,16 @@ fn the_report_holds_what_must_hold_for_any_weights() {
     for row in &decode.rows {
         assert!(row.tokens_per_second > 0.0);
         assert!((0.0..=1.0).contains(&row.eviction_share));
+        assert!(row.prefill_tokens_per_second > 0.0);
         if row.budget == "16" {
             assert!(row.peak_kv_bytes < full_peak, "{row:?}");
+        }
+        if row.budget == "16" && row.policy == "StreamingLlm" {
+            // Each arm runs its 64-token prompt itself in chunks of 16, compressed between them: the
+            // cache never holds more than the budget, one chunk and the growth headroom (16 rows) per
+            // head, prefill included (f32 keys and values).
+            let row_bytes = LAYERS * KV_HEADS * HEAD_DIM * 2 * 4;
+            assert!(row.peak_kv_bytes <= (16 + 16 + 16) * row_bytes, "{row:?}");
         }
     }
 

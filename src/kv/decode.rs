@@ -1,11 +1,15 @@
 //! Decoding speed: greedy decoding after a long prompt, token by token, with compression by the
 //! policy's trigger; tokens per second, eviction's share of the time and the cache's peak size.
+//!
+//! Unlike the quality tasks, every arm runs its prompt itself, compressing between prefill chunks as
+//! `spectra generate` does: the peak is then that of a real run, prefill included, not that of a
+//! copy of a shared uncompressed prefill.
 
 use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
-use spectra_core::{Error, Result};
+use spectra_core::{Budget, Error, Result};
 use spectra_models::llama::{Logits, Session};
 
 use super::{budget_tokens, check_context, greedy, read_tokens, Bench, FULL};
@@ -16,10 +20,12 @@ pub struct DecodeRow {
     pub policy: String,
     pub budget: String,
     pub budget_tokens: f64,
+    /// The prompt's tokens per second, compression between its chunks included.
+    pub prefill_tokens_per_second: f64,
     pub tokens_per_second: f64,
     /// Time spent choosing and compacting entries, as a share of the decoding time.
     pub eviction_share: f64,
-    /// The largest KV allocation while decoding (after the prompt's compression), bytes.
+    /// The largest KV allocation of the whole run, prefill included, bytes.
     pub peak_kv_bytes: usize,
     pub compressions: usize,
 }
@@ -51,26 +57,27 @@ pub fn run(
             ));
         }
         check_context(&bench.model, context + tokens, "Decode.contexts")?;
-        let mut shared = Session::recording(&bench.model, bench.needs)?;
-        let first = shared.prefill(&all[..context], bench.prefill_chunk, Logits::Last)?;
-        let first = greedy(&first)?;
-        let full = shared.fork_uncompressed()?;
+        let prompt = &all[..context];
+        let full = Session::new(&bench.model, None, Budget::Tokens(usize::MAX), bench.seed)?;
         rows.push(decode(
             full,
-            first,
+            (prompt, bench.prefill_chunk),
             tokens,
-            context,
             FULL,
             "—".into(),
             context as f64,
         )?);
         for arm in &bench.arms {
-            let session = shared.fork(Some(arm.policy), arm.budget.clone(), bench.seed)?;
+            let session = Session::new(
+                &bench.model,
+                Some(arm.policy),
+                arm.budget.clone(),
+                bench.seed,
+            )?;
             rows.push(decode(
                 session,
-                first,
+                (prompt, bench.prefill_chunk),
                 tokens,
-                context,
                 &arm.label,
                 arm.budget_label(),
                 budget_tokens(arm.budget, bench.model.config.layers, context),
@@ -84,35 +91,42 @@ pub fn run(
     })
 }
 
+/// The prompt prefilled in chunks, then `tokens` decoded greedily.
 fn decode(
     mut session: Session<'_>,
-    first: u32,
+    (prompt, chunk): (&[u32], usize),
     tokens: usize,
-    context: usize,
     policy: &str,
     budget: String,
     budget_tokens: f64,
 ) -> Result<DecodeRow> {
+    let prefill_started = Instant::now();
+    let mut next = greedy(&session.prefill(prompt, chunk, Logits::Last)?)?;
+    let prefill_seconds = prefill_started.elapsed().as_secs_f64().max(1e-9);
+    let eviction_before = session.stats.eviction_time;
     let started = Instant::now();
-    let mut next = first;
     for _ in 0..tokens {
         next = greedy(&session.step(next)?)?;
     }
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     let row = DecodeRow {
-        context,
+        context: prompt.len(),
         policy: policy.to_string(),
         budget,
         budget_tokens,
+        prefill_tokens_per_second: prompt.len() as f64 / prefill_seconds,
         tokens_per_second: tokens as f64 / elapsed,
-        eviction_share: session.stats.eviction_time.as_secs_f64() / elapsed,
+        eviction_share: (session.stats.eviction_time - eviction_before).as_secs_f64() / elapsed,
         peak_kv_bytes: session.stats.peak_kv_bytes,
         compressions: session.stats.compressions,
     };
     eprintln!(
-        "decode at {context}: {} @ {}: {:.2} tokens/s, eviction {:.1}%, peak KV {:.1} MiB",
+        "decode at {}: {} @ {}: prefill {:.1} tokens/s, decode {:.2} tokens/s, eviction {:.1}%, peak KV \
+         {:.1} MiB",
+        row.context,
         row.policy,
         row.budget,
+        row.prefill_tokens_per_second,
         row.tokens_per_second,
         100.0 * row.eviction_share,
         row.peak_kv_bytes as f64 / f64::from(1 << 20)

@@ -177,17 +177,20 @@ fn markdown(config_file: &Path, report: &KvReport) -> String {
     for d in &report.decode {
         let _ = writeln!(
             md,
-            "\n## Decoding\n\n{} tokens decoded greedily after a prompt from `{}`.\n\n| context | policy | \
-             budget | tokens/s | eviction share | peak KV (MiB) | compressions |\n|---|---|---|---|---|---|---|",
+            "\n## Decoding\n\n{} tokens decoded greedily after a prompt from `{}`, each policy running \
+             the prompt itself (compressed between chunks); peak KV is the whole run's.\n\n| context | \
+             policy | budget | prefill tokens/s | tokens/s | eviction share | peak KV (MiB) | \
+             compressions |\n|---|---|---|---|---|---|---|---|",
             d.tokens, d.text
         );
         for r in &d.rows {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.2} | {:.1}% | {:.1} | {} |",
+                "| {} | {} | {} | {:.1} | {:.2} | {:.1}% | {:.1} | {} |",
                 r.context,
                 r.policy,
                 r.budget,
+                r.prefill_tokens_per_second,
                 r.tokens_per_second,
                 100.0 * r.eviction_share,
                 mib(r.peak_kv_bytes),

@@ -89,15 +89,15 @@ impl<'m> Session<'m> {
         self
     }
 
-    /// This session's state continued with `policy` at `budget`, compressed now as after prefill: what a
-    /// session of its own would hold at this point, without running the prompt again. The cache is
-    /// copied, so both sessions go on independently; the copy's stats start after that compression.
-    /// Fails when this session did not record what the policy needs.
     /// This session's state continued without eviction: the reference every policy is compared with.
     pub fn fork_uncompressed(&self) -> Result<Session<'m>> {
         self.fork(None, Budget::Tokens(usize::MAX), self.seed)
     }
 
+    /// This session's state continued with `policy` at `budget`, compressed now as after prefill: what a
+    /// session of its own would hold at this point, without running the prompt again. The cache is
+    /// copied, so both sessions go on independently; the copy's stats start after that compression.
+    /// Fails when this session did not record what the policy needs.
     pub fn fork(
         &self,
         policy: Option<&'m dyn KvEvictionPolicy>,
