@@ -67,7 +67,7 @@ pub fn run() -> ExitCode {
         Command::Sweep(args) => sweep::run(args),
         Command::Generate(args) => rayon::scope(|_| generate::run(args)),
         Command::Calibrate(args) => calibrate::run(args),
-        Command::Kv(args) => kv::run(args),
+        Command::Kv(args) => rayon::scope(|_| kv::run(args)),
         Command::Perplexity(args) => rayon::scope(|_| perplexity::run(args)),
     };
     match result {
