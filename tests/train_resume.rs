@@ -125,11 +125,10 @@ fn a_stop_request_writes_a_checkpoint_and_a_fresh_start_refuses_to_overwrite_it(
     assert!(err.contains("--resume"), "{err}");
 }
 
-#[test]
-fn a_changed_seed_is_refused_on_resume() {
-    let dir = tempfile::tempdir().unwrap();
-    let corpus = write_cycle_corpus(dir.path());
-    let out = dir.path().join("run");
+/// A run of 4 steps stopped after 2 with a checkpoint in `dir/run`: its config text and folder.
+fn stopped_after_two_steps(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let corpus = write_cycle_corpus(dir);
+    let out = dir.join("run");
     let text = gpt_config(&corpus, &out, MUON_SOFT_CAP, 4, "");
     let s = run(
         &text,
@@ -139,14 +138,24 @@ fn a_changed_seed_is_refused_on_resume() {
         },
     );
     assert_eq!((s.outcome, s.steps_done), (Outcome::Stopped, 2));
-    let reseeded = text.replace("seed: 3", "seed: 4");
+    (text, out)
+}
+
+fn resume_error(text: &str) -> String {
     let resume = TrainOptions {
         resume: true,
         ..quiet()
     };
-    let err = spectra::train::train(parse(&reseeded), std::path::Path::new("test.ron"), &resume)
+    spectra::train::train(parse(text), std::path::Path::new("test.ron"), &resume)
         .unwrap_err()
-        .to_string();
+        .to_string()
+}
+
+#[test]
+fn a_changed_seed_is_refused_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, _) = stopped_after_two_steps(dir.path());
+    let err = resume_error(&text.replace("seed: 3", "seed: 4"));
     assert!(err.contains("seed"), "{err}");
 }
 
@@ -155,25 +164,9 @@ fn a_changed_seed_is_refused_on_resume() {
 #[test]
 fn resume_with_only_the_previous_checkpoint_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = write_cycle_corpus(dir.path());
-    let out = dir.path().join("run");
-    let text = gpt_config(&corpus, &out, MUON_SOFT_CAP, 4, "");
-    let s = run(
-        &text,
-        &TrainOptions {
-            stop_at: Some(2),
-            ..quiet()
-        },
-    );
-    assert_eq!(s.outcome, Outcome::Stopped);
+    let (text, out) = stopped_after_two_steps(dir.path());
     let latest = checkpoint::path_in(&out);
     std::fs::rename(&latest, checkpoint::previous_of(&latest)).unwrap();
-    let resume = TrainOptions {
-        resume: true,
-        ..quiet()
-    };
-    let err = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume)
-        .unwrap_err()
-        .to_string();
+    let err = resume_error(&text);
     assert!(err.contains(checkpoint::PREVIOUS_FILE_NAME), "{err}");
 }
