@@ -86,10 +86,10 @@ fn the_report_holds_what_must_hold_for_any_weights() {
         }
         if row.budget == "16" && row.policy == "StreamingLlm" {
             // Each arm runs its 64-token prompt itself in chunks of 16, compressed between them: the
-            // cache never holds more than the budget, one chunk and the growth headroom (16 rows) per
-            // head, prefill included (f32 keys and values).
+            // cache never holds more than the budget and one chunk per head, prefill included, and
+            // decoding grows into the 16 free rows a compaction leaves (f32 keys and values).
             let row_bytes = LAYERS * KV_HEADS * HEAD_DIM * 2 * 4;
-            assert!(row.peak_kv_bytes <= (16 + 16 + 16) * row_bytes, "{row:?}");
+            assert!(row.peak_kv_bytes <= (16 + 16) * row_bytes, "{row:?}");
         }
     }
 

@@ -39,7 +39,10 @@ pub struct Session<'m> {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PrefillCompression {
     /// After every chunk, as the policy's prefill trigger says: the cache never holds more than the
-    /// budget plus one chunk per head, during prefill too.
+    /// budget plus one chunk per head during prefill (or the budget plus the [`headroom`] a
+    /// compaction leaves, where that is more than a chunk).
+    ///
+    /// [`headroom`]: spectra_core::kv_cache::headroom
     #[default]
     EveryChunk,
     /// Once, after the whole prompt (what a [fork](Session::fork) of an uncompressed prefill holds):
@@ -176,8 +179,19 @@ impl<'m> Session<'m> {
         }
         let pieces: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
         let last = pieces.len() - 1;
+        let compresses_between_chunks =
+            self.policy.is_some() && self.prefill == PrefillCompression::EveryChunk;
         let mut outputs = Vec::new();
+        let mut read = 0;
         for (i, piece) in pieces.into_iter().enumerate() {
+            // Room for exactly what arrives before the next compression, so that the peak is the
+            // budget plus one chunk, or the whole prompt when nothing is evicted on the way.
+            self.cache.reserve(if compresses_between_chunks {
+                piece.len()
+            } else {
+                tokens.len() - read
+            })?;
+            read += piece.len();
             // With `Logits::Last` an earlier chunk computes one row, which is dropped.
             let logits = self.run(piece, rows)?;
             if rows == Logits::All || i == last {
