@@ -200,6 +200,28 @@ fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
 }
 
 #[test]
+fn a_session_that_never_evicts_reserves_the_prompt_and_the_decoded_tokens_at_once() {
+    let tiny = Tiny::new();
+    let model = tiny.gguf();
+    let rows = 2 * KV_HEADS * LAYERS * HEAD_DIM * 4;
+    let run = |decoding: usize| {
+        let mut session = Session::new(&model, None, Budget::Tokens(usize::MAX), 0)
+            .unwrap()
+            .with_decoding(decoding);
+        session.prefill(&tokens(20), 6, Logits::Last).unwrap();
+        for t in 0..5 {
+            session.step(t).unwrap();
+        }
+        session.stats.peak_kv_bytes
+    };
+    // Told of the 5 decoded tokens, the cache is allocated once, 25 rows long.
+    assert_eq!(run(5), 25 * rows);
+    // Not told, the prompt is reserved exactly and the first decoded token grows it by the 16 rows
+    // of headroom.
+    assert_eq!(run(0), (21 + 16) * rows);
+}
+
+#[test]
 fn a_forked_session_continues_like_a_session_of_its_own() {
     let tiny = Tiny::new();
     let model = tiny.gguf();

@@ -127,7 +127,8 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
             args.max_tokens
         ),
     )?;
-    let mut session = Session::new(&model, policy.as_deref(), budget, 0)?;
+    let mut session =
+        Session::new(&model, policy.as_deref(), budget, 0)?.with_decoding(args.max_tokens);
     let started = Instant::now();
     let mut logits = session.prefill(&prompt, args.chunk, Logits::Last)?;
     let prefill_time = started.elapsed();

@@ -93,13 +93,14 @@ pub fn run(
 
 /// The prompt prefilled in chunks, then `tokens` decoded greedily.
 fn decode(
-    mut session: Session<'_>,
+    session: Session<'_>,
     (prompt, chunk): (&[u32], usize),
     tokens: usize,
     policy: &str,
     budget: String,
     budget_tokens: f64,
 ) -> Result<DecodeRow> {
+    let mut session = session.with_decoding(tokens);
     let prefill_started = Instant::now();
     let mut next = greedy(&session.prefill(prompt, chunk, Logits::Last)?)?;
     let prefill_seconds = prefill_started.elapsed().as_secs_f64().max(1e-9);

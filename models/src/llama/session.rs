@@ -7,6 +7,7 @@ use candle_core::Tensor;
 use spectra_core::kv_cache::KvCache;
 use spectra_core::{
     Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result, SideInfoNeeds,
+    TriggerSchedule,
 };
 
 use super::{Llama, Logits, Taps};
@@ -32,6 +33,8 @@ pub struct Session<'m> {
     position: u64,
     prompt_len: u64,
     prefill: PrefillCompression,
+    /// Tokens to be decoded after the prompt, reserved with it where nothing is evicted.
+    decoding: usize,
     pub stats: SessionStats,
 }
 
@@ -82,6 +85,7 @@ impl<'m> Session<'m> {
             position: 0,
             prompt_len: 0,
             prefill: PrefillCompression::default(),
+            decoding: 0,
             stats: SessionStats::default(),
         })
     }
@@ -89,6 +93,14 @@ impl<'m> Session<'m> {
     /// This session, compressing its prompt as `prefill` says.
     pub fn with_prefill_compression(mut self, prefill: PrefillCompression) -> Self {
         self.prefill = prefill;
+        self
+    }
+
+    /// This session, told that `tokens` tokens will be decoded after the prompt: where nothing is
+    /// ever evicted, the prefill reserves room for them too, so that the cache never grows (and never
+    /// copies itself) while decoding.
+    pub fn with_decoding(mut self, tokens: usize) -> Self {
+        self.decoding = tokens;
         self
     }
 
@@ -148,6 +160,7 @@ impl<'m> Session<'m> {
             position: self.position,
             prompt_len: self.prompt_len,
             prefill: self.prefill,
+            decoding: self.decoding,
             stats: SessionStats::default(),
         };
         forked.compress(KvPhase::Prefill)?;
@@ -181,13 +194,19 @@ impl<'m> Session<'m> {
         let last = pieces.len() - 1;
         let compresses_between_chunks =
             self.policy.is_some() && self.prefill == PrefillCompression::EveryChunk;
+        let never_evicts = self
+            .policy
+            .is_none_or(|p| p.contract().trigger == TriggerSchedule::Never);
         let mut outputs = Vec::new();
         let mut read = 0;
         for (i, piece) in pieces.into_iter().enumerate() {
             // Room for exactly what arrives before the next compression, so that the peak is the
-            // budget plus one chunk, or the whole prompt when nothing is evicted on the way.
+            // budget plus one chunk, or the whole prompt when nothing is evicted on the way (and the
+            // decoded tokens when nothing is evicted at all).
             self.cache.reserve(if compresses_between_chunks {
                 piece.len()
+            } else if never_evicts {
+                tokens.len() - read + self.decoding
             } else {
                 tokens.len() - read
             })?;
