@@ -287,6 +287,13 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
         budget.validate()
     }
 
+    /// Every layer's budget for this compression, from the configured ones (`budgets[l]`, one per
+    /// layer) and the context length. A policy that spreads the cache unevenly over the layers
+    /// (PyramidKV) returns its own split of the same total; the default keeps the configured ones.
+    fn layer_budgets(&self, budgets: Vec<usize>, _context_len: usize) -> Vec<usize> {
+        budgets
+    }
+
     /// Whether to compress a layer holding `cache_len` entries (the longest head) now.
     fn should_compress(&self, cache_len: usize, ctx: &KvStepContext) -> bool {
         let over = cache_len > ctx.budget;

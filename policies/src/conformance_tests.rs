@@ -8,7 +8,10 @@ use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
 
 use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};
-use crate::{Full, H2o, KNorm, Pooling, RKv, Random, SnapKv, StreamingLlm};
+use crate::{
+    ExpectedAttention, Full, H2o, KNorm, KeyDiff, Pooling, PyramidKv, RKv, Random, SnapKv,
+    StreamingLlm, Tova,
+};
 
 #[test]
 fn full() {
@@ -51,6 +54,44 @@ fn k_norm_and_random() {
     check_kv_policy(&Random::default());
     check_kv_policy(&Random {
         trigger: TriggerSchedule::Interval { every: 3 },
+    });
+}
+
+#[test]
+fn key_diff() {
+    check_kv_policy(&KeyDiff::default());
+    check_kv_policy(&KeyDiff {
+        trigger: TriggerSchedule::EveryStep,
+    });
+}
+
+#[test]
+fn tova() {
+    check_kv_policy(&Tova::default());
+    check_kv_policy(&Tova {
+        trigger: TriggerSchedule::PrefillOnly,
+    });
+}
+
+#[test]
+fn expected_attention() {
+    check_kv_policy(&ExpectedAttention::default());
+    check_kv_policy(&ExpectedAttention {
+        window: 3,
+        sinks: 0,
+        use_covariance: false,
+        use_value_norm: false,
+        trigger: TriggerSchedule::Slack { slack: 4 },
+        ..ExpectedAttention::default()
+    });
+}
+
+#[test]
+fn pyramid_kv() {
+    check_kv_policy(&PyramidKv::default());
+    check_kv_policy(&PyramidKv {
+        policy: Box::new(KeyDiff::default()),
+        beta: 2.0,
     });
 }
 

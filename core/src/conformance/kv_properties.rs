@@ -346,6 +346,22 @@ pub fn config(policy: &dyn KvEvictionPolicy) {
         "{name}: contract changes through RON"
     );
     let c = policy.contract();
+    // H23: a policy may split the budget unevenly over the layers, never change its total.
+    for (layers, budget, context) in [
+        (1, 16, 64),
+        (4, 100, 1000),
+        (12, 512, 600),
+        (30, 1024, 8192),
+    ] {
+        let split = policy.layer_budgets(vec![budget; layers], context);
+        assert!(
+            split.len() == layers
+                && split.iter().all(|&b| b >= 1)
+                && split.iter().sum::<usize>() == layers * budget,
+            "{name}: H23 (layer budgets: one per layer, each ≥ 1, summing to the configured total): \
+             {layers} layers of {budget} at context {context} became {split:?}"
+        );
+    }
     let budget_zero = policy.validate(&crate::Budget::Tokens(0));
     if c.trigger != TriggerSchedule::Never {
         assert!(

@@ -256,12 +256,19 @@ impl<'m> Session<'m> {
         let started = Instant::now();
         let layers = self.model.config.layers;
         let context_len = self.position as usize;
-        let contexts: Vec<KvStepContext> = (0..layers)
-            .map(|l| KvStepContext {
+        let budgets = policy.layer_budgets(
+            (0..layers)
+                .map(|l| self.budget.tokens(l, context_len))
+                .collect(),
+            context_len,
+        );
+        let contexts: Vec<KvStepContext> = budgets
+            .into_iter()
+            .map(|budget| KvStepContext {
                 phase,
                 position: self.position,
                 prompt_len: self.prompt_len,
-                budget: self.budget.tokens(l, context_len),
+                budget,
                 seed: self.seed,
             })
             .collect();
