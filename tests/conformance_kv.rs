@@ -25,6 +25,7 @@ fn every_registered_policy_conforms() {
         "Tova",
         "ExpectedAttention",
         "PyramidKv",
+        "AdaKv",
         "Random",
         "TriAttention",
         "ValueNorm",

@@ -54,6 +54,22 @@ pub struct PolicyContract {
     /// Unprotected entries are chosen by `score` alone: every kept one scores at least as high as every
     /// evicted one (ties broken towards newer positions, NaN scored lowest).
     pub top_k_by_score: bool,
+    /// The KV heads of a layer share `kv_heads × budget` entries (AdaKV): one head may keep more than
+    /// the budget and another fewer. Then "everything fits" and "fills the budget" are about that
+    /// total, the trigger sees the mean length per head, and heads are not independent.
+    pub heads_share_budget: bool,
+}
+
+impl PolicyContract {
+    /// The length of a layer with heads of `lens` entries that the trigger compares with the budget:
+    /// the longest head, or the mean per head rounded up where the heads share the budget.
+    pub fn cache_len(&self, lens: &[usize]) -> usize {
+        if self.heads_share_budget {
+            lens.iter().sum::<usize>().div_ceil(lens.len().max(1))
+        } else {
+            lens.iter().copied().max().unwrap_or(0)
+        }
+    }
 }
 
 /// Whether this is the compression right after the prompt or one during decoding.
@@ -294,7 +310,8 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
         budgets
     }
 
-    /// Whether to compress a layer holding `cache_len` entries (the longest head) now.
+    /// Whether to compress a layer holding `cache_len` entries (the longest head; with
+    /// [`PolicyContract::heads_share_budget`] the mean per head, rounded up) now.
     fn should_compress(&self, cache_len: usize, ctx: &KvStepContext) -> bool {
         let over = cache_len > ctx.budget;
         match (self.contract().trigger, ctx.phase) {

@@ -9,7 +9,7 @@ use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
 
 use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};
 use crate::{
-    ExpectedAttention, Full, H2o, KNorm, KeyDiff, Pooling, PyramidKv, RKv, Random, SnapKv,
+    AdaKv, ExpectedAttention, Full, H2o, KNorm, KeyDiff, Pooling, PyramidKv, RKv, Random, SnapKv,
     StreamingLlm, Tova,
 };
 
@@ -92,6 +92,21 @@ fn pyramid_kv() {
     check_kv_policy(&PyramidKv {
         policy: Box::new(KeyDiff::default()),
         beta: 2.0,
+    });
+}
+
+#[test]
+fn ada_kv() {
+    check_kv_policy(&AdaKv::default());
+    check_kv_policy(&AdaKv {
+        policy: Box::new(ExpectedAttention::default()),
+        alpha_safeguard: 0.5,
+    });
+    check_kv_policy(&AdaKv {
+        policy: Box::new(KNorm {
+            trigger: TriggerSchedule::EveryStep,
+        }),
+        alpha_safeguard: 0.0,
     });
 }
 

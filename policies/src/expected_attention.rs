@@ -239,6 +239,7 @@ impl KvEvictionPolicy for ExpectedAttention {
             gqa: GqaAggregation::Mean,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

@@ -22,6 +22,7 @@ impl KvEvictionPolicy for Full {
             gqa: GqaAggregation::NotApplicable,
             shares_across_layers: false,
             top_k_by_score: false,
+            heads_share_budget: false,
         }
     }
 

@@ -37,6 +37,7 @@ impl KvEvictionPolicy for H2o {
             gqa: GqaAggregation::NotApplicable,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

@@ -36,6 +36,7 @@ impl KvEvictionPolicy for KNorm {
             gqa: GqaAggregation::NotApplicable,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

@@ -75,6 +75,7 @@ impl KvEvictionPolicy for KeyDiff {
             gqa: GqaAggregation::NotApplicable,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

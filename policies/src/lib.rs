@@ -1,7 +1,8 @@
 //! spectra's KV-cache eviction policies, each a registered `KvEvictionPolicy` (kv-eviction.md §1–2):
 //! `Full`, `StreamingLlm`, `H2o`, `SnapKv`, `RKv`, `KNorm`, `KeyDiff`, `Tova`, `ExpectedAttention`,
-//! `PyramidKv`, `Random` and `TriAttention`.
+//! `PyramidKv`, `AdaKv`, `Random` and `TriAttention`.
 
+mod ada_kv;
 mod expected_attention;
 mod full;
 mod h2o;
@@ -23,6 +24,7 @@ mod conformance_tests;
 #[cfg(test)]
 mod testing;
 
+pub use ada_kv::AdaKv;
 pub use expected_attention::ExpectedAttention;
 pub use full::Full;
 pub use h2o::H2o;

@@ -114,6 +114,7 @@ impl KvEvictionPolicy for SnapKv {
             gqa: self.gqa,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

@@ -34,6 +34,7 @@ impl KvEvictionPolicy for StreamingLlm {
             gqa: GqaAggregation::NotApplicable,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

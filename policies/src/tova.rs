@@ -43,6 +43,7 @@ impl KvEvictionPolicy for Tova {
             gqa: GqaAggregation::Mean,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

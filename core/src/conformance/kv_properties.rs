@@ -49,6 +49,9 @@ fn check_plan(
             "A1 (indices sorted, unique, in range), layer {layer}: {m}"
         )));
     }
+    if c.heads_share_budget {
+        return check_shared_plan(c, plan, fixture, layer);
+    }
     for (h, (keep, &n)) in plan.per_head.iter().zip(&lens).enumerate() {
         if c.trigger == TriggerSchedule::Never || n <= b {
             prop_assert_eq!(
@@ -77,15 +80,72 @@ fn check_plan(
                 keep.len()
             );
         }
-        let positions = fixture.cache.positions(layer, h).expect("positions");
-        let (prefix, window) = protected(c, positions, &fixture.ctx);
-        for i in (0..prefix).chain(n - window..n) {
-            prop_assert!(
-                keep.binary_search(&(i as u32)).is_ok(),
-                "C8–C11 (declared sinks {}, window {}, prompt protection {} keep entry {} of {}), layer {} head {}",
-                c.sinks, c.recent_window, c.protects_prompt, i, n, layer, h
-            );
-        }
+        check_protected(c, keep, fixture, layer, h)?;
+    }
+    Ok(())
+}
+
+/// A.3 and B.4 over the layer's total where the heads share `kv_heads × budget` entries, and C.8–11
+/// per head.
+fn check_shared_plan(
+    c: &PolicyContract,
+    plan: &KeepPlan,
+    fixture: &Fixture,
+    layer: usize,
+) -> Result<(), TestCaseError> {
+    let lens = fixture.cache.lens(layer).expect("lens");
+    let total: usize = lens.iter().sum();
+    let allowed = lens.len() * fixture.ctx.budget;
+    let kept: usize = plan.per_head.iter().map(Vec::len).sum();
+    if c.trigger == TriggerSchedule::Never || total <= allowed {
+        prop_assert_eq!(
+            kept,
+            total,
+            "B4 (everything fits the heads' shared budget {} or trigger Never: keeps everything), layer {}",
+            allowed,
+            layer
+        );
+        return Ok(());
+    }
+    if c.fills_budget {
+        prop_assert_eq!(
+            kept,
+            allowed,
+            "A3 (fills the shared budget: keeps exactly kv_heads × B in all), layer {}",
+            layer
+        );
+    } else {
+        prop_assert!(
+            kept <= allowed,
+            "A3 (never more than the shared budget {}), layer {}: {}",
+            allowed,
+            layer,
+            kept
+        );
+    }
+    for (h, keep) in plan.per_head.iter().enumerate() {
+        check_protected(c, keep, fixture, layer, h)?;
+    }
+    Ok(())
+}
+
+/// C.8–11: one head keeps the sinks, the prompt where protected, and the recent window.
+fn check_protected(
+    c: &PolicyContract,
+    keep: &[u32],
+    fixture: &Fixture,
+    layer: usize,
+    h: usize,
+) -> Result<(), TestCaseError> {
+    let positions = fixture.cache.positions(layer, h).expect("positions");
+    let n = positions.len();
+    let (prefix, window) = protected(c, positions, &fixture.ctx);
+    for i in (0..prefix).chain(n - window..n) {
+        prop_assert!(
+            keep.binary_search(&(i as u32)).is_ok(),
+            "C8–C11 (declared sinks {}, window {}, prompt protection {} keep entry {} of {}), layer {} head {}",
+            c.sinks, c.recent_window, c.protects_prompt, i, n, layer, h
+        );
     }
     Ok(())
 }
@@ -100,9 +160,17 @@ fn check_top_k(
     layer: usize,
     tolerance: f32,
 ) -> Result<(), TestCaseError> {
+    let lens = fixture.cache.lens(layer).expect("lens");
+    let fits = |n: usize| {
+        if c.heads_share_budget {
+            lens.iter().sum::<usize>() <= lens.len() * fixture.ctx.budget
+        } else {
+            n <= fixture.ctx.budget
+        }
+    };
     for (h, (keep, s)) in plan.per_head.iter().zip(scores).enumerate() {
         let n = s.len();
-        if n <= fixture.ctx.budget {
+        if fits(n) {
             continue;
         }
         let positions = fixture.cache.positions(layer, h).expect("positions");
@@ -234,7 +302,8 @@ pub fn selection(
         }
     }
     // G22: redrawing one head's keys changes no other head's plan (cross-layer sharing is per KV head).
-    if spec.kv_heads >= 2 {
+    // Heads that share a budget compete for it, so there a redrawn head may move the others' shares.
+    if spec.kv_heads >= 2 && !c.heads_share_budget {
         let other = build(spec, policy, budget, Some(0));
         let perturbed = policy
             .select_layers(&other.views(), &other.sides(needs.rope), &other.ctxs())
@@ -281,7 +350,7 @@ pub fn trigger(
         }
         fixture.ctx.position = at + 1;
         let len = (0..shape.layers)
-            .flat_map(|l| fixture.cache.lens(l).expect("lens"))
+            .map(|l| c.cache_len(&fixture.cache.lens(l).expect("lens")))
             .max()
             .unwrap_or(0);
         let fires = policy.should_compress(len, &fixture.ctx);
@@ -320,7 +389,7 @@ pub fn trigger(
             fixture.cache.compact(layer, plan).expect("compact");
             let lens = fixture.cache.lens(layer).expect("lens");
             prop_assert!(
-                lens.iter().all(|&n| n <= budget),
+                c.cache_len(&lens) <= budget,
                 "B5 (compression returns within the budget): {:?}",
                 lens
             );

@@ -31,6 +31,7 @@ impl KvEvictionPolicy for ValueNorm {
             gqa: GqaAggregation::NotApplicable,
             shares_across_layers: false,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 

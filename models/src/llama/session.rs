@@ -272,17 +272,17 @@ impl<'m> Session<'m> {
                 seed: self.seed,
             })
             .collect();
+        let contract = policy.contract();
         let mut chosen = Vec::new();
         for (l, ctx) in contexts.iter().enumerate() {
-            let longest = self.cache.lens(l)?.into_iter().max().unwrap_or(0);
-            if policy.should_compress(longest, ctx) {
+            if policy.should_compress(contract.cache_len(&self.cache.lens(l)?), ctx) {
                 chosen.push(l);
             }
         }
         if chosen.is_empty() {
             return Ok(());
         }
-        if policy.contract().shares_across_layers {
+        if contract.shares_across_layers {
             chosen = (0..layers).collect();
         }
         let views = chosen

@@ -325,6 +325,7 @@ impl KvEvictionPolicy for TriAttention {
             gqa: self.gqa,
             shares_across_layers: self.mode == TriAttentionMode::PerKvHead,
             top_k_by_score: true,
+            heads_share_budget: false,
         }
     }
 
