@@ -61,6 +61,21 @@ pub struct PolicyContract {
 }
 
 impl PolicyContract {
+    /// The entries of one head (at `positions`) kept whatever they score, as `(prefix, window)`: the
+    /// first `max(sinks, prompt entries)` (prompt entries where protected), then the newest
+    /// `recent_window`, cut to the budget in that order.
+    pub fn protected(&self, positions: &[u64], ctx: &KvStepContext) -> (usize, usize) {
+        let n = positions.len();
+        let prompt = if self.protects_prompt {
+            positions.partition_point(|&p| p < ctx.prompt_len)
+        } else {
+            0
+        };
+        let prefix = self.sinks.max(prompt).min(n).min(ctx.budget);
+        let window = self.recent_window.min(ctx.budget - prefix).min(n - prefix);
+        (prefix, window)
+    }
+
     /// The length of a layer with heads of `lens` entries that the trigger compares with the budget:
     /// the longest head, or the mean per head rounded up where the heads share the budget.
     pub fn cache_len(&self, lens: &[usize]) -> usize {

@@ -60,15 +60,8 @@ impl AdaKv {
         ctx: &KvStepContext,
         head: usize,
     ) -> Vec<bool> {
-        let c = self.policy.contract();
         let n = scores.len();
-        let prompt = if c.protects_prompt {
-            positions.partition_point(|&p| p < ctx.prompt_len)
-        } else {
-            0
-        };
-        let prefix = c.sinks.max(prompt).min(n).min(ctx.budget);
-        let window = c.recent_window.min(ctx.budget - prefix).min(n - prefix);
+        let (prefix, window) = self.policy.contract().protected(positions, ctx);
         let mut kept = vec![false; n];
         kept[..prefix].fill(true);
         kept[n - window..].fill(true);

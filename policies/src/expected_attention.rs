@@ -17,8 +17,7 @@ use spectra_core::{
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::k_norm::validate_trigger;
-use crate::selection::validate_protected;
+use crate::selection::{validate_protected, validate_trigger};
 use crate::window_attention::window_queries;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,11 +3,11 @@
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, TriggerSchedule,
+    Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
+    TriggerSchedule,
 };
 
-use crate::selection::validate_protected;
+use crate::selection::{score_only_contract, validate_score_only};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,22 +27,11 @@ impl Default for KNorm {
 #[typetag::serde]
 impl KvEvictionPolicy for KNorm {
     fn contract(&self) -> PolicyContract {
-        PolicyContract {
-            sinks: 0,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: self.trigger,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
-        }
+        score_only_contract(self.trigger)
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
-        validate_trigger(self.trigger)?;
-        validate_protected(budget, 0, 0)
+        validate_score_only(self.trigger, budget)
     }
 
     fn score(
@@ -68,16 +57,6 @@ impl KvEvictionPolicy for KNorm {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(scores))
-    }
-}
-
-/// A configurable trigger must be able to fire: an interval of 0 never matches a position.
-pub fn validate_trigger(trigger: TriggerSchedule) -> std::result::Result<(), String> {
-    match trigger {
-        TriggerSchedule::Interval { every: 0 } => {
-            Err("Interval { every: 0 } never fires; use every ≥ 1".into())
-        }
-        _ => Ok(()),
     }
 }
 
@@ -113,6 +92,5 @@ mod tests {
             .select(&layer.view(), &KvSideInfo::default(), &ctx(2, 4))
             .unwrap();
         assert_eq!(plan.per_head[0], vec![1, 3]);
-        assert!(validate_trigger(TriggerSchedule::Interval { every: 0 }).is_err());
     }
 }

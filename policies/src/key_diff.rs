@@ -5,12 +5,11 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, TriggerSchedule,
+    Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
+    TriggerSchedule,
 };
 
-use crate::k_norm::validate_trigger;
-use crate::selection::validate_protected;
+use crate::selection::{score_only_contract, validate_score_only};
 
 /// Below this norm a key or the anchor counts as zero (PyTorch's `normalize` eps is 1e-12 and
 /// `cosine_similarity`'s 1e-8; the anchor is at most 1 long, so 1e-8 is the one that matters).
@@ -66,22 +65,11 @@ fn scores(keys: &Tensor) -> Result<Vec<f32>> {
 #[typetag::serde]
 impl KvEvictionPolicy for KeyDiff {
     fn contract(&self) -> PolicyContract {
-        PolicyContract {
-            sinks: 0,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: self.trigger,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
-        }
+        score_only_contract(self.trigger)
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
-        validate_trigger(self.trigger)?;
-        validate_protected(budget, 0, 0)
+        validate_score_only(self.trigger, budget)
     }
 
     fn score(

@@ -5,12 +5,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, TriggerSchedule,
+    Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
+    TriggerSchedule,
 };
 
-use crate::k_norm::validate_trigger;
-use crate::selection::validate_protected;
+use crate::selection::{score_only_contract, validate_score_only};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,22 +34,11 @@ fn stream(layer: usize, head: usize) -> u64 {
 #[typetag::serde]
 impl KvEvictionPolicy for Random {
     fn contract(&self) -> PolicyContract {
-        PolicyContract {
-            sinks: 0,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: self.trigger,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
-        }
+        score_only_contract(self.trigger)
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
-        validate_trigger(self.trigger)?;
-        validate_protected(budget, 0, 0)
+        validate_score_only(self.trigger, budget)
     }
 
     /// Uniform numbers in [0, 1) from a generator seeded by (seed, step position, layer, head).

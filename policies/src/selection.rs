@@ -1,6 +1,41 @@
-//! The config checks every policy with sinks and a recent window shares.
+//! The config checks the policies share, and the contract of those that rank by score alone.
 
-use spectra_core::Budget;
+use spectra_core::{Budget, GqaAggregation, PolicyContract, TriggerSchedule};
+
+/// The contract of a policy that ranks every entry by a score of its own, protects none and compresses
+/// as `trigger` says (KNorm, KeyDiff, Random).
+pub fn score_only_contract(trigger: TriggerSchedule) -> PolicyContract {
+    PolicyContract {
+        sinks: 0,
+        recent_window: 0,
+        protects_prompt: false,
+        fills_budget: true,
+        trigger,
+        gqa: GqaAggregation::NotApplicable,
+        shares_across_layers: false,
+        top_k_by_score: true,
+        heads_share_budget: false,
+    }
+}
+
+/// The config checks of such a policy: a trigger that can fire and a budget that keeps something.
+pub fn validate_score_only(
+    trigger: TriggerSchedule,
+    budget: &Budget,
+) -> std::result::Result<(), String> {
+    validate_trigger(trigger)?;
+    validate_protected(budget, 0, 0)
+}
+
+/// A configurable trigger must be able to fire: an interval of 0 never matches a position.
+pub fn validate_trigger(trigger: TriggerSchedule) -> std::result::Result<(), String> {
+    match trigger {
+        TriggerSchedule::Interval { every: 0 } => {
+            Err("Interval { every: 0 } never fires; use every ≥ 1".into())
+        }
+        _ => Ok(()),
+    }
+}
 
 /// The checks every policy with sinks and a recent window makes when its config is read: a budget that
 /// keeps something, a window smaller than the budget, and sinks plus window within it. Ratio budgets are
@@ -42,5 +77,6 @@ mod tests {
         assert!(validate_protected(&Budget::Tokens(9), 4, 5).is_ok());
         assert!(validate_protected(&Budget::PerLayer(vec![16, 6]), 0, 6).is_err());
         assert!(validate_protected(&Budget::Ratio(0.1), 4, 500).is_ok());
+        assert!(validate_trigger(TriggerSchedule::Interval { every: 0 }).is_err());
     }
 }

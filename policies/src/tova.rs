@@ -11,8 +11,7 @@ use spectra_core::{
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::k_norm::validate_trigger;
-use crate::selection::validate_protected;
+use crate::selection::{validate_protected, validate_trigger};
 use crate::window_attention::{softmax_in_place, window_queries, GroupLogits};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

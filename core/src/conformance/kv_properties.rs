@@ -12,21 +12,6 @@ use crate::kv_policy::{
 };
 use crate::rng::derived_rng;
 
-/// Entries kept no matter their score, as the contract declares them, given budget `b`: the first
-/// `max(sinks, prompt entries)` (prompt entries if protected) and then the newest `recent_window`,
-/// cut to the budget in that order.
-fn protected(c: &PolicyContract, positions: &[u64], ctx: &KvStepContext) -> (usize, usize) {
-    let n = positions.len();
-    let prompt = if c.protects_prompt {
-        positions.partition_point(|&p| p < ctx.prompt_len)
-    } else {
-        0
-    };
-    let prefix = c.sinks.max(prompt).min(n).min(ctx.budget);
-    let window = c.recent_window.min(ctx.budget - prefix).min(n - prefix);
-    (prefix, window)
-}
-
 fn rank_key(s: f32) -> f32 {
     if s.is_nan() {
         f32::NEG_INFINITY
@@ -139,7 +124,7 @@ fn check_protected(
 ) -> Result<(), TestCaseError> {
     let positions = fixture.cache.positions(layer, h).expect("positions");
     let n = positions.len();
-    let (prefix, window) = protected(c, positions, &fixture.ctx);
+    let (prefix, window) = c.protected(positions, &fixture.ctx);
     for i in (0..prefix).chain(n - window..n) {
         prop_assert!(
             keep.binary_search(&(i as u32)).is_ok(),
@@ -180,7 +165,7 @@ fn check_top_k(
             "score() gives one score per entry, head {}",
             h
         );
-        let (prefix, window) = protected(c, positions, &fixture.ctx);
+        let (prefix, window) = c.protected(positions, &fixture.ctx);
         let mut kept = vec![false; n];
         keep.iter().for_each(|&i| kept[i as usize] = true);
         // Rank order: score (NaN lowest, as `total_cmp` sees it), then newer.
