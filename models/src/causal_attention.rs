@@ -16,9 +16,11 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu_op::{contiguous_f32, exp_nonpositive, vectorized};
+use crate::cpu_op::contiguous_f32;
 use crate::rope::Rope;
-use crate::sgemm::{sgemm, Operand, Threads};
+
+mod head;
+use head::Scratch;
 
 /// The sizes and scales of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -97,10 +99,8 @@ fn causal_softmax_chain(scores: &Tensor, scale: f64) -> Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
-/// Rows of queries (and keys) per block: a 64 × seq score tile of a 256-token window is 64 KiB.
-const BLOCK: usize = 64;
-
-/// The fused op: forward [`CausalAttention`], backward [`CausalAttentionGrad`].
+/// The fused op: forward [`CausalAttention`], backward [`CausalAttentionGrad`]; the work of one
+/// sequence is in [`head`].
 #[derive(Clone)]
 struct CausalAttention {
     dims: AttentionDims,
@@ -110,302 +110,13 @@ struct CausalAttention {
     sin: Arc<[f32]>,
 }
 
-/// `dst = beta · lhs · rhs` for row-major `dst` (row stride `dst_rs`) with arbitrary `lhs` and `rhs`
-/// strides (`*_rs` between rows, `*_cs` between columns), one thread.
-///
-/// # Safety
-/// Every element the strides reach, `m × k` of `lhs`, `k × n` of `rhs` and `m × n` of `dst`, must lie
-/// in its allocation, and `dst` must not overlap the others.
-unsafe fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    beta: f32,
-) {
-    let operand = |(ptr, rs, cs): (*const f32, usize, usize)| Operand {
-        ptr,
-        rs: rs as isize,
-        cs: cs as isize,
-    };
-    sgemm(
-        (m, n, k),
-        dst,
-        dst_rs,
-        operand(lhs),
-        operand(rhs),
-        beta,
-        false,
-        Threads::One,
-    )
-}
-
-/// The per-sequence work buffers of one worker, reused for every head.
-struct Scratch {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    /// kᵀ and vᵀ `[d_head, seq]`: the right-hand operands of Q Kᵀ and G Vᵀ row-major, which the
-    /// product packs by contiguous copies instead of element by element.
-    kt: Vec<f32>,
-    vt: Vec<f32>,
-    probs: Vec<f32>,
-    grad_scores: Vec<f32>,
-    dq: Vec<f32>,
-    dk: Vec<f32>,
-}
-
 impl CausalAttention {
     fn width(&self) -> usize {
         self.dims.heads * self.head_dim
     }
 
     fn scratch(&self) -> Scratch {
-        let (t, dh) = (self.dims.seq, self.head_dim);
-        Scratch {
-            q: vec![0.0; t * dh],
-            k: vec![0.0; t * dh],
-            kt: vec![0.0; t * dh],
-            vt: vec![0.0; t * dh],
-            probs: vec![0.0; t * t],
-            grad_scores: vec![0.0; t * t],
-            dq: vec![0.0; t * dh],
-            dk: vec![0.0; t * dh],
-        }
-    }
-
-    /// Columns `at..at + d_head` of one sequence's rows (`src`, row stride `3·width`) into
-    /// `dst: [seq, d_head]`, rotated by RoPE as [`Rope::apply`] computes it.
-    #[inline(always)]
-    fn rotate(&self, src: &[f32], at: usize, dst: &mut [f32]) {
-        let dh = self.head_dim;
-        let half = dh / 2;
-        for (pos, (row, out)) in src
-            .chunks_exact(3 * self.width())
-            .zip(dst.chunks_exact_mut(dh))
-            .enumerate()
-        {
-            let x = &row[at..at + dh];
-            let (cos, sin) = (
-                &self.cos[pos * half..(pos + 1) * half],
-                &self.sin[pos * half..(pos + 1) * half],
-            );
-            for f in 0..half {
-                let (a, b) = (x[f], x[f + half]);
-                out[f] = a * cos[f] - b * sin[f];
-                out[f + half] = a * sin[f] + b * cos[f];
-            }
-        }
-    }
-
-    /// The transpose of [`Self::rotate`] (rotation by the opposite angle), from `src: [seq, d_head]`
-    /// into columns `at..at + d_head` of `dst`, one sequence's rows (row stride `3·width`).
-    #[inline(always)]
-    fn rotate_back(&self, src: &[f32], at: usize, dst: &mut [f32]) {
-        let dh = self.head_dim;
-        let half = dh / 2;
-        for (pos, (g, row)) in src
-            .chunks_exact(dh)
-            .zip(dst.chunks_exact_mut(3 * self.width()))
-            .enumerate()
-        {
-            let out = &mut row[at..at + dh];
-            let (cos, sin) = (
-                &self.cos[pos * half..(pos + 1) * half],
-                &self.sin[pos * half..(pos + 1) * half],
-            );
-            for f in 0..half {
-                let (a, b) = (g[f], g[f + half]);
-                out[f] = a * cos[f] + b * sin[f];
-                out[f + half] = b * cos[f] - a * sin[f];
-            }
-        }
-    }
-
-    /// Head `h`'s rotated q and k of one sequence (`qkv`, its `[seq, 3·width]` rows) into the scratch.
-    #[inline(always)]
-    fn rotate_head(&self, qkv: &[f32], h: usize, s: &mut Scratch) {
-        let at = h * self.head_dim;
-        self.rotate(qkv, at, &mut s.q);
-        self.rotate(qkv, self.width() + at, &mut s.k);
-        transpose(&s.k, self.head_dim, &mut s.kt);
-    }
-
-    /// The attention weights of one head into `probs: [seq, seq]`: row i holds the softmax over keys
-    /// 0..=i and zeros after it up to the end of its block (the rest of the row is never read).
-    #[inline(always)]
-    fn probabilities(&self, q: &[f32], kt: &[f32], probs: &mut [f32]) {
-        let (t, dh) = (self.dims.seq, self.head_dim);
-        let scale = self.dims.score_scale as f32;
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            // SAFETY: rows r0..r1 of q and of probs (row stride t, r1 ≤ t columns), keys 0..r1 of k,
-            // all in bounds; probs is a separate buffer.
-            unsafe {
-                product(
-                    (r1 - r0, r1, dh),
-                    probs[r0 * t..].as_mut_ptr(),
-                    t,
-                    (q[r0 * dh..].as_ptr(), dh, 1),
-                    (kt.as_ptr(), t, 1),
-                    1.0,
-                );
-            }
-            for i in r0..r1 {
-                let row = &mut probs[i * t..i * t + r1];
-                let (seen, hidden) = row.split_at_mut(i + 1);
-                softmax_in_place(seen, scale);
-                hidden.fill(0.0);
-            }
-        }
-    }
-
-    /// Head `h` of one sequence forward: its mixed values into columns `h·d_head..` of `out` (the
-    /// sequence's `[seq, width]` rows).
-    #[inline(always)]
-    fn head_forward(&self, h: usize, qkv: &[f32], out: &mut [f32], s: &mut Scratch) {
-        let (t, dh, width) = (self.dims.seq, self.head_dim, self.width());
-        self.rotate_head(qkv, h, s);
-        self.probabilities(&s.q, &s.kt, &mut s.probs);
-        let v = &qkv[2 * width + h * dh..];
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            // SAFETY: rows r0..r1 of probs (keys 0..r1), rows 0..r1 of head h's value columns
-            // (row stride 3·width) and rows r0..r1 of its output columns (row stride width), all
-            // within the sequence's rows; out is a separate buffer.
-            unsafe {
-                product(
-                    (r1 - r0, dh, r1),
-                    out[r0 * width + h * dh..].as_mut_ptr(),
-                    width,
-                    (s.probs[r0 * t..].as_ptr(), t, 1),
-                    (v.as_ptr(), 3 * width, 1),
-                    self.dims.output_scale as f32,
-                );
-            }
-        }
-    }
-
-    /// Head `h` of one sequence backward, from its `[seq, 3·width]` rows `qkv` and output gradient
-    /// rows `grad` (`[seq, width]`), into head h's columns of `dqkv` (`[seq, 3·width]`).
-    #[inline(always)]
-    fn head_backward(
-        &self,
-        h: usize,
-        qkv: &[f32],
-        grad: &[f32],
-        dqkv: &mut [f32],
-        s: &mut Scratch,
-    ) {
-        let (t, dh, width) = (self.dims.seq, self.head_dim, self.width());
-        let (scale, out_scale) = (self.dims.score_scale as f32, self.dims.output_scale as f32);
-        self.rotate_head(qkv, h, s);
-        self.probabilities(&s.q, &s.kt, &mut s.probs);
-        let g = &grad[h * dh..];
-        for (pos, row) in qkv.chunks_exact(3 * width).enumerate() {
-            for (f, &v) in row[2 * width + h * dh..][..dh].iter().enumerate() {
-                s.vt[f * t + pos] = v;
-            }
-        }
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            // SAFETY (all products): the same row and key ranges as in `probabilities`; g is head
-            // h's columns of the gradient rows (row stride width, dh columns), vᵀ its values
-            // `[dh, seq]`; distinct buffers.
-            unsafe {
-                // dP = output_scale · G Vᵀ.
-                product(
-                    (r1 - r0, r1, dh),
-                    s.grad_scores[r0 * t..].as_mut_ptr(),
-                    t,
-                    (g[r0 * width..].as_ptr(), width, 1),
-                    (s.vt.as_ptr(), t, 1),
-                    out_scale,
-                );
-            }
-            for i in r0..r1 {
-                let (p, dp) = (
-                    &s.probs[i * t..i * t + r1],
-                    &mut s.grad_scores[i * t..i * t + r1],
-                );
-                let (seen, hidden) = dp.split_at_mut(i + 1);
-                let dot: f32 = p[..=i].iter().zip(seen.iter()).map(|(p, d)| p * d).sum();
-                for (d, &p) in seen.iter_mut().zip(p) {
-                    *d = scale * p * (*d - dot);
-                }
-                hidden.fill(0.0);
-            }
-            unsafe {
-                // dQ = dS K.
-                product(
-                    (r1 - r0, dh, r1),
-                    s.dq[r0 * dh..].as_mut_ptr(),
-                    dh,
-                    (s.grad_scores[r0 * t..].as_ptr(), t, 1),
-                    (s.k.as_ptr(), dh, 1),
-                    1.0,
-                );
-            }
-        }
-        for c0 in (0..t).step_by(BLOCK) {
-            let c1 = (c0 + BLOCK).min(t);
-            let corner = c0 * t + c0;
-            // SAFETY: columns c0..c1 of rows c0..t of the [seq, seq] buffers (zero or written above
-            // the diagonal within each block), rows c0..t of q and g; keys c0..c1 of dk and of head
-            // h's value-gradient columns in dqkv (row stride 3·width).
-            unsafe {
-                // dK = dSᵀ Q.
-                product(
-                    (c1 - c0, dh, t - c0),
-                    s.dk[c0 * dh..].as_mut_ptr(),
-                    dh,
-                    (s.grad_scores[corner..].as_ptr(), 1, t),
-                    (s.q[c0 * dh..].as_ptr(), dh, 1),
-                    1.0,
-                );
-                // dV = output_scale · Pᵀ G.
-                product(
-                    (c1 - c0, dh, t - c0),
-                    dqkv[c0 * 3 * width + 2 * width + h * dh..].as_mut_ptr(),
-                    3 * width,
-                    (s.probs[corner..].as_ptr(), 1, t),
-                    (g[c0 * width..].as_ptr(), width, 1),
-                    out_scale,
-                );
-            }
-        }
-        self.rotate_back(&s.dq, h * dh, dqkv);
-        self.rotate_back(&s.dk, width + h * dh, dqkv);
-    }
-}
-
-/// `dst: [cols, rows] = srcᵀ` for `src: [rows, cols]`.
-#[inline(always)]
-fn transpose(src: &[f32], cols: usize, dst: &mut [f32]) {
-    let rows = src.len() / cols;
-    for (r, row) in src.chunks_exact(cols).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            dst[c * rows + r] = x;
-        }
-    }
-}
-
-/// `softmax(scale · row)` in place; the same operations in the same order as the chain's (scale,
-/// maximum, subtract, exponentiate, sum, divide).
-#[inline(always)]
-fn softmax_in_place(row: &mut [f32], scale: f32) {
-    let mut max = f32::NEG_INFINITY;
-    for x in row.iter_mut() {
-        *x *= scale;
-        max = max.max(*x);
-    }
-    for x in row.iter_mut() {
-        *x -= max;
-    }
-    exp_nonpositive(row);
-    let sum: f32 = row.iter().sum();
-    for x in row.iter_mut() {
-        *x /= sum;
+        Scratch::new(self.dims.seq, self.head_dim)
     }
 }
 
@@ -422,13 +133,7 @@ impl CustomOp1 for CausalAttention {
             .zip(qkv.par_chunks(3 * t * width))
             .for_each_init(
                 || self.scratch(),
-                |s, (out, qkv)| {
-                    vectorized(|| {
-                        for h in 0..self.dims.heads {
-                            self.head_forward(h, qkv, out, s);
-                        }
-                    })
-                },
+                |s, (out, qkv)| self.sequence_forward(qkv, out, s),
             );
         Ok((
             CpuStorage::F32(out),
@@ -473,13 +178,7 @@ impl CustomOp2 for CausalAttentionGrad {
             )
             .for_each_init(
                 || f.scratch(),
-                |s, (dqkv, (qkv, g))| {
-                    vectorized(|| {
-                        for h in 0..f.dims.heads {
-                            f.head_backward(h, qkv, g, dqkv, s);
-                        }
-                    })
-                },
+                |s, (dqkv, (qkv, g))| f.sequence_backward(qkv, g, dqkv, s),
             );
         Ok((CpuStorage::F32(dqkv), qkv_layout.shape().clone()))
     }

@@ -32,8 +32,7 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> 
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if spectra_kernels::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA.
             return unsafe { with_avx2(f) };
         }
@@ -63,15 +62,21 @@ pub(crate) fn exp_nonpositive(xs: &mut [f32]) {
     const ROUND: f32 = 12_582_912.0;
     for x in xs.iter_mut() {
         let v = *x;
-        let n = (v * LOG2E + ROUND) - ROUND;
-        let r = (v - n * LN2_HI) - n * LN2_LO;
+        // Below −87 the result is 0 (set at the end); clamped, n stays ≥ −126. NaN passes through.
+        let clamped = if v < -87.0 { -87.0 } else { v };
+        let shifted = clamped * LOG2E + ROUND;
+        let n = shifted - ROUND;
+        let r = (clamped - n * LN2_HI) - n * LN2_LO;
         let p = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
             + 0.166_666_65)
             * r
             + 0.5;
         let e = p * r * r + r + 1.0;
-        // 2ⁿ from its exponent bits; n ≥ −126 wherever v ≥ −87.
-        let scale = f32::from_bits((((n as i32).max(-126) + 127) as u32) << 23);
+        // 2ⁿ from its exponent bits. `shifted` is 1.5·2²³ + n exactly, so its bits are those of
+        // 1.5·2²³ plus n: integer arithmetic, which vectorizes where a float-to-int cast (saturating
+        // in Rust) does not.
+        let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+        let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
         let y = e * scale;
         *x = if v < -87.0 { 0.0 } else { y };
     }

@@ -17,7 +17,6 @@ pub mod mlp;
 pub mod quantized_matmul;
 pub mod residual;
 pub mod rope;
-mod sgemm;
 mod spin_pool;
 
 use candle_core::{Device, Tensor};

@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use crate::activations::{scaled_gelu, scaled_gelu_backward_cpu, scaled_gelu_cpu};
 use crate::cpu_op::{contiguous_f32, with_f32};
 use crate::linear::linear;
-use crate::sgemm::{matmul, Operand};
+use spectra_kernels::sgemm::{matmul, Operand};
 
 /// `scaled_gelu(x W_inᵀ) W_outᵀ` for `x: [n, d]`, `W_in: [hidden, d]`, `W_out: [d_out, hidden]`.
 pub fn mlp(x: &Tensor, w_in: &Tensor, w_out: &Tensor) -> Result<Tensor> {

@@ -13,8 +13,8 @@ use candle_core::{Device, Tensor};
 use spectra_core::{Error, Result};
 
 use crate::cpu_op::{vectorized, with_f32};
-use crate::sgemm::Operand;
 use crate::spin_pool::{run_parts, DisjointWrites};
+use spectra_kernels::sgemm::Operand;
 
 /// Elements per block, in every format here.
 const BLOCK: usize = 32;
@@ -150,7 +150,7 @@ impl QuantizedMatrix {
         });
         // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
         unsafe {
-            crate::sgemm::matmul(
+            spectra_kernels::sgemm::matmul(
                 (t, self.rows, self.cols),
                 Operand::of(x, self.cols, false),
                 Operand::of(&w, self.cols, true),

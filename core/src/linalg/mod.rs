@@ -2,13 +2,15 @@
 //! to a spectrum goes through here: power iteration, odd polynomial iterations (Newton–Schulz, soft
 //! cap, hard cap, msign), the soft-cap coupling, and exact SVDs through faer.
 //!
-//! The iterations run on candle tensors in the weight's dtype and on its device; only the faer
-//! routines in [`svd`] copy to the CPU in f64.
+//! The iterations run on candle tensors in the weight's dtype and on its device, except that f32
+//! polynomial steps on the CPU run on `spectra-kernels`' matrix product over plain buffers; only the
+//! faer routines in [`svd`] copy to the CPU in f64.
 
 pub mod checks;
 pub mod msign;
 pub mod orthogonalize;
 pub mod polynomial;
+mod polynomial_cpu;
 pub mod power_iteration;
 pub mod soft_cap;
 pub mod svd;

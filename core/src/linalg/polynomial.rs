@@ -107,11 +107,15 @@ pub fn max_on_unit_interval(steps: &[OddStep]) -> f64 {
 
 /// Applies the steps to the matrix `x` (2-D), forming each Gram matrix on the smaller side.
 ///
-/// The products run in `x`'s dtype. For bf16/f16, whose 8 or 11 significant bits cannot hold the
+/// The products run in `x`'s dtype (f32 on the CPU on spectra's own product, the same steps over
+/// plain buffers). For bf16/f16, whose 8 or 11 significant bits cannot hold the
 /// coefficients (3955/1024 would round by 0.1%), the small n×n polynomial is formed in f32 and rounded
 /// once before each product, as PyTorch's reduced-precision arithmetic does with float coefficients.
 pub fn apply_odd_steps(x: &Tensor, steps: &[OddStep]) -> Result<Tensor> {
     let (rows, cols) = x.dims2()?;
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        return super::polynomial_cpu::apply_odd_steps_f32(x, steps);
+    }
     let tall = rows >= cols;
     let n = rows.min(cols);
     let dtype = x.dtype();

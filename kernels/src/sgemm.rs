@@ -9,7 +9,7 @@
 
 /// A matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
-pub(crate) struct Operand {
+pub struct Operand {
     pub ptr: *const f32,
     pub rs: isize,
     pub cs: isize,
@@ -35,7 +35,7 @@ impl Operand {
 ///
 /// # Safety
 /// `a` and `b` must be the `m × k` and `k × n` matrices their operands describe.
-pub(crate) unsafe fn matmul((m, n, k): (usize, usize, usize), a: Operand, b: Operand) -> Vec<f32> {
+pub unsafe fn matmul((m, n, k): (usize, usize, usize), a: Operand, b: Operand) -> Vec<f32> {
     // Not zero-filled first: the product writes every element (a memset of the largest tensors of
     // a training step was 2% of it).
     let mut out = Vec::with_capacity(m * n);
@@ -56,7 +56,7 @@ pub(crate) unsafe fn matmul((m, n, k): (usize, usize, usize), a: Operand, b: Ope
 
 /// Whether the product may use every rayon thread or runs on the caller's.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Threads {
+pub enum Threads {
     One,
     All,
 }
@@ -68,7 +68,7 @@ pub(crate) enum Threads {
 /// Every element the strides reach, `m × k` of `a`, `k × n` of `b` and `m × n` of `dst`, must lie in
 /// its allocation, and `dst` must not overlap `a` or `b`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn sgemm(
+pub unsafe fn sgemm(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
@@ -89,8 +89,7 @@ pub(crate) unsafe fn sgemm(
     };
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        if crate::has_avx2_fma() {
             blocked::run((m, n, k), out, a, b, threads);
             return;
         }
