@@ -336,7 +336,7 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
             (TriggerSchedule::EveryStep, KvPhase::Decode) => over,
             (TriggerSchedule::Slack { slack }, KvPhase::Decode) => cache_len >= ctx.budget + slack,
             (TriggerSchedule::Interval { every }, KvPhase::Decode) => {
-                over && ctx.position % every.max(1) as u64 == 0
+                over && ctx.position.is_multiple_of(every.max(1) as u64)
             }
         }
     }

@@ -53,7 +53,7 @@ impl QueryStatsMeta {
         if self.num_layers == 0
             || self.num_query_heads == 0
             || self.head_dim < 2
-            || self.head_dim % 2 != 0
+            || !self.head_dim.is_multiple_of(2)
         {
             return Err(format!(
                 "{} layers, {} query heads, head_dim {}: need at least one layer and head and an even head_dim",

@@ -11,3 +11,10 @@ pub mod transpose;
 pub fn has_avx2_fma() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
+
+/// Whether the CPU has AVX-512F (detected once; later calls read a cached flag).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn has_avx512f() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}

@@ -1,11 +1,16 @@
 //! f32 matrix products on the CPU: `dst (+)= scale · a · b` with `a` and `b` at any strides.
 //!
-//! Where the CPU has AVX2 and FMA, a blocked product in the manner of BLIS (a 6 × 16 register tile,
-//! operands packed into panels that stay in L1 and L2, 256-deep blocks of the shared dimension). On
-//! this project's shapes (16384 tokens × 256–1024 features, a 2-core Zen 3) it ran 10–30% faster than
-//! the `gemm` crate in back-to-back runs: every tile is written once per 256-deep block, and two
-//! threads split the larger side of the result once instead of meeting at barriers inside the
-//! product. Elsewhere the `gemm` crate computes the same product.
+//! Where the CPU has AVX-512 or AVX2 and FMA, a blocked product in the manner of BLIS ([`blocked`])
+//! on a 6 × 64 or 6 × 16 register tile ([`tiles`]). On this project's shapes (16384 tokens × 256–1024
+//! features, a 2-core Zen 3) the AVX2 product ran 10–30% faster than the `gemm` crate in
+//! back-to-back runs: every tile is written once per 256-deep block, and two threads split the larger
+//! side of the result once instead of meeting at barriers inside the product. Elsewhere the `gemm`
+//! crate computes the same product.
+
+#[cfg(target_arch = "x86_64")]
+mod blocked;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 /// A matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
@@ -27,6 +32,17 @@ impl Operand {
             ptr: data.as_ptr(),
             rs,
             cs,
+        }
+    }
+
+    /// The operand from element `(i, j)` on.
+    ///
+    /// # Safety
+    /// Element `(i, j)` lies in the operand's allocation.
+    pub unsafe fn at(self, i: usize, j: usize) -> Self {
+        Operand {
+            ptr: self.ptr.offset(i as isize * self.rs + j as isize * self.cs),
+            ..self
         }
     }
 }
@@ -87,13 +103,64 @@ pub unsafe fn sgemm(
         scale,
         accumulate,
     };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::has_avx2_fma() {
-            blocked::run((m, n, k), out, a, b, threads);
-            return;
+    Kernel::for_width(n).run((m, n, k), out, a, b, threads);
+}
+
+/// The code that computes a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// The blocked product on the 6 × 64 AVX-512 tile.
+    Avx512,
+    /// The blocked product on the 6 × 16 AVX2 tile.
+    Avx2,
+    /// The `gemm` crate.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest this CPU has for a product `n` columns wide: 64-column tiles only where they pad
+    /// the columns by at most an eighth (a 65-column product would compute 128).
+    fn for_width(n: usize) -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::has_avx512f() && n.div_ceil(64) * 64 - n <= n / 8 {
+                return Kernel::Avx512;
+            }
+            if crate::has_avx2_fma() {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// # Safety
+    /// As [`sgemm`]'s, and the CPU has the kernel's instructions.
+    unsafe fn run(
+        self,
+        shape: (usize, usize, usize),
+        out: Dst,
+        a: Operand,
+        b: Operand,
+        threads: Threads,
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => blocked::run::<tiles::Avx512>(shape, out, a, b, threads),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => blocked::run::<tiles::Avx2>(shape, out, a, b, threads),
+            _ => portable(shape, out, a, b, threads),
         }
     }
+}
+
+/// The product on the `gemm` crate.
+unsafe fn portable(
+    (m, n, k): (usize, usize, usize),
+    out: Dst,
+    a: Operand,
+    b: Operand,
+    threads: Threads,
+) {
     let parallelism = match threads {
         Threads::One => gemm::Parallelism::None,
         Threads::All => gemm::Parallelism::Rayon(rayon::current_num_threads()),
@@ -102,18 +169,18 @@ pub unsafe fn sgemm(
         m,
         n,
         k,
-        dst,
+        out.ptr,
         1,
-        dst_rs as isize,
-        accumulate,
+        out.rs as isize,
+        out.accumulate,
         a.ptr,
         a.cs,
         a.rs,
         b.ptr,
         b.cs,
         b.rs,
-        if accumulate { 1.0 } else { 0.0 },
-        scale,
+        if out.accumulate { 1.0 } else { 0.0 },
+        out.scale,
         false,
         false,
         false,
@@ -136,308 +203,6 @@ unsafe impl Send for Operand {}
 unsafe impl Sync for Operand {}
 unsafe impl Send for Dst {}
 unsafe impl Sync for Dst {}
-
-#[cfg(target_arch = "x86_64")]
-mod blocked {
-    use super::{Dst, Operand, Threads};
-    use rayon::prelude::*;
-    use std::arch::x86_64::*;
-    use std::cell::RefCell;
-
-    /// The register tile: 6 rows × 16 columns, twelve 8-lane accumulators.
-    const MR: usize = 6;
-    const NR: usize = 16;
-    /// Depth of one block: a 256 × 16 panel of `b` is 16 KiB, half of L1.
-    const KC: usize = 256;
-    /// Rows of `a` packed at a time: 72 × 256 floats are 72 KiB, in L2 beside the `b` panel's block.
-    const MC: usize = 72;
-    /// How many depths ahead packing a column-major `a` prefetches.
-    const AHEAD: usize = 8;
-    /// Columns of `b` packed at a time.
-    const NC: usize = 1024;
-    /// Floats of `b` packed at a time, several blocks deep: 2 MiB, in L3.
-    const SPAN_FLOATS: usize = 1 << 19;
-
-    thread_local! {
-        /// Each thread's packing buffers, kept between products.
-        static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    }
-
-    pub(super) unsafe fn run(
-        (m, n, k): (usize, usize, usize),
-        out: Dst,
-        a: Operand,
-        b: Operand,
-        threads: Threads,
-    ) {
-        let threads = match threads {
-            Threads::One => 1,
-            Threads::All => rayon::current_num_threads(),
-        };
-        // One part per thread, each packing its own copy of the operand all parts read: split the
-        // side whose shared operand is the smaller one to pack again.
-        let split_rows = m >= n;
-        let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
-        let parts = threads.min(len / unit).max(1);
-        if parts == 1 {
-            part((0, m), (0, n), k, out, a, b);
-            return;
-        }
-        let step = len.div_ceil(parts).div_ceil(unit) * unit;
-        (0..len.div_ceil(step)).into_par_iter().for_each(|p| {
-            let range = (p * step, ((p + 1) * step).min(len));
-            if split_rows {
-                part(range, (0, n), k, out, a, b);
-            } else {
-                part((0, m), range, k, out, a, b);
-            }
-        });
-    }
-
-    /// Rows `rows` × columns `cols` of the destination, on the calling thread.
-    unsafe fn part(
-        rows: (usize, usize),
-        cols: (usize, usize),
-        k: usize,
-        out: Dst,
-        a: Operand,
-        b: Operand,
-    ) {
-        let with_buffers = |(packed_a, packed_b): &mut (Vec<f32>, Vec<f32>)| {
-            let width = NC.min((cols.1 - cols.0).div_ceil(NR) * NR);
-            let span = (SPAN_FLOATS / width / KC).max(1) * KC;
-            packed_b.resize(span.min(k.div_ceil(KC) * KC).max(KC) * width, 0.0);
-            packed_a.resize(KC * MC, 0.0);
-            blocks(rows, cols, k, out, a, b, packed_a, packed_b);
-        };
-        // A rayon worker that steals work while waiting would find the buffers in use: it then uses
-        // buffers of its own.
-        PACKED.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buffers) => with_buffers(&mut buffers),
-            Err(_) => with_buffers(&mut (Vec::new(), Vec::new())),
-        });
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn blocks(
-        (m0, m1): (usize, usize),
-        (n0, n1): (usize, usize),
-        k: usize,
-        out: Dst,
-        a: Operand,
-        b: Operand,
-        packed_a: &mut [f32],
-        packed_b: &mut [f32],
-    ) {
-        for j0 in (n0..n1).step_by(NC) {
-            let nc = NC.min(n1 - j0);
-            if k == 0 {
-                // An empty sum: the destination is zero (or unchanged).
-                if !out.accumulate {
-                    for i in m0..m1 {
-                        std::ptr::write_bytes(out.ptr.add(i * out.rs + j0), 0, nc);
-                    }
-                }
-                continue;
-            }
-            // Depth in spans of several blocks, every block of a span packed first: each row block
-            // of the destination is then read and written once per span, in L2 meanwhile, rather
-            // than once per block from memory.
-            // Rows of a row-major `a` are read in place: an MR × kc panel is 6 KiB, in L1 while
-            // the tile walks the `b` panels. Other layouts are packed.
-            let direct = a.cs == 1;
-            let width = nc.div_ceil(NR) * NR;
-            let span = (SPAN_FLOATS / width / KC).max(1) * KC;
-            for q0 in (0..k).step_by(span) {
-                let q1 = (q0 + span).min(k);
-                for p0 in (q0..q1).step_by(KC) {
-                    let kc = KC.min(q1 - p0);
-                    pack_b(b, (p0, kc), (j0, nc), &mut packed_b[(p0 - q0) * width..]);
-                }
-                for i0 in (m0..m1).step_by(MC) {
-                    let mc = MC.min(m1 - i0);
-                    for p0 in (q0..q1).step_by(KC) {
-                        let kc = KC.min(q1 - p0);
-                        let accumulate = out.accumulate || p0 > 0;
-                        if !direct {
-                            pack_a(a, (i0, mc), (p0, kc), packed_a);
-                        }
-                        let packed_b = &packed_b[(p0 - q0) * width..];
-                        for jr in (0..nc).step_by(NR) {
-                            for ir in (0..mc).step_by(MR) {
-                                let panel = if direct {
-                                    Panel {
-                                        ptr: a.ptr.offset((i0 + ir) as isize * a.rs + p0 as isize),
-                                        rs: a.rs,
-                                        ks: 1,
-                                    }
-                                } else {
-                                    Panel {
-                                        ptr: packed_a.as_ptr().add(ir * kc),
-                                        rs: 1,
-                                        ks: MR as isize,
-                                    }
-                                };
-                                tile(
-                                    kc,
-                                    panel,
-                                    packed_b.as_ptr().add(jr * kc),
-                                    out.ptr.add((i0 + ir) * out.rs + j0 + jr),
-                                    (out.rs, MR.min(mc - ir), NR.min(nc - jr)),
-                                    out.scale,
-                                    accumulate,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// MR rows of `a` for one tile: element (r, p) at `ptr + r·rs + p·ks`.
-    #[derive(Clone, Copy)]
-    struct Panel {
-        ptr: *const f32,
-        rs: isize,
-        ks: isize,
-    }
-
-    /// Rows `i0..i0+mc` × depth `p0..p0+kc` of `a`, as MR-row panels (depth-major inside a panel),
-    /// the last one padded with zeros.
-    unsafe fn pack_a(
-        a: Operand,
-        (i0, mc): (usize, usize),
-        (p0, kc): (usize, usize),
-        buf: &mut [f32],
-    ) {
-        let panels = mc.div_ceil(MR);
-        buf[..panels * MR * kc].fill(0.0);
-        // Depth outermost: a column-major `a` (a transposed gradient) is then read along its
-        // contiguous columns, each of its cache lines once; panel-outermost reads kc lines a few
-        // floats at a time, lines that a power-of-two row length maps into the same L1 sets.
-        for p in 0..kc {
-            let src = a.ptr.offset((p0 + p) as isize * a.cs + i0 as isize * a.rs);
-            if a.rs == 1 && p + AHEAD < kc {
-                // The column AHEAD depths on, one cache line at a time: the columns are far apart
-                // and streamed from memory, and the hardware does not fetch far enough ahead.
-                let next = src.offset(AHEAD as isize * a.cs);
-                for l in (0..mc).step_by(16) {
-                    _mm_prefetch::<_MM_HINT_T0>(next.add(l) as *const i8);
-                }
-            }
-            for panel in 0..panels {
-                let rows = MR.min(mc - panel * MR);
-                let dst = &mut buf[panel * MR * kc + p * MR..][..rows];
-                let first = src.offset((panel * MR) as isize * a.rs);
-                if a.rs == 1 {
-                    std::ptr::copy_nonoverlapping(first, dst.as_mut_ptr(), rows);
-                } else {
-                    for (r, v) in dst.iter_mut().enumerate() {
-                        *v = *first.offset(r as isize * a.rs);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Depth `p0..p0+kc` × columns `j0..j0+nc` of `b`, as NR-column panels (depth-major inside a
-    /// panel), the last one padded with zeros.
-    unsafe fn pack_b(
-        b: Operand,
-        (p0, kc): (usize, usize),
-        (j0, nc): (usize, usize),
-        buf: &mut [f32],
-    ) {
-        let mut o = 0;
-        for jr in (0..nc).step_by(NR) {
-            let cols = NR.min(nc - jr);
-            for p in 0..kc {
-                let src = b
-                    .ptr
-                    .offset((p0 + p) as isize * b.rs + (j0 + jr) as isize * b.cs);
-                let panel = &mut buf[o..o + NR];
-                if b.cs == 1 && cols == NR {
-                    std::ptr::copy_nonoverlapping(src, panel.as_mut_ptr(), NR);
-                } else {
-                    for (c, v) in panel.iter_mut().enumerate() {
-                        *v = if c < cols {
-                            *src.offset(c as isize * b.cs)
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-                o += NR;
-            }
-        }
-    }
-
-    /// One MR × NR tile of the destination from MR rows of `a` and a packed `b` panel, `kc` deep;
-    /// only its first `rows × cols` are written (a packed panel's padding is zero; past `rows` a
-    /// direct panel reads its last row again).
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(
-        kc: usize,
-        a: Panel,
-        mut b: *const f32,
-        dst: *mut f32,
-        (dst_rs, rows, cols): (usize, usize, usize),
-        scale: f32,
-        accumulate: bool,
-    ) {
-        let row: [*const f32; MR] =
-            std::array::from_fn(|r| a.ptr.offset(r.min(rows - 1) as isize * a.rs));
-        // The tile's destination rows are loaded (or allocated) at the end: start fetching them.
-        for r in 0..rows {
-            _mm_prefetch::<_MM_HINT_T0>(dst.add(r * dst_rs) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(dst.add(r * dst_rs + NR - 1) as *const i8);
-        }
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        for p in 0..kc as isize {
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (acc, row) in acc.iter_mut().zip(&row) {
-                let ar = _mm256_broadcast_ss(&*row.offset(p * a.ks));
-                acc[0] = _mm256_fmadd_ps(ar, b0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(ar, b1, acc[1]);
-            }
-            b = b.add(NR);
-        }
-        if scale != 1.0 {
-            let s = _mm256_set1_ps(scale);
-            for acc in acc.iter_mut() {
-                acc[0] = _mm256_mul_ps(acc[0], s);
-                acc[1] = _mm256_mul_ps(acc[1], s);
-            }
-        }
-        if rows == MR && cols == NR {
-            for (r, acc) in acc.iter().enumerate() {
-                let d = dst.add(r * dst_rs);
-                let (mut lo, mut hi) = (acc[0], acc[1]);
-                if accumulate {
-                    lo = _mm256_add_ps(_mm256_loadu_ps(d), lo);
-                    hi = _mm256_add_ps(_mm256_loadu_ps(d.add(8)), hi);
-                }
-                _mm256_storeu_ps(d, lo);
-                _mm256_storeu_ps(d.add(8), hi);
-            }
-        } else {
-            let mut buf = [0f32; MR * NR];
-            for (r, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR), acc[0]);
-                _mm256_storeu_ps(buf.as_mut_ptr().add(r * NR + 8), acc[1]);
-            }
-            for r in 0..rows {
-                for c in 0..cols {
-                    let d = dst.add(r * dst_rs + c);
-                    let v = buf[r * NR + c];
-                    *d = if accumulate { *d + v } else { v };
-                }
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -469,8 +234,26 @@ mod tests {
             .collect()
     }
 
+    impl Kernel {
+        /// Every kernel this CPU can run.
+        fn available() -> Vec<Kernel> {
+            let mut kernels = vec![Kernel::Portable];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if crate::has_avx2_fma() {
+                    kernels.push(Kernel::Avx2);
+                }
+                if crate::has_avx512f() {
+                    kernels.push(Kernel::Avx512);
+                }
+            }
+            kernels
+        }
+    }
+
     /// Every layout the models use (row-major, either operand transposed), edge tiles in both
-    /// directions, depths across a block boundary, one and all threads, scale and accumulate.
+    /// directions, depths across a block boundary and split between threads, one and all threads,
+    /// scale and accumulate, on every kernel the CPU runs.
     #[test]
     fn matches_f64_products_at_every_layout_and_edge() {
         let shapes = [
@@ -481,6 +264,9 @@ mod tests {
             (130, 33, 300),
             (12, 200, 513),
             (300, 40, 0),
+            // Deep enough to be split along the depth between the threads.
+            (5, 7, 700),
+            (13, 70, 1100),
         ];
         for &(m, n, k) in &shapes {
             let a = values(m * k, 1);
@@ -528,23 +314,21 @@ mod tests {
                 ),
             ];
             for (l, &(oa, ob)) in layouts.iter().enumerate() {
-                for threads in [Threads::One, Threads::All] {
+                for (kernel, threads) in Kernel::available()
+                    .into_iter()
+                    .flat_map(|k| [(k, Threads::One), (k, Threads::All)])
+                {
                     for (scale, accumulate) in [(1.0f32, false), (0.5, false), (-2.0, true)] {
                         // Row stride wider than n: the padding must stay untouched.
                         let rs = n + 3;
                         let mut dst = vec![7f32; m * rs];
-                        unsafe {
-                            sgemm(
-                                (m, n, k),
-                                dst.as_mut_ptr(),
-                                rs,
-                                oa,
-                                ob,
-                                scale,
-                                accumulate,
-                                threads,
-                            )
+                        let out = Dst {
+                            ptr: dst.as_mut_ptr(),
+                            rs,
+                            scale,
+                            accumulate,
                         };
+                        unsafe { kernel.run((m, n, k), out, oa, ob, threads) };
                         for i in 0..m {
                             for j in 0..rs {
                                 let got = dst[i * rs + j] as f64;
@@ -559,7 +343,7 @@ mod tests {
                                 let tol = 4.0 * (k as f64 / 4.0 + 8.0) * f32::EPSILON as f64;
                                 assert!(
                                     (got - want).abs() <= tol,
-                                    "{m}×{n}×{k} layout {l} scale {scale} accumulate {accumulate} at ({i},{j}): {got} vs {want}"
+                                    "{kernel:?} {m}×{n}×{k} layout {l} scale {scale} accumulate {accumulate} at ({i},{j}): {got} vs {want}"
                                 );
                             }
                         }

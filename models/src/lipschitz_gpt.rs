@@ -64,7 +64,7 @@ impl GptShape {
                 "the corpus is empty: a vocabulary of 0 tokens",
             ));
         }
-        if self.d_model % self.heads != 0 || self.head_dim() % 2 != 0 {
+        if !self.d_model.is_multiple_of(self.heads) || !self.head_dim().is_multiple_of(2) {
             return bad(
                 "heads",
                 format!(

@@ -100,7 +100,7 @@ impl Drop for Wait {
             let mut spins = 0u32;
             while helper.done.load(Ordering::Acquire) != self.generation {
                 spins = spins.wrapping_add(1);
-                if spins % 256 == 0 {
+                if spins.is_multiple_of(256) {
                     // The helper may be waiting for this core.
                     thread::yield_now();
                 }
@@ -176,7 +176,7 @@ fn work(index: usize) {
                 break g;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 == 0 {
+            if spins.is_multiple_of(256) {
                 if idle_since.elapsed() > SPIN {
                     me.parked.store(true, Ordering::SeqCst);
                     if me.generation.load(Ordering::SeqCst) == seen {

@@ -135,7 +135,7 @@ pub fn pool1d(v: &[f32], kernel: usize, pooling: Pooling) -> Vec<f32> {
 
 /// The config check for a pooling kernel.
 pub fn validate_kernel(kernel: usize) -> Result<(), String> {
-    if kernel == 0 || kernel % 2 == 0 {
+    if kernel == 0 || kernel.is_multiple_of(2) {
         return Err(format!(
             "kernel {kernel} must be odd (1, 3, 5, ...) so that pooling keeps the length"
         ));

@@ -340,13 +340,13 @@ impl Run {
             metrics.write(&record)?;
             history.push(record);
             let last = self.step == steps;
-            if self.step % self.cfg.eval.every == 0 || last {
+            if self.step.is_multiple_of(self.cfg.eval.every) || last {
                 let record = self.evaluate()?;
                 say(&progress, &eval_line(&record, steps));
                 metrics.write(&Record::Eval(record.clone()))?;
                 history.push(Record::Eval(record));
             }
-            if self.step % checkpoint_every == 0 || last {
+            if self.step.is_multiple_of(checkpoint_every) || last {
                 metrics.flush()?;
                 self.save_checkpoint()?;
             }

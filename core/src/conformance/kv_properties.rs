@@ -344,7 +344,7 @@ pub fn trigger(
             TriggerSchedule::EveryStep => len > budget,
             TriggerSchedule::Slack { slack } => len >= budget + slack,
             TriggerSchedule::Interval { every } => {
-                len > budget && fixture.ctx.position % every as u64 == 0
+                len > budget && fixture.ctx.position.is_multiple_of(every as u64)
             }
         };
         prop_assert_eq!(

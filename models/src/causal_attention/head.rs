@@ -47,8 +47,9 @@ impl Scratch {
     }
 }
 
-/// `dst = beta · lhs · rhs` for row-major `dst` (row stride `dst_rs`) and `lhs`, `rhs` given as
-/// (pointer, row stride, column stride), on the calling thread.
+/// `dst = beta · lhs · rhs`, or `dst += beta · lhs · rhs` with `accumulate`, for row-major `dst`
+/// (row stride `dst_rs`) and `lhs`, `rhs` given as (pointer, row stride, column stride), on the
+/// calling thread.
 ///
 /// # Safety
 /// Every element the strides reach, `m × k` of `lhs`, `k × n` of `rhs` and `m × n` of `dst`, must lie
@@ -61,6 +62,7 @@ unsafe fn product(
     lhs: (*const f32, usize, usize),
     rhs: (*const f32, usize, usize),
     beta: f32,
+    accumulate: bool,
 ) {
     let operand = |(ptr, rs, cs): (*const f32, usize, usize)| Operand {
         ptr,
@@ -74,7 +76,7 @@ unsafe fn product(
         operand(lhs),
         operand(rhs),
         beta,
-        false,
+        accumulate,
         Threads::One,
     )
 }
@@ -195,20 +197,23 @@ impl CausalAttention {
     #[inline(always)]
     fn probabilities(&self, q: &[f32], kt: &[f32], probs: &mut [f32]) {
         let (t, dh) = (self.dims.seq, self.head_dim);
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            // SAFETY: rows r0..r1 of q and of probs (row stride t, r1 ≤ t columns), keys 0..r1 of kᵀ,
-            // all in bounds; probs is a separate buffer.
+        for (c0, c1) in blocks(t) {
+            // SAFETY: rows c0..t of q and of probs (row stride t), keys c0..c1 of kᵀ (row stride
+            // t), all in bounds; probs is a separate buffer.
             unsafe {
+                // S[c0.., c0..c1] = scale · Q[c0..] K[c0..c1]ᵀ.
                 product(
-                    (r1 - r0, r1, dh),
-                    probs[r0 * t..].as_mut_ptr(),
+                    (t - c0, c1 - c0, dh),
+                    probs[c0 * t + c0..].as_mut_ptr(),
                     t,
-                    (q[r0 * dh..].as_ptr(), dh, 1),
-                    (kt.as_ptr(), t, 1),
+                    (q[c0 * dh..].as_ptr(), dh, 1),
+                    (kt[c0..].as_ptr(), t, 1),
                     self.dims.score_scale as f32,
+                    false,
                 );
             }
+        }
+        for (r0, r1) in blocks(t) {
             for i in r0..r1 {
                 let (seen, hidden) = probs[i * t..i * t + r1].split_at_mut(i + 1);
                 softmax_in_place(seen);
@@ -225,19 +230,21 @@ impl CausalAttention {
         self.rotate_head(qkv, h, s);
         self.probabilities(&s.q, &s.kt, &mut s.probs);
         let v = &qkv[2 * width + h * dh..];
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            // SAFETY: rows r0..r1 of probs (keys 0..r1), rows 0..r1 of head h's value columns
-            // (row stride 3·width) and rows r0..r1 of its output columns (row stride width), all
-            // within the sequence's rows; out is a separate buffer.
+        for (c0, c1) in blocks(t) {
+            // SAFETY: rows c0..t, keys c0..c1 of probs; rows c0..c1 of head h's value columns (row
+            // stride 3·width) and rows c0..t of its output columns (row stride width), all within
+            // the sequence's rows; out is a separate buffer.
             unsafe {
+                // O[c0..] (+)= output_scale · P[c0.., c0..c1] V[c0..c1]; the first block writes
+                // every row.
                 product(
-                    (r1 - r0, dh, r1),
-                    out[r0 * width + h * dh..].as_mut_ptr(),
+                    (t - c0, dh, c1 - c0),
+                    out[c0 * width + h * dh..].as_mut_ptr(),
                     width,
-                    (s.probs[r0 * t..].as_ptr(), t, 1),
-                    (v.as_ptr(), 3 * width, 1),
+                    (s.probs[c0 * t + c0..].as_ptr(), t, 1),
+                    (v[c0 * 3 * width..].as_ptr(), 3 * width, 1),
                     self.dims.output_scale as f32,
+                    c0 > 0,
                 );
             }
         }
@@ -259,68 +266,82 @@ impl CausalAttention {
         self.probabilities(&s.q, &s.kt, &mut s.probs);
         transpose((t, dh), &qkv[2 * width + h * dh..], 3 * width, &mut s.vt);
         let g = &grad[h * dh..];
-        for r0 in (0..t).step_by(BLOCK) {
-            let r1 = (r0 + BLOCK).min(t);
-            // SAFETY (both products): the same row and key ranges as in `probabilities`; g is head
-            // h's columns of the gradient rows (row stride width, dh columns), vᵀ its values
-            // `[dh, seq]`; distinct buffers.
+        for (c0, c1) in blocks(t) {
+            // SAFETY: as in `probabilities`, with g head h's columns of the gradient rows (row
+            // stride width) and vᵀ its values `[dh, seq]`; distinct buffers.
             unsafe {
-                // dP = output_scale · G Vᵀ.
+                // dP[c0.., c0..c1] = output_scale · G[c0..] V[c0..c1]ᵀ.
                 product(
-                    (r1 - r0, r1, dh),
-                    s.grad_scores[r0 * t..].as_mut_ptr(),
+                    (t - c0, c1 - c0, dh),
+                    s.grad_scores[c0 * t + c0..].as_mut_ptr(),
                     t,
-                    (g[r0 * width..].as_ptr(), width, 1),
-                    (s.vt.as_ptr(), t, 1),
+                    (g[c0 * width..].as_ptr(), width, 1),
+                    (s.vt[c0..].as_ptr(), t, 1),
                     out_scale,
+                    false,
                 );
             }
+        }
+        for (r0, r1) in blocks(t) {
             for i in r0..r1 {
                 let p = &s.probs[i * t..i * t + r1];
                 softmax_gradient(p, &mut s.grad_scores[i * t..i * t + r1], scale);
             }
+        }
+        for (c0, c1) in blocks(t) {
+            // SAFETY: rows c0..t, keys c0..c1 of dS, rows c0..c1 of k, rows c0..t of dq.
             unsafe {
-                // dQ = dS K.
+                // dQ[c0..] (+)= dS[c0.., c0..c1] K[c0..c1].
                 product(
-                    (r1 - r0, dh, r1),
-                    s.dq[r0 * dh..].as_mut_ptr(),
+                    (t - c0, dh, c1 - c0),
+                    s.dq[c0 * dh..].as_mut_ptr(),
                     dh,
-                    (s.grad_scores[r0 * t..].as_ptr(), t, 1),
-                    (s.k.as_ptr(), dh, 1),
+                    (s.grad_scores[c0 * t + c0..].as_ptr(), t, 1),
+                    (s.k[c0 * dh..].as_ptr(), dh, 1),
                     1.0,
+                    c0 > 0,
                 );
             }
         }
-        for c0 in (0..t).step_by(BLOCK) {
-            let c1 = (c0 + BLOCK).min(t);
-            let corner = c0 * t + c0;
-            // SAFETY: columns c0..c1 of rows c0..t of the [seq, seq] buffers (zero or written above
-            // the diagonal within each block), rows c0..t of q and g; keys c0..c1 of dk and of head
-            // h's value-gradient columns in dqkv (row stride 3·width).
+        // The keys' and values' gradients by blocks of queries, the last first: it reaches every
+        // key, so it writes, and the others add.
+        for (r0, r1) in blocks(t).rev() {
+            let first = r1 == t;
+            // SAFETY: rows r0..r1, keys 0..r1 of dS and P read transposed; rows r0..r1 of q and g;
+            // keys 0..r1 of dk and of head h's value-gradient columns in dqkv (row stride 3·width).
             unsafe {
-                // dK = dSᵀ Q.
+                // dK[..r1] (+)= dS[r0..r1, ..r1]ᵀ Q[r0..r1].
                 product(
-                    (c1 - c0, dh, t - c0),
-                    s.dk[c0 * dh..].as_mut_ptr(),
+                    (r1, dh, r1 - r0),
+                    s.dk.as_mut_ptr(),
                     dh,
-                    (s.grad_scores[corner..].as_ptr(), 1, t),
-                    (s.q[c0 * dh..].as_ptr(), dh, 1),
+                    (s.grad_scores[r0 * t..].as_ptr(), 1, t),
+                    (s.q[r0 * dh..].as_ptr(), dh, 1),
                     1.0,
+                    !first,
                 );
-                // dV = output_scale · Pᵀ G.
+                // dV[..r1] (+)= output_scale · P[r0..r1, ..r1]ᵀ G[r0..r1].
                 product(
-                    (c1 - c0, dh, t - c0),
-                    dqkv[c0 * 3 * width + 2 * width + h * dh..].as_mut_ptr(),
+                    (r1, dh, r1 - r0),
+                    dqkv[2 * width + h * dh..].as_mut_ptr(),
                     3 * width,
-                    (s.probs[corner..].as_ptr(), 1, t),
-                    (g[c0 * width..].as_ptr(), width, 1),
+                    (s.probs[r0 * t..].as_ptr(), 1, t),
+                    (g[r0 * width..].as_ptr(), width, 1),
                     out_scale,
+                    !first,
                 );
             }
         }
         self.rotate_back(&s.dq, h * dh, dqkv);
         self.rotate_back(&s.dk, width + h * dh, dqkv);
     }
+}
+
+/// The blocks `(start, end)` of `BLOCK` positions that cover `0..t`. Each product takes one block
+/// of keys (or queries) with every position the causal mask lets it reach, so that its right-hand
+/// operand, a block, is packed once, not once per block of the other side.
+fn blocks(t: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
+    (0..t.div_ceil(BLOCK)).map(move |b| (b * BLOCK, ((b + 1) * BLOCK).min(t)))
 }
 
 /// Each pair `(a_f, b_f)` turned by the angle whose cosine and sine are `(c_f, sign·s_f)`:

@@ -30,13 +30,13 @@ impl LlamaConfig {
 
     pub fn check(&self, source: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::file(source, m));
-        if self.heads == 0 || self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "{} query heads cannot share {} KV heads evenly",
                 self.heads, self.kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!(
                 "head dimension {} must be even for RoPE",
                 self.head_dim
