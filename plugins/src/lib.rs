@@ -6,6 +6,7 @@
 //! registers itself; a config names it as `(type: "SpectralSoftCap", cfg: (w_max: 2.0))`.
 
 pub mod constraints;
+mod field_checks;
 pub mod optimizers;
 
 pub use constraints::{

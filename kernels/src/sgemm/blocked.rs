@@ -197,7 +197,7 @@ unsafe fn blocks<T: Tile>(
                                     ks: T::MR as isize,
                                 }
                             };
-                            T::tile(
+                            (T::TILE)(
                                 kc,
                                 panel,
                                 packed_b.as_ptr().add(jr * kc),

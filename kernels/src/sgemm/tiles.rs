@@ -18,29 +18,29 @@ pub(super) struct Panel {
     pub ks: isize,
 }
 
-/// A register tile and its shape.
+/// One MR × NR tile of the destination from MR rows of `a` and a packed `b` panel, `kc` deep; only its
+/// first `rows × cols` (of `shape = (dst_rs, rows, cols)`) are written (a packed panel's padding is
+/// zero; past `rows` a direct panel reads its last row again). `dst = scale·(a·b)`, or
+/// `dst += scale·(a·b)` with `accumulate`.
+///
+/// # Safety
+/// The CPU has the tile's instructions; `a` reaches `rows` rows of `kc` elements, `b` holds `kc · NR`
+/// floats, and `dst` `rows` rows of `cols` floats `dst_rs` apart.
+pub(super) type TileFn = unsafe fn(
+    kc: usize,
+    a: Panel,
+    b: *const f32,
+    dst: *mut f32,
+    shape: (usize, usize, usize),
+    scale: f32,
+    accumulate: bool,
+);
+
+/// A register tile: its shape and its code.
 pub(super) trait Tile {
     const MR: usize;
     const NR: usize;
-
-    /// One MR × NR tile of the destination from MR rows of `a` and a packed `b` panel, `kc` deep;
-    /// only its first `rows × cols` are written (a packed panel's padding is zero; past `rows` a
-    /// direct panel reads its last row again). `dst = scale·(a·b)`, or `dst += scale·(a·b)` with
-    /// `accumulate`.
-    ///
-    /// # Safety
-    /// The CPU has the tile's instructions; `a` reaches `rows` rows of `kc` elements, `b` holds
-    /// `kc · NR` floats, and `dst` `rows` rows of `cols` floats `dst_rs` apart.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(
-        kc: usize,
-        a: Panel,
-        b: *const f32,
-        dst: *mut f32,
-        shape: (usize, usize, usize),
-        scale: f32,
-        accumulate: bool,
-    );
+    const TILE: TileFn;
 }
 
 /// The 6 × 16 AVX2 tile.
@@ -52,37 +52,13 @@ pub(super) struct Avx512;
 impl Tile for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
-
-    #[inline(always)]
-    unsafe fn tile(
-        kc: usize,
-        a: Panel,
-        b: *const f32,
-        dst: *mut f32,
-        shape: (usize, usize, usize),
-        scale: f32,
-        accumulate: bool,
-    ) {
-        tile_avx2(kc, a, b, dst, shape, scale, accumulate)
-    }
+    const TILE: TileFn = tile_avx2;
 }
 
 impl Tile for Avx512 {
     const MR: usize = 6;
     const NR: usize = 64;
-
-    #[inline(always)]
-    unsafe fn tile(
-        kc: usize,
-        a: Panel,
-        b: *const f32,
-        dst: *mut f32,
-        shape: (usize, usize, usize),
-        scale: f32,
-        accumulate: bool,
-    ) {
-        tile_avx512(kc, a, b, dst, shape, scale, accumulate)
-    }
+    const TILE: TileFn = tile_avx512;
 }
 
 /// The `MR` row pointers of a panel; past `rows` the last row again, which the tile computes and

@@ -26,6 +26,8 @@ pub use stiefel::Stiefel;
 pub use svd_clip::SvdClip;
 pub use weight_decay::WeightDecay;
 
+use crate::field_checks::{in_range, nonnegative, positive};
+
 /// The roles spectral constraints apply to: hidden matrices and the output layer. Embeddings are
 /// column-normalised instead (spec §2.9) and 1-D gains have no spectrum.
 fn is_linear_map(role: ParamRole) -> bool {
@@ -72,33 +74,6 @@ fn store(weight: &Var, new: &Tensor, name: &str) -> Result<()> {
         "the constrained weights (an overflow; the weight is left unchanged)",
     )?;
     Ok(weight.set(new)?)
-}
-
-/// `Ok` for a finite number > 0, else a message naming the field.
-fn positive(field: &str, value: f64) -> std::result::Result<(), String> {
-    if value > 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("{field} must be a positive number, got {value}"))
-    }
-}
-
-/// `Ok` for a finite number ≥ 0, else a message naming the field.
-fn nonnegative(field: &str, value: f64) -> std::result::Result<(), String> {
-    if value >= 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("{field} must be a finite number ≥ 0, got {value}"))
-    }
-}
-
-/// `Ok` for a number in [lo, hi], else a message naming the field.
-fn in_range(field: &str, value: f64, lo: f64, hi: f64) -> std::result::Result<(), String> {
-    if (lo..=hi).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("{field} must be in [{lo}, {hi}], got {value}"))
-    }
 }
 
 /// `Ok` for at least one power iteration.

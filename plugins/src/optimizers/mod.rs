@@ -16,6 +16,8 @@ pub use muon::{MomentumWarmup, Muon, UpdateScale};
 pub use sgd::Sgd;
 use state::ParamState;
 
+use crate::field_checks::{decay_rate, nonnegative, positive};
+
 /// The parameters that have a gradient, with it, each checked: same shape as the parameter, finite.
 /// Any failure is an error naming the parameter before anything is computed or written.
 fn gradients<'a>(params: &'a [Param], grads: &GradStore) -> Result<Vec<(&'a Param, Tensor)>> {
@@ -118,33 +120,6 @@ fn for_param<'a>(p: &'a Param, optimizer: &'a str) -> impl Fn(Error) -> Error + 
             Error::invalid(&p.name, format!("{optimizer}: {message}"))
         }
         other => other,
-    }
-}
-
-/// `Ok` for a finite number > 0, else a message naming the field.
-fn positive(field: &str, value: f64) -> std::result::Result<(), String> {
-    if value > 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("{field} must be a positive number, got {value}"))
-    }
-}
-
-/// `Ok` for a number in [0, 1), the range of momentum and moment decay rates.
-fn decay_rate(field: &str, value: f64) -> std::result::Result<(), String> {
-    if (0.0..1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(format!("{field} must be in [0, 1), got {value}"))
-    }
-}
-
-/// `Ok` for a finite number ≥ 0.
-fn nonnegative(field: &str, value: f64) -> std::result::Result<(), String> {
-    if value >= 0.0 && value.is_finite() {
-        Ok(())
-    } else {
-        Err(format!("{field} must be a finite number ≥ 0, got {value}"))
     }
 }
 

@@ -4,16 +4,16 @@
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
 use rand::SeedableRng;
-use spectra::plugins::{
-    EmbeddingColumnCap, HardCapMode, Muon, SpectralHammer, SpectralHardCap, SpectralNormalize,
-    SpectralSoftCap, SpectralWeightDecay, Stiefel, SvdClip, WeightDecay,
-};
 use spectra_core::linalg::polynomial::{composite, NS6_JAX};
 use spectra_core::linalg::svd::{singular_values, with_singular_values};
 use spectra_core::linalg::{rms_scale, soft_cap_alpha, soft_cap_steps, Orthogonalizer};
 use spectra_core::{
     ConstraintContext, ConstraintReport, ConstraintState, Optimizer, OptimizerStep, Param,
     ParamRole, SpectraRng, WeightConstraint,
+};
+use spectra_plugins::{
+    EmbeddingColumnCap, HardCapMode, Muon, SpectralHammer, SpectralHardCap, SpectralNormalize,
+    SpectralSoftCap, SpectralWeightDecay, Stiefel, SvdClip, WeightDecay,
 };
 
 /// Shapes (fan_out, fan_in): square, tall (up-projection, scale 2), wide (down-projection, scale ½).

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use spectra::plugins::{AdamW, MomentumWarmup, Muon, Sgd, UpdateScale};
 use spectra_core::linalg::svd::sigma_max;
 use spectra_core::linalg::{rms_scale, Orthogonalizer};
 use spectra_core::{Optimizer, OptimizerStep, Param, ParamRole, Schedule};
+use spectra_plugins::{AdamW, MomentumWarmup, Muon, Sgd, UpdateScale};
 
 fn param(name: &str, values: Tensor, role: ParamRole) -> Param {
     Param::new(name, Var::from_tensor(&values).unwrap(), role)
