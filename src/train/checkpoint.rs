@@ -28,11 +28,28 @@ const METADATA_CHECKSUM: &str = "crc32_metadata";
 pub struct Checkpoint {
     /// Optimizer steps completed: the next step to run.
     pub step: u64,
-    /// `param/NAME`, `optim/GROUP/KEY`, `constraint/GROUP/INDEX/PARAM/KEY`.
+    /// `param/NAME`, `optim/GROUP/KEY`, `constraint/GROUP/INDEX/PARAM/KEY` ([`param_key`],
+    /// [`optimizer_prefix`], [`constraint_prefix`]).
     pub tensors: HashMap<String, Tensor>,
     pub rng: SpectraRng,
     /// What the run must agree with to resume from it (model, data and groups, as RON).
     pub fingerprint: String,
+}
+
+/// The key of parameter `name`'s values.
+pub fn param_key(name: &str) -> String {
+    format!("param/{name}")
+}
+
+/// What every key of group `group`'s optimizer state starts with.
+pub fn optimizer_prefix(group: &str) -> String {
+    format!("optim/{group}/")
+}
+
+/// What every key of the state of group `group`'s constraint number `index` for parameter `param`
+/// starts with.
+pub fn constraint_prefix(group: &str, index: usize, param: &str) -> String {
+    format!("constraint/{group}/{index}/{param}/")
 }
 
 pub fn path_in(output: &Path) -> PathBuf {

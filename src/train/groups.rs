@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::config_error::config_error;
 
-use spectra_core::config::{route_params, ParamGroupConfig};
+use spectra_core::config::{route_params, ParamGroupConfig, RoutedParam};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
@@ -22,26 +22,27 @@ pub struct Group {
     pub states: Vec<Vec<ConstraintState>>,
 }
 
-/// Routes the model's parameters to the groups (first matching group wins). A parameter no group
-/// takes, a group that takes nothing, and a matrix constraint on a 1-D parameter are config errors.
+/// Routes the model's parameters to the groups (first matching group wins) and builds the groups. A
+/// parameter no group takes, a group that takes nothing, and a matrix constraint on a 1-D parameter
+/// are config errors.
 pub fn route(
     params: &[Param],
     configs: Vec<ParamGroupConfig>,
     config_file: &Path,
 ) -> Result<Vec<Group>> {
+    let routed = routing(params, &configs, config_file)?;
+    Ok(assemble(params, configs, &routed))
+}
+
+/// Which group takes each parameter, as [`route`] decides it, errors placed in `config_file`.
+pub fn routing(
+    params: &[Param],
+    configs: &[ParamGroupConfig],
+    config_file: &Path,
+) -> Result<Vec<RoutedParam>> {
     let named: Vec<_> = params.iter().map(|p| (p.name.clone(), p.role)).collect();
-    let routed = route_params(&named, &configs).map_err(|e| config_error(config_file, e))?;
-    let mut groups: Vec<Group> = configs
-        .into_iter()
-        .map(|g| Group {
-            name: g.name,
-            params: Vec::new(),
-            optimizer: g.optimizer,
-            constraints: g.constraints,
-            states: Vec::new(),
-        })
-        .collect();
-    for (p, r) in params.iter().zip(&routed) {
+    let routed = route_params(&named, configs).map_err(|e| config_error(config_file, e))?;
+    for p in params {
         if p.role != spectra_core::ParamRole::Vector && p.var.as_tensor().rank() != 2 {
             return Err(Error::invalid(
                 &p.name,
@@ -52,6 +53,27 @@ pub fn route(
                 ),
             ));
         }
+    }
+    Ok(routed)
+}
+
+/// The groups, each with the parameters `routed` gives it and fresh constraint states.
+pub fn assemble(
+    params: &[Param],
+    configs: Vec<ParamGroupConfig>,
+    routed: &[RoutedParam],
+) -> Vec<Group> {
+    let mut groups: Vec<Group> = configs
+        .into_iter()
+        .map(|g| Group {
+            name: g.name,
+            params: Vec::new(),
+            optimizer: g.optimizer,
+            constraints: g.constraints,
+            states: Vec::new(),
+        })
+        .collect();
+    for (p, r) in params.iter().zip(routed) {
         groups[r.group].params.push(p.clone());
     }
     for g in &mut groups {
@@ -61,7 +83,7 @@ pub fn route(
             .map(|_| vec![ConstraintState::new(); g.params.len()])
             .collect();
     }
-    Ok(groups)
+    groups
 }
 
 /// One training update after the backward pass: each group's optimizer step, then each group's

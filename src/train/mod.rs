@@ -8,6 +8,9 @@ pub mod metrics;
 mod progress;
 mod report;
 mod runner;
+pub mod setup;
+mod summary;
 pub mod sweep;
 
-pub use runner::{train, train_file, Outcome, TrainOptions, TrainSummary};
+pub use runner::{train, train_file, TrainOptions};
+pub use summary::{Outcome, TrainSummary};

@@ -12,7 +12,7 @@ use spectra_models::certificate::ROBUST_RADII;
 
 use super::groups::Group;
 use super::metrics::{EvalRecord, Record, TrainRecord};
-use super::runner::TrainSummary;
+use super::summary::TrainSummary;
 use crate::plots::{Chart, Series, Style};
 
 pub struct RunDescription<'a> {

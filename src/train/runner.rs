@@ -9,23 +9,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
 use spectra_core::config::{self, TrainConfig};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, OptimizerStep, Result, SpectraRng};
-use spectra_models::memory_estimate::check_training_fits;
 use spectra_models::{data, Dataset, Model};
 
 use super::checkpoint::{self, Checkpoint};
-use super::config_error::{config_error, model_error};
 use super::eval::{correct_count, evaluate};
-use super::groups::{route, update, Group};
+use super::groups::{assemble, update, Group};
 use super::metrics::{EvalRecord, MetricsWriter, Record, TrainRecord};
 use super::progress::Progress;
 use super::report;
+use super::setup::{self, Setup};
+use super::summary::{Outcome, TrainSummary};
 
-/// Seed streams: model initialisation and the constraints' randomness (power-iteration starts).
-const INIT_STREAM: u64 = 1;
+/// The seed stream of the constraints' randomness (power-iteration starts); the model's is
+/// [`setup::INIT_STREAM`].
 const CONSTRAINT_STREAM: u64 = 2;
 
 /// Command-line choices that are not part of the experiment.
@@ -44,29 +43,6 @@ pub struct TrainOptions {
     /// Stop with a checkpoint once this many steps are done, keeping the schedule of the full run: a
     /// long run done in pieces, each continued with `resume`.
     pub stop_at: Option<u64>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Outcome {
-    Finished,
-    /// Stopped on request; the checkpoint holds the state after `steps_done` steps.
-    Stopped,
-}
-
-/// What a run did; also written to `summary.json`.
-#[derive(Clone, Debug, Serialize)]
-pub struct TrainSummary {
-    pub outcome: Outcome,
-    pub output: PathBuf,
-    pub steps_done: u64,
-    pub steps: u64,
-    pub final_eval: Option<EvalRecord>,
-    /// Wall time of this invocation's training steps.
-    pub seconds: f64,
-    pub mean_step_seconds: f64,
-    pub mean_constraint_seconds: f64,
-    /// Training targets (tokens or images) per second over this invocation's steps.
-    pub targets_per_second: f64,
 }
 
 /// Reads the config file and trains.
@@ -142,12 +118,11 @@ pub fn train(
 impl Run {
     fn new(mut cfg: TrainConfig, config_file: &Path) -> Result<Run> {
         let device = cfg.device.resolve()?;
-        let data = data::open(&cfg.data, &cfg.model)?;
-        check_training_fits(&cfg, &data.input_kind(), &device)
-            .map_err(|e| config_error(config_file, e))?;
-        let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
-        let model = spectra_models::build(&cfg.model, &data.input_kind(), &device, &mut init_rng)
-            .map_err(|e| model_error(config_file, e))?;
+        let Setup {
+            data,
+            model,
+            routed,
+        } = setup::build(&cfg, config_file, &device)?;
         let fingerprint = format!(
             "{} {} {} seed {}",
             spectra_core::registry::to_ron(&cfg.model),
@@ -155,8 +130,7 @@ impl Run {
             spectra_core::registry::to_ron(&cfg.groups),
             cfg.seed
         );
-        let group_configs = std::mem::take(&mut cfg.groups);
-        let groups = route(model.params(), group_configs, config_file)?;
+        let groups = assemble(model.params(), std::mem::take(&mut cfg.groups), &routed);
         let output = cfg.output.clone();
         crate::output::prepare(&output)?;
         Ok(Run {
@@ -181,17 +155,20 @@ impl Run {
     fn save_checkpoint(&mut self) -> Result<()> {
         let mut tensors = HashMap::new();
         for p in self.model.params() {
-            tensors.insert(format!("param/{}", p.name), p.var.as_tensor().clone());
+            tensors.insert(checkpoint::param_key(&p.name), p.var.as_tensor().clone());
         }
         for g in &self.groups {
             for (key, t) in g.optimizer.state() {
-                tensors.insert(format!("optim/{}/{key}", g.name), t);
+                tensors.insert(format!("{}{key}", checkpoint::optimizer_prefix(&g.name)), t);
             }
             for (ci, per_param) in g.states.iter().enumerate() {
                 for (p, state) in g.params.iter().zip(per_param) {
                     for (key, t) in state {
                         tensors.insert(
-                            format!("constraint/{}/{ci}/{}/{key}", g.name, p.name),
+                            format!(
+                                "{}{key}",
+                                checkpoint::constraint_prefix(&g.name, ci, &p.name)
+                            ),
                             t.clone(),
                         );
                     }
@@ -221,7 +198,7 @@ impl Run {
         }
         let missing = |name: &str| Error::file(&path, format!("the checkpoint has no `{name}`"));
         for p in self.model.params() {
-            let key = format!("param/{}", p.name);
+            let key = checkpoint::param_key(&p.name);
             let t = ck.tensors.get(&key).ok_or_else(|| missing(&key))?;
             if t.shape() != p.var.shape() {
                 return Err(Error::file(
@@ -236,7 +213,7 @@ impl Run {
             p.var.set(t)?;
         }
         for g in &mut self.groups {
-            let prefix = format!("optim/{}/", g.name);
+            let prefix = checkpoint::optimizer_prefix(&g.name);
             let state: HashMap<String, Tensor> = ck
                 .tensors
                 .iter()
@@ -245,7 +222,7 @@ impl Run {
             g.optimizer.load_state(&state, &g.params)?;
             for (ci, per_param) in g.states.iter_mut().enumerate() {
                 for (p, st) in g.params.iter().zip(per_param.iter_mut()) {
-                    let prefix = format!("constraint/{}/{ci}/{}/", g.name, p.name);
+                    let prefix = checkpoint::constraint_prefix(&g.name, ci, &p.name);
                     st.clear();
                     for (k, t) in &ck.tensors {
                         if let Some(key) = k.strip_prefix(&prefix) {

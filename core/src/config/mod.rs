@@ -65,13 +65,17 @@ impl Invalid {
 
 /// Reads and validates a config file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    parse(&read(path)?, path)
+}
+
+/// A config file's text, or an error saying it cannot be read.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
         file: path.to_path_buf(),
         location: None,
         message: format!("cannot read the config: {e}"),
         help: Some("check the path; the experiments/ folder has examples".into()),
-    })?;
-    parse(&text, path)
+    })
 }
 
 /// Parses and validates config text; `file` is used in messages.
