@@ -18,13 +18,13 @@ use candle_core::{DType, Device, Tensor, Var};
 use criterion::{Criterion, SamplingMode};
 use rand::{Rng, SeedableRng};
 use spectra::core::linalg::{orthogonalize_normalized_by, OrthogonalizeDtype, Orthogonalizer};
-use spectra::core::ops::adamw::{adamw_update, AdamWScalars};
-use spectra::core::ops::muon_momentum::muon_momentum;
 use spectra::core::{
     ConstraintContext, ConstraintState, DeviceSpec, Optimizer, OptimizerStep, Param, ParamRole,
     SpectraRng, WeightConstraint,
 };
 use spectra::models::{LipschitzGpt, Model};
+use spectra::plugins::optimizers::fused::adamw::{adamw_update, AdamWScalars};
+use spectra::plugins::optimizers::fused::muon_momentum::muon_momentum;
 use spectra::plugins::{AdamW, SpectralHardCap, SpectralSoftCap};
 use spectra::train::groups::update;
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 use spectra_core::kv_cache::{KvCache, KvCacheShape};
-use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{
@@ -20,6 +19,7 @@ use spectra_core::{
 };
 use spectra_policies::snap_kv_votes::VotePool;
 use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
+use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_policies::tri_attention::{OffsetTable, ScoreOptions};
 use spectra_policies::{H2o, KNorm, OffsetAggregation, Pooling, SnapKv, TriAttention};
 

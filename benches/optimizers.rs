@@ -1,6 +1,6 @@
 //! Optimizer steps on one f32 matrix of 256×256, 1024×1024 and 4096×1024, each against a plain
 //! matmul (Muon) or memory copy (AdamW, SGD) of the same shape measured in the same run. AdamW's step
-//! runs the fused update (`spectra_core::ops::adamw`); the update alone is measured too, to separate it
+//! runs the fused update (`spectra_plugins::optimizers::fused::adamw`); the update alone is measured too, to separate it
 //! from the step's gradient and result checks and its write into the parameter.
 
 mod roofline;
@@ -8,9 +8,9 @@ mod roofline;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use roofline::{init_weight, Op, Roofline, Work, SHAPES};
+use spectra::plugins::optimizers::fused::adamw::{adamw_update, AdamWScalars};
 use spectra::plugins::{AdamW, Muon, Sgd};
 use spectra_core::linalg::Orthogonalizer;
-use spectra_core::ops::adamw::{adamw_update, AdamWScalars};
 use spectra_core::{Optimizer, OptimizerStep, Param, ParamRole};
 
 /// Repeated steps of `opt` on one parameter with a fixed gradient.

@@ -21,8 +21,8 @@ use spectra::models::llama::{Llama, WeightFormat};
 use spectra::train::checkpoint::{self, Checkpoint};
 use spectra::train::sweep::SweepConfig;
 use spectra_core::config::{self, KvEvalConfig, TrainConfig};
-use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
+use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 
 /// Inputs per reader in `cargo test`: enough to cover every mutation kind many times in seconds.
 const DEFAULT_CASES: usize = 300;

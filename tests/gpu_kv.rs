@@ -7,7 +7,6 @@
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use spectra_core::kv_cache::{KvCache, KvCacheShape};
-use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::registry::{plugins, Family};
 use spectra_core::rng::{derived_rng, SpectraRng};
@@ -17,6 +16,7 @@ use spectra_core::{
 };
 use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
 use spectra_policies::tri_attention::normalize::{tie_noise, Finish};
+use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_policies::tri_attention::{OffsetTable, ScoreOptions};
 use spectra_policies::{OffsetAggregation, Pooling, SnapKv, TriAttention, TriAttentionMode};
 use third_party_plugin as _;

@@ -12,14 +12,14 @@ use rand::{Rng, SeedableRng};
 use spectra::core::config::parse_ron;
 use spectra::core::linalg::svd::sigma_max;
 use spectra::core::linalg::{frobenius_norm, rms_scale, OrthogonalizeDtype};
-use spectra::core::ops::adamw::{adamw_update, AdamWScalars};
-use spectra::core::ops::muon_momentum::muon_momentum;
 use spectra::core::ops::nvrtc::{cuda_function, KernelModule};
 use spectra::core::registry::{self, Family};
 use spectra::core::{
     ConstraintContext, ConstraintState, DeviceSpec, Optimizer, OptimizerStep, Param, ParamRole,
     SpectraRng, WeightConstraint,
 };
+use spectra::plugins::optimizers::fused::adamw::{adamw_update, AdamWScalars};
+use spectra::plugins::optimizers::fused::muon_momentum::muon_momentum;
 use spectra::plugins::Muon;
 // Linked so that its plugins are registered and checked too.
 use third_party_plugin as _;

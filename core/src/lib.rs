@@ -8,7 +8,6 @@ pub mod device;
 pub mod error;
 pub mod kv_cache;
 pub mod kv_policy;
-pub mod kv_stats;
 pub mod linalg;
 pub mod ops;
 pub mod optimizer;

@@ -1,10 +1,10 @@
 //! Every policy, in its default and its main alternative configurations, through the conformance suite.
 
+use crate::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 use rand::Rng;
 use spectra_core::conformance::{
     check_kv_policy, check_kv_policy_with, KvModelShape, KvSuiteInputs,
 };
-use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
 
 use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};

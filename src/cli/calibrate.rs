@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use spectra_core::kv_stats::{QueryStatsAccumulator, QueryStatsMeta};
 use spectra_core::{DeviceSpec, Error};
 use spectra_models::llama::{Llama, Logits, Taps, WeightFormat};
+use spectra_policies::tri_attention::query_stats::{QueryStatsAccumulator, QueryStatsMeta};
 
 #[derive(Args)]
 pub struct CalibrateArgs {

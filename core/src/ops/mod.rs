@@ -1,5 +1,8 @@
 //! Fused kernels: work that a chain of candle ops would do in several passes over memory, done in
 //! one, with a CPU path and (feature `cuda`) a CUDA path compiled at run time by NVRTC (`nvrtc`).
+//! Here: what every fused op shares (operand checks, storage access, launch geometry, the CUDA
+//! prelude) and the per-head top-k the KV policies rank with; each training op sits with the one
+//! optimizer that uses it (`spectra_plugins::optimizers::fused`).
 //!
 //! The training ops read several tensors and write several (AdamW: weight, gradient and both
 //! moments in, weight and moments out), which candle's `CustomOp1/2/3` cannot express (one output
@@ -10,8 +13,6 @@
 //! the same order (the CUDA code uses `__fmul_rn`-style intrinsics, which the compiler never fuses
 //! into an FMA), so the two devices agree bit for bit.
 
-pub mod adamw;
-pub mod muon_momentum;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod top_k;
@@ -22,7 +23,7 @@ use candle_core::{DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
 use crate::{Error, Result};
 
 /// A floating-point element type the fused ops run on (f32, f64).
-pub(crate) trait Float: WithDType {
+pub trait Float: WithDType {
     fn sqrt(self) -> Self;
 }
 
@@ -40,7 +41,7 @@ impl Float for f64 {
 
 /// Checks the operands of an elementwise op (same shape, dtype and device; dtype f32 or f64) and
 /// returns them contiguous (a non-contiguous one is copied).
-pub(crate) fn elementwise_operands<const N: usize>(
+pub fn elementwise_operands<const N: usize>(
     op: &str,
     operands: [(&str, &Tensor); N],
 ) -> Result<[Tensor; N]> {
@@ -85,7 +86,7 @@ pub(crate) fn elementwise_operands<const N: usize>(
 }
 
 /// The elements of a contiguous CPU tensor's storage.
-pub(crate) fn cpu_slice<'a, T: WithDType>(
+pub fn cpu_slice<'a, T: WithDType>(
     storage: &'a StorageRef<'_>,
     layout: &Layout,
 ) -> Result<&'a [T]> {
@@ -98,17 +99,17 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(
 }
 
 /// A new tensor (no backward op) owning `storage`, laid out contiguously as `shape`.
-pub(crate) fn tensor_from(storage: Storage, shape: &Shape) -> Tensor {
+pub fn tensor_from(storage: Storage, shape: &Shape) -> Tensor {
     Tensor::from_storage(storage, shape.clone(), BackpropOp::none(), false)
 }
 
 /// A CPU tensor of `shape` holding `data`.
-pub(crate) fn cpu_tensor<T: WithDType>(data: Vec<T>, shape: &Shape) -> Tensor {
+pub fn cpu_tensor<T: WithDType>(data: Vec<T>, shape: &Shape) -> Tensor {
     tensor_from(Storage::Cpu(T::to_cpu_storage_owned(data)), shape)
 }
 
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda {
+pub mod cuda {
     //! What the CUDA paths of the fused ops share: typed views of input storage, output allocation
     //! and the launch geometry.
 
@@ -174,6 +175,7 @@ pub(crate) mod cuda {
 /// double, each correctly rounded and never contracted into an FMA, so that a kernel evaluates an
 /// expression exactly as the CPU path does.
 #[cfg(feature = "cuda")]
+#[macro_export]
 macro_rules! rounded_arithmetic_cuda {
     () => {
         r#"
@@ -198,5 +200,3 @@ typedef unsigned long long u64;
 "#
     };
 }
-#[cfg(feature = "cuda")]
-pub(crate) use rounded_arithmetic_cuda;

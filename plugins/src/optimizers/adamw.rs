@@ -2,10 +2,10 @@
 
 use std::collections::HashMap;
 
+use super::fused::adamw::{adamw_update, AdamWScalars};
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use spectra_core::ops::adamw::{adamw_update, AdamWScalars};
 use spectra_core::{Optimizer, OptimizerStep, Param, Result};
 
 use super::state::{zeros_like, Layout, OptimizerState, ParamState};
@@ -98,7 +98,7 @@ impl AdamW {
         }
     }
 
-    /// One fused pass over the weight, gradient and both moments (spectra_core::ops::adamw).
+    /// One fused pass over the weight, gradient and both moments (`fused::adamw`).
     fn update(&self, p: &Param, g: &Tensor, lr: f64) -> Result<(Tensor, ParamState)> {
         let (beta2, eps, bias_correction) = self.effective();
         let (count, m, v) = match self.state.get(&p.name) {

@@ -2,6 +2,7 @@
 //! and restores by name, and an all-or-nothing write of the new weights.
 
 mod adamw;
+pub mod fused;
 mod muon;
 mod sgd;
 mod state;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use super::fused::muon_momentum::muon_momentum;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,6 @@ use spectra_core::linalg::{
     column_rms, matrix_dims, orthogonalize_normalized_by, rms_scale, OrthogonalizeDtype,
     Orthogonalizer,
 };
-use spectra_core::ops::muon_momentum::muon_momentum;
 use spectra_core::{Error, Optimizer, OptimizerStep, Param, ParamRole, Result};
 
 use super::state::{zeros_like, Layout, OptimizerState, ParamState};
@@ -60,7 +60,7 @@ pub struct MomentumWarmup {
 /// values past the f32 maximum. For embeddings it is lr_t·t, a bound on each column's RMS instead.
 ///
 /// The momentum, the Nesterov direction and the direction's Frobenius norm come from one fused pass
-/// (`spectra_core::ops::muon_momentum`).
+/// (`fused::muon_momentum`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Muon {

@@ -1,8 +1,8 @@
 //! TriAttention against independent references (kv-eviction.md §5 H.26).
 
+use crate::tri_attention::query_stats::{HeadBandStats, QueryBandStats, QueryStatsMeta};
 use candle_core::{Device, Tensor};
 use rand::Rng;
-use spectra_core::kv_stats::{HeadBandStats, QueryBandStats, QueryStatsMeta};
 use spectra_core::rng::{derived_rng, SpectraRng};
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext};

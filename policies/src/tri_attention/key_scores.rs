@@ -12,10 +12,10 @@
 //! ties. The two devices therefore agree to the last bit almost always, and to an f32 rounding of a
 //! weight otherwise.
 
+use crate::tri_attention::query_stats::HeadBandStats;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
-use spectra_core::kv_stats::HeadBandStats;
 use spectra_core::rope::{RopePairing, RopeSpec};
 use spectra_core::{Error, Result};
 
@@ -704,8 +704,8 @@ KEY_SCORES(tri_key_scores_bf16, Bf16)
 
 #[cfg(test)]
 mod tests {
+    use crate::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
     use rand::Rng;
-    use spectra_core::kv_stats::{QueryBandStats, QueryStatsMeta};
     use spectra_core::rng::derived_rng;
     use spectra_core::rope::RopeScaling;
 

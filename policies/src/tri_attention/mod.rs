@@ -8,6 +8,7 @@
 
 pub mod key_scores;
 pub mod normalize;
+pub mod query_stats;
 pub mod reference;
 pub mod scoring;
 mod window_centers;
@@ -20,10 +21,10 @@ mod unfused;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
+use crate::tri_attention::query_stats::QueryBandStats;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use spectra_core::kv_stats::QueryBandStats;
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rope::RopeSpec;
 use spectra_core::{

@@ -2,7 +2,7 @@
 //! position to get the pre-RoPE key, then amplitude, phase and the cosine series over future distances
 //! are evaluated directly, in f64. Slow; the reference the post-RoPE form is tested against.
 
-use spectra_core::kv_stats::HeadBandStats;
+use crate::tri_attention::query_stats::HeadBandStats;
 use spectra_core::rope::RopeSpec;
 use spectra_core::Result;
 

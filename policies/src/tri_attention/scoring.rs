@@ -14,8 +14,8 @@
 //! [`GroupForms`] holds these weights for one KV head's query group; the key score op
 //! (`key_scores`) evaluates them for every key in one pass.
 
+use crate::tri_attention::query_stats::HeadBandStats;
 use serde::{Deserialize, Serialize};
-use spectra_core::kv_stats::HeadBandStats;
 use spectra_core::rope::RopeSpec;
 
 /// How the 17 future offsets are combined.

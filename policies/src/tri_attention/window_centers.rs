@@ -1,7 +1,7 @@
 //! Query centres estimated from the observation window, for TriAttention without a calibration file.
 
+use crate::tri_attention::query_stats::{QueryBandStats, QueryStatsAccumulator, QueryStatsMeta};
 use candle_core::DType;
-use spectra_core::kv_stats::{QueryBandStats, QueryStatsAccumulator, QueryStatsMeta};
 use spectra_core::rope::RopeSpec;
 use spectra_core::{Error, KvLayerView, KvSideInfo, Result};
 

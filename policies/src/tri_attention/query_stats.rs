@@ -9,8 +9,8 @@ use std::path::Path;
 use candle_core::Tensor;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::rope::{RopePairing, RopeScaling, RopeSpec};
-use crate::{Error, Result};
+use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
+use spectra_core::{Error, Result};
 
 /// The `format` metadata value of a stats file.
 pub const QUERY_STATS_FORMAT: &str = "spectra-query-band-stats-v1";
@@ -221,9 +221,9 @@ impl QueryBandStats {
             ("num_layers", m.num_layers.to_string()),
             ("num_query_heads", m.num_query_heads.to_string()),
             ("head_dim", m.head_dim.to_string()),
-            ("rope_pairing", crate::registry::to_ron(&m.pairing)),
+            ("rope_pairing", spectra_core::registry::to_ron(&m.pairing)),
             ("rope_base", m.base.to_string()),
-            ("rope_scaling", crate::registry::to_ron(&m.scaling)),
+            ("rope_scaling", spectra_core::registry::to_ron(&m.scaling)),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{cpu_slice, cpu_tensor, elementwise_operands, Float};
-use crate::Result;
+use spectra_core::ops::{cpu_slice, cpu_tensor, elementwise_operands, Float};
+use spectra_core::Result;
 
 /// What one momentum step produces.
 #[derive(Clone, Debug)]
@@ -40,7 +40,7 @@ pub fn muon_momentum(
         (Device::Cuda(_), DType::F64) => {
             cuda::momentum::<f64>([&b, &g], momentum, nesterov, "muon_momentum_f64")
         }
-        (device, dtype) => Err(crate::Error::Device(format!(
+        (device, dtype) => Err(spectra_core::Error::Device(format!(
             "muon_momentum has no kernel for {dtype:?} on {:?}",
             device.location()
         ))),
@@ -109,10 +109,11 @@ mod cuda {
     use candle_core::{Shape, Tensor};
 
     use super::MomentumUpdate;
-    use crate::ops::cuda::{launch_config, output, tensor, view, BLOCK};
-    use crate::ops::nvrtc::{cuda_function, launch_error, KernelModule};
-    use crate::ops::{rounded_arithmetic_cuda, Float};
-    use crate::Result;
+    use spectra_core::ops::cuda::{launch_config, output, tensor, view, BLOCK};
+    use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
+    use spectra_core::ops::Float;
+    use spectra_core::rounded_arithmetic_cuda;
+    use spectra_core::Result;
 
     const MODULE: KernelModule = KernelModule::new(
         "spectra_muon_momentum",
@@ -215,7 +216,7 @@ mod tests {
     use rand_distr::{Distribution, StandardNormal};
 
     use super::*;
-    use crate::rng::SpectraRng;
+    use spectra_core::rng::SpectraRng;
 
     /// The unfused candle-op chain the fused op replaces (the oracle): buffer and direction.
     fn chain(b: &Tensor, g: &Tensor, mu: f64, nesterov: bool) -> (Tensor, Tensor) {

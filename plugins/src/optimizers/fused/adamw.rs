@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{cpu_slice, cpu_tensor, elementwise_operands, Float};
-use crate::Result;
+use spectra_core::ops::{cpu_slice, cpu_tensor, elementwise_operands, Float};
+use spectra_core::Result;
 
 /// The scalars of one AdamW update, folded on the host so that one kernel serves every variant
 /// (bias-corrected or not, the JAX variant's decay scaled by the target norm, ...):
@@ -87,7 +87,7 @@ pub fn adamw_update(
         (Device::Cuda(_), DType::F64) => {
             cuda::update::<f64>([&w, &g, &m, &v], scalars, "adamw_f64")
         }
-        (device, dtype) => Err(crate::Error::Device(format!(
+        (device, dtype) => Err(spectra_core::Error::Device(format!(
             "adamw_update has no kernel for {dtype:?} on {:?}",
             device.location()
         ))),
@@ -133,10 +133,11 @@ mod cuda {
     use candle_core::Tensor;
 
     use super::{AdamWScalars, AdamWUpdate};
-    use crate::ops::cuda::{launch_config, output, tensor, view};
-    use crate::ops::nvrtc::{cuda_function, launch_error, KernelModule};
-    use crate::ops::{rounded_arithmetic_cuda, Float};
-    use crate::Result;
+    use spectra_core::ops::cuda::{launch_config, output, tensor, view};
+    use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
+    use spectra_core::ops::Float;
+    use spectra_core::rounded_arithmetic_cuda;
+    use spectra_core::Result;
 
     const MODULE: KernelModule = KernelModule::new(
         "spectra_adamw",
@@ -214,7 +215,7 @@ mod tests {
     use rand_distr::{Distribution, StandardNormal};
 
     use super::*;
-    use crate::rng::SpectraRng;
+    use spectra_core::rng::SpectraRng;
 
     /// The unfused candle-op chain the fused op replaces (the oracle), one op per pass.
     fn chain(
