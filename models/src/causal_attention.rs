@@ -4,7 +4,7 @@
 //! `output_scale · softmax(score_scale · rope(q)·rope(k)ᵀ + causal mask) · v`.
 //!
 //! On the CPU (f32) it is one op forward and one backward, flash-style: each (sequence, head) is
-//! worked through in 64-row blocks whose score tile stays in cache, the keys above the diagonal are
+//! worked through in blocks of 64 positions whose scores stay in cache, the keys above the diagonal are
 //! never multiplied, and the `batch × heads × seq²` scores are never stored: the backward recomputes
 //! them. The chain it replaces (head split copies, RoPE's eight broadcast products, the score matmul,
 //! the softmax, the value matmul, the merge copy, and their backward ops) walked those scores a dozen

@@ -1,4 +1,4 @@
-//! One sequence of the fused causal attention on the CPU, head by head, in 64-row blocks.
+//! One sequence of the fused causal attention on the CPU, head by head, in blocks of 64 positions.
 //!
 //! The products run on [`spectra_kernels::sgemm`] (one thread: the sequences are spread over the threads). The
 //! passes between them (RoPE, the transposes, the softmax, the softmax's gradient) are compiled for
