@@ -7,15 +7,12 @@
 //! reorder, and was most of the op's time outside the products.
 
 use super::CausalAttention;
-use crate::cpu_op::exp_nonpositive;
+use crate::cpu_op::{dot, exp_nonpositive, maximum, sum};
 use spectra_kernels::sgemm::{sgemm, Operand, Threads};
 use spectra_kernels::transpose::transpose;
 
 /// Rows of queries (and keys) per block: a 64 × seq score tile of a 256-token window is 64 KiB.
 const BLOCK: usize = 64;
-
-/// Lanes of the reductions: one AVX register of f32.
-const LANES: usize = 8;
 
 /// The per-sequence work buffers of one worker, reused for every head.
 pub(super) struct Scratch {
@@ -406,56 +403,6 @@ unsafe fn rotate_pairs_avx2(
     }
 }
 
-/// The largest element, as `>` finds it.
-#[inline(always)]
-fn maximum(xs: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (m, &x) in lanes.iter_mut().zip(chunk) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    lanes
-        .into_iter()
-        .chain(tail.iter().copied())
-        .fold(f32::NEG_INFINITY, |m, x| if x > m { x } else { m })
-}
-
-/// `Σ a_j·b_j` in eight lanes.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            lanes[l] += x[l] * y[l];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// `Σ x_j` in eight lanes.
-#[inline(always)]
-fn sum(xs: &[f32]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (s, &x) in lanes.iter_mut().zip(chunk) {
-            *s += x;
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// `softmax(row)` in place.
 #[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
@@ -477,29 +424,5 @@ fn softmax_gradient(p: &[f32], dp: &mut [f32], scale: f32) {
     let along = dot(p, dp);
     for (d, &p) in dp.iter_mut().zip(p) {
         *d = scale * p * (*d - along);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lane_reductions_match_f64_sums_and_a_plain_maximum() {
-        for len in [0, 1, 7, 8, 9, 64, 250] {
-            let a: Vec<f32> = (0..len)
-                .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
-                .collect();
-            let b: Vec<f32> = (0..len)
-                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0)
-                .collect();
-            let exact_dot: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            let exact_sum: f64 = a.iter().map(|x| *x as f64).sum();
-            // At most 250 terms below 1 in magnitude: f32 rounding stays far below 1e-4.
-            assert!((dot(&a, &b) as f64 - exact_dot).abs() < 1e-4, "dot, {len}");
-            assert!((sum(&a) as f64 - exact_sum).abs() < 1e-4, "sum, {len}");
-            let plain = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            assert_eq!(maximum(&a), plain, "max, {len}");
-        }
     }
 }

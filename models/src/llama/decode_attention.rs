@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use crate::cpu_op::{exp_nonpositive, vectorized};
+use crate::cpu_op::{dot, exp_nonpositive, vectorized};
 use crate::spin_pool::{run_parts, DisjointWrites};
 
 /// One KV head's cache: `[n, head_dim]` keys and values, row-major.
@@ -259,25 +259,6 @@ fn attend_range<T: CacheElement>(
     for (j, &p) in range.zip(scores.iter()) {
         T::add_scaled(acc, p, &head.values[j * d..(j + 1) * d]);
     }
-}
-
-/// `a·b` in eight lanes, so that it is vector code.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
