@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
-use spectra::core::config::{self, KvEvalConfig, TrainConfig};
+use spectra::core::config;
 use spectra::core::error::ConfigError;
+use spectra::kv::KvEvalConfig;
+use spectra::train::TrainConfig;
 use third_party_plugin as _;
 
 fn train_config(group: &str) -> String {

@@ -17,10 +17,12 @@ use candle_core::{Device, Tensor};
 use llama_support::Tiny;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use spectra::kv::KvEvalConfig;
 use spectra::models::llama::{Llama, WeightFormat};
 use spectra::train::checkpoint::{self, Checkpoint};
 use spectra::train::sweep::SweepConfig;
-use spectra_core::config::{self, KvEvalConfig, TrainConfig};
+use spectra::train::TrainConfig;
+use spectra_core::config;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 

@@ -4,8 +4,10 @@
 
 use std::path::Path;
 
-use spectra::core::config::{self, KvEvalConfig};
+use spectra::core::config;
 use spectra::kv::{run, write_report, FULL};
+use spectra::kv::{KvEvalConfig, KvTask};
+use spectra::models::DecoderConfig;
 
 mod llama_support;
 
@@ -121,14 +123,14 @@ fn missing_files_and_impossible_tasks_are_clear_errors() {
     let tiny = Tiny::byte_level();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&tiny, dir.path());
-    cfg.model = config::KvModelConfig::Gguf {
+    cfg.model = DecoderConfig::Gguf {
         path: dir.path().join("missing.gguf"),
     };
     let err = run(&cfg).err().unwrap().to_string();
     assert!(err.contains("scripts/get-model.sh"), "{err}");
 
     let mut cfg = config(&tiny, dir.path());
-    cfg.tasks = vec![config::KvTask::LanguageModelling {
+    cfg.tasks = vec![KvTask::LanguageModelling {
         text: dir.path().join("text.txt"),
         context: 600,
         scored: 10,
@@ -139,7 +141,7 @@ fn missing_files_and_impossible_tasks_are_clear_errors() {
     assert!(err.contains("fewer passages"), "{err}");
 
     let mut cfg = config(&tiny, dir.path());
-    cfg.tasks = vec![config::KvTask::Passkey {
+    cfg.tasks = vec![KvTask::Passkey {
         lengths: vec![1200],
         depths: vec![0.5],
         trials: 1,

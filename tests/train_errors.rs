@@ -7,8 +7,9 @@ use std::path::Path;
 use candle_core::{Device, Tensor, Var};
 use spectra::plugins::{Muon, SpectralSoftCap};
 use spectra::train::groups::route;
+use spectra::train::routing::ParamSelector;
+use spectra::train::ParamGroupConfig;
 use spectra::train::{train, TrainOptions};
-use spectra_core::config::{ParamGroupConfig, ParamSelector};
 use spectra_core::{Param, ParamRole};
 use train_support::*;
 

@@ -6,7 +6,8 @@ use std::path::Path;
 use spectra::models::{GptShape, LipschitzGpt, Model};
 use spectra::plugins::{EmbeddingColumnCap, Muon, SpectralSoftCap};
 use spectra::train::groups::{route, Group};
-use spectra_core::config::{ParamGroupConfig, ParamSelector};
+use spectra::train::routing::ParamSelector;
+use spectra::train::ParamGroupConfig;
 use spectra_core::ParamRole;
 
 pub const SEQ: usize = 256;

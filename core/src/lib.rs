@@ -1,4 +1,4 @@
-//! The core of spectra: the three plugin traits, the plugin registry, the experiment config schema,
+//! The core of spectra: the three plugin traits, the plugin registry, config reading and validation,
 //! errors, device selection, the compacting KV cache and (feature `conformance`) the conformance suites
 //! that every plugin, built-in or third-party, is held to.
 

@@ -4,6 +4,7 @@
 pub mod activations;
 pub mod causal_attention;
 pub mod certificate;
+pub mod config;
 mod cpu_op;
 pub mod data;
 pub mod init;
@@ -20,10 +21,10 @@ pub mod rope;
 mod spin_pool;
 
 use candle_core::{Device, Tensor};
-use spectra_core::config::ModelConfig;
 use spectra_core::{Error, Param, Result, SpectraRng};
 
 pub use certificate::Certificate;
+pub use config::{DataConfig, DecoderConfig, ModelConfig};
 pub use data::{Batch, Dataset, InputKind};
 pub use lipschitz_gpt::{GptShape, LipschitzGpt};
 pub use lipschitz_mlp::LipschitzMlp;
@@ -49,36 +50,17 @@ pub fn build(
     rng: &mut SpectraRng,
 ) -> Result<Box<dyn Model>> {
     match (config, input) {
-        (
-            ModelConfig::LipschitzGpt {
-                d_model,
-                blocks,
-                heads,
-                seq_len,
-                mlp_ratio,
-                blocks_mass,
-                softmax_scale,
-                final_scale,
-            },
-            InputKind::Tokens { vocab },
-        ) => {
+        (ModelConfig::LipschitzGpt(shape), InputKind::Tokens { vocab }) => {
             let shape = GptShape {
                 vocab: *vocab,
-                d_model: *d_model,
-                blocks: *blocks,
-                heads: *heads,
-                seq_len: *seq_len,
-                mlp_ratio: *mlp_ratio,
-                blocks_mass: *blocks_mass,
-                softmax_scale: *softmax_scale,
-                final_scale: *final_scale,
+                ..shape.clone()
             };
             Ok(Box::new(LipschitzGpt::new(shape, device, rng)?))
         }
         (ModelConfig::LipschitzMlp { hidden, layers }, InputKind::Images { pixels, classes }) => {
             Ok(Box::new(LipschitzMlp::new(*pixels, *hidden, *classes, *layers, device, rng)?))
         }
-        (ModelConfig::LipschitzGpt { .. }, InputKind::Images { .. }) => Err(Error::invalid(
+        (ModelConfig::LipschitzGpt(_), InputKind::Images { .. }) => Err(Error::invalid(
             "model",
             "LipschitzGpt reads token windows, but the data are images; use `data: Text(...)` or `model: LipschitzMlp(...)`",
         )),

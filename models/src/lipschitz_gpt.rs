@@ -7,6 +7,7 @@
 //! numbers them the other way round (§8.1).
 
 use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
 use crate::causal_attention::{causal_rope_attention, AttentionDims};
@@ -20,18 +21,47 @@ use crate::rope::Rope;
 use crate::Model;
 
 /// The transformer's sizes; the paper's Shakespeare model is vocab 65, d 256, 3 blocks, 4 heads, 256.
-#[derive(Clone, Debug, PartialEq)]
+/// A config's `LipschitzGpt(...)` reads the fields but the vocabulary, which the data set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GptShape {
+    #[serde(skip)]
     pub vocab: usize,
+    #[serde(default = "d256")]
     pub d_model: usize,
+    #[serde(default = "three")]
     pub blocks: usize,
+    #[serde(default = "four")]
     pub heads: usize,
+    #[serde(default = "d256")]
     pub seq_len: usize,
+    #[serde(default = "four")]
     pub mlp_ratio: usize,
+    /// Modular mass of the blocks relative to embedding and head (mass 1 each).
+    #[serde(default = "sixteen")]
     pub blocks_mass: f64,
+    #[serde(default = "one")]
     pub softmax_scale: f64,
-    /// Multiplies the logits.
+    /// A constant multiplying the logits (the paper's `final_scale`); the certified bound includes it,
+    /// and the optimizer's target norms are divided by it as modular mass prescribes.
+    #[serde(default = "one")]
     pub final_scale: f64,
+}
+
+pub(crate) fn d256() -> usize {
+    256
+}
+pub(crate) fn three() -> usize {
+    3
+}
+fn four() -> usize {
+    4
+}
+fn sixteen() -> f64 {
+    16.0
+}
+fn one() -> f64 {
+    1.0
 }
 
 impl GptShape {

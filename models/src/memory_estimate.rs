@@ -3,8 +3,9 @@
 //! the field and the machine's memory, not a process aborted by a failed allocation.
 
 use candle_core::Device;
-use spectra_core::config::{DataConfig, Invalid, ModelConfig, TrainConfig};
+use spectra_core::config::Invalid;
 
+use crate::config::ModelConfig;
 use crate::InputKind;
 
 /// What a training run needs at least, in bytes.
@@ -36,21 +37,12 @@ pub fn training_memory(
 ) -> TrainingMemory {
     let (batch, eval_batch) = (batch as f64, eval_batch as f64);
     let (parameters, per_example_train, per_example_eval) = match (model, input) {
-        (
-            ModelConfig::LipschitzGpt {
-                d_model,
-                blocks,
-                seq_len,
-                mlp_ratio,
-                ..
-            },
-            InputKind::Tokens { vocab },
-        ) => {
+        (ModelConfig::LipschitzGpt(shape), InputKind::Tokens { vocab }) => {
             let (d, blocks, t, r, v) = (
-                *d_model as f64,
-                *blocks as f64,
-                *seq_len as f64,
-                *mlp_ratio as f64,
+                shape.d_model as f64,
+                shape.blocks as f64,
+                shape.seq_len as f64,
+                shape.mlp_ratio as f64,
                 *vocab as f64,
             );
             // Embedding and head, and per block q, k, v, o and the MLP's two matrices.
@@ -89,18 +81,20 @@ pub fn machine_memory() -> Option<f64> {
     Some(kib * 1024.0)
 }
 
-/// Refuses a training config that cannot fit this machine's memory. Only where the tensors live in
-/// host memory: a GPU's memory is the device's to refuse.
+/// Refuses training `model` on `input` with batches of `batch` (training) and `eval_batch` examples
+/// where it cannot fit this machine's memory. Only where the tensors live in host memory: a GPU's
+/// memory is the device's to refuse.
 pub fn check_training_fits(
-    cfg: &TrainConfig,
+    model: &ModelConfig,
     input: &InputKind,
+    batch: usize,
+    eval_batch: usize,
     device: &Device,
 ) -> Result<(), Invalid> {
-    let (DataConfig::Text { batch_size, .. } | DataConfig::Idx { batch_size, .. }) = cfg.data;
     match machine_memory() {
         Some(available) if device.is_cpu() => check_fits(
-            training_memory(&cfg.model, input, batch_size, cfg.eval.batch_size),
-            training_memory(&cfg.model, input, 1, 1),
+            training_memory(model, input, batch, eval_batch),
+            training_memory(model, input, 1, 1),
             available,
         ),
         _ => Ok(()),
@@ -157,9 +151,11 @@ fn human(bytes: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::GptShape;
 
     fn gpt(d_model: usize, mlp_ratio: usize) -> ModelConfig {
-        ModelConfig::LipschitzGpt {
+        ModelConfig::LipschitzGpt(GptShape {
+            vocab: 0,
             d_model,
             blocks: 3,
             heads: 4,
@@ -168,7 +164,7 @@ mod tests {
             blocks_mass: 16.0,
             softmax_scale: 1.0,
             final_scale: 1.0,
-        }
+        })
     }
 
     const TEXT: InputKind = InputKind::Tokens { vocab: 65 };

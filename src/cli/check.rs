@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use spectra::kv::KvEvalConfig;
 use spectra::train::sweep::{self, SweepConfig};
-use spectra_core::config::{self, KvEvalConfig, TrainConfig};
+use spectra::train::TrainConfig;
+use spectra_core::config;
 use spectra_core::registry::to_ron;
 use spectra_core::Error;
 

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use spectra_core::config::{self, KvEvalConfig};
+use spectra::kv::KvEvalConfig;
+use spectra_core::config;
 use spectra_core::Error;
 
 #[derive(clap::Args)]

@@ -7,6 +7,7 @@
 //! arm from scratch with the prompt compressed once at its end, at a fraction of the cost. Decoding
 //! runs every arm from scratch, compressing between prefill chunks, so that its peak KV is a real run's.
 
+mod config;
 mod decode;
 mod language_modelling;
 mod passkey;
@@ -15,10 +16,10 @@ mod report;
 use std::path::Path;
 
 use serde::Serialize;
-use spectra_core::config::{KvEvalConfig, KvModelConfig, KvTask, KvWeights};
 use spectra_core::{Budget, Error, KvEvictionPolicy, Result, SideInfoNeeds, TriggerSchedule};
-use spectra_models::llama::{Llama, TextTokenizer, WeightFormat};
+use spectra_models::llama::{Llama, TextTokenizer};
 
+pub use config::{KvEvalConfig, KvTask};
 pub use decode::{DecodeRow, DecodeTaskResult};
 pub use language_modelling::{LanguageModellingResult, LanguageModellingRow};
 pub use passkey::{PasskeyAnswer, PasskeyLength, PasskeyResult, PasskeyRow};
@@ -81,21 +82,14 @@ pub struct KvReport {
 /// Runs every task of `config`; progress goes to stderr.
 pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
     let device = config.device.resolve()?;
-    let path = match &config.model {
-        KvModelConfig::Gguf { path } => path,
-        KvModelConfig::Safetensors { dir } => dir,
-    };
+    let path = config.model.path();
     if !path.exists() {
         return Err(Error::file(
             path,
             "not found; scripts/get-model.sh downloads SmolLM2-135M-Instruct into data/models/",
         ));
     }
-    let format = match config.weights {
-        KvWeights::F32 => WeightFormat::Dequantized,
-        KvWeights::AsStored => WeightFormat::Quantized,
-    };
-    let (model, tokenizer) = Llama::load(path, &device, format)?;
+    let (model, tokenizer) = Llama::load(path, &device, config.weights)?;
     let bench = Bench {
         arms: arms(&config.policies, &config.budgets),
         needs: config

@@ -1,7 +1,7 @@
 //! Validation loss, top-1 accuracy, and certified robust accuracy.
 
+use super::config::EvalConfig;
 use candle_core::{DType, Device, Tensor};
-use spectra_core::config::EvalConfig;
 use spectra_core::Result;
 use spectra_models::{Dataset, Model};
 

@@ -4,7 +4,8 @@ use std::path::Path;
 
 use super::config_error::config_error;
 
-use spectra_core::config::{route_params, ParamGroupConfig, RoutedParam};
+use super::config::ParamGroupConfig;
+use super::routing::{route_params, RoutedParam};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use spectra_core::config::TrainConfig;
+use super::config::TrainConfig;
 use spectra_core::registry::to_ron;
 use spectra_core::{Error, Result};
 

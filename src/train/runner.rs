@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use spectra_core::config::{self, TrainConfig};
+use spectra_core::config;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, OptimizerStep, Result, SpectraRng};
-use spectra_models::{data, Dataset, Model};
+use spectra_models::{Dataset, Model, ModelConfig};
 
 use super::checkpoint::{self, Checkpoint};
+use super::config::TrainConfig;
 use super::eval::{correct_count, evaluate};
 use super::groups::{assemble, update, Group};
 use super::metrics::{EvalRecord, MetricsWriter, Record, TrainRecord};
@@ -125,7 +126,7 @@ impl Run {
         } = setup::build(&cfg, config_file, &device)?;
         let fingerprint = format!(
             "{} {} {} seed {}",
-            spectra_core::registry::to_ron(&cfg.model),
+            model_fingerprint(&cfg.model),
             spectra_core::registry::to_ron(&cfg.data),
             spectra_core::registry::to_ron(&cfg.groups),
             cfg.seed
@@ -249,7 +250,7 @@ impl Run {
             "images"
         };
         let progress = Progress::new(steps, self.step, options.quiet, unit);
-        let batch_size = data::batch_size(&self.cfg.data);
+        let batch_size = self.cfg.data.batch_size();
         let checkpoint_every = self
             .cfg
             .checkpoint_every
@@ -448,4 +449,39 @@ fn eval_line(r: &EvalRecord, steps: u64) -> String {
         r.lipschitz_bound,
         r.certified_summary()
     )
+}
+/// The model as a checkpoint records it. Checkpoints written before the GPT had a final scale name
+/// none; theirs is 1, so a scale of 1 is left out to keep them resumable.
+fn model_fingerprint(model: &ModelConfig) -> String {
+    spectra_core::registry::to_ron(model).replace(",final_scale:1.0)", ")")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spectra_models::GptShape;
+
+    fn gpt(final_scale: f64) -> ModelConfig {
+        ModelConfig::LipschitzGpt(GptShape {
+            vocab: 0,
+            d_model: 128,
+            blocks: 2,
+            heads: 4,
+            seq_len: 64,
+            mlp_ratio: 4,
+            blocks_mass: 16.0,
+            softmax_scale: 1.0,
+            final_scale,
+        })
+    }
+
+    /// The text checkpoints written before `final_scale` existed carry for this model.
+    #[test]
+    fn a_final_scale_of_one_fingerprints_as_before_it_existed() {
+        assert_eq!(
+            model_fingerprint(&gpt(1.0)),
+            "LipschitzGpt(d_model:128,blocks:2,heads:4,seq_len:64,mlp_ratio:4,blocks_mass:16.0,softmax_scale:1.0)"
+        );
+        assert!(model_fingerprint(&gpt(0.5)).ends_with(",final_scale:0.5)"));
+    }
 }

@@ -5,14 +5,15 @@
 use std::path::Path;
 
 use candle_core::Device;
-use spectra_core::config::{RoutedParam, TrainConfig};
 use spectra_core::rng::derived_rng;
 use spectra_core::Result;
 use spectra_models::memory_estimate::check_training_fits;
 use spectra_models::{data, Dataset, Model};
 
+use super::config::TrainConfig;
 use super::config_error::{config_error, model_error};
 use super::groups::routing;
+use super::routing::RoutedParam;
 
 /// The seed stream of the model's initialisation.
 pub const INIT_STREAM: u64 = 1;
@@ -28,10 +29,17 @@ pub struct Setup {
 /// parameters; errors are placed in `config_file`.
 pub fn build(cfg: &TrainConfig, config_file: &Path, device: &Device) -> Result<Setup> {
     let data = data::open(&cfg.data, &cfg.model)?;
-    check_training_fits(cfg, &data.input_kind(), device)
-        .map_err(|e| config_error(config_file, e))?;
+    let input = data.input_kind();
+    check_training_fits(
+        &cfg.model,
+        &input,
+        cfg.data.batch_size(),
+        cfg.eval.batch_size,
+        device,
+    )
+    .map_err(|e| config_error(config_file, e))?;
     let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
-    let model = spectra_models::build(&cfg.model, &data.input_kind(), device, &mut init_rng)
+    let model = spectra_models::build(&cfg.model, &input, device, &mut init_rng)
         .map_err(|e| model_error(config_file, e))?;
     let routed = routing(model.params(), &cfg.groups, config_file)?;
     Ok(Setup {

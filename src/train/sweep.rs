@@ -3,7 +3,8 @@
 //! method).
 //!
 //! A method names an ordinary training config; its grid gives values for config fields by name: every
-//! `NAME: <number>` in that file takes each value in turn (so `lr` sets every group's learning rate).
+//! numeric field `NAME` of the parsed config takes each value in turn (so `lr` sets every group's
+//! learning rate; see [`set_field`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,12 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ron::ser::PrettyConfig;
 use serde::{Deserialize, Serialize};
-use spectra_core::config::{self, Invalid, TrainConfig, Validate};
+use spectra_core::config::{self, Invalid, Validate};
+
+use super::config::TrainConfig;
 use spectra_core::{Error, Result};
 use spectra_models::certificate::ROBUST_RADII;
 
 use super::metrics::{certified_at_radii, certified_columns, EvalRecord};
+use super::sweep_grid::set_field;
 use crate::plots::{Chart, Series, Style};
 
 /// The sweep file.
@@ -135,16 +140,18 @@ pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
                 format!("method `{}`: cannot read its training config: {e}", m.name),
             )
         })?;
+        let base: TrainConfig = config::parse(&text, &m.config)?;
         let fields: Vec<(&String, &Vec<f64>)> = m.grid.iter().collect();
         let combinations: usize = fields.iter().map(|(_, v)| v.len()).product();
         for mut index in 0..combinations {
             let mut settings = Vec::new();
-            let mut config_text = text.clone();
+            let mut run_config = None;
             for (field, values) in &fields {
                 let value = values[index % values.len()];
                 index /= values.len();
-                config_text = substitute(&config_text, field, value)
+                let set = set_field(run_config.as_ref().unwrap_or(&base), field, value)
                     .map_err(|msg| Error::file(&m.config, format!("method `{}`: {msg}", m.name)))?;
+                run_config = Some(set);
                 settings.push(((*field).clone(), value));
             }
             let name = if settings.is_empty() {
@@ -157,6 +164,14 @@ pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
                     .join(",")
             };
             let folder = sweep.output.join(slug(&m.name)).join(name);
+            let config_text = match run_config {
+                Some(c) => config::ron_options()
+                    .to_string_pretty(&c, PrettyConfig::default())
+                    .map_err(|e| {
+                        Error::file(&m.config, format!("cannot write a run's config: {e}"))
+                    })?,
+                None => text.clone(),
+            };
             let _: TrainConfig = config::parse(&config_text, &folder.join("config.ron"))?;
             runs.push(PlannedRun {
                 method: m.name.clone(),
@@ -167,66 +182,6 @@ pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
         }
     }
     Ok(runs)
-}
-
-/// Every `field: <number>` outside `//` comments takes `value`; an error when there is none.
-pub fn substitute(text: &str, field: &str, value: f64) -> std::result::Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut replaced = 0;
-    for line in text.split_inclusive('\n') {
-        let (code, comment) = match line.find("//") {
-            Some(c) => line.split_at(c),
-            None => (line, ""),
-        };
-        let mut rest = code;
-        while let Some(at) = find_field(rest, field) {
-            let after_name = &rest[at + field.len()..];
-            let colon = after_name.len() - after_name.trim_start().len();
-            let Some(after_colon) = after_name.trim_start().strip_prefix(':') else {
-                out.push_str(&rest[..at + field.len()]);
-                rest = after_name;
-                continue;
-            };
-            let spaces = after_colon.len() - after_colon.trim_start().len();
-            let number = after_colon.trim_start();
-            let len = number
-                .find(|c: char| !(c.is_ascii_digit() || "+-.eE_".contains(c)))
-                .unwrap_or(number.len());
-            if len == 0 || number[..len].replace('_', "").parse::<f64>().is_err() {
-                out.push_str(&rest[..at + field.len()]);
-                rest = after_name;
-                continue;
-            }
-            out.push_str(&rest[..at + field.len()]);
-            out.push_str(&after_name[..colon + 1 + spaces]);
-            out.push_str(&format!("{value:?}"));
-            rest = &number[len..];
-            replaced += 1;
-        }
-        out.push_str(rest);
-        out.push_str(comment);
-    }
-    if replaced == 0 {
-        return Err(format!(
-            "grid field `{field}` does not occur as `{field}: <number>` in the config"
-        ));
-    }
-    Ok(out)
-}
-
-/// The next occurrence of `field` as a whole identifier.
-fn find_field(text: &str, field: &str) -> Option<usize> {
-    let ident = |c: char| c.is_alphanumeric() || c == '_';
-    let mut from = 0;
-    while let Some(i) = text[from..].find(field).map(|i| i + from) {
-        let before = text[..i].chars().next_back();
-        let after = text[i + field.len()..].chars().next();
-        if !before.is_some_and(ident) && !after.is_some_and(ident) {
-            return Some(i);
-        }
-        from = i + field.len();
-    }
-    None
 }
 
 fn slug(name: &str) -> String {
@@ -512,19 +467,6 @@ fn write_summary(sweep: &SweepConfig, rows: &[SweepRow]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn substitution_replaces_whole_fields_outside_comments() {
-        let text = "(lr: 0.1, w_max: 2.0, max_lr: 3,\n // lr: 9\n (lr:1e-3))";
-        let out = substitute(text, "lr", 0.5).unwrap();
-        assert_eq!(
-            out,
-            "(lr: 0.5, w_max: 2.0, max_lr: 3,\n // lr: 9\n (lr:0.5))"
-        );
-        assert!(substitute(text, "wd", 0.1)
-            .unwrap_err()
-            .contains("does not occur"));
-    }
 
     #[test]
     fn pareto_front_keeps_points_nothing_beats() {

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use spectra::train::TrainConfig;
 use spectra::train::{train, TrainOptions, TrainSummary};
-use spectra_core::config::{self, TrainConfig};
+use spectra_core::config;
 
 /// A text whose next character is a function of the current one: a 9-character cycle.
 pub fn write_cycle_corpus(dir: &Path) -> PathBuf {

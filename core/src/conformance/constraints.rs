@@ -78,9 +78,11 @@ pub fn check_weight_constraint(constraint: &dyn WeightConstraint) {
 fn check_round_trip(constraint: &dyn WeightConstraint) {
     let name = constraint.typetag_name();
     let text = crate::registry::to_ron(&constraint);
-    let back: Box<dyn WeightConstraint> = ron::from_str(&text).unwrap_or_else(|e| {
-        panic!("`{name}`: its config `{text}` does not parse back from RON: {e}")
-    });
+    let back: Box<dyn WeightConstraint> = crate::config::ron_options()
+        .from_str(&text)
+        .unwrap_or_else(|e| {
+            panic!("`{name}`: its config `{text}` does not parse back from RON: {e}")
+        });
     let again = crate::registry::to_ron(&back);
     assert_eq!(
         text, again,

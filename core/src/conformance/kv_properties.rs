@@ -387,7 +387,8 @@ pub fn trigger(
 pub fn config(policy: &dyn KvEvictionPolicy) {
     let name = policy.typetag_name();
     let text = crate::registry::to_ron(&policy);
-    let back: Box<dyn KvEvictionPolicy> = ron::from_str(&text)
+    let back: Box<dyn KvEvictionPolicy> = crate::config::ron_options()
+        .from_str(&text)
         .unwrap_or_else(|e| panic!("{name}: config does not round-trip through RON: {e}\n{text}"));
     assert_eq!(
         crate::registry::to_ron(&back),

@@ -206,9 +206,12 @@ pub fn check_optimizer(make: &dyn Fn() -> Box<dyn Optimizer>) {
 fn check_round_trip(opt: &dyn Optimizer) {
     let name = opt.typetag_name();
     let text = crate::registry::to_ron(&opt);
-    let back: Box<dyn Optimizer> = ron::from_str(&text).unwrap_or_else(|e| {
-        panic!("`{name}`: its config `{text}` does not parse back from RON: {e}")
-    });
+    let back: Box<dyn Optimizer> =
+        crate::config::ron_options()
+            .from_str(&text)
+            .unwrap_or_else(|e| {
+                panic!("`{name}`: its config `{text}` does not parse back from RON: {e}")
+            });
     assert_eq!(
         text,
         crate::registry::to_ron(&back),

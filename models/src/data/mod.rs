@@ -8,9 +8,9 @@ mod text;
 
 use std::path::Path;
 
+use crate::config::{DataConfig, ModelConfig};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
-use spectra_core::config::{DataConfig, ModelConfig};
 use spectra_core::{Error, Result, SpectraRng};
 
 pub use idx::{read_idx_images, read_idx_labels, IdxImages};
@@ -73,7 +73,7 @@ pub fn open(data: &DataConfig, model: &ModelConfig) -> Result<Box<dyn Dataset>> 
     match data {
         DataConfig::Text { path, .. } => {
             let seq_len = match model {
-                ModelConfig::LipschitzGpt { seq_len, .. } => *seq_len,
+                ModelConfig::LipschitzGpt(shape) => shape.seq_len,
                 ModelConfig::LipschitzMlp { .. } => {
                     return Err(Error::invalid(
                         "data",
@@ -84,13 +84,6 @@ pub fn open(data: &DataConfig, model: &ModelConfig) -> Result<Box<dyn Dataset>> 
             Ok(Box::new(TextCorpus::open(path, seq_len)?))
         }
         DataConfig::Idx { dir, .. } => Ok(Box::new(IdxImages::open(dir)?)),
-    }
-}
-
-/// The configured training batch size.
-pub fn batch_size(data: &DataConfig) -> usize {
-    match data {
-        DataConfig::Text { batch_size, .. } | DataConfig::Idx { batch_size, .. } => *batch_size,
     }
 }
 

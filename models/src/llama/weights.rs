@@ -10,15 +10,17 @@ use spectra_core::{Error, Result};
 use super::config::LlamaConfig;
 use crate::quantized_matmul::QuantizedMatrix;
 
-/// How quantized matrices are held.
+/// How quantized matrices are held; a config names them `AsStored` and `F32`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WeightFormat {
     /// As stored. On the CPU, Q4_0, Q4_1 and Q8_0 are multiplied by spectra's integer block kernels
     /// (activations quantized to 8 bits per block of 32, as llama.cpp does); other formats, and every
     /// format on a GPU, by candle's quantized kernels.
     #[default]
+    #[serde(rename = "AsStored")]
     Quantized,
     /// Expanded to f32 when loaded: the exact products, at 4–7× the memory.
+    #[serde(rename = "F32")]
     Dequantized,
 }
 

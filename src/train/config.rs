@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, ParamSelector, Validate};
-use crate::constraint::WeightConstraint;
-use crate::device::DeviceSpec;
-use crate::optimizer::Optimizer;
-use crate::schedule::Schedule;
+use spectra_core::config::{Invalid, Validate};
+use spectra_core::{DeviceSpec, Optimizer, Schedule, WeightConstraint};
+use spectra_models::{DataConfig, ModelConfig};
+
+use super::routing::ParamSelector;
 
 /// `spectra train` reads this.
 #[derive(Debug, Serialize, Deserialize)]
@@ -35,71 +35,6 @@ pub struct TrainConfig {
 
 fn default_schedule() -> Schedule {
     Schedule::Linear
-}
-
-/// The model to train. Defaults are the Lipschitz paper's (§4).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum ModelConfig {
-    /// The Lipschitz transformer: no norms, convex residuals, 1/d attention, GELU/1.1289.
-    LipschitzGpt {
-        #[serde(default = "d256")]
-        d_model: usize,
-        #[serde(default = "three")]
-        blocks: usize,
-        #[serde(default = "four")]
-        heads: usize,
-        #[serde(default = "d256")]
-        seq_len: usize,
-        #[serde(default = "four")]
-        mlp_ratio: usize,
-        /// Modular mass of the blocks relative to embedding and head (mass 1 each).
-        #[serde(default = "sixteen")]
-        blocks_mass: f64,
-        #[serde(default = "one")]
-        softmax_scale: f64,
-        /// A constant multiplying the logits (the paper's `final_scale`); the certified bound includes
-        /// it, and the optimizer's target norms are divided by it as modular mass prescribes. Left out
-        /// when 1, so that configs and checkpoints written before it existed still match.
-        #[serde(default = "one", skip_serializing_if = "is_one")]
-        final_scale: f64,
-    },
-    /// The ReLU MLP: `layers` linear layers of width `hidden`, the input layer zero-initialised.
-    LipschitzMlp {
-        #[serde(default = "d256")]
-        hidden: usize,
-        #[serde(default = "three")]
-        layers: usize,
-    },
-}
-
-fn d256() -> usize {
-    256
-}
-fn three() -> usize {
-    3
-}
-fn four() -> usize {
-    4
-}
-fn is_one(x: &f64) -> bool {
-    *x == 1.0
-}
-fn sixteen() -> f64 {
-    16.0
-}
-fn one() -> f64 {
-    1.0
-}
-
-/// Training data.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum DataConfig {
-    /// Character-level text: vocabulary from the corpus, first 90% train, last 10% validation.
-    Text { path: PathBuf, batch_size: usize },
-    /// IDX image files (Fashion-MNIST's layout: `train-images-idx3-ubyte.gz` and friends).
-    Idx { dir: PathBuf, batch_size: usize },
 }
 
 /// When and on what to evaluate.
@@ -164,10 +99,7 @@ impl Validate for TrainConfig {
         self.schedule
             .validate()
             .map_err(|m| Invalid::new(m).near("schedule"))?;
-        let batch = match &self.data {
-            DataConfig::Text { batch_size, .. } | DataConfig::Idx { batch_size, .. } => *batch_size,
-        };
-        if batch == 0 {
+        if self.data.batch_size() == 0 {
             return Err(Invalid::new("batch_size is 0")
                 .near("batch_size")
                 .help("use 1 or more"));

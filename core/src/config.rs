@@ -1,18 +1,10 @@
 //! Experiment configs in RON: reading, with errors that name file:line:col and the fix.
 
-mod kv;
-mod routing;
-mod train;
-
 use std::path::Path;
 
 use ron::extensions::Extensions;
 use ron::Options;
 use serde::de::DeserializeOwned;
-
-pub use kv::{KvEvalConfig, KvModelConfig, KvTask, KvWeights};
-pub use routing::{route_params, ParamSelector, RoutedParam};
-pub use train::{DataConfig, EvalConfig, ModelConfig, ParamGroupConfig, TrainConfig};
 
 use crate::error::{ConfigError, Location};
 use crate::registry::{self, Family};
@@ -93,6 +85,13 @@ pub fn parse<T: DeserializeOwned + Validate>(text: &str, file: &Path) -> Result<
     Ok(value)
 }
 
+/// spectra's RON dialect, for reading and writing: `Some` may be omitted, and a variant holding a
+/// struct reads `LipschitzGpt(d_model: 256)` rather than `LipschitzGpt((d_model: 256))`.
+pub fn ron_options() -> Options {
+    Options::default()
+        .with_default_extension(Extensions::IMPLICIT_SOME | Extensions::UNWRAP_VARIANT_NEWTYPES)
+}
+
 /// Parses RON with spectra's options (`Some` may be omitted), mapping errors to file:line:col with help.
 pub fn parse_ron<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, ConfigError> {
     // Editors on Windows may start a UTF-8 file with a byte-order mark; it is not RON.
@@ -105,8 +104,7 @@ pub fn parse_ron<T: DeserializeOwned>(text: &str, file: &Path) -> Result<T, Conf
             help: Some("write a RON config; the experiments/ folder has examples".into()),
         });
     }
-    let options = Options::default().with_default_extension(Extensions::IMPLICIT_SOME);
-    options.from_str(text).map_err(|e| {
+    ron_options().from_str(text).map_err(|e| {
         let location = Location {
             line: e.span.start.line,
             col: e.span.start.col,

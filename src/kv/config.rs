@@ -4,15 +4,16 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, Validate};
-use crate::device::DeviceSpec;
-use crate::kv_policy::{Budget, KvEvictionPolicy};
+use spectra_core::config::{Invalid, Validate};
+use spectra_core::{registry, Budget, DeviceSpec, KvEvictionPolicy};
+use spectra_models::llama::WeightFormat;
+use spectra_models::DecoderConfig;
 
 /// `spectra kv` reads this: every policy at every budget, on every task, against `Full`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KvEvalConfig {
-    pub model: KvModelConfig,
+    pub model: DecoderConfig,
     pub policies: Vec<Box<dyn KvEvictionPolicy>>,
     pub budgets: Vec<Budget>,
     pub tasks: Vec<KvTask>,
@@ -23,23 +24,16 @@ pub struct KvEvalConfig {
     /// Prompt tokens per prefill chunk (attention scores are at most chunk × context).
     #[serde(default = "prefill_chunk")]
     pub prefill_chunk: usize,
-    /// How the model's matrices are multiplied.
-    #[serde(default)]
-    pub weights: KvWeights,
+    /// How the model's matrices are held and multiplied: `F32` (the default, exact products for
+    /// the quality tables) or `AsStored` (the fast decoder).
+    #[serde(default = "exact_products")]
+    pub weights: WeightFormat,
     pub output: PathBuf,
 }
 
-/// How a quantized model's matrices are held and multiplied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KvWeights {
-    /// Expanded to f32 when loaded: exact products (the quality tables' default).
-    #[default]
-    F32,
-    /// As stored (Q4_0, Q4_1, Q8_0 by spectra's block kernels on the CPU), activations quantized to 8
-    /// bits per block as llama.cpp does: the fast decoder.
-    AsStored,
+fn exact_products() -> WeightFormat {
+    WeightFormat::Dequantized
 }
-
 fn prefill_chunk() -> usize {
     256
 }
@@ -48,16 +42,6 @@ fn one() -> usize {
 }
 fn scoring_chunk() -> usize {
     32
-}
-
-/// A pretrained decoder.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub enum KvModelConfig {
-    /// A GGUF file (weights, tokenizer and hyper-parameters in one).
-    Gguf { path: PathBuf },
-    /// A Hugging Face folder: `config.json`, `*.safetensors`, `tokenizer.json`.
-    Safetensors { dir: PathBuf },
 }
 
 /// What to measure. Every task compares each policy × budget with the uncompressed cache (`Full`).
@@ -133,7 +117,7 @@ impl Validate for KvEvalConfig {
             );
         }
         // The same policy twice would be two identical rows in every table.
-        let written: Vec<String> = self.policies.iter().map(crate::registry::to_ron).collect();
+        let written: Vec<String> = self.policies.iter().map(registry::to_ron).collect();
         for (i, w) in written.iter().enumerate() {
             if written[..i].contains(w) {
                 let name = self.policies[i].typetag_name();

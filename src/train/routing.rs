@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, ParamGroupConfig};
-use crate::param::ParamRole;
+use spectra_core::config::Invalid;
+use spectra_core::ParamRole;
+
+use super::config::ParamGroupConfig;
 
 /// Picks parameters for a group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
