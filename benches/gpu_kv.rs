@@ -170,6 +170,7 @@ fn main() {
         let side = KvSideInfo {
             window_queries: None,
             rope: Some(&rope),
+            reconstruction: None,
         };
         let ctx = KvStepContext {
             phase: KvPhase::Decode,
@@ -201,6 +202,7 @@ fn main() {
         let side = KvSideInfo {
             window_queries: Some(&queries),
             rope: None,
+            reconstruction: None,
         };
         let seconds = time(&gpu, || {
             std::hint::black_box(snap.select(&view, &side, &ctx).unwrap());

@@ -161,6 +161,7 @@ fn policies(c: &mut Criterion) {
                     KvSideInfo {
                         window_queries: None,
                         rope: Some(&rope),
+                        reconstruction: None,
                     },
                 ),
                 (
@@ -169,6 +170,7 @@ fn policies(c: &mut Criterion) {
                     KvSideInfo {
                         window_queries: Some(&queries),
                         rope: None,
+                        reconstruction: None,
                     },
                 ),
                 ("H2o", &H2o { recent_window: 32 }, KvSideInfo::default()),
@@ -320,7 +322,8 @@ fn smollm(c: &mut Criterion) {
     let sides = vec![
         KvSideInfo {
             window_queries: None,
-            rope: Some(&rope)
+            rope: Some(&rope),
+            reconstruction: None,
         };
         layers
     ];

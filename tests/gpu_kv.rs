@@ -238,6 +238,7 @@ fn run(policy: &dyn KvEvictionPolicy, case: &Case, device: &Device) -> Run {
         .map(|q| KvSideInfo {
             window_queries: q.as_ref(),
             rope: Some(&rope),
+            reconstruction: None,
         })
         .collect();
     let ctxs = vec![ctx; case.layers];

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use spectra::core::config;
 use spectra::kv::{run, write_report, FULL};
-use spectra::kv::{KvEvalConfig, KvTask};
+use spectra::kv::{KvEvalConfig, KvTask, PromptFormat, RulerTask};
 use spectra::models::DecoderConfig;
 
 mod llama_support;
@@ -176,6 +176,96 @@ fn bad_kv_configs_name_the_line_and_the_fix() {
         .unwrap()
         .to_string();
     assert!(err.contains("depth 1.5 is outside [0, 1]"), "{err}");
+    let parse = |task: &str| {
+        let text = bad.replace("Passkey(lengths: [1024], depths: [1.5])", task);
+        config::parse::<KvEvalConfig>(&text, Path::new("kv.ron"))
+            .err()
+            .map(|e| e.to_string())
+    };
+    let err = parse("Ruler(tasks: [niah_single_1, vt, niah_single_1], lengths: [4096])").unwrap();
+    assert!(err.contains("`niah_single_1` is listed twice"), "{err}");
+    let err = parse("Ruler(tasks: [cwe], lengths: [100])").unwrap();
+    assert!(err.contains("length 100 is too short"), "{err}");
+    let err = parse("Ruler(tasks: [niah_single], lengths: [4096])").unwrap();
+    assert!(err.contains("did you mean `niah_single_1`"), "{err}");
+    let err = parse("Ruler(tasks: [fwe], lengths: [4096], samples: 0)").unwrap();
+    assert!(err.contains("samples = 0"), "{err}");
+    assert_eq!(
+        parse("Ruler(tasks: [niah_multikey_3, vt, cwe, fwe], lengths: [2048], query_aware: true, format: Plain)"),
+        None
+    );
+}
+
+/// A RULER-style task whose text is missing says how to get it.
+#[test]
+fn a_ruler_task_without_its_text_says_how_to_get_it() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&tiny, dir.path());
+    cfg.tasks = vec![KvTask::Ruler {
+        tasks: vec![RulerTask::NiahSingle1],
+        lengths: vec![512],
+        samples: 1,
+        query_aware: false,
+        data: dir.path().join("no-such-folder"),
+        max_new_tokens: Some(4),
+        format: PromptFormat::Plain,
+    }];
+    let err = spectra::kv::run(&cfg).err().unwrap().to_string();
+    assert!(err.contains("scripts/get-ruler-data.sh"), "{err}");
+}
+
+/// The suite end to end on a random tiny model: it cannot answer, so `Full` fails and the policies
+/// are not run, and the report says so.
+#[test]
+fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ruler");
+    std::fs::create_dir_all(data.join("essays")).unwrap();
+    std::fs::create_dir_all(data.join("words")).unwrap();
+    std::fs::write(
+        data.join("essays/a.txt"),
+        "It was the best of times. It was the worst of times. ".repeat(20),
+    )
+    .unwrap();
+    for (file, words) in [
+        ("adjectivelist.txt", "quick\nlazy\nbrave\n"),
+        ("nounlist.txt", "fox\ndog\nowl\n"),
+        ("verblist.txt", "run\njump\n"),
+        ("profanitylist.txt", "\n"),
+    ] {
+        std::fs::write(data.join("words").join(file), words).unwrap();
+    }
+    let mut cfg = config(&tiny, dir.path());
+    cfg.tasks = vec![KvTask::Ruler {
+        tasks: vec![RulerTask::NiahSingle1, RulerTask::NiahSingle2],
+        lengths: vec![1000],
+        samples: 2,
+        query_aware: true,
+        data,
+        max_new_tokens: Some(4),
+        format: PromptFormat::Plain,
+    }];
+    let report = spectra::kv::run(&cfg).unwrap();
+    let r = &report.ruler[0];
+    assert_eq!(r.length, 1000);
+    assert_eq!(r.tasks, ["niah_single_1", "niah_single_2"]);
+    assert_eq!(r.full.scores.len(), 2);
+    assert!(r.full.scores.iter().all(|s| s.is_some()));
+    assert_eq!(r.used, [false, false]);
+    assert!(r
+        .rows
+        .iter()
+        .all(|row| row.scores == [None, None] && row.average.is_none()));
+    // Two samples per task, Full alone.
+    assert_eq!(r.answers.len(), 4);
+    assert!(r.compressed_tokens > 800.0 && r.compressed_tokens < 1000.0);
+    let out = dir.path().join("report");
+    spectra::kv::write_report(&out, Path::new("kv.ron"), &report).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("1000 tokens, **query-aware**"), "{md}");
+    assert!(out.join("ruler.svg").exists());
 }
 
 /// `generate` refuses a prompt and generation that run past the model's trained context, as `kv`

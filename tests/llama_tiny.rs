@@ -6,7 +6,9 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use spectra::core::config::parse_ron;
 use spectra::core::{Budget, KvEvictionPolicy, SideInfoNeeds};
-use spectra::models::llama::{Llama, Logits, PrefillCompression, Session, Taps, WeightFormat};
+use spectra::models::llama::{
+    Llama, Logits, PrefillCompression, RereadPrompt, Session, Taps, WeightFormat,
+};
 
 mod llama_support;
 
@@ -270,6 +272,90 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
         .err()
         .expect("H2O needs attention the bare session did not record");
     assert!(err.to_string().contains("did not record"), "{err}");
+}
+
+/// KVzip's re-read: it leaves the cache as it found it, a fork keeps the sinks and fills the budget as
+/// a session of its own does, and without the request to repeat the prompt the error says so.
+#[test]
+fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
+    let tiny = Tiny::new();
+    let model = tiny.gguf();
+    let seq = tokens(12);
+    let kv_zip = policy(r#"(type: "KvZip", cfg: (sinks: 1))"#);
+    let reread = RereadPrompt {
+        first: vec![5, 6, 7],
+        next: vec![8],
+        suffix: vec![9, 10],
+    };
+    let mut plain = Session::recording(&model, SideInfoNeeds::default()).unwrap();
+    plain.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    let mut shared = Session::recording(&model, kv_zip.needs())
+        .unwrap()
+        .with_reread(reread.clone());
+    shared.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    let step = |s: &mut Session<'_>| -> Vec<f32> {
+        s.step(seq[10])
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let after_reread = step(&mut shared.fork_uncompressed().unwrap());
+    assert!(max_diff(&after_reread, &step(&mut plain)) < TOL);
+    let forked = shared
+        .fork(Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .unwrap();
+    let mut own = Session::new(&model, Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .unwrap()
+        .with_reread(reread);
+    own.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    for l in 0..LAYERS {
+        for h in 0..KV_HEADS {
+            let kept = forked.cache().positions(l, h).unwrap();
+            assert_eq!(kept.len(), 5);
+            assert_eq!(kept[0], 0, "the sink is kept");
+            assert_eq!(kept, own.cache().positions(l, h).unwrap());
+        }
+    }
+    let mut missing = Session::new(&model, Some(kv_zip.as_ref()), Budget::Tokens(5), 0).unwrap();
+    let err = missing.prefill(&seq[..10], 3, Logits::Last).unwrap_err();
+    assert!(err.to_string().contains("with_reread"), "{err}");
+    assert!(shared
+        .fork(Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .is_ok());
+    assert!(plain
+        .fork(Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .is_err());
+}
+
+/// A context longer than one re-read chunk (2048 tokens) is re-read in chunks, each scored.
+#[test]
+fn kv_zip_scores_a_long_context_chunk_by_chunk() {
+    let tiny = Tiny::new();
+    let model = tiny.gguf();
+    let seq = tokens(2100);
+    let kv_zip = policy(r#"(type: "KvZip", cfg: ())"#);
+    let mut session = Session::new(&model, Some(kv_zip.as_ref()), Budget::Tokens(1000), 0)
+        .unwrap()
+        .with_reread(RereadPrompt {
+            first: vec![1, 2],
+            next: vec![3],
+            suffix: vec![4],
+        });
+    session.prefill(&seq, 256, Logits::Last).unwrap();
+    for l in 0..LAYERS {
+        for h in 0..KV_HEADS {
+            let kept = session.cache().positions(l, h).unwrap();
+            assert_eq!(kept.len(), 1000);
+            // Entries of the second chunk compete like the first's: some are kept.
+            assert!(kept.iter().any(|&p| p >= 2048), "layer {l} head {h}");
+            assert!(
+                kept.iter().any(|&p| (4..2048).contains(&p)),
+                "layer {l} head {h}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -148,6 +148,10 @@ pub struct KvSideInfo<'a> {
     pub window_queries: Option<&'a Tensor>,
     /// The model's rotary embedding (frequencies, pairing, scaling).
     pub rope: Option<&'a RopeSpec>,
+    /// Per KV head, per entry: the most attention the entry received from one query (of any head of
+    /// its group) while the model re-read its context (KVzip's context reconstruction). Given only
+    /// right after a whole prompt was read, while the entries are still those the re-read saw.
+    pub reconstruction: Option<&'a [Vec<f32>]>,
 }
 
 /// What a policy needs the forward pass to provide.
@@ -159,6 +163,9 @@ pub struct SideInfoNeeds {
     pub accumulated_attention: bool,
     /// The model's RoPE description.
     pub rope: bool,
+    /// Have the model re-read the prompt after reading it, and record the most attention each entry
+    /// receives (KVzip).
+    pub context_reconstruction: bool,
 }
 
 impl SideInfoNeeds {
@@ -168,6 +175,7 @@ impl SideInfoNeeds {
             window_queries: self.window_queries.max(other.window_queries),
             accumulated_attention: self.accumulated_attention || other.accumulated_attention,
             rope: self.rope || other.rope,
+            context_reconstruction: self.context_reconstruction || other.context_reconstruction,
         }
     }
 }

@@ -9,8 +9,8 @@ use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
 
 use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};
 use crate::{
-    AdaKv, ExpectedAttention, Full, H2o, KNorm, KeyDiff, Pooling, PyramidKv, RKv, Random, SnapKv,
-    StreamingLlm, Tova,
+    AdaKv, ExpectedAttention, Full, H2o, KNorm, KeyDiff, KvZip, Pooling, PyramidKv, RKv, Random,
+    SnapKv, StreamingLlm, Tova,
 };
 
 #[test]
@@ -43,6 +43,15 @@ fn snap_kv() {
 #[test]
 fn r_kv() {
     check_kv_policy(&RKv::default());
+}
+
+#[test]
+fn kv_zip() {
+    check_kv_policy(&KvZip::default());
+    check_kv_policy(&AdaKv {
+        policy: Box::new(KvZip::default()),
+        ..AdaKv::default()
+    });
 }
 
 #[test]

@@ -442,6 +442,7 @@ mod tests {
             let side = KvSideInfo {
                 window_queries: Some(&q),
                 rope: Some(&rope),
+                reconstruction: None,
             };
             let step = ctx(6, position as usize);
             let got = policy.score(&layer.view(), &side, &step).unwrap().unwrap();
@@ -480,6 +481,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: Some(&rope),
+            reconstruction: None,
         };
         let policy = ExpectedAttention {
             window: 1,

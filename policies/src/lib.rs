@@ -1,6 +1,6 @@
 //! spectra's KV-cache eviction policies, each a registered `KvEvictionPolicy` (kv-eviction.md §1–2):
 //! `Full`, `StreamingLlm`, `H2o`, `SnapKv`, `RKv`, `KNorm`, `KeyDiff`, `Tova`, `ExpectedAttention`,
-//! `PyramidKv`, `AdaKv`, `Random` and `TriAttention`.
+//! `PyramidKv`, `AdaKv`, `KvZip`, `Random` and `TriAttention`.
 
 mod ada_kv;
 mod expected_attention;
@@ -8,6 +8,7 @@ mod full;
 mod h2o;
 mod k_norm;
 mod key_diff;
+mod kv_zip;
 mod pyramid_kv;
 mod r_kv;
 mod random;
@@ -30,6 +31,7 @@ pub use full::Full;
 pub use h2o::H2o;
 pub use k_norm::KNorm;
 pub use key_diff::KeyDiff;
+pub use kv_zip::KvZip;
 pub use pyramid_kv::PyramidKv;
 pub use r_kv::RKv;
 pub use random::Random;

@@ -222,6 +222,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&queries),
             rope: None,
+            reconstruction: None,
         };
         let only_redundancy = RKv {
             window: w,

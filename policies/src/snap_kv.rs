@@ -222,6 +222,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
+            reconstruction: None,
         };
         let step = ctx(8, 13);
         let s: f32 = 1.0 / 28.0 + 1.0 / 32.0 + 1.0 / 36.0 + 1.0 / 40.0 + 1.0 / 44.0;
@@ -269,6 +270,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&qt),
             rope: None,
+            reconstruction: None,
         };
         let policy = SnapKv {
             window: w,
@@ -342,6 +344,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
+            reconstruction: None,
         };
         for (pooling, gqa) in [
             (Pooling::Avg, GqaAggregation::Mean),

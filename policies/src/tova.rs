@@ -132,6 +132,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
+            reconstruction: None,
         };
         let got = Tova::default()
             .score(&layer.view(), &side, &ctx(2, 3))
@@ -163,6 +164,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
+            reconstruction: None,
         };
         let policy = Tova::default();
         let scores = policy

@@ -127,8 +127,10 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
             args.max_tokens
         ),
     )?;
-    let mut session =
-        Session::new(&model, policy.as_deref(), budget, 0)?.with_decoding(args.max_tokens);
+    let reread = spectra::kv::reread_prompt(&tokenizer, spectra::kv::PromptFormat::Plain)?;
+    let mut session = Session::new(&model, policy.as_deref(), budget, 0)?
+        .with_decoding(args.max_tokens)
+        .with_reread(reread);
     let started = Instant::now();
     let mut logits = session.prefill(&prompt, args.chunk, Logits::Last)?;
     let prefill_time = started.elapsed();

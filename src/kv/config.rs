@@ -9,6 +9,8 @@ use spectra_core::{registry, Budget, DeviceSpec, KvEvictionPolicy};
 use spectra_models::llama::WeightFormat;
 use spectra_models::DecoderConfig;
 
+use super::ruler::{PromptFormat, RulerTask};
+
 /// `spectra kv` reads this: every policy at every budget, on every task, against `Full`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,9 @@ fn prefill_chunk() -> usize {
 fn one() -> usize {
     1
 }
+fn ruler_data() -> PathBuf {
+    PathBuf::from("data/kv/ruler")
+}
 fn scoring_chunk() -> usize {
     32
 }
@@ -69,6 +74,25 @@ pub enum KvTask {
         depths: Vec<f64>,
         #[serde(default = "one")]
         trials: usize,
+    },
+    /// RULER-style synthetic tasks (needles, variable tracking, common and frequent words), `samples`
+    /// prompts per task of each total length (context, question and answer, in tokens), generated
+    /// from the seed with essays and words from `data` (`scripts/get-ruler-data.sh`). The context is
+    /// compressed before the question is seen, or with it where `query_aware`. `max_new_tokens`
+    /// shortens RULER's answer lengths (128 tokens for needles, 30, 120 and 50 for the others).
+    Ruler {
+        tasks: Vec<RulerTask>,
+        lengths: Vec<usize>,
+        #[serde(default = "one")]
+        samples: usize,
+        #[serde(default)]
+        query_aware: bool,
+        #[serde(default = "ruler_data")]
+        data: PathBuf,
+        #[serde(default)]
+        max_new_tokens: Option<usize>,
+        #[serde(default)]
+        format: PromptFormat,
     },
     /// Greedy decoding of `tokens` tokens after the first `context` tokens of `text`, for each context:
     /// tokens per second, eviction's share of the time, and the KV cache's peak bytes.
@@ -181,6 +205,37 @@ fn validate_task(task: &KvTask) -> Result<(), Invalid> {
                     "passkey length {l} is too short to hide a key in; use at least 64 tokens"
                 ))
                 .near("lengths"));
+            }
+        }
+        KvTask::Ruler {
+            tasks,
+            lengths,
+            samples,
+            max_new_tokens,
+            ..
+        } => {
+            at_least_one("samples", *samples)?;
+            if let Some(n) = max_new_tokens {
+                at_least_one("max_new_tokens", *n)?;
+            }
+            if tasks.is_empty() || lengths.is_empty() {
+                return Err(Invalid::new("Ruler needs at least one task and one length")
+                    .near("Ruler")
+                    .help("e.g. `Ruler(tasks: [niah_single_1, niah_multikey_1, vt, cwe], lengths: [4096])`"));
+            }
+            if let Some(l) = lengths.iter().find(|&&l| l < 256) {
+                return Err(Invalid::new(format!(
+                    "Ruler length {l} is too short for a haystack; use at least 256 tokens"
+                ))
+                .near("lengths"));
+            }
+            for (i, t) in tasks.iter().enumerate() {
+                if tasks[..i].contains(t) {
+                    return Err(
+                        Invalid::new(format!("the task `{}` is listed twice", t.name()))
+                            .near(t.name()),
+                    );
+                }
             }
         }
         KvTask::Decode {

@@ -73,7 +73,8 @@ pub fn run(
                 Some(arm.policy),
                 arm.budget.clone(),
                 bench.seed,
-            )?;
+            )?
+            .with_reread(bench.reread.clone());
             rows.push(decode(
                 session,
                 (prompt, bench.prefill_chunk),

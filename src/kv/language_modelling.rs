@@ -106,7 +106,8 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
     {
         let started = Instant::now();
         let (prompt, scored) = passage.split_at(prompt_len);
-        let mut shared = Session::recording(&bench.model, bench.needs)?;
+        let mut shared =
+            Session::recording(&bench.model, bench.needs)?.with_reread(bench.reread.clone());
         let first = shared.prefill(prompt, bench.prefill_chunk, Logits::Last)?;
         let mut reference = shared.fork_uncompressed()?;
         let full_top = score(&mut reference, &first, scored, setup.chunk, None, &mut full)?;

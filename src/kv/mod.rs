@@ -12,18 +12,20 @@ mod decode;
 mod language_modelling;
 mod passkey;
 mod report;
+mod ruler;
 
 use std::path::Path;
 
 use serde::Serialize;
 use spectra_core::{Budget, Error, KvEvictionPolicy, Result, SideInfoNeeds, TriggerSchedule};
-use spectra_models::llama::{Llama, TextTokenizer};
+use spectra_models::llama::{Llama, RereadPrompt, TextTokenizer};
 
 pub use config::{KvEvalConfig, KvTask};
 pub use decode::{DecodeRow, DecodeTaskResult};
 pub use language_modelling::{LanguageModellingResult, LanguageModellingRow};
 pub use passkey::{PasskeyAnswer, PasskeyLength, PasskeyResult, PasskeyRow};
 pub use report::write_report;
+pub use ruler::{PromptFormat, RulerAnswer, RulerResult, RulerRow, RulerTask};
 
 /// The label under which the uncompressed reference appears in tables.
 pub const FULL: &str = "Full";
@@ -65,6 +67,8 @@ pub struct Bench<'c> {
     pub arms: Vec<Arm<'c>>,
     /// What the shared prefill records: the union of the arms' needs.
     pub needs: SideInfoNeeds,
+    /// The request to repeat a plain-text prompt, for policies that score by the model's re-read.
+    pub reread: RereadPrompt,
     pub seed: u64,
     pub prefill_chunk: usize,
 }
@@ -77,6 +81,8 @@ pub struct KvReport {
     pub language_modelling: Vec<LanguageModellingResult>,
     pub passkey: Vec<PasskeyResult>,
     pub decode: Vec<DecodeTaskResult>,
+    /// One per task and length.
+    pub ruler: Vec<RulerResult>,
 }
 
 /// Runs every task of `config`; progress goes to stderr.
@@ -96,6 +102,7 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
             .policies
             .iter()
             .fold(SideInfoNeeds::default(), |n, p| n.union(p.needs())),
+        reread: reread_prompt(&tokenizer, PromptFormat::Plain)?,
         model,
         tokenizer,
         seed: config.seed,
@@ -131,6 +138,26 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
             } => report
                 .passkey
                 .push(passkey::run(&bench, lengths, depths, *trials)?),
+            KvTask::Ruler {
+                tasks,
+                lengths,
+                samples,
+                query_aware,
+                data,
+                max_new_tokens,
+                format,
+            } => report.ruler.extend(ruler::run(
+                &bench,
+                &ruler::Setup {
+                    tasks,
+                    lengths,
+                    samples: *samples,
+                    query_aware: *query_aware,
+                    data,
+                    max_new_tokens: *max_new_tokens,
+                    format: *format,
+                },
+            )?),
             KvTask::Decode {
                 text,
                 contexts,
@@ -156,11 +183,18 @@ fn arms<'c>(policies: &'c [Box<dyn KvEvictionPolicy>], budgets: &'c [Budget]) ->
         let same: Vec<usize> = (0..evicting.len())
             .filter(|&j| evicting[j].typetag_name() == name)
             .collect();
-        let label = if same.len() > 1 {
+        let wrapped = |j: usize| inner_policy(evicting[j]).map(|inner| format!("{name}({inner})"));
+        let label = if same.len() == 1 {
+            name.to_string()
+        } else if same.iter().all(|&j| wrapped(j).is_some())
+            && same
+                .iter()
+                .all(|&j| same.iter().all(|&k| j == k || wrapped(j) != wrapped(k)))
+        {
+            wrapped(i).unwrap_or_default()
+        } else {
             let nth = same.iter().position(|&j| j == i).unwrap_or(0) + 1;
             format!("{name} #{nth}")
-        } else {
-            name.to_string()
         };
         arms.extend(budgets.iter().map(|budget| Arm {
             policy: *policy,
@@ -169,6 +203,15 @@ fn arms<'c>(policies: &'c [Box<dyn KvEvictionPolicy>], budgets: &'c [Budget]) ->
         }));
     }
     arms
+}
+
+/// The policy a wrapper (`AdaKv`, `PyramidKv`) applies, read from its settings, so that two
+/// wrappers of different policies are told apart in tables.
+fn inner_policy(policy: &dyn KvEvictionPolicy) -> Option<String> {
+    let ron = spectra_core::registry::to_ron(&policy);
+    let nested = ron.match_indices("type:\"").nth(1)?.0 + "type:\"".len();
+    let name = &ron[nested..];
+    Some(name[..name.find('"')?].to_string())
 }
 
 /// The tokens of a text file, with a message saying what to do when it is missing.
@@ -180,6 +223,19 @@ pub fn read_tokens(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>> {
         )
     })?;
     tokenizer.encode(&text)
+}
+
+/// KVzip's request to repeat the context, in the prompt's format.
+pub fn reread_prompt(tokenizer: &TextTokenizer, format: PromptFormat) -> Result<RereadPrompt> {
+    Ok(RereadPrompt {
+        first: tokenizer.encode("\n\nRepeat the previous context exactly.")?,
+        next: tokenizer
+            .encode("\n\nRepeat the part of the previous context exactly, starting with")?,
+        suffix: tokenizer.encode(match format {
+            PromptFormat::ChatMl => PromptFormat::CHATML_ANSWER,
+            PromptFormat::Plain => "\n",
+        })?,
+    })
 }
 
 /// Checks that `needed` tokens fit the model's context.
@@ -202,4 +258,39 @@ pub fn greedy(logits: &candle_core::Tensor) -> Result<u32> {
         .squeeze(0)?
         .argmax(candle_core::D::Minus1)?
         .to_scalar::<u32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spectra_policies::{AdaKv, KvZip, SnapKv};
+
+    #[test]
+    fn wrappers_of_different_policies_are_labelled_by_what_they_wrap() {
+        let policies: Vec<Box<dyn KvEvictionPolicy>> = vec![
+            Box::new(SnapKv::default()),
+            Box::new(AdaKv::default()),
+            Box::new(AdaKv {
+                policy: Box::new(KvZip::default()),
+                ..AdaKv::default()
+            }),
+            Box::new(KvZip::default()),
+            Box::new(KvZip { sinks: 8 }),
+        ];
+        let budgets = [Budget::Ratio(0.5)];
+        let labels: Vec<String> = arms(&policies, &budgets)
+            .into_iter()
+            .map(|a| a.label)
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "SnapKv",
+                "AdaKv(SnapKv)",
+                "AdaKv(KvZip)",
+                "KvZip #1",
+                "KvZip #2"
+            ]
+        );
+    }
 }

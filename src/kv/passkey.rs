@@ -157,7 +157,8 @@ pub fn run(
                     .encode(&format!(" The pass key is {key}. Remember it."))?;
                 let context = pieces.context(&sentence, length, depth)?;
                 let started = Instant::now();
-                let mut shared = Session::recording(&bench.model, bench.needs)?;
+                let mut shared = Session::recording(&bench.model, bench.needs)?
+                    .with_reread(bench.reread.clone());
                 shared.prefill(&context, bench.prefill_chunk, Logits::Last)?;
                 let reference = shared.fork_uncompressed()?;
                 let said = answer(bench, reference, &pieces.question)?;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use spectra_core::{Error, Result};
 
+use super::ruler::leaderboard as ruler;
 use super::{KvReport, FULL};
 use crate::plots::{Chart, Series, Style};
 
@@ -51,6 +52,28 @@ pub fn write_report(dir: &Path, config_file: &Path, report: &KvReport) -> Result
             ),
         ));
     }
+    for (i, r) in report.ruler.iter().enumerate() {
+        let (ratios, points) = ruler::points(r);
+        let x_axis = if ratios {
+            ("compression ratio (share of the context removed)", false)
+        } else {
+            ("budget (KV entries per head, log scale)", true)
+        };
+        let protocol = if r.query_aware {
+            "query-aware"
+        } else {
+            "question-agnostic"
+        };
+        files.push((
+            numbered("ruler", i),
+            chart_over(
+                &format!("RULER-style average score, {} tokens, {protocol}", r.length),
+                x_axis,
+                "average score (%)",
+                points.into_iter(),
+            ),
+        ));
+    }
     for (name, body) in files {
         let path = dir.join(name);
         std::fs::write(&path, body)
@@ -73,6 +96,21 @@ fn chart<'a>(
     y_label: &str,
     points: impl Iterator<Item = (&'a str, f64, f64)>,
 ) -> String {
+    chart_over(
+        title,
+        ("budget (KV entries per head, log scale)", true),
+        y_label,
+        points,
+    )
+}
+
+/// One line per policy through its (x, value) points, x labelled and log-scaled as `x_axis` says.
+fn chart_over<'a>(
+    title: &str,
+    (x_label, log_x): (&str, bool),
+    y_label: &str,
+    points: impl Iterator<Item = (&'a str, f64, f64)>,
+) -> String {
     let mut series: Vec<Series> = Vec::new();
     for (policy, x, y) in points {
         match series.iter_mut().find(|s| s.name == policy) {
@@ -87,9 +125,9 @@ fn chart<'a>(
     }
     Chart {
         title: title.into(),
-        x_label: "budget (KV entries per head, log scale)".into(),
+        x_label: x_label.into(),
         y_label: y_label.into(),
-        log_x: true,
+        log_x,
         log_y: false,
         series,
     }
@@ -197,6 +235,9 @@ fn markdown(config_file: &Path, report: &KvReport) -> String {
                 r.compressions
             );
         }
+    }
+    for r in &report.ruler {
+        ruler::markdown(&mut md, r);
     }
     md
 }

@@ -174,6 +174,8 @@ pub struct Fixture {
     pub rope: RopeSpec,
     /// Per layer, when the policy asks for window queries.
     pub window_queries: Vec<Option<Tensor>>,
+    /// Per layer, per head, when the policy asks for a re-read's scores.
+    pub reconstruction: Vec<Option<Vec<Vec<f32>>>>,
     pub ctx: KvStepContext,
 }
 
@@ -211,6 +213,7 @@ pub fn build(
     let mut cache =
         KvCache::new(shape, DType::F32, &Device::Cpu, needs.accumulated_attention).expect("cache");
     let mut window_queries = Vec::new();
+    let mut reconstruction = Vec::new();
     for layer in 0..spec.layers {
         let mut keys = Vec::with_capacity(heads * universe * d);
         for h in 0..heads {
@@ -258,6 +261,21 @@ pub fn build(
                 cache.add_attention(layer, h, &received).expect("attention");
             }
         }
+        reconstruction.push(needs.context_reconstruction.then(|| {
+            lens.iter()
+                .enumerate()
+                .map(|(h, &n)| {
+                    let mut rng = derived_rng(spec.seed, 1 << 45 | (layer * heads + h) as u64);
+                    match spec.values {
+                        Values::AllEqual => vec![0.5; n],
+                        Values::FewDistinct => (0..n)
+                            .map(|_| f32::from(rng.random_range(0..4u8)) / 4.0)
+                            .collect(),
+                        _ => (0..n).map(|_| rng.random_range(0.0..1.0)).collect(),
+                    }
+                })
+                .collect()
+        }));
         window_queries.push(needs.window_queries.map(|w| {
             let mut rng = derived_rng(spec.seed, 1 << 43 | layer as u64);
             let q: Vec<f32> = (0..heads * spec.group_size * w * d)
@@ -277,6 +295,7 @@ pub fn build(
         cache,
         rope: spec.rope(),
         window_queries,
+        reconstruction,
         ctx,
     }
 }
@@ -322,9 +341,11 @@ impl Fixture {
     pub fn sides(&self, needs_rope: bool) -> Vec<KvSideInfo<'_>> {
         self.window_queries
             .iter()
-            .map(|q| KvSideInfo {
+            .zip(&self.reconstruction)
+            .map(|(q, r)| KvSideInfo {
                 window_queries: q.as_ref(),
                 rope: needs_rope.then_some(&self.rope),
+                reconstruction: r.as_deref(),
             })
             .collect()
     }

@@ -6,6 +6,7 @@ mod config;
 mod decode_attention;
 mod gguf;
 mod hf;
+mod reread;
 mod rotary;
 mod session;
 mod tokenizer;
@@ -19,6 +20,7 @@ use spectra_core::{Error, Result};
 
 pub use config::LlamaConfig;
 pub use gguf::GgufFile;
+pub use reread::RereadPrompt;
 pub use session::{PrefillCompression, Session, SessionStats};
 pub use tokenizer::TextTokenizer;
 use weights::Linear;

@@ -10,6 +10,7 @@ use spectra_core::{
     TriggerSchedule,
 };
 
+use super::reread::{self, RereadPrompt};
 use super::{Llama, Logits, Taps};
 
 /// What compression cost and saved.
@@ -35,6 +36,11 @@ pub struct Session<'m> {
     prefill: PrefillCompression,
     /// Tokens to be decoded after the prompt, reserved with it where nothing is evicted.
     decoding: usize,
+    /// The request with which the model re-reads its prompt, where a policy scores by that (KVzip).
+    reread: Option<RereadPrompt>,
+    reconstructs: bool,
+    /// The re-read's scores, `[layer][kv_head][entry]`, until the cache is first compacted.
+    reconstruction: Option<Vec<Vec<Vec<f32>>>>,
     pub stats: SessionStats,
 }
 
@@ -66,6 +72,10 @@ impl<'m> Session<'m> {
         session.policy = policy;
         session.budget = budget;
         session.seed = seed;
+        if needs.context_reconstruction {
+            // The re-read scores the whole prompt, so nothing is evicted before it ends.
+            session.prefill = PrefillCompression::AtEnd;
+        }
         Ok(session)
     }
 
@@ -86,8 +96,18 @@ impl<'m> Session<'m> {
             prompt_len: 0,
             prefill: PrefillCompression::default(),
             decoding: 0,
+            reread: None,
+            reconstructs: needs.context_reconstruction,
+            reconstruction: None,
             stats: SessionStats::default(),
         })
+    }
+
+    /// This session, with the request to repeat the context that a policy scoring by context
+    /// reconstruction (KVzip) has the model read after the prompt.
+    pub fn with_reread(mut self, prompt: RereadPrompt) -> Self {
+        self.reread = Some(prompt);
+        self
     }
 
     /// This session, compressing its prompt as `prefill` says.
@@ -123,6 +143,7 @@ impl<'m> Session<'m> {
         let window = needs.window_queries.unwrap_or(0);
         if window > self.taps.window
             || (needs.accumulated_attention && !self.cache.tracks_attention())
+            || (needs.context_reconstruction && self.reconstruction.is_none())
         {
             return Err(spectra_core::Error::invalid(
                 "Session::fork",
@@ -161,6 +182,9 @@ impl<'m> Session<'m> {
             prompt_len: self.prompt_len,
             prefill: self.prefill,
             decoding: self.decoding,
+            reread: self.reread.clone(),
+            reconstructs: false,
+            reconstruction: self.reconstruction.clone(),
             stats: SessionStats::default(),
         };
         forked.compress(KvPhase::Prefill)?;
@@ -216,6 +240,9 @@ impl<'m> Session<'m> {
             if rows == Logits::All || i == last {
                 outputs.push(logits);
             }
+            if i == last && self.reconstructs {
+                self.reconstruct(tokens, chunk)?;
+            }
             if i == last || self.prefill == PrefillCompression::EveryChunk {
                 // What has been read so far is the prompt, for policies that protect or score it.
                 self.prompt_len = self.position;
@@ -223,6 +250,26 @@ impl<'m> Session<'m> {
             }
         }
         Ok(Tensor::cat(&outputs, 0)?)
+    }
+
+    /// Has the model re-read `prompt`, which the cache holds whole, and keeps the scores.
+    fn reconstruct(&mut self, prompt: &[u32], pass: usize) -> Result<()> {
+        let request = self.reread.as_ref().ok_or_else(|| {
+            spectra_core::Error::invalid(
+                "Session",
+                "a policy scores the prompt by having the model re-read it (KVzip); give the \
+                 session the request to repeat it with `with_reread`",
+            )
+        })?;
+        self.reconstruction = Some(reread::reconstruction_scores(
+            self.model,
+            &self.cache,
+            prompt,
+            self.position,
+            request,
+            pass,
+        )?);
+        Ok(())
     }
 
     /// Feeds one token, then compresses if the policy's trigger fires. Returns its logits `[1, vocab]`.
@@ -294,6 +341,7 @@ impl<'m> Session<'m> {
             .map(|&l| KvSideInfo {
                 window_queries: self.taps.window_queries.get(l).and_then(Option::as_ref),
                 rope: Some(&self.model.config.rope),
+                reconstruction: self.reconstruction.as_ref().map(|r| r[l].as_slice()),
             })
             .collect();
         let ctx: Vec<KvStepContext> = chosen.iter().map(|&l| contexts[l]).collect();
@@ -302,6 +350,8 @@ impl<'m> Session<'m> {
         for (&l, plan) in chosen.iter().zip(&plans) {
             self.cache.compact(l, plan)?;
         }
+        // The scores name entries by index, which the compaction has changed.
+        self.reconstruction = None;
         self.stats.compressions += 1;
         self.stats.eviction_time += started.elapsed();
         Ok(())

@@ -323,6 +323,7 @@ fn e_queries_at_the_centre_rank_keys_by_the_exact_mean_future_logit() {
         let side = KvSideInfo {
             window_queries: None,
             rope: Some(&rope),
+            reconstruction: None,
         };
         let ctx = KvStepContext {
             phase: KvPhase::Decode,
@@ -367,6 +368,7 @@ fn calibration_file_prompt_protection_and_mismatch() {
     let side = KvSideInfo {
         window_queries: None,
         rope: Some(&rope),
+        reconstruction: None,
     };
     let decode = KvStepContext {
         phase: KvPhase::Decode,
@@ -399,6 +401,7 @@ fn calibration_file_prompt_protection_and_mismatch() {
     let side = KvSideInfo {
         window_queries: None,
         rope: Some(&other),
+        reconstruction: None,
     };
     let err = policy
         .select(&layer.view(), &side, &decode)
@@ -461,6 +464,7 @@ fn window_estimate_recovers_a_constant_query() {
     let side = KvSideInfo {
         window_queries: Some(&queries),
         rope: Some(&rope),
+        reconstruction: None,
     };
     let from_window = estimated
         .score(&layer.view(), &side, &ctx)
@@ -479,6 +483,7 @@ fn window_estimate_recovers_a_constant_query() {
     let side = KvSideInfo {
         window_queries: None,
         rope: Some(&rope),
+        reconstruction: None,
     };
     let from_stats = calibrated
         .score(&layer.view(), &side, &ctx)

@@ -337,8 +337,8 @@ impl KvEvictionPolicy for TriAttention {
         };
         SideInfoNeeds {
             window_queries,
-            accumulated_attention: false,
             rope: true,
+            ..SideInfoNeeds::default()
         }
     }
 

@@ -1,0 +1,125 @@
+//! `KvZip` (Kim et al., 2025, "KVzip: Query-Agnostic KV Cache Compression with Context Reconstruction";
+//! kvpress `KVzipPress`): after the prompt, the model is asked to repeat it and reads it again; an
+//! entry's score is the most attention it receives from one query of that re-read, over the heads of
+//! its group. The re-read is the model's (the session runs it and passes the scores as side
+//! information); this policy ranks by them, keeping the first entries as sinks as KVzip does.
+//!
+//! kvpress's KVzip ranks the heads of a layer (and the layers) together; `AdaKv(policy: KvZip)` gives
+//! the per-layer form, with the heads sharing the layer's budget.
+
+use serde::{Deserialize, Serialize};
+use spectra_core::{
+    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+};
+
+use crate::selection::validate_protected;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvZip {
+    /// The first entries, always kept (KVzip's `n_sink`).
+    pub sinks: usize,
+}
+
+impl Default for KvZip {
+    fn default() -> Self {
+        KvZip { sinks: 4 }
+    }
+}
+
+#[typetag::serde]
+impl KvEvictionPolicy for KvZip {
+    fn contract(&self) -> PolicyContract {
+        PolicyContract {
+            sinks: self.sinks,
+            recent_window: 0,
+            protects_prompt: false,
+            fills_budget: true,
+            // Only a whole prompt can be re-read: the scores exist right after it.
+            trigger: TriggerSchedule::PrefillOnly,
+            gqa: GqaAggregation::Max,
+            shares_across_layers: false,
+            top_k_by_score: true,
+            heads_share_budget: false,
+        }
+    }
+
+    fn needs(&self) -> SideInfoNeeds {
+        SideInfoNeeds {
+            context_reconstruction: true,
+            ..SideInfoNeeds::default()
+        }
+    }
+
+    fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
+        validate_protected(budget, self.sinks, 0)
+    }
+
+    fn score(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        _ctx: &KvStepContext,
+    ) -> Result<Option<Vec<Vec<f32>>>> {
+        let scores = side.reconstruction.ok_or_else(|| {
+            Error::invalid(
+                "KvZip",
+                "scores entries by the attention they receive while the model re-reads its prompt, \
+                 and no re-read was given: compress right after a whole prompt, in a session given \
+                 the request to repeat it (`Session::with_reread`)",
+            )
+        })?;
+        if scores.len() != layer.heads.len()
+            || scores
+                .iter()
+                .zip(&layer.heads)
+                .any(|(s, h)| s.len() != h.len())
+        {
+            return Err(Error::invalid(
+                "KvZip",
+                format!(
+                    "the re-read scored other entries than layer {} holds (it must be compressed \
+                     before anything else evicts from it)",
+                    layer.layer
+                ),
+            ));
+        }
+        Ok(Some(scores.to_vec()))
+    }
+}
+
+spectra_core::register_plugin!(
+    KvEvictionPolicy,
+    KvZip,
+    "Keeps the entries the model attends to most when it re-reads its prompt to repeat it (KVzip)."
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ctx, Layer};
+
+    #[test]
+    fn keeps_the_sinks_and_the_most_attended_entries() {
+        let layer = Layer::from_keys(&vec![vec![1.0, 0.0]; 6], 1);
+        let received = vec![vec![0.0, 0.9, 0.1, 0.7, 0.2, 0.3]];
+        let side = KvSideInfo {
+            reconstruction: Some(&received),
+            ..KvSideInfo::default()
+        };
+        let policy = KvZip { sinks: 1 };
+        let plan = policy.select(&layer.view(), &side, &ctx(3, 6)).unwrap();
+        assert_eq!(plan.per_head[0], vec![0, 1, 3]);
+    }
+
+    #[test]
+    fn without_a_re_read_it_says_what_is_missing() {
+        let layer = Layer::from_keys(&vec![vec![1.0, 0.0]; 6], 1);
+        let err = KvZip::default()
+            .select(&layer.view(), &KvSideInfo::default(), &ctx(3, 6))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("with_reread"), "{err}");
+    }
+}

@@ -1,0 +1,161 @@
+//! The suite's tables: a leaderboard (each policy's average score at each budget, best first) and
+//! every policy × budget's score per task, with the KV memory it held.
+
+use std::fmt::Write;
+
+use super::{RulerResult, RulerRow, PASS};
+use crate::kv::FULL;
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+fn score(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{v:.1}"))
+}
+
+/// A budget's column heading: kvpress's compression ratio where the budget is a ratio.
+fn heading(row: &RulerRow) -> String {
+    match row.compression {
+        Some(c) => format!("compression {c}"),
+        None => format!("budget {}", row.budget),
+    }
+}
+
+/// The Markdown section for one result.
+pub fn markdown(md: &mut String, r: &RulerResult) {
+    let protocol = if r.query_aware {
+        "**query-aware** (the question compressed with the context)"
+    } else {
+        "question-agnostic (the context compressed before the question is seen)"
+    };
+    let _ = writeln!(
+        md,
+        "\n## RULER-style suite, {} tokens, {protocol}\n\n{} sample(s) per task, {:?} prompts; {:.0} \
+         tokens compressed on average. Scores are RULER's (the share of the expected strings in the \
+         answer, %). Averages are over the tasks {FULL} scores at least {PASS} on: {}.\n",
+        r.length,
+        r.samples,
+        r.format,
+        r.compressed_tokens,
+        used_tasks(r)
+    );
+    let budgets: Vec<String> = distinct(r.rows.iter().map(heading));
+    let mut policies: Vec<(String, Vec<Option<f64>>, f64)> =
+        distinct(r.rows.iter().map(|row| row.policy.clone()))
+            .into_iter()
+            .map(|policy| {
+                let cells: Vec<Option<f64>> = budgets
+                    .iter()
+                    .map(|b| {
+                        r.rows
+                            .iter()
+                            .find(|row| row.policy == policy && heading(row) == *b)
+                            .and_then(|row| row.average)
+                    })
+                    .collect();
+                let known: Vec<f64> = cells.iter().flatten().copied().collect();
+                let mean = known.iter().sum::<f64>() / known.len().max(1) as f64;
+                (policy, cells, mean)
+            })
+            .collect();
+    policies.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let _ = writeln!(
+        md,
+        "### Leaderboard\n\n| rank | policy | {} | mean |\n|---|---|{}---|",
+        budgets.join(" | "),
+        "---|".repeat(budgets.len())
+    );
+    let _ = writeln!(
+        md,
+        "| | {FULL} (no compression) | {} | {} |",
+        vec![score(r.full.average); budgets.len()].join(" | "),
+        score(r.full.average)
+    );
+    for (i, (policy, cells, mean)) in policies.iter().enumerate() {
+        let cells: Vec<String> = cells.iter().map(|c| score(*c)).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {policy} | {} | {mean:.1} |",
+            i + 1,
+            cells.join(" | ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n### Per task\n\nPeak KV: the largest cache allocation while answering (compressed context, \
+         question and answer), all layers.\n\n| policy | budget | {} | average | peak KV (MiB) |\n|---|---|{}---|---|",
+        r.tasks.join(" | "),
+        "---|".repeat(r.tasks.len())
+    );
+    for row in std::iter::once(&r.full).chain(&r.rows) {
+        let scores: Vec<String> = row
+            .scores
+            .iter()
+            .zip(&r.used)
+            .map(|(s, used)| match (s, used) {
+                (Some(s), true) => format!("{s:.0}"),
+                (Some(s), false) => format!("({s:.0})"),
+                (None, _) => "—".into(),
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.1} |",
+            row.policy,
+            row.budget,
+            scores.join(" | "),
+            score(row.average),
+            mib(row.peak_kv_bytes)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nIn parentheses: {FULL}'s score on a task it fails (under {PASS}); the policies are not run \
+         there (—) and the task is left out of the averages."
+    );
+}
+
+fn used_tasks(r: &RulerResult) -> String {
+    let used: Vec<&str> = r
+        .tasks
+        .iter()
+        .zip(&r.used)
+        .filter(|(_, u)| **u)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if used.is_empty() {
+        "none".into()
+    } else {
+        used.join(", ")
+    }
+}
+
+fn distinct(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// (policy, x, average) for the chart: x is the compression ratio where every budget is a ratio,
+/// else the entries kept per head.
+pub fn points(r: &RulerResult) -> (bool, Vec<(&str, f64, f64)>) {
+    let ratios = r.rows.iter().all(|row| row.compression.is_some());
+    let points = r
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let x = if ratios {
+                row.compression?
+            } else {
+                row.budget_tokens
+            };
+            Some((row.policy.as_str(), x, row.average?))
+        })
+        .collect();
+    (ratios, points)
+}

@@ -1,0 +1,238 @@
+//! The suite's tasks (RULER's synthetic thirteen but the two that need QA data sets) and what a
+//! generated sample is.
+
+use rand::seq::index;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::niah::{self, Haystack, Kind, Niah};
+use super::text::RulerText;
+use super::{variable_tracking, word_counts};
+
+/// RULER's filler line.
+pub const NOISE: &str =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+
+/// A task, by RULER's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RulerTask {
+    /// One 7-digit number in filler.
+    #[serde(rename = "niah_single_1")]
+    NiahSingle1,
+    /// One 7-digit number in essays.
+    #[serde(rename = "niah_single_2")]
+    NiahSingle2,
+    /// One UUID in essays.
+    #[serde(rename = "niah_single_3")]
+    NiahSingle3,
+    /// One of four keys' numbers, in essays.
+    #[serde(rename = "niah_multikey_1")]
+    NiahMultikey1,
+    /// One number among needles of other word keys.
+    #[serde(rename = "niah_multikey_2")]
+    NiahMultikey2,
+    /// One UUID among needles of other UUID keys.
+    #[serde(rename = "niah_multikey_3")]
+    NiahMultikey3,
+    /// Four numbers of one key, in essays.
+    #[serde(rename = "niah_multivalue")]
+    NiahMultivalue,
+    /// The numbers of four keys asked at once, in essays.
+    #[serde(rename = "niah_multiquery")]
+    NiahMultiquery,
+    /// The five variables a chain of four assignments gives one value, in filler.
+    #[serde(rename = "vt")]
+    VariableTracking,
+    /// The ten most common words of a numbered list.
+    #[serde(rename = "cwe")]
+    CommonWords,
+    /// The three most frequent coded words of a Zipf-distributed text.
+    #[serde(rename = "fwe")]
+    FrequentWords,
+}
+
+impl RulerTask {
+    pub const ALL: [RulerTask; 11] = [
+        RulerTask::NiahSingle1,
+        RulerTask::NiahSingle2,
+        RulerTask::NiahSingle3,
+        RulerTask::NiahMultikey1,
+        RulerTask::NiahMultikey2,
+        RulerTask::NiahMultikey3,
+        RulerTask::NiahMultivalue,
+        RulerTask::NiahMultiquery,
+        RulerTask::VariableTracking,
+        RulerTask::CommonWords,
+        RulerTask::FrequentWords,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RulerTask::NiahSingle1 => "niah_single_1",
+            RulerTask::NiahSingle2 => "niah_single_2",
+            RulerTask::NiahSingle3 => "niah_single_3",
+            RulerTask::NiahMultikey1 => "niah_multikey_1",
+            RulerTask::NiahMultikey2 => "niah_multikey_2",
+            RulerTask::NiahMultikey3 => "niah_multikey_3",
+            RulerTask::NiahMultivalue => "niah_multivalue",
+            RulerTask::NiahMultiquery => "niah_multiquery",
+            RulerTask::VariableTracking => "vt",
+            RulerTask::CommonWords => "cwe",
+            RulerTask::FrequentWords => "fwe",
+        }
+    }
+
+    /// RULER's answer length for the task, in tokens.
+    pub fn max_new_tokens(self) -> usize {
+        match self {
+            RulerTask::VariableTracking => 30,
+            RulerTask::CommonWords => 120,
+            RulerTask::FrequentWords => 50,
+            _ => 128,
+        }
+    }
+
+    /// The fewest units (lines, words) a sample is generated with.
+    pub fn min_units(self) -> usize {
+        match self {
+            RulerTask::CommonWords => 11,
+            RulerTask::FrequentWords => 100,
+            _ => 4,
+        }
+    }
+
+    fn niah(self) -> Option<Niah> {
+        let spec = |haystack, keys, values, num_keys, values_per_key, queries| Niah {
+            haystack,
+            keys,
+            values,
+            num_keys,
+            values_per_key,
+            queries,
+        };
+        use Haystack::{Essay, Needles, Noise};
+        use Kind::{Numbers, Uuids, Words};
+        Some(match self {
+            RulerTask::NiahSingle1 => spec(Noise, Words, Numbers, 1, 1, 1),
+            RulerTask::NiahSingle2 => spec(Essay, Words, Numbers, 1, 1, 1),
+            RulerTask::NiahSingle3 => spec(Essay, Words, Uuids, 1, 1, 1),
+            RulerTask::NiahMultikey1 => spec(Essay, Words, Numbers, 4, 1, 1),
+            RulerTask::NiahMultikey2 => spec(Needles, Words, Numbers, 1, 1, 1),
+            RulerTask::NiahMultikey3 => spec(Needles, Uuids, Uuids, 1, 1, 1),
+            RulerTask::NiahMultivalue => spec(Essay, Words, Numbers, 1, 4, 1),
+            RulerTask::NiahMultiquery => spec(Essay, Words, Numbers, 4, 1, 4),
+            _ => return None,
+        })
+    }
+
+    /// A sample of `units` haystack units (lines or words) for a prompt of about `length` tokens
+    /// (the common- and frequent-words tasks scale their repetitions and vocabulary with it).
+    pub fn sample(
+        self,
+        units: usize,
+        length: usize,
+        rng: &mut impl Rng,
+        text: &RulerText,
+    ) -> Sample {
+        let units = units.max(self.min_units());
+        if let Some(spec) = self.niah() {
+            return niah::sample(&spec, units, rng, text);
+        }
+        match self {
+            RulerTask::VariableTracking => variable_tracking::sample(units, rng),
+            RulerTask::CommonWords => word_counts::common_words(units, length, rng, text),
+            _ => word_counts::frequent_words(units, length, rng),
+        }
+    }
+}
+
+/// One generated prompt, split where the question begins: what is compressed without knowing the
+/// question, the question, and the start of the answer; and the strings a correct answer contains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub context: String,
+    pub question: String,
+    /// Starts with a space, as RULER's.
+    pub answer_prefix: String,
+    pub references: Vec<String>,
+}
+
+/// `lines` with `inserted` placed among them at random, in their order, joined by newlines.
+pub fn render_lines(mut lines: Vec<String>, inserted: Vec<String>, rng: &mut impl Rng) -> String {
+    let n = inserted.len().min(lines.len() + 1);
+    let mut at: Vec<usize> = index::sample(rng, lines.len() + 1, n).into_vec();
+    at.sort_unstable();
+    for (j, (position, line)) in at.into_iter().zip(inserted).enumerate() {
+        lines.insert(position + j, line);
+    }
+    lines.join("\n")
+}
+
+/// RULER's metric: the share of the references found in the answer, case aside, in percent.
+pub fn string_match_all(answer: &str, references: &[String]) -> f64 {
+    let answer = answer.to_lowercase();
+    let found = references
+        .iter()
+        .filter(|r| answer.contains(&r.to_lowercase()))
+        .count();
+    100.0 * found as f64 / references.len().max(1) as f64
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use spectra_core::SpectraRng;
+
+    pub fn rng(seed: u64) -> SpectraRng {
+        use rand::SeedableRng;
+        SpectraRng::seed_from_u64(seed)
+    }
+
+    pub fn tiny_text() -> RulerText {
+        let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        RulerText {
+            essay_words: words(
+                "The best way to get startup ideas is not to try to think of them. Instead look for \
+                 problems, preferably problems you have yourself. Why? Because ideas that come from \
+                 working on problems tend to be good ones. Many of the best ideas seem bad at first.",
+            ),
+            adjectives: words("quick lazy brave calm eager gentle happy jolly kind lively"),
+            nouns: words("fox dog cat owl ant bee cow elk gnu hen yak eel"),
+            vocabulary: words(
+                "ant bee brave calm cat cow dog eager eel elk fox gentle gnu happy hen jolly kind \
+                 lazy lively owl quick yak apple river stone cloud",
+            ),
+        }
+    }
+
+    #[test]
+    fn the_metric_is_the_share_of_references_found() {
+        let refs = ["a".to_string(), "B".to_string()];
+        assert_eq!(string_match_all("b or c", &refs), 50.0);
+        // A plain substring, as RULER's: "a" is found inside "and".
+        assert_eq!(string_match_all("b and c", &refs), 100.0);
+        assert_eq!(string_match_all("A, B", &refs), 100.0);
+        assert_eq!(string_match_all("", &refs), 0.0);
+    }
+
+    #[test]
+    fn inserted_lines_keep_their_order() {
+        let lines = vec!["x".to_string(); 5];
+        let out = render_lines(lines, vec!["1".into(), "2".into(), "3".into()], &mut rng(7));
+        let kept: Vec<&str> = out.lines().filter(|l| *l != "x").collect();
+        assert_eq!(kept, ["1", "2", "3"]);
+        assert_eq!(out.lines().count(), 8);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_sample_and_another_seed_another() {
+        let text = tiny_text();
+        for task in RulerTask::ALL {
+            let a = task.sample(40, 4096, &mut rng(9), &text);
+            assert_eq!(a, task.sample(40, 4096, &mut rng(9), &text), "{task:?}");
+            assert_ne!(a, task.sample(40, 4096, &mut rng(10), &text), "{task:?}");
+            assert!(!a.references.is_empty(), "{task:?}");
+            assert!(a.answer_prefix.starts_with(' '), "{task:?}");
+        }
+    }
+}
