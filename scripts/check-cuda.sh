@@ -26,3 +26,14 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export CARGO_TARGET_DIR="${SPECTRA_CUDA_TARGET:-$cache/cuda-target}"
 
 cargo check --workspace --all-targets --features cuda
+
+# The kernels themselves are CUDA C that NVRTC compiles at run time; compile every module here, as NVRTC
+# would see it (the prelude, then the module), so that a mistake in one is found without a GPU.
+ptx=$(mktemp -d)
+trap 'rm -rf "$ptx"' EXIT
+for cu in kernels/cuda/*.cu; do
+    name=$(basename "$cu" .cu)
+    cat kernels/cuda/prelude.cuh "$cu" > "$ptx/$name.cu"
+    nvcc --ptx -arch="compute_$CUDA_COMPUTE_CAP" -o "$ptx/$name.ptx" "$ptx/$name.cu"
+done
+echo "ok: the $(ls kernels/cuda/*.cu | wc -l) CUDA modules compile (nvcc --ptx, compute_$CUDA_COMPUTE_CAP)"

@@ -1,7 +1,11 @@
 //! spectra's compute kernels: routines on raw buffers that the tensor ops of `spectra-models` and the
-//! matrix iterations of `spectra-core` (Newton–Schulz, the soft cap) call. No tensors here, no
-//! candle: each kernel takes slices or strided pointers and says what it needs of them.
+//! matrix iterations of `spectra-core` (Newton–Schulz, the soft cap) call, and (feature `cuda`) the
+//! CUDA C of every fused GPU kernel. No tensors here, no candle: each CPU kernel takes slices or
+//! strided pointers and says what it needs of them; the GPU ops that launch the CUDA modules sit
+//! beside their CPU paths, in the crates that use them.
 
+#[cfg(any(feature = "cuda", test))]
+pub mod cuda;
 pub mod sgemm;
 pub mod transpose;
 

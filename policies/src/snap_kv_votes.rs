@@ -135,8 +135,9 @@ impl CustomOp1 for VotePool {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, Layout};
+    use spectra_core::ops::cuda::{blocks_of, grid_stride};
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::GqaAggregation;
 
@@ -145,9 +146,11 @@ mod cuda {
 
     /// Threads per block of every kernel (the kernels' `THREADS`, a power of two).
     const THREADS: u32 = 256;
-    const MAX_BLOCKS: usize = 1024;
 
-    const MODULE: KernelModule = KernelModule::new("spectra_snap_kv_votes", SOURCE);
+    const MODULE: KernelModule = KernelModule::new(
+        "spectra_snap_kv_votes",
+        spectra_kernels::cuda::SNAP_KV_VOTES,
+    );
 
     pub(super) fn scores(
         op: &VotePool,
@@ -183,15 +186,7 @@ mod cuda {
         let avg = i32::from(op.pooling == Pooling::Avg);
         let kernel = |name: &str| cuda_function(device, &MODULE, name).map_err(op_error);
         let failed = |name: &'static str| move |e| op_error(launch_error(&MODULE, name, e));
-        let elementwise = |count: usize| LaunchConfig {
-            grid_dim: (
-                count.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let elementwise = |count: usize| grid_stride(count, THREADS);
 
         let row_stats = kernel("snap_row_stats")?;
         let mut launch = row_stats.builder();
@@ -201,11 +196,7 @@ mod cuda {
             .arg(&stats)
             .arg(&n_arg)
             .arg(&window);
-        let per_row = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let per_row = blocks_of(rows, THREADS);
         // SAFETY (all three launches): arguments in the kernels' order and types; `logits` holds
         // rows·n floats, `visible` window counts ≤ n, `stats` 2·rows floats, `votes` prefix floats
         // (at least one), `out` n floats.
@@ -237,87 +228,6 @@ mod cuda {
         unsafe { launch.launch(elementwise(n)) }.map_err(failed("snap_pool"))?;
         Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
     }
-
-    const SOURCE: &str = r#"
-// SnapKV vote + pooling (snap_kv_votes.rs).
-typedef unsigned long long u64;
-#define THREADS 256
-#define NEG_INF __int_as_float(0xff800000)
-
-// Row blockIdx.x = member · window + i: the maximum of its visible logits (NaN ignored, as f32::max
-// does) and the sum of exp(l - max) over them: stats[2 row], stats[2 row + 1].
-extern "C" __global__ void snap_row_stats(const float* logits, const int* visible, float* stats,
-                                          int n, int window) {
-    __shared__ float partial[THREADS];
-    const int tid = threadIdx.x;
-    const float* row = logits + (u64)blockIdx.x * n;
-    const int seen = visible[blockIdx.x % window];
-    float m = NEG_INF;
-    for (int j = tid; j < seen; j += THREADS) m = fmaxf(m, row[j]);
-    partial[tid] = m;
-    __syncthreads();
-    for (int stride = THREADS / 2; stride > 0; stride >>= 1) {
-        if (tid < stride) partial[tid] = fmaxf(partial[tid], partial[tid + stride]);
-        __syncthreads();
-    }
-    const float max = partial[0];
-    __syncthreads();
-    float s = 0.0f;
-    if (max != NEG_INF) {
-        for (int j = tid; j < seen; j += THREADS) s = __fadd_rn(s, expf(__fsub_rn(row[j], max)));
-    }
-    partial[tid] = s;
-    __syncthreads();
-    for (int stride = THREADS / 2; stride > 0; stride >>= 1) {
-        if (tid < stride) partial[tid] = __fadd_rn(partial[tid], partial[tid + stride]);
-        __syncthreads();
-    }
-    if (tid == 0) {
-        stats[2 * (u64)blockIdx.x] = max;
-        stats[2 * (u64)blockIdx.x + 1] = partial[0];
-    }
-}
-
-// Entry j of the prefix: each member's softmax weights summed over the window queries in order
-// (0 / sum for a query that does not see j; nothing from a row without a finite maximum), then the
-// members reduced by mean (summed from -0 in order, divided) or max.
-extern "C" __global__ void snap_votes(const float* logits, const int* visible, const float* stats,
-                                      float* votes, int n, int window, int group, int prefix, int mean) {
-    for (u64 j = blockIdx.x * (u64)blockDim.x + threadIdx.x; j < (u64)prefix; j += (u64)blockDim.x * gridDim.x) {
-        float reduced = mean ? -0.0f : NEG_INF;
-        for (int h = 0; h < group; ++h) {
-            float v = 0.0f;
-            for (int i = 0; i < window; ++i) {
-                const u64 row = (u64)h * window + i;
-                const float max = stats[2 * row], sum = stats[2 * row + 1];
-                if (max == NEG_INF) continue;
-                const float w = j < (u64)visible[i] ? expf(__fsub_rn(logits[row * n + j], max)) : 0.0f;
-                v = __fadd_rn(v, __fdiv_rn(w, sum));
-            }
-            reduced = mean ? __fadd_rn(reduced, v) : fmaxf(reduced, v);
-        }
-        votes[j] = mean ? __fdiv_rn(reduced, (float)group) : reduced;
-    }
-}
-
-// Stride-1 pooling over the prefix with zero padding (avg: the window's sum from -0 in order over the
-// kernel size; max: NaN wins), +inf for the window entries.
-extern "C" __global__ void snap_pool(const float* votes, float* out, int n, int prefix, int kernel, int avg) {
-    const int half = kernel / 2;
-    for (u64 j = blockIdx.x * (u64)blockDim.x + threadIdx.x; j < (u64)n; j += (u64)blockDim.x * gridDim.x) {
-        if (j >= (u64)prefix) { out[j] = __int_as_float(0x7f800000); continue; }
-        const int first = (int)j - half > 0 ? (int)j - half : 0;
-        const int last = (int)j + half + 1 < prefix ? (int)j + half + 1 : prefix;
-        float acc = avg ? -0.0f : NEG_INF;
-        for (int k = first; k < last; ++k) {
-            const float x = votes[k];
-            if (avg) acc = __fadd_rn(acc, x);
-            else acc = (isnan(x) || isnan(acc)) ? __int_as_float(0x7fc00000) : fmaxf(acc, x);
-        }
-        out[j] = avg ? __fdiv_rn(acc, (float)kernel) : acc;
-    }
-}
-"#;
 }
 
 #[cfg(test)]

@@ -128,12 +128,25 @@ pub mod cuda {
     /// per-block partial sums stay few enough to add up in one more pass.
     pub const MAX_BLOCKS: u32 = 1024;
 
-    /// One thread per element up to [`MAX_BLOCKS`] blocks.
+    /// One thread per element up to [`MAX_BLOCKS`] blocks of [`BLOCK`].
     pub fn launch_config(n: usize) -> LaunchConfig {
-        let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS as usize) as u32;
+        grid_stride(n, BLOCK)
+    }
+
+    /// One thread per element up to [`MAX_BLOCKS`] blocks of `threads`; the kernel loops over the
+    /// rest.
+    pub fn grid_stride(n: usize, threads: u32) -> LaunchConfig {
+        blocks_of(
+            n.div_ceil(threads as usize).clamp(1, MAX_BLOCKS as usize),
+            threads,
+        )
+    }
+
+    /// `blocks` blocks of `threads` each (one per row, head or tile).
+    pub fn blocks_of(blocks: usize, threads: u32) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (BLOCK, 1, 1),
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         }
     }
@@ -169,34 +182,4 @@ pub mod cuda {
             shape,
         )
     }
-}
-
-/// CUDA C prelude of every fused training kernel: `Rn<T>::mul/add/sub/div/sqrt` for float and
-/// double, each correctly rounded and never contracted into an FMA, so that a kernel evaluates an
-/// expression exactly as the CPU path does.
-#[cfg(feature = "cuda")]
-#[macro_export]
-macro_rules! rounded_arithmetic_cuda {
-    () => {
-        r#"
-template <typename T> struct Rn;
-template <> struct Rn<float> {
-    static __device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-    static __device__ __forceinline__ float add(float a, float b) { return __fadd_rn(a, b); }
-    static __device__ __forceinline__ float sub(float a, float b) { return __fsub_rn(a, b); }
-    static __device__ __forceinline__ float div(float a, float b) { return __fdiv_rn(a, b); }
-    static __device__ __forceinline__ float sqrt(float a) { return __fsqrt_rn(a); }
-};
-template <> struct Rn<double> {
-    static __device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
-    static __device__ __forceinline__ double add(double a, double b) { return __dadd_rn(a, b); }
-    static __device__ __forceinline__ double sub(double a, double b) { return __dsub_rn(a, b); }
-    static __device__ __forceinline__ double div(double a, double b) { return __ddiv_rn(a, b); }
-    static __device__ __forceinline__ double sqrt(double a) { return __dsqrt_rn(a); }
-};
-typedef unsigned long long u64;
-#define GRID_STRIDE_LOOP(i, n) \
-    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < (n); i += (u64)blockDim.x * gridDim.x)
-"#
-    };
 }

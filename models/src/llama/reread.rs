@@ -5,11 +5,14 @@
 //! sinks), the chunk's own cached entries and the re-read's tokens only, and the re-read leaves the
 //! cache as it found it.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
 use spectra_core::kv_cache::KvCache;
 use spectra_core::{Error, Result};
+use spectra_kernels::sgemm::{sgemm, Operand, Threads};
 
 use super::{causal_mask, Llama, Logits, Taps};
+use crate::cpu_op::{exp_nonpositive, maximum, sum, vectorized, with_f32};
 
 /// Context tokens per re-read chunk, as KVzip's.
 pub const CHUNK: usize = 2048;
@@ -114,6 +117,111 @@ pub fn chunk_scores(
     chunk: usize,
     scale: f64,
 ) -> Result<Vec<f32>> {
+    let on_cpu = queries.device().is_cpu() && keys.device().is_cpu();
+    if !(on_cpu && queries.dtype() == DType::F32 && keys.dtype() == DType::F32) {
+        return chunk_scores_by_tensors(queries, keys, sinks, chunk, scale);
+    }
+    let (g, t, d) = queries.dims3()?;
+    let q = queries.contiguous()?;
+    let k = keys.contiguous()?;
+    let scores = with_f32(&q, "context reconstruction", |q| {
+        with_f32(&k, "context reconstruction", |k| {
+            chunk_scores_cpu(q, k, (g * t, t, d), (sinks, chunk), scale as f32)
+        })
+    })???;
+    Ok(scores)
+}
+
+/// Query rows whose logits are formed at once: a block of `ROWS × keys` stays in cache.
+const ROWS: usize = 64;
+
+/// [`chunk_scores`] on the CPU without the `rows × keys` attention matrix: each block of query rows'
+/// logits from spectra's product, then each row's softmax and the running maximum, block by block
+/// on every thread.
+fn chunk_scores_cpu(
+    q: &[f32],
+    keys: &[f32],
+    (rows, t, d): (usize, usize, usize),
+    (sinks, chunk): (usize, usize),
+    scale: f32,
+) -> candle_core::Result<Vec<f32>> {
+    let width = sinks + chunk + t;
+    if q.len() != rows * d || keys.len() != width * d {
+        candle_core::bail!("context reconstruction: operands of the wrong size");
+    }
+    let block_best = |first: usize| -> Vec<f32> {
+        let m = ROWS.min(rows - first);
+        // SAFETY: `q` holds rows·d values, so rows first..first + m exist; `keys` is width × d,
+        // read as its d × width transpose.
+        let mut logits = unsafe {
+            sgemm_one_thread(
+                (m, width, d),
+                Operand::of(&q[first * d..], d, false),
+                Operand::of(keys, d, true),
+            )
+        };
+        vectorized(|| {
+            let mut best = vec![0f32; chunk];
+            for (r, row) in logits.chunks_exact_mut(width).enumerate() {
+                // The re-read's own keys up to this query's position.
+                let visible = sinks + chunk + (first + r) % t + 1;
+                let row = &mut row[..visible];
+                for x in row.iter_mut() {
+                    *x *= scale;
+                }
+                let max = maximum(row);
+                for x in row.iter_mut() {
+                    *x -= max;
+                }
+                exp_nonpositive(row);
+                let inverse = 1.0 / sum(row);
+                for (b, &p) in best.iter_mut().zip(&row[sinks..sinks + chunk]) {
+                    let p = p * inverse;
+                    *b = if p > *b { p } else { *b };
+                }
+            }
+            best
+        })
+    };
+    let starts: Vec<usize> = (0..rows).step_by(ROWS).collect();
+    Ok(starts.into_par_iter().map(block_best).reduce(
+        || vec![0f32; chunk],
+        |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = x.max(y);
+            }
+            a
+        },
+    ))
+}
+
+/// `a·b` as a new row-major buffer, on the calling thread.
+///
+/// # Safety
+/// As [`spectra_kernels::sgemm::matmul`].
+unsafe fn sgemm_one_thread((m, n, k): (usize, usize, usize), a: Operand, b: Operand) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    sgemm(
+        (m, n, k),
+        out.as_mut_ptr(),
+        n,
+        a,
+        b,
+        1.0,
+        false,
+        Threads::One,
+    );
+    out
+}
+
+/// [`chunk_scores`] by candle's ops (any device): the whole attention matrix at once.
+fn chunk_scores_by_tensors(
+    queries: &Tensor,
+    keys: &Tensor,
+    sinks: usize,
+    chunk: usize,
+    scale: f64,
+) -> Result<Vec<f32>> {
     let (g, t, d) = queries.dims3()?;
     let logits = (queries.reshape((g * t, d))?.matmul(&keys.t()?)? * scale)?;
     let cached = logits.narrow(1, 0, sinks + chunk)?;
@@ -136,14 +244,16 @@ mod tests {
     /// causal prefix of the re-read, then the maximum over queries and heads of the group.
     #[test]
     fn chunk_scores_match_the_definition_in_f64() {
-        let (g, t, d, sinks, chunk) = (2, 3, 4, 1, 5);
+        // More query rows than one block of ROWS, so that the blocks' maxima are combined.
+        let (g, t, d, sinks, chunk) = (3, 30, 4, 2, 5);
         let value = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 7.0;
         let q: Vec<f32> = (0..g * t * d).map(value).collect();
         let k: Vec<f32> = (0..(sinks + chunk + t) * d).map(|i| value(i + 5)).collect();
         let queries = Tensor::from_vec(q.clone(), (g, t, d), &Device::Cpu).unwrap();
         let keys = Tensor::from_vec(k.clone(), (sinks + chunk + t, d), &Device::Cpu).unwrap();
         let scale = 0.5;
-        let got = chunk_scores(&queries, &keys, sinks, chunk, scale).unwrap();
+        let fused = chunk_scores(&queries, &keys, sinks, chunk, scale).unwrap();
+        let by_tensors = chunk_scores_by_tensors(&queries, &keys, sinks, chunk, scale).unwrap();
         let mut want = vec![0f64; chunk];
         for h in 0..g {
             for i in 0..t {
@@ -162,9 +272,12 @@ mod tests {
                 }
             }
         }
-        for (a, b) in got.iter().zip(&want) {
-            // f32 products and softmax against f64: a few ulps of numbers below 1.
-            assert!((*a as f64 - b).abs() < 1e-6, "{got:?} vs {want:?}");
+        for got in [fused, by_tensors] {
+            for (a, b) in got.iter().zip(&want) {
+                // f32 products and softmax (the fused path's exp within 2⁻²² relative) against
+                // f64: a few ulps of numbers below 1.
+                assert!((*a as f64 - b).abs() < 1e-6, "{got:?} vs {want:?}");
+            }
         }
     }
 }

@@ -155,8 +155,9 @@ impl CustomOp2 for Finish {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
     use candle_core::{CudaStorage, Layout};
+    use spectra_core::ops::cuda::{blocks_of, grid_stride};
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::GqaAggregation;
 
@@ -164,9 +165,11 @@ mod cuda {
 
     /// Threads per block of both kernels (the kernels' `THREADS`, a power of two).
     const THREADS: u32 = 256;
-    const MAX_BLOCKS: usize = 1024;
 
-    const MODULE: KernelModule = KernelModule::new("spectra_tri_attention_finish", SOURCE);
+    const MODULE: KernelModule = KernelModule::new(
+        "spectra_tri_attention_finish",
+        spectra_kernels::cuda::TRI_ATTENTION_FINISH,
+    );
 
     pub(super) fn finish(
         op: &Finish,
@@ -200,11 +203,7 @@ mod cuda {
             .arg(&n_arg)
             .arg(&first)
             .arg(&last);
-        let config = LaunchConfig {
-            grid_dim: (group as u32, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = blocks_of(group, THREADS);
         // SAFETY: arguments in the kernel's order and types; `raw` holds group·n floats, `stats`
         // 3·group doubles.
         unsafe { launch.launch(config) }.map_err(failed("tri_row_stats"))?;
@@ -224,91 +223,11 @@ mod cuda {
             .arg(&group_arg)
             .arg(&normalize)
             .arg(&mean);
-        let config = LaunchConfig {
-            grid_dim: (
-                n.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS) as u32,
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = grid_stride(n, THREADS);
         // SAFETY: as above; `noise` and `out` hold n floats.
         unsafe { launch.launch(config) }.map_err(failed("tri_finish"))?;
         Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
     }
-
-    const SOURCE: &str = r#"
-// TriAttention score finishing (normalize.rs): per-row statistics, then the reduction.
-typedef unsigned long long u64;
-#define THREADS 256
-#define MIN_STD 1e-6
-
-// Mean and clamped deviation of the finite values of row blockIdx.x in [first, last), in f64, and
-// whether there were any: stats[3 row .. 3 row + 3].
-extern "C" __global__ void tri_row_stats(const float* raw, double* stats, int n, int first, int last) {
-    __shared__ double sums[THREADS];
-    __shared__ unsigned int counts[THREADS];
-    const float* row = raw + (u64)blockIdx.x * n;
-    const int tid = threadIdx.x;
-    double s = 0.0;
-    unsigned int c = 0;
-    for (int j = first + tid; j < last; j += THREADS) {
-        const float x = row[j];
-        if (isfinite(x)) { s = __dadd_rn(s, (double)x); ++c; }
-    }
-    sums[tid] = s;
-    counts[tid] = c;
-    __syncthreads();
-    for (int stride = THREADS / 2; stride > 0; stride >>= 1) {
-        if (tid < stride) {
-            sums[tid] = __dadd_rn(sums[tid], sums[tid + stride]);
-            counts[tid] += counts[tid + stride];
-        }
-        __syncthreads();
-    }
-    const unsigned int count = counts[0];
-    const double mean = count ? __ddiv_rn(sums[0], (double)count) : 0.0;
-    __syncthreads();
-    double v = 0.0;
-    for (int j = first + tid; j < last; j += THREADS) {
-        const float x = row[j];
-        if (isfinite(x)) {
-            const double d = __dsub_rn((double)x, mean);
-            v = __dadd_rn(v, __dmul_rn(d, d));
-        }
-    }
-    sums[tid] = v;
-    __syncthreads();
-    for (int stride = THREADS / 2; stride > 0; stride >>= 1) {
-        if (tid < stride) sums[tid] = __dadd_rn(sums[tid], sums[tid + stride]);
-        __syncthreads();
-    }
-    if (tid == 0) {
-        double* out = stats + 3 * (u64)blockIdx.x;
-        out[0] = mean;
-        out[1] = count ? fmax(__dsqrt_rn(__ddiv_rn(sums[0], (double)count)), MIN_STD) : 1.0;
-        out[2] = count ? 1.0 : 0.0;
-    }
-}
-
-// Per entry: the rows' z-scores (raw values where normalisation is off or a row had no finite
-// candidate), reduced by mean (summed in row order from -0, then divided) or max, plus the noise.
-extern "C" __global__ void tri_finish(const float* raw, const double* stats, const float* noise,
-                                      float* out, int n, int group, int normalize, int mean) {
-    for (u64 j = blockIdx.x * (u64)blockDim.x + threadIdx.x; j < (u64)n; j += (u64)blockDim.x * gridDim.x) {
-        float acc = mean ? -0.0f : __int_as_float(0xff800000);
-        for (int h = 0; h < group; ++h) {
-            float x = raw[(u64)h * n + j];
-            const double* s = stats + 3 * h;
-            if (normalize && s[2] != 0.0) x = (float)__ddiv_rn(__dsub_rn((double)x, s[0]), s[1]);
-            acc = mean ? __fadd_rn(acc, x) : fmaxf(acc, x);
-        }
-        if (mean) acc = __fdiv_rn(acc, (float)group);
-        out[j] = __fadd_rn(acc, noise[j]);
-    }
-}
-"#;
 }
 
 #[cfg(test)]
