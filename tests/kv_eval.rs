@@ -230,8 +230,14 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
     )
     .unwrap();
     for (file, words) in [
-        ("adjectivelist.txt", "quick\nlazy\nbrave\n"),
-        ("nounlist.txt", "fox\ndog\nowl\n"),
+        (
+            "adjectivelist.txt",
+            "quick\nlazy\nbrave\ncalm\neager\ngentle\nhappy\njolly\nkind\nlively\n",
+        ),
+        (
+            "nounlist.txt",
+            "fox\ndog\nowl\ncat\nant\nbee\ncow\nelk\ngnu\nhen\n",
+        ),
         ("verblist.txt", "run\njump\n"),
         ("profanitylist.txt", "\n"),
     ] {

@@ -98,7 +98,7 @@ fn a_grid_field_missing_from_the_config_is_an_error_before_anything_runs() {
     let cfg: SweepConfig = config::parse(&text, Path::new("sweep.ron")).unwrap();
     let err = sweep::plan(&cfg).unwrap_err().to_string();
     assert!(
-        err.contains("grid field `w_max` is not a numeric field"),
+        err.contains("grid field `w_max` is not a field with a number"),
         "{err}"
     );
     assert!(!dir.path().join("s").exists());

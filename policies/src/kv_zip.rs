@@ -4,8 +4,10 @@
 //! its group. The re-read is the model's (the session runs it and passes the scores as side
 //! information); this policy ranks by them, keeping the first entries as sinks as KVzip does.
 //!
-//! kvpress's KVzip ranks the heads of a layer (and the layers) together; `AdaKv(policy: KvZip)` gives
-//! the per-layer form, with the heads sharing the layer's budget.
+//! kvpress's KVzip ranks the heads of a layer (and the layers) together; `AdaKv(policy: KvZip,
+//! alpha_safeguard: 0.0)` is its per-layer form, the heads sharing the layer's budget. The re-read's
+//! softmax always includes KVzip's four first entries; `sinks` sets which entries are kept whatever
+//! they score.
 
 use serde::{Deserialize, Serialize};
 use spectra_core::{

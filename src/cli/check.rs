@@ -44,7 +44,7 @@ fn top_level_fields(text: &str, file: &Path) -> Vec<String> {
     }
 }
 
-/// Every run of the grid, each config substituted and validated as `spectra sweep` would.
+/// Every run of the grid, each config with its grid values set and validated as `spectra sweep` would.
 fn print_sweep(file: &Path, cfg: &SweepConfig) -> Result<(), Error> {
     let runs = sweep::plan(cfg)?;
     println!("{}: a sweep of {} runs", file.display(), runs.len());

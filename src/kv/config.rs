@@ -79,7 +79,7 @@ pub enum KvTask {
     /// prompts per task of each total length (context, question and answer, in tokens), generated
     /// from the seed with essays and words from `data` (`scripts/get-ruler-data.sh`). The context is
     /// compressed before the question is seen, or with it where `query_aware`. `max_new_tokens`
-    /// shortens RULER's answer lengths (128 tokens for needles, 30, 120 and 50 for the others).
+    /// replaces RULER's answer lengths (128 tokens for needles, 30, 120 and 50 for the others).
     Ruler {
         tasks: Vec<RulerTask>,
         lengths: Vec<usize>,
@@ -228,6 +228,13 @@ fn validate_task(task: &KvTask) -> Result<(), Invalid> {
                     "Ruler length {l} is too short for a haystack; use at least 256 tokens"
                 ))
                 .near("lengths"));
+            }
+            for (i, l) in lengths.iter().enumerate() {
+                if lengths[..i].contains(l) {
+                    return Err(
+                        Invalid::new(format!("the length {l} is listed twice")).near("lengths")
+                    );
+                }
             }
             for (i, t) in tasks.iter().enumerate() {
                 if tasks[..i].contains(t) {

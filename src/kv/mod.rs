@@ -1,11 +1,13 @@
 //! `spectra kv`: every policy at every budget against the uncompressed cache (`Full`) on a real model —
-//! language modelling, passkey retrieval and decoding speed — written up as Markdown, JSON and SVG.
+//! language modelling, passkey retrieval, a RULER-style suite and decoding speed — written up as
+//! Markdown, JSON and SVG.
 //!
-//! For language modelling and passkey retrieval each prompt is run once, by a session that records
-//! what every policy needs; each policy × budget then continues from a copy of that session
-//! ([`Session::fork`]), compressed as after its own prefill. The results are the same as running every
-//! arm from scratch with the prompt compressed once at its end, at a fraction of the cost. Decoding
-//! runs every arm from scratch, compressing between prefill chunks, so that its peak KV is a real run's.
+//! For language modelling, passkey retrieval and the RULER-style suite each prompt is run once, by a
+//! session that records what every policy needs; each policy × budget then continues from a copy of
+//! that session ([`Session::fork`]), compressed as after its own prefill. The results are the same as
+//! running every arm from scratch with the prompt compressed once at its end, at a fraction of the
+//! cost. Decoding runs every arm from scratch, compressing between prefill chunks (after the whole
+//! prompt for a policy that re-reads it, KVzip), so that its peak KV is a real run's.
 
 mod config;
 mod decode;

@@ -124,13 +124,7 @@ impl Run {
             model,
             routed,
         } = setup::build(&cfg, config_file, &device)?;
-        let fingerprint = format!(
-            "{} {} {} seed {}",
-            model_fingerprint(&cfg.model),
-            spectra_core::registry::to_ron(&cfg.data),
-            spectra_core::registry::to_ron(&cfg.groups),
-            cfg.seed
-        );
+        let fingerprint = fingerprint(&cfg);
         let groups = assemble(model.params(), std::mem::take(&mut cfg.groups), &routed);
         let output = cfg.output.clone();
         crate::output::prepare(&output)?;
@@ -450,8 +444,23 @@ fn eval_line(r: &EvalRecord, steps: u64) -> String {
         r.certified_summary()
     )
 }
-/// The model as a checkpoint records it. Checkpoints written before the GPT had a final scale name
-/// none; theirs is 1, so a scale of 1 is left out to keep them resumable.
+/// What a run must agree with to resume from a checkpoint, in the form checkpoints have always
+/// recorded, so that older ones stay resumable: RON as `ron` writes it by default (`Some(x)` spelled
+/// out), the model as its config reads, without a final scale of 1 (checkpoints written before the
+/// GPT had one name none).
+fn fingerprint(cfg: &TrainConfig) -> String {
+    fn plain<T: serde::Serialize>(value: &T) -> String {
+        ron::to_string(value).unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
+    }
+    format!(
+        "{} {} {} seed {}",
+        model_fingerprint(&cfg.model),
+        plain(&cfg.data),
+        plain(&cfg.groups),
+        cfg.seed
+    )
+}
+
 fn model_fingerprint(model: &ModelConfig) -> String {
     spectra_core::registry::to_ron(model).replace(",final_scale:1.0)", ")")
 }
@@ -483,5 +492,25 @@ mod tests {
             "LipschitzGpt(d_model:128,blocks:2,heads:4,seq_len:64,mlp_ratio:4,blocks_mass:16.0,softmax_scale:1.0)"
         );
         assert!(model_fingerprint(&gpt(0.5)).ends_with(",final_scale:0.5)"));
+    }
+
+    /// Optional settings are written `Some(..)`, as checkpoints have always recorded them.
+    #[test]
+    fn optional_settings_fingerprint_as_before() {
+        let text = r#"(
+            model: LipschitzGpt(d_model: 128, blocks: 2, heads: 4, seq_len: 64),
+            data: Text(path: "t.txt", batch_size: 2),
+            groups: [(name: "all", params: [All], optimizer: (type: "Muon",
+                cfg: (lr: 0.1, momentum_warmup: (from: 0.85, steps: 300))))],
+            steps: 1,
+            eval: (every: 1),
+            output: "out",
+        )"#;
+        let cfg: TrainConfig = config::parse(text, std::path::Path::new("t.ron")).unwrap();
+        let print = fingerprint(&cfg);
+        assert!(
+            print.contains("momentum_warmup:Some((from:0.85,steps:300))"),
+            "{print}"
+        );
     }
 }

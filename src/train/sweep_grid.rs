@@ -15,7 +15,7 @@ pub fn set_field(config: &TrainConfig, field: &str, value: f64) -> Result<TrainC
     let set = set_numbers(&mut tree, field, value)?;
     if set == 0 {
         return Err(format!(
-            "grid field `{field}` is not a numeric field of the config or of its plugins' settings"
+            "grid field `{field}` is not a field with a number set in the config or its plugins' settings"
         ));
     }
     serde_json::from_value(tree).map_err(|e| format!("grid field `{field}` = {value}: {e}"))

@@ -4,6 +4,10 @@
 //! head). As in the paper's code, a chunk's queries are softmaxed over the first entries (the
 //! sinks), the chunk's own cached entries and the re-read's tokens only, and the re-read leaves the
 //! cache as it found it.
+//!
+//! The re-read runs on a copy of the cache, which a session's peak KV bytes do not count, at
+//! positions up to a chunk and its request past the context (as kvpress's), which may lie past the
+//! model's trained context when the context nearly fills it.
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
@@ -89,7 +93,8 @@ pub fn reconstruction_scores(
                 .as_ref()
                 .ok_or_else(|| Error::invalid("context reconstruction", "no queries recorded"))?;
             for (kv, head_scores) in layer_scores.iter_mut().enumerate() {
-                let keys = scratch.keys(l, kv)?;
+                // An f16 or bf16 cache is widened to the queries' dtype, as the attention does.
+                let keys = scratch.keys(l, kv)?.to_dtype(queries.dtype())?;
                 let keys = Tensor::cat(
                     &[
                         keys.narrow(0, 0, sinks)?,

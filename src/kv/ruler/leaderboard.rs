@@ -17,7 +17,8 @@ fn score(v: Option<f64>) -> String {
 /// A budget's column heading: kvpress's compression ratio where the budget is a ratio.
 fn heading(row: &RulerRow) -> String {
     match row.compression {
-        Some(c) => format!("compression {c}"),
+        // Rounded: 1 − 0.7 is 0.30000000000000004 in binary.
+        Some(c) => format!("compression {}", (c * 1e6).round() / 1e6),
         None => format!("budget {}", row.budget),
     }
 }
@@ -41,7 +42,7 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
         used_tasks(r)
     );
     let budgets: Vec<String> = distinct(r.rows.iter().map(heading));
-    let mut policies: Vec<(String, Vec<Option<f64>>, f64)> =
+    let mut policies: Vec<(String, Vec<Option<f64>>, Option<f64>)> =
         distinct(r.rows.iter().map(|row| row.policy.clone()))
             .into_iter()
             .map(|policy| {
@@ -55,11 +56,16 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
                     })
                     .collect();
                 let known: Vec<f64> = cells.iter().flatten().copied().collect();
-                let mean = known.iter().sum::<f64>() / known.len().max(1) as f64;
+                let mean =
+                    (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
                 (policy, cells, mean)
             })
             .collect();
-    policies.sort_by(|a, b| b.2.total_cmp(&a.2));
+    // Best first; a policy with no average (no task passed) last.
+    policies.sort_by(|a, b| {
+        let key = |m: Option<f64>| m.unwrap_or(f64::NEG_INFINITY);
+        key(b.2).total_cmp(&key(a.2))
+    });
     let _ = writeln!(
         md,
         "### Leaderboard\n\n| rank | policy | {} | mean |\n|---|---|{}---|",
@@ -76,15 +82,17 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
         let cells: Vec<String> = cells.iter().map(|c| score(*c)).collect();
         let _ = writeln!(
             md,
-            "| {} | {policy} | {} | {mean:.1} |",
+            "| {} | {policy} | {} | {} |",
             i + 1,
-            cells.join(" | ")
+            cells.join(" | "),
+            score(*mean)
         );
     }
     let _ = writeln!(
         md,
         "\n### Per task\n\nPeak KV: the largest cache allocation while answering (compressed context, \
-         question and answer), all layers.\n\n| policy | budget | {} | average | peak KV (MiB) |\n|---|---|{}---|---|",
+         question and answer), all layers; KVzip's re-read, on a copy of the prefilled cache, is not \
+         counted.\n\n| policy | budget | {} | average | peak KV (MiB) |\n|---|---|{}---|---|",
         r.tasks.join(" | "),
         "---|".repeat(r.tasks.len())
     );

@@ -185,7 +185,7 @@ fn run_length(
     let mut ran = vec![false; tasks.len()];
     for (t, &task) in tasks.iter().enumerate() {
         let max_new = setup.max_new_tokens.unwrap_or(task.max_new_tokens());
-        let stream = (0x5255_4C45 << 32) | ((task as u64) << 16) | length as u64;
+        let stream = sample_stream(task, length);
         let mut rng = derived_rng(bench.seed, stream);
         let mut record = |arm: usize, sample: usize, prompt: &Prompt, said: (String, usize)| {
             let (said, peak) = said;
@@ -306,6 +306,13 @@ fn run_length(
     })
 }
 
+/// The random stream of a task's samples at a length: distinct for every task and length below 2²⁴
+/// tokens (the length's low 16 bits beside the task's, its high bits above them).
+fn sample_stream(task: RulerTask, length: usize) -> u64 {
+    let length = length as u64;
+    (0x5255_4C45 << 32) | ((length >> 16) << 24) | ((task as u64) << 16) | (length & 0xffff)
+}
+
 /// The sample drawn from `seed` with the most haystack that fits `length` tokens with its answer
 /// (RULER's rule), found by bisection on the haystack's size.
 fn fit(
@@ -371,4 +378,27 @@ fn answer(
         }
     }
     Ok((bench.tokenizer.decode(&said)?, session.stats.peak_kv_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_and_length_has_its_own_stream() {
+        let lengths = [1024, 4096, 65_536, 131_072, 1 << 20];
+        let mut streams: Vec<u64> = RulerTask::ALL
+            .iter()
+            .flat_map(|&t| lengths.iter().map(move |&l| sample_stream(t, l)))
+            .collect();
+        let n = streams.len();
+        streams.sort_unstable();
+        streams.dedup();
+        assert_eq!(streams.len(), n);
+        // As before the high bits were used: the streams of the lengths already run are unchanged.
+        assert_eq!(
+            sample_stream(RulerTask::NiahSingle2, 4096),
+            (0x5255_4C45 << 32) | (1 << 16) | 4096
+        );
+    }
 }

@@ -52,6 +52,7 @@ pub enum RulerTask {
 }
 
 impl RulerTask {
+    #[cfg(test)]
     pub const ALL: [RulerTask; 11] = [
         RulerTask::NiahSingle1,
         RulerTask::NiahSingle2,
@@ -202,6 +203,13 @@ pub(super) mod tests {
                 "ant bee brave calm cat cow dog eager eel elk fox gentle gnu happy hen jolly kind \
                  lazy lively owl quick yak apple river stone cloud",
             ),
+        }
+    }
+
+    #[test]
+    fn names_are_those_configs_use() {
+        for task in RulerTask::ALL {
+            assert_eq!(ron::to_string(&task).unwrap(), task.name());
         }
     }
 

@@ -17,6 +17,9 @@ pub struct RulerText {
     pub vocabulary: Vec<String>,
 }
 
+/// The fewest adjectives and nouns the key pairs are drawn from.
+const MIN_WORDS: usize = 10;
+
 const HOW_TO_GET: &str =
     "scripts/get-ruler-data.sh downloads the essays and word lists into data/kv/ruler";
 
@@ -56,6 +59,18 @@ impl RulerText {
         let adjectives = list("adjectivelist.txt")?;
         let nouns = list("nounlist.txt")?;
         let verbs = list("verblist.txt")?;
+        // Keys are distinct `adjective-noun` pairs drawn at random, and a list of needles needs many.
+        for (name, kept) in [("adjectivelist", &adjectives), ("nounlist", &nouns)] {
+            if kept.len() < MIN_WORDS {
+                return Err(Error::file(
+                    words.join(format!("{name}.txt")),
+                    format!(
+                        "holds {} plain lower-case words; the suite needs at least {MIN_WORDS}; {HOW_TO_GET}",
+                        kept.len()
+                    ),
+                ));
+            }
+        }
         let mut vocabulary: Vec<String> = nouns
             .iter()
             .chain(&adjectives)
@@ -115,15 +130,34 @@ mod tests {
         std::fs::create_dir_all(&words).unwrap();
         std::fs::write(essays.join("b.txt"), "second  essay").unwrap();
         std::fs::write(essays.join("a.txt"), "First\u{0097}one\n\nhere").unwrap();
-        std::fs::write(words.join("adjectivelist.txt"), "quick\nbad\nquick\n").unwrap();
-        std::fs::write(words.join("nounlist.txt"), "fox\nATM\nice cream\nbad\n").unwrap();
+        let ten = |first: &str| {
+            format!(
+                "{first}\n{}",
+                "abcdefghi"
+                    .chars()
+                    .map(|c| format!("{c}{c}\n"))
+                    .collect::<String>()
+            )
+        };
+        std::fs::write(words.join("adjectivelist.txt"), ten("quick\nbad\nquick")).unwrap();
+        std::fs::write(words.join("nounlist.txt"), ten("fox\nATM\nice cream\nbad")).unwrap();
         std::fs::write(words.join("verblist.txt"), "jump\n").unwrap();
         std::fs::write(words.join("profanitylist.txt"), "bad\n").unwrap();
         let text = RulerText::read(dir.path()).unwrap();
         assert_eq!(text.essay_words, ["First—one", "here", "second", "essay"]);
-        assert_eq!(text.adjectives, ["quick"]);
-        assert_eq!(text.nouns, ["fox"]);
-        assert_eq!(text.vocabulary, ["fox", "jump", "quick"]);
+        assert_eq!(text.adjectives[..2], ["quick", "aa"]);
+        assert_eq!(text.adjectives.len(), 10);
+        assert_eq!(text.nouns[..2], ["fox", "aa"]);
+        // aa–ii, fox, jump and quick, each once, sorted.
+        assert_eq!(text.vocabulary.len(), 12);
+        assert!(text.vocabulary.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(text.vocabulary[9..], ["ii", "jump", "quick"]);
+        std::fs::write(words.join("nounlist.txt"), "fox\n").unwrap();
+        let err = RulerText::read(dir.path()).err().unwrap().to_string();
+        assert!(
+            err.contains("nounlist.txt") && err.contains("at least 10"),
+            "{err}"
+        );
     }
 
     #[test]
