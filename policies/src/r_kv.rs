@@ -9,8 +9,7 @@ use spectra_core::{
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::selection::validate_protected;
-use crate::snap_kv::validate_gqa;
+use crate::selection::{validate_gqa, validate_protected};
 use crate::window_attention::{
     pool1d, softmax_in_place, validate_kernel, window_queries, GroupLogits, Pooling,
 };
@@ -87,7 +86,7 @@ impl RKv {
             let members: Vec<Vec<f32>> = (0..logits.group)
                 .map(|h| logits.row(h, i)[..prefix].to_vec())
                 .collect();
-            let mut row = crate::snap_kv::reduce_group(&members, self.gqa);
+            let mut row = crate::window_attention::reduce_group(&members, self.gqa);
             softmax_in_place(&mut row);
             mean.iter_mut()
                 .zip(&row)

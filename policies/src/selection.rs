@@ -59,6 +59,14 @@ pub fn validate_protected(budget: &Budget, sinks: usize, window: usize) -> Resul
     Ok(())
 }
 
+/// The GQA reduction of a config must be Max or Mean.
+pub fn validate_gqa(gqa: GqaAggregation) -> std::result::Result<(), String> {
+    if gqa == GqaAggregation::NotApplicable {
+        return Err("gqa must be Max or Mean: this policy scores with queries".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use spectra_core::{
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::selection::validate_protected;
+use crate::selection::{validate_gqa, validate_protected};
 use crate::snap_kv_votes::VotePool;
 use crate::window_attention::{group_logits, validate_kernel, window_queries, Pooling};
 
@@ -79,27 +79,6 @@ impl SnapKv {
             })
             .collect()
     }
-}
-
-/// Combines per-member score rows into one (mean or max over the group).
-pub fn reduce_group(rows: &[Vec<f32>], how: GqaAggregation) -> Vec<f32> {
-    let n = rows.first().map_or(0, Vec::len);
-    (0..n)
-        .map(|j| match how {
-            GqaAggregation::Max => rows.iter().map(|r| r[j]).fold(f32::NEG_INFINITY, f32::max),
-            GqaAggregation::Mean | GqaAggregation::NotApplicable => {
-                rows.iter().map(|r| r[j]).sum::<f32>() / rows.len() as f32
-            }
-        })
-        .collect()
-}
-
-/// The GQA reduction of a config must be Max or Mean.
-pub fn validate_gqa(gqa: GqaAggregation) -> std::result::Result<(), String> {
-    if gqa == GqaAggregation::NotApplicable {
-        return Err("gqa must be Max or Mean: this policy scores with queries".into());
-    }
-    Ok(())
 }
 
 #[typetag::serde]
@@ -181,6 +160,7 @@ spectra_core::register_plugin!(
 mod tests {
     use super::*;
     use crate::testing::{ctx, Layer};
+    use crate::window_attention::reduce_group;
     use candle_core::{Device, Tensor};
 
     const D: usize = 64;

@@ -14,8 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use spectra_core::{Error, GqaAggregation, Result};
 
-use crate::snap_kv::reduce_group;
-use crate::window_attention::{pool1d, Pooling};
+use crate::window_attention::{pool1d, reduce_group, Pooling};
 
 /// The geometry of one KV head's vote.
 #[derive(Clone, Debug, PartialEq)]

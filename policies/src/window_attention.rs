@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use spectra_core::{Error, KvLayerView, KvSideInfo, Result};
+use spectra_core::{Error, GqaAggregation, KvLayerView, KvSideInfo, Result};
 
 /// How votes are smoothed over neighbouring entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +97,19 @@ pub fn group_logits(
 }
 
 /// Softmax in place, shifted by the maximum for stability. Entries set to `-inf` get zero weight; a row
+/// Combines per-member score rows into one (mean or max over the group).
+pub fn reduce_group(rows: &[Vec<f32>], how: GqaAggregation) -> Vec<f32> {
+    let n = rows.first().map_or(0, Vec::len);
+    (0..n)
+        .map(|j| match how {
+            GqaAggregation::Max => rows.iter().map(|r| r[j]).fold(f32::NEG_INFINITY, f32::max),
+            GqaAggregation::Mean | GqaAggregation::NotApplicable => {
+                rows.iter().map(|r| r[j]).sum::<f32>() / rows.len() as f32
+            }
+        })
+        .collect()
+}
+
 /// containing NaN becomes all NaN.
 pub fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -36,8 +36,7 @@ use key_scores::{key_scores, KeyScoreInputs};
 use normalize::{tie_noise, Finish};
 pub use scoring::{OffsetAggregation, OffsetTable, ScoreOptions};
 
-use crate::selection::validate_protected;
-use crate::snap_kv::validate_gqa;
+use crate::selection::{validate_gqa, validate_protected};
 
 /// Where the query centres come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
