@@ -56,20 +56,25 @@ impl Operand {
 ///
 /// # Safety
 /// `a` and `b` must be the `m × k` and `k × n` matrices their operands describe.
-pub unsafe fn matmul((m, n, k): (usize, usize, usize), a: Operand, b: Operand) -> Vec<f32> {
+pub unsafe fn matmul(mnk: (usize, usize, usize), a: Operand, b: Operand) -> Vec<f32> {
+    matmul_on(mnk, a, b, Threads::All)
+}
+
+/// [`matmul`] on the threads `threads` allows (the caller's alone, for a caller already on a rayon
+/// thread of its own).
+///
+/// # Safety
+/// As [`matmul`].
+pub unsafe fn matmul_on(
+    (m, n, k): (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    threads: Threads,
+) -> Vec<f32> {
     // Not zero-filled first: the product writes every element (a memset of the largest tensors of
     // a training step was 2% of it).
     let mut out = Vec::with_capacity(m * n);
-    sgemm(
-        (m, n, k),
-        out.as_mut_ptr(),
-        n,
-        a,
-        b,
-        1.0,
-        false,
-        Threads::All,
-    );
+    sgemm((m, n, k), out.as_mut_ptr(), n, a, b, 1.0, false, threads);
     // SAFETY: `sgemm` without `accumulate` has written all m·n elements.
     out.set_len(m * n);
     out

@@ -131,7 +131,7 @@ fn decode(
         row.prefill_tokens_per_second,
         row.tokens_per_second,
         100.0 * row.eviction_share,
-        row.peak_kv_bytes as f64 / f64::from(1 << 20)
+        super::mib(row.peak_kv_bytes)
     );
     Ok(row)
 }

@@ -254,6 +254,11 @@ pub fn check_context(model: &Llama, needed: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bytes in MiB, as the reports print KV memory.
+pub fn mib(bytes: usize) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
 /// Greedy next token of `[1, vocab]` logits.
 pub fn greedy(logits: &candle_core::Tensor) -> Result<u32> {
     Ok(logits

@@ -8,12 +8,8 @@ use std::path::Path;
 use spectra_core::{Error, Result};
 
 use super::ruler::leaderboard as ruler;
-use super::{KvReport, FULL};
+use super::{mib, KvReport, FULL};
 use crate::plots::{Chart, Series, Style};
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
-}
 
 /// Writes the report files into `dir` (created if needed).
 pub fn write_report(dir: &Path, config_file: &Path, report: &KvReport) -> Result<()> {

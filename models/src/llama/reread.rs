@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use spectra_core::kv_cache::KvCache;
 use spectra_core::{Error, Result};
-use spectra_kernels::sgemm::{sgemm, Operand, Threads};
+use spectra_kernels::sgemm::{matmul_on, Operand, Threads};
 
 use super::{causal_mask, Llama, Logits, Taps};
 use crate::cpu_op::{exp_nonpositive, maximum, sum, vectorized, with_f32};
@@ -159,10 +159,11 @@ fn chunk_scores_cpu(
         // SAFETY: `q` holds rows·d values, so rows first..first + m exist; `keys` is width × d,
         // read as its d × width transpose.
         let mut logits = unsafe {
-            sgemm_one_thread(
+            matmul_on(
                 (m, width, d),
                 Operand::of(&q[first * d..], d, false),
                 Operand::of(keys, d, true),
+                Threads::One,
             )
         };
         vectorized(|| {
@@ -198,25 +199,6 @@ fn chunk_scores_cpu(
             a
         },
     ))
-}
-
-/// `a·b` as a new row-major buffer, on the calling thread.
-///
-/// # Safety
-/// As [`spectra_kernels::sgemm::matmul`].
-unsafe fn sgemm_one_thread((m, n, k): (usize, usize, usize), a: Operand, b: Operand) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    sgemm(
-        (m, n, k),
-        out.as_mut_ptr(),
-        n,
-        a,
-        b,
-        1.0,
-        false,
-        Threads::One,
-    );
-    out
 }
 
 /// [`chunk_scores`] by candle's ops (any device): the whole attention matrix at once.

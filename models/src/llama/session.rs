@@ -182,7 +182,8 @@ impl<'m> Session<'m> {
             prompt_len: self.prompt_len,
             prefill: self.prefill,
             decoding: self.decoding,
-            reread: self.reread.clone(),
+            // A fork never reads a prompt, so it never re-reads one.
+            reread: None,
             reconstructs: false,
             reconstruction: self.reconstruction.clone(),
             stats: SessionStats::default(),

@@ -4,11 +4,7 @@
 use std::fmt::Write;
 
 use super::{RulerResult, RulerRow, PASS};
-use crate::kv::FULL;
-
-fn mib(bytes: usize) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
-}
+use crate::kv::{mib, FULL};
 
 fn score(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.1}"))
