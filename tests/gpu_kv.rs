@@ -249,7 +249,10 @@ fn run(policy: &dyn KvEvictionPolicy, case: &Case, device: &Device) -> Run {
     let scores = views
         .iter()
         .zip(&sides)
-        .map(|(v, s)| policy.score(v, s, &ctx).unwrap())
+        .map(|(v, s)| {
+            let scores = policy.score(v, s, &ctx).unwrap();
+            scores.map(|s| spectra_core::scores_to_host(&s).unwrap())
+        })
         .collect();
     Run { plans, scores }
 }

@@ -5,7 +5,7 @@
 //! per KV head, sorted unique indices. It declares its contract as data so the conformance suite can
 //! hold it to that contract.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::rope::RopeSpec;
@@ -139,6 +139,15 @@ pub struct KvLayerView<'a> {
     pub heads: Vec<KvHeadView<'a>>,
     /// Query heads per KV head (1 without grouped-query attention).
     pub group_size: usize,
+}
+
+impl KvLayerView<'_> {
+    /// The device the layer's cache lives on (the CPU for a layer without heads).
+    pub fn device(&self) -> Device {
+        self.heads
+            .first()
+            .map_or(Device::Cpu, |h| h.keys.device().clone())
+    }
 }
 
 /// Information a policy can ask the forward pass for (see `SideInfoNeeds`).
@@ -349,38 +358,34 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
         }
     }
 
-    /// Per KV head, one score per entry (higher = keep), for policies that select by score. The
-    /// conformance suite uses it to check that selection keeps the best-scored entries.
+    /// Per KV head, one score per entry (higher = keep), as `[n_h]` f32 tensors on the cache's device
+    /// ([`scores_from_host`](crate::scores_from_host) for scores computed on the host). A policy that
+    /// only ranks implements this alone: the default [`select`](Self::select) ranks the scores on
+    /// their device. The conformance suite checks that selection keeps the best-scored entries.
     fn score(
         &self,
         _layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         Ok(None)
     }
 
-    /// The keep plan for one layer. The default keeps the contract's sinks and recent window and fills
-    /// the budget by `score`, so a score-based policy implements `score` alone.
+    /// The keep plan for one layer. The default keeps the contract's protected entries and fills the
+    /// budget with the best by `score`, ranked on the scores' device ([`keep_best`](crate::keep_best)).
     fn select(
         &self,
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
     ) -> Result<KeepPlan> {
-        let contract = self.contract();
         let scores = self.score(layer, side, ctx)?.ok_or_else(|| {
             Error::invalid(
                 self.typetag_name(),
                 "the policy implements neither `select` nor `score`; implement one of them",
             )
         })?;
-        Ok(KeepPlan::from_scores(
-            &scores,
-            contract.sinks,
-            contract.recent_window,
-            ctx.budget,
-        ))
+        crate::keep_best(&self.contract(), layer, &scores, ctx)
     }
 
     /// Keep plans for all layers at once. Policies that share one selection across layers override it.

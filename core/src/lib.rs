@@ -8,6 +8,7 @@ pub mod device;
 pub mod error;
 pub mod kv_cache;
 pub mod kv_policy;
+pub mod kv_scores;
 pub mod linalg;
 pub mod ops;
 pub mod optimizer;
@@ -28,6 +29,7 @@ pub use kv_policy::{
     keep_top_k, Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvHeadView, KvLayerView,
     KvPhase, KvSideInfo, KvStepContext, PolicyContract, SideInfoNeeds, TriggerSchedule,
 };
+pub use kv_scores::{keep_best, scores_from_host, scores_to_host};
 pub use optimizer::{Optimizer, OptimizerStep};
 pub use param::{Param, ParamRole};
 pub use registry::{Family, PluginDescriptor};

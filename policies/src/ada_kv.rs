@@ -6,10 +6,11 @@
 //! The cache really holds different lengths per head, so the memory of the evicted entries is freed;
 //! kvpress's AdaKV only masks them.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, Error, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds,
+    scores_to_host, Budget, Error, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, SideInfoNeeds,
 };
 
 use crate::SnapKv;
@@ -124,7 +125,7 @@ impl KvEvictionPolicy for AdaKv {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         self.policy.score(layer, side, ctx)
     }
 
@@ -150,6 +151,8 @@ impl KvEvictionPolicy for AdaKv {
                 ),
             )
         })?;
+        // Ranking across heads of different lengths is done on the host.
+        let scores = scores_to_host(&scores)?;
         let mut kept: Vec<Vec<bool>> = scores
             .iter()
             .zip(&layer.heads)

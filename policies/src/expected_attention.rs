@@ -13,8 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::rope::RopeSpec;
 use spectra_core::{
-    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    scores_from_host, Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::{validate_protected, validate_trigger};
@@ -273,7 +273,7 @@ impl KvEvictionPolicy for ExpectedAttention {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let queries = window_queries(side, layer, "ExpectedAttention")?;
         let rope = side.rope.ok_or_else(|| {
             Error::invalid(
@@ -293,7 +293,7 @@ impl KvEvictionPolicy for ExpectedAttention {
                 self.head_scores(&future, g, layer.group_size, head.keys, head.values)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(scores))
+        Ok(Some(scores_from_host(scores, &layer.device())?))
     }
 }
 
@@ -306,6 +306,7 @@ spectra_core::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::HostScores;
     use crate::testing::{ctx, Layer};
     use rand::Rng;
     use spectra_core::rope::{RopePairing, RopeScaling};
@@ -445,7 +446,7 @@ mod tests {
                 reconstruction: None,
             };
             let step = ctx(6, position as usize);
-            let got = policy.score(&layer.view(), &side, &step).unwrap().unwrap();
+            let got = policy.host_scores(&layer.view(), &side, &step);
             assert!(got[0][..2].iter().all(|s| s.is_infinite()));
             let want = reference(&policy, &queries, &keys, &rope, position);
             // f32 inputs and matmuls against f64: relative error ~1e-6 on scores of order 0.1.
@@ -489,10 +490,7 @@ mod tests {
             sinks: 0,
             ..ExpectedAttention::default()
         };
-        let got = policy
-            .score(&layer.view(), &side, &ctx(2, 10))
-            .unwrap()
-            .unwrap();
+        let got = policy.host_scores(&layer.view(), &side, &ctx(2, 10));
         let q_next = rope.rotate(&q_pre, 10.0).unwrap();
         let logits: Vec<f64> = keys
             .iter()

@@ -3,10 +3,11 @@
 //! probabilities to the cache (`KvCache::add_attention`, summed over the step's queries and the GQA
 //! group); the cache gathers the sums with the entries when it compacts.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    scores_from_host, Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
@@ -58,7 +59,7 @@ impl KvEvictionPolicy for H2o {
         layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let scores = layer
             .heads
             .iter()
@@ -72,7 +73,7 @@ impl KvEvictionPolicy for H2o {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(scores))
+        Ok(Some(scores_from_host(scores, &layer.device())?))
     }
 }
 

@@ -1,6 +1,6 @@
 //! `KNorm` (kvpress `KnormPress`): keeps the entries whose keys have the smallest L2 norm, score −‖k‖.
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{
     Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
@@ -39,21 +39,15 @@ impl KvEvictionPolicy for KNorm {
         layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let scores = layer
             .heads
             .iter()
             .map(|h| {
                 if h.is_empty() {
-                    return Ok(Vec::new());
+                    return Ok(Tensor::zeros(0, DType::F32, h.keys.device())?);
                 }
-                Ok(h.keys
-                    .to_dtype(DType::F32)?
-                    .sqr()?
-                    .sum(1)?
-                    .sqrt()?
-                    .neg()?
-                    .to_vec1::<f32>()?)
+                Ok(h.keys.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt()?.neg()?)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(scores))
@@ -69,6 +63,7 @@ spectra_core::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::HostScores;
     use crate::testing::{ctx, Layer};
 
     #[test]
@@ -83,10 +78,7 @@ mod tests {
             1,
         );
         let policy = KNorm::default();
-        let scores = policy
-            .score(&layer.view(), &KvSideInfo::default(), &ctx(2, 4))
-            .unwrap()
-            .unwrap();
+        let scores = policy.host_scores(&layer.view(), &KvSideInfo::default(), &ctx(2, 4));
         assert_eq!(scores[0], vec![-5.0, -1.0, -10.0, -(2f32.sqrt())]);
         let plan = policy
             .select(&layer.view(), &KvSideInfo::default(), &ctx(2, 4))

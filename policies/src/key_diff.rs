@@ -5,8 +5,8 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
-    TriggerSchedule,
+    scores_from_host, Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, TriggerSchedule,
 };
 
 use crate::selection::{score_only_contract, validate_score_only};
@@ -77,7 +77,7 @@ impl KvEvictionPolicy for KeyDiff {
         layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let scores = layer
             .heads
             .iter()
@@ -89,7 +89,7 @@ impl KvEvictionPolicy for KeyDiff {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(scores))
+        Ok(Some(scores_from_host(scores, &layer.device())?))
     }
 }
 
@@ -102,6 +102,7 @@ spectra_core::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::HostScores;
     use crate::testing::{ctx, Layer};
 
     /// Unit keys e0, e1, e0 and 2·e0: the anchor is (3e0 + e1)/4, of norm √10/4, so the cosines are
@@ -119,10 +120,7 @@ mod tests {
             1,
         );
         let policy = KeyDiff::default();
-        let got = policy
-            .score(&layer.view(), &KvSideInfo::default(), &ctx(2, 4))
-            .unwrap()
-            .unwrap();
+        let got = policy.host_scores(&layer.view(), &KvSideInfo::default(), &ctx(2, 4));
         let (near, far) = (-3.0 / 10f32.sqrt(), -1.0 / 10f32.sqrt());
         // One division and a sum of four terms in f32: a few ulps of values near 1.
         for (g, w) in got[0].iter().zip([near, far, near, near]) {
@@ -142,13 +140,11 @@ mod tests {
         dirty.insert(1, vec![f32::NAN, 0.0]);
         let score = |keys: &[Vec<f32>]| {
             KeyDiff::default()
-                .score(
+                .host_scores(
                     &Layer::from_keys(keys, 1).view(),
                     &KvSideInfo::default(),
                     &ctx(2, keys.len()),
                 )
-                .unwrap()
-                .unwrap()
                 .remove(0)
         };
         let (clean, dirty) = (score(&clean), score(&dirty));

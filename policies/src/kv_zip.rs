@@ -9,10 +9,11 @@
 //! softmax always includes KVzip's four first entries; `sinks` sets which entries are kept whatever
 //! they score.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    scores_from_host, Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
@@ -63,7 +64,7 @@ impl KvEvictionPolicy for KvZip {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let scores = side.reconstruction.ok_or_else(|| {
             Error::invalid(
                 "KvZip",
@@ -87,7 +88,7 @@ impl KvEvictionPolicy for KvZip {
                 ),
             ));
         }
-        Ok(Some(scores.to_vec()))
+        Ok(Some(scores_from_host(scores.to_vec(), &layer.device())?))
     }
 }
 

@@ -7,6 +7,7 @@
 //! `n − w`; where that pyramid would keep less than the window in a layer, every layer keeps `B`
 //! (kvpress falls back to SnapKV there too). The split is rounded so that the budgets sum to `L·B`.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
     Budget, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
@@ -129,7 +130,7 @@ impl KvEvictionPolicy for PyramidKv {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         self.policy.score(layer, side, ctx)
     }
 

@@ -5,8 +5,8 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    scores_from_host, Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::{validate_gqa, validate_protected};
@@ -170,8 +170,11 @@ impl KvEvictionPolicy for RKv {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
-        self.scores(layer, side).map(Some)
+    ) -> Result<Option<Vec<Tensor>>> {
+        Ok(Some(scores_from_host(
+            self.scores(layer, side)?,
+            &layer.device(),
+        )?))
     }
 }
 
@@ -184,6 +187,7 @@ spectra_core::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::HostScores;
     use crate::testing::{ctx, Layer};
     use candle_core::Device;
 
@@ -228,10 +232,7 @@ mod tests {
             lambda: 0.0,
             ..RKv::default()
         };
-        let s = only_redundancy
-            .score(&layer.view(), &side, &ctx(10, n))
-            .unwrap()
-            .unwrap();
+        let s = only_redundancy.host_scores(&layer.view(), &side, &ctx(10, n));
         let red = redundancy(layer.cache.keys(0, 0).unwrap(), 0.5).unwrap();
         assert!(s[0][..n - w].iter().zip(&red).all(|(a, b)| *a == -b));
         let only_attention = RKv {
@@ -239,10 +240,7 @@ mod tests {
             lambda: 1.0,
             ..RKv::default()
         };
-        let a = only_attention
-            .score(&layer.view(), &side, &ctx(10, n))
-            .unwrap()
-            .unwrap();
+        let a = only_attention.host_scores(&layer.view(), &side, &ctx(10, n));
         // Max-pooled means of softmax rows: each is in (0, 1], and the pooled values of a row of
         // probabilities summing to 1 per query stay below 1.
         assert!(a[0][..n - w].iter().all(|&x| x > 0.0 && x <= 1.0));

@@ -1,12 +1,13 @@
 //! `Random` (kvpress `RandomPress`): keeps a uniformly random subset, seeded by the generation's seed,
 //! the layer and the head, so that a run is reproducible.
 
+use candle_core::Tensor;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{
-    Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
-    TriggerSchedule,
+    scores_from_host, Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, TriggerSchedule,
 };
 
 use crate::selection::{score_only_contract, validate_score_only};
@@ -47,7 +48,7 @@ impl KvEvictionPolicy for Random {
         layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let scores = layer
             .heads
             .iter()
@@ -60,7 +61,7 @@ impl KvEvictionPolicy for Random {
                 (0..head.len()).map(|_| rng.random::<f32>()).collect()
             })
             .collect();
-        Ok(Some(scores))
+        Ok(Some(scores_from_host(scores, &layer.device())?))
     }
 }
 

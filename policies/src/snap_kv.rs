@@ -4,9 +4,8 @@
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::{
-    Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
@@ -118,35 +117,8 @@ impl KvEvictionPolicy for SnapKv {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
-        let votes = self.votes(layer, side, ctx)?;
-        let on_host = votes
-            .iter()
-            .map(|v| v.to_vec1::<f32>())
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Some(on_host))
-    }
-
-    /// The window and the best-voted prefix entries, selected on the votes' device so that only the
-    /// kept indices come to the host.
-    fn select(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let per_head = self
-            .votes(layer, side, ctx)?
-            .iter()
-            .map(|v| {
-                if v.dim(0)? == 0 {
-                    return Ok(Vec::new());
-                }
-                let kept = keep_top_k_rows(&v.unsqueeze(0)?, 0, self.window, ctx.budget)?;
-                Ok(kept.squeeze(0)?.to_vec1::<u32>()?)
-            })
-            .collect::<Result<_>>()?;
-        Ok(KeepPlan { per_head })
+    ) -> Result<Option<Vec<Tensor>>> {
+        self.votes(layer, side, ctx).map(Some)
     }
 }
 
@@ -159,6 +131,7 @@ spectra_core::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::HostScores;
     use crate::testing::{ctx, Layer};
     use crate::window_attention::reduce_group;
     use candle_core::{Device, Tensor};
@@ -212,7 +185,7 @@ mod tests {
             pooling: Pooling::Avg,
             gqa: GqaAggregation::Mean,
         };
-        let scores = avg.score(&layer.view(), &side, &step).unwrap().unwrap();
+        let scores = avg.host_scores(&layer.view(), &side, &step);
         let want = [5.0, 7.0, 14.0, 11.0, 10.0, 8.0, 8.0, 7.0].map(|x: f32| x * s / 3.0);
         // Softmax of logits ln c in f32: relative error ~1e-6 per weight.
         for (got, want) in scores[0].iter().zip(want) {
@@ -337,10 +310,10 @@ mod tests {
                 gqa,
             };
             let step = ctx(20, 100);
-            let scores = policy.score(&layer_view, &side, &step).unwrap().unwrap();
+            let scores = policy.host_scores(&layer_view, &side, &step);
             assert_eq!(
                 policy.select(&layer_view, &side, &step).unwrap(),
-                KeepPlan::from_scores(&scores, 0, w, 20)
+                spectra_core::KeepPlan::from_scores(&scores, 0, w, 20)
             );
         }
     }

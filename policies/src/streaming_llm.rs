@@ -1,10 +1,11 @@
 //! `StreamingLlm` (Xiao et al. 2023): the first `sinks` entries plus the most recent ones
 //! (kv-eviction.md §2.3). Positions stay the original ones (no re-rotation), as in kvpress.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, TriggerSchedule,
+    scores_from_host, Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
@@ -55,14 +56,13 @@ impl KvEvictionPolicy for StreamingLlm {
         layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
-        Ok(Some(
-            layer
-                .heads
-                .iter()
-                .map(|h| (0..h.len()).map(|i| i as f32).collect())
-                .collect(),
-        ))
+    ) -> Result<Option<Vec<Tensor>>> {
+        let recency = layer
+            .heads
+            .iter()
+            .map(|h| (0..h.len()).map(|i| i as f32).collect())
+            .collect();
+        Ok(Some(scores_from_host(recency, &layer.device())?))
     }
 }
 

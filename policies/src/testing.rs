@@ -3,7 +3,9 @@
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
 use spectra_core::kv_cache::{KvCache, KvCacheShape};
-use spectra_core::{KvLayerView, KvPhase, KvStepContext};
+use spectra_core::{
+    scores_to_host, KvEvictionPolicy, KvLayerView, KvPhase, KvSideInfo, KvStepContext,
+};
 
 pub struct Layer {
     pub cache: KvCache,
@@ -66,5 +68,27 @@ pub fn ctx(budget: usize, position: usize) -> KvStepContext {
         prompt_len: 0,
         budget,
         seed: 0,
+    }
+}
+
+/// A policy's scores brought to the host, for tests that compare them with a reference.
+pub trait HostScores {
+    fn host_scores(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> Vec<Vec<f32>>;
+}
+
+impl<P: KvEvictionPolicy + ?Sized> HostScores for P {
+    fn host_scores(
+        &self,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
+    ) -> Vec<Vec<f32>> {
+        let scores = self.score(layer, side, ctx).unwrap().unwrap();
+        scores_to_host(&scores).unwrap()
     }
 }

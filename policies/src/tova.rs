@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    scores_from_host, Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
+    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::{validate_protected, validate_trigger};
@@ -67,7 +68,7 @@ impl KvEvictionPolicy for Tova {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let queries = window_queries(side, layer, "Tova")?;
         let newest = queries.narrow(1, queries.dim(1)? - 1, 1)?;
         let query_position = ctx.position.saturating_sub(1);
@@ -106,7 +107,7 @@ impl KvEvictionPolicy for Tova {
                     .collect()
             })
             .collect();
-        Ok(Some(scores))
+        Ok(Some(scores_from_host(scores, &layer.device())?))
     }
 }
 
@@ -119,6 +120,7 @@ spectra_core::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::HostScores;
     use crate::testing::{ctx, Layer};
     use candle_core::{Device, Tensor};
 
@@ -134,10 +136,7 @@ mod tests {
             rope: None,
             reconstruction: None,
         };
-        let got = Tova::default()
-            .score(&layer.view(), &side, &ctx(2, 3))
-            .unwrap()
-            .unwrap();
+        let got = Tova::default().host_scores(&layer.view(), &side, &ctx(2, 3));
         let want = [1.0, 2.0, 4.0].map(|c: f64| (c / 7.0 + 1.0 / 3.0) / 2.0);
         // exp(ln 2 · k) in f32 and a sum of three: well within 1e-6 of weights near 0.3.
         for (g, w) in got[0].iter().zip(want) {
@@ -167,10 +166,7 @@ mod tests {
             reconstruction: None,
         };
         let policy = Tova::default();
-        let scores = policy
-            .score(&layer.view(), &side, &ctx(2, 3))
-            .unwrap()
-            .unwrap();
+        let scores = policy.host_scores(&layer.view(), &side, &ctx(2, 3));
         assert_eq!(scores[0], scores[1]);
         let plan = policy.select(&layer.view(), &side, &ctx(2, 3)).unwrap();
         assert_eq!(plan.per_head, vec![vec![1, 2], vec![1, 2]]);

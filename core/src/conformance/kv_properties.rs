@@ -244,10 +244,11 @@ pub fn selection(
             .zip(&sides)
             .zip(&ctxs)
             .map(|((v, s), x)| {
-                policy
+                let scores = policy
                     .score(v, s, x)
                     .expect("score")
-                    .expect("top_k_by_score policies implement score()")
+                    .expect("top_k_by_score policies implement score()");
+                crate::scores_to_host(&scores).expect("scores on the host")
             })
             .collect();
         if c.shares_across_layers {

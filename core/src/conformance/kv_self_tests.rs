@@ -1,5 +1,6 @@
 //! The suite catches broken policies: each policy here breaks one declared promise.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::kv::check_kv_policy;
@@ -54,14 +55,13 @@ impl KvEvictionPolicy for Broken {
         layer: &KvLayerView<'_>,
         _: &KvSideInfo<'_>,
         _: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
-        Ok(Some(
-            layer
-                .heads
-                .iter()
-                .map(|h| (0..h.len()).map(|i| i as f32).collect())
-                .collect(),
-        ))
+    ) -> Result<Option<Vec<Tensor>>> {
+        let recency = layer
+            .heads
+            .iter()
+            .map(|h| (0..h.len()).map(|i| i as f32).collect())
+            .collect();
+        Ok(Some(crate::scores_from_host(recency, &layer.device())?))
     }
 
     fn select(

@@ -1,6 +1,7 @@
 //! `ValueNorm`: keeps the attention sinks and the entries whose values have the largest L2 norm.
 //! Entries with large values move the attention output most when they are attended to.
 
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::kv_policy::{GqaAggregation, TriggerSchedule};
 use spectra_core::{
@@ -51,18 +52,13 @@ impl KvEvictionPolicy for ValueNorm {
         layer: &KvLayerView<'_>,
         _side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
-    ) -> spectra_core::Result<Option<Vec<Vec<f32>>>> {
-        let scores = layer
+    ) -> spectra_core::Result<Option<Vec<Tensor>>> {
+        let norms = layer
             .heads
             .iter()
-            .map(|h| {
-                if h.is_empty() {
-                    return Ok(Vec::new());
-                }
-                h.values.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()
-            })
+            .map(|h| h.values.to_dtype(DType::F32)?.sqr()?.sum(1)?.sqrt())
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(scores))
+        Ok(Some(norms))
     }
 }
 

@@ -25,11 +25,10 @@ use crate::tri_attention::query_stats::QueryBandStats;
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rope::RopeSpec;
 use spectra_core::{
-    Budget, Error, GqaAggregation, KeepPlan, KvEvictionPolicy, KvHeadView, KvLayerView, KvSideInfo,
-    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    keep_best, Budget, Error, GqaAggregation, KeepPlan, KvEvictionPolicy, KvHeadView, KvLayerView,
+    KvSideInfo, KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use key_scores::{key_scores, KeyScoreInputs};
@@ -234,30 +233,6 @@ impl TriAttention {
         })
     }
 
-    /// Per KV head, the kept indices: protected prompt and window, then the best scores, selected on
-    /// the scores' device so that only the indices come to the host.
-    fn plan(
-        &self,
-        scores: &[Tensor],
-        layer: &KvLayerView<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<KeepPlan> {
-        let per_head = scores
-            .iter()
-            .zip(&layer.heads)
-            .map(|(s, head)| {
-                let kept = keep_top_k_rows(
-                    &s.unsqueeze(0)?,
-                    self.protected_prefix(head.positions, ctx),
-                    self.recent_window,
-                    ctx.budget,
-                )?;
-                Ok(kept.squeeze(0)?.to_vec1::<u32>()?)
-            })
-            .collect::<Result<_>>()?;
-        Ok(KeepPlan { per_head })
-    }
-
     /// One keep set per KV head from the mean over layers of the layers' scores, applied to every layer.
     fn select_shared(
         &self,
@@ -308,7 +283,7 @@ impl TriAttention {
                 *acc = acc.add(&scores.broadcast_div(&count)?)?;
             }
         }
-        let plan = self.plan(&mean, first, step)?;
+        let plan = keep_best(&self.contract(), first, &mean, step)?;
         Ok(vec![plan; layers.len()])
     }
 }
@@ -371,14 +346,9 @@ impl KvEvictionPolicy for TriAttention {
         layer: &KvLayerView<'_>,
         side: &KvSideInfo<'_>,
         ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Vec<f32>>>> {
+    ) -> Result<Option<Vec<Tensor>>> {
         let table = OffsetTable::new(Self::rope(side)?, ctx.position, self.max_offset);
-        let scores = self.layer_scores(layer, side, ctx, &table)?;
-        let on_host = scores
-            .iter()
-            .map(|s| s.to_vec1::<f32>())
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Some(on_host))
+        self.layer_scores(layer, side, ctx, &table).map(Some)
     }
 
     fn select(
@@ -397,7 +367,7 @@ impl KvEvictionPolicy for TriAttention {
         }
         let table = OffsetTable::new(Self::rope(side)?, ctx.position, self.max_offset);
         let scores = self.layer_scores(layer, side, ctx, &table)?;
-        self.plan(&scores, layer, ctx)
+        keep_best(&self.contract(), layer, &scores, ctx)
     }
 
     fn select_layers(
