@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
-use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rng::derived_rng;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext};
+use spectra_kv::{KvCache, KvCacheShape};
 use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
 use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 use spectra_policies::tri_attention::{OffsetTable, ScoreOptions};

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{
     keep_top_k, GqaAggregation, KeepPlan, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext,
 };
+use spectra_kv::{KvCache, KvCacheShape};
 use spectra_policies::snap_kv_votes::VotePool;
 use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
 use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
@@ -81,13 +81,9 @@ fn cache(layers: usize, kv_heads: usize, group: usize, n: usize, d: usize) -> Kv
         let k = Tensor::rand(-1f32, 1f32, (kv_heads, n, d), &Device::Cpu).unwrap();
         cache.append(layer, &k, &k, &positions).unwrap();
         for h in 0..kv_heads {
-            cache
-                .add_attention(
-                    layer,
-                    h,
-                    &uniform(n).iter().map(|x| x.abs()).collect::<Vec<_>>(),
-                )
-                .unwrap();
+            let received: Vec<f32> = uniform(n).iter().map(|x| x.abs()).collect();
+            let received = Tensor::new(received, &Device::Cpu).unwrap();
+            cache.add_attention(layer, h, &received).unwrap();
         }
     }
     cache

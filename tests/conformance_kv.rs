@@ -1,9 +1,9 @@
 //! Every registered KV eviction policy, built from its default configuration, through the conformance
 //! suite: new built-in or third-party policies are covered without editing this file.
 
-use spectra_core::conformance::check_kv_policy;
 use spectra_core::registry::{plugins, Family};
 use spectra_core::KvEvictionPolicy;
+use spectra_kv::conformance::check_kv_policy;
 use spectra_policies as _;
 use third_party_plugin as _;
 

@@ -6,7 +6,6 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
-use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::registry::{plugins, Family};
 use spectra_core::rng::{derived_rng, SpectraRng};
@@ -14,6 +13,7 @@ use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{
     GqaAggregation, KeepPlan, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext,
 };
+use spectra_kv::{KvCache, KvCacheShape};
 use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
 use spectra_policies::tri_attention::normalize::{tie_noise, Finish};
 use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
@@ -178,6 +178,7 @@ impl Case {
                     let received: Vec<f32> = (0..self.lens[h])
                         .map(|_| rng.random_range(0.0..10.0))
                         .collect();
+                    let received = Tensor::new(received, device).unwrap();
                     cache.add_attention(layer, h, &received).unwrap();
                 }
             }

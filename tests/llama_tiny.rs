@@ -116,7 +116,7 @@ fn a_budget_at_least_the_sequence_is_the_identity() {
     for (got, want) in decoded.iter().zip(&reference) {
         assert!(max_diff(got, want) < TOL);
     }
-    assert_eq!(session.stats.compressions, 0);
+    assert_eq!(session.stats().compressions, 0);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn compaction_frees_memory_and_keeps_positions() {
         session.cache().bytes(),
         LAYERS * KV_HEADS * (8 + 16) * row_bytes
     );
-    assert!(session.stats.peak_kv_bytes >= LAYERS * KV_HEADS * 20 * row_bytes);
+    assert!(session.stats().peak_kv_bytes >= LAYERS * KV_HEADS * 20 * row_bytes);
     for l in 0..LAYERS {
         for h in 0..KV_HEADS {
             assert_eq!(
@@ -188,7 +188,7 @@ fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
         for l in 0..LAYERS {
             assert!(session.cache().lens(l).unwrap().iter().all(|&n| n <= 6));
         }
-        session.stats.peak_kv_bytes
+        session.stats().peak_kv_bytes
     };
     // Rows of keys and values in every head.
     let rows = 2 * KV_HEADS * LAYERS * HEAD_DIM * 4;
@@ -214,7 +214,7 @@ fn a_session_that_never_evicts_reserves_the_prompt_and_the_decoded_tokens_at_onc
         for t in 0..5 {
             session.step(t).unwrap();
         }
-        session.stats.peak_kv_bytes
+        session.stats().peak_kv_bytes
     };
     // Told of the 5 decoded tokens, the cache is allocated once, 25 rows long.
     assert_eq!(run(5), 25 * rows);

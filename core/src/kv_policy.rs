@@ -118,8 +118,8 @@ pub struct KvHeadView<'a> {
     /// Original absolute position of each entry, strictly increasing.
     pub positions: &'a [u64],
     /// Attention each entry has received so far, summed over queries and the GQA group (H2O), when the
-    /// cache accumulates it.
-    pub accumulated_attention: Option<&'a [f32]>,
+    /// cache accumulates it: `[n]` f32, on the keys' device.
+    pub accumulated_attention: Option<&'a Tensor>,
 }
 
 impl KvHeadView<'_> {

@@ -201,7 +201,10 @@ mod tests {
         let c = contract(0, 0, false);
         let one = scores_from_host(vec![vec![0.0; 3]], &Device::Cpu).unwrap();
         let err = keep_best(&c, &layer, &one, &ctx).unwrap_err();
-        assert!(err.to_string().contains("1 heads; the layer has 2"), "{err}");
+        assert!(
+            err.to_string().contains("1 heads; the layer has 2"),
+            "{err}"
+        );
         let short = scores_from_host(vec![vec![0.0; 3], vec![0.0; 2]], &Device::Cpu).unwrap();
         let err = keep_best(&c, &layer, &short, &ctx).unwrap_err();
         assert!(err.to_string().contains("head 1"), "{err}");

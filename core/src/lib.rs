@@ -1,12 +1,11 @@
 //! The core of spectra: the three plugin traits, the plugin registry, config reading and validation,
-//! errors, device selection, the compacting KV cache and (feature `conformance`) the conformance suites
-//! that every plugin, built-in or third-party, is held to.
+//! errors, device selection and (feature `conformance`) the conformance suites that every weight
+//! constraint and optimizer, built-in or third-party, is held to (KV policies': `spectra-kv`).
 
 pub mod config;
 pub mod constraint;
 pub mod device;
 pub mod error;
-pub mod kv_cache;
 pub mod kv_policy;
 pub mod kv_scores;
 pub mod linalg;

@@ -2,10 +2,8 @@
 
 use crate::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
 use rand::Rng;
-use spectra_core::conformance::{
-    check_kv_policy, check_kv_policy_with, KvModelShape, KvSuiteInputs,
-};
 use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
+use spectra_kv::conformance::{check_kv_policy, check_kv_policy_with, KvModelShape, KvSuiteInputs};
 
 use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};
 use crate::{

@@ -1,13 +1,14 @@
 //! `H2o` (Zhang et al. 2023): keeps the recent window plus the "heavy hitters", the entries that have
 //! received the most attention so far (kv-eviction.md §2.2). The model adds each step's attention
 //! probabilities to the cache (`KvCache::add_attention`, summed over the step's queries and the GQA
-//! group); the cache gathers the sums with the entries when it compacts.
+//! group); the cache keeps the sums on its device and gathers them with the entries when it compacts,
+//! and they are the scores as they stand.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    scores_from_host, Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
-    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
@@ -64,7 +65,7 @@ impl KvEvictionPolicy for H2o {
             .heads
             .iter()
             .map(|h| {
-                h.accumulated_attention.map(<[f32]>::to_vec).ok_or_else(|| {
+                h.accumulated_attention.cloned().ok_or_else(|| {
                     Error::invalid(
                         "H2o",
                         "needs each entry's accumulated attention; create the KvCache with tracks_attention = true \
@@ -73,7 +74,7 @@ impl KvEvictionPolicy for H2o {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(scores_from_host(scores, &layer.device())?))
+        Ok(Some(scores))
     }
 }
 
@@ -89,7 +90,7 @@ mod tests {
     use crate::testing::ctx;
     use candle_core::{DType, Device, Tensor};
     use rand::Rng;
-    use spectra_core::kv_cache::{KvCache, KvCacheShape};
+    use spectra_kv::{KvCache, KvCacheShape};
 
     /// Decodes 60 steps with random queries under a budget of 12 (window 4): each step appends a key,
     /// adds that step's softmax attention to the cache, and evicts one entry. Checked against an f64
@@ -129,13 +130,17 @@ mod tests {
             let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
             let probs: Vec<f64> = logits.iter().map(|l| (l - max).exp() / z).collect();
-            let before: Vec<f32> = cache.accumulated_attention(0, 0).unwrap().unwrap().to_vec();
-            cache
-                .add_attention(0, 0, &probs.iter().map(|&p| p as f32).collect::<Vec<_>>())
-                .unwrap();
-            let after = cache.accumulated_attention(0, 0).unwrap().unwrap();
+            let held = |cache: &KvCache| {
+                let acc = cache.accumulated_attention(0, 0).unwrap().unwrap();
+                acc.to_vec1::<f32>().unwrap()
+            };
+            let before = held(&cache);
+            let received: Vec<f32> = probs.iter().map(|&p| p as f32).collect();
+            let received = Tensor::new(received, &Device::Cpu).unwrap();
+            cache.add_attention(0, 0, &received).unwrap();
+            let after = held(&cache);
             // Accumulated attention never decreases.
-            assert!(before.iter().zip(after).all(|(b, a)| a >= b));
+            assert!(before.iter().zip(&after).all(|(b, a)| a >= b));
             shadow.iter_mut().zip(&probs).for_each(|(e, p)| e.2 += p);
             let c = ctx(budget, t as usize + 1);
             let view = cache.layer_view(0).unwrap();
@@ -159,13 +164,7 @@ mod tests {
             let kept: Vec<u64> = shadow.iter().map(|e| e.0).collect();
             assert_eq!(cache.positions(0, 0).unwrap(), &kept[..]);
             // f32 running sums against f64 ones over ≤ 60 additions of numbers ≤ 1: error ≤ 60 · 2^-24 · 60.
-            for (a, e) in cache
-                .accumulated_attention(0, 0)
-                .unwrap()
-                .unwrap()
-                .iter()
-                .zip(&shadow)
-            {
+            for (a, e) in held(&cache).iter().zip(&shadow) {
                 assert!((*a as f64 - e.2).abs() < 1e-4);
             }
         }

@@ -2,10 +2,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use rand::Rng;
-use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::{
     scores_to_host, KvEvictionPolicy, KvLayerView, KvPhase, KvSideInfo, KvStepContext,
 };
+use spectra_kv::{KvCache, KvCacheShape};
 
 pub struct Layer {
     pub cache: KvCache,

@@ -168,7 +168,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
             .map_err(|e| Error::file(path, format!("cannot write the margins: {e}")))?;
     }
     println!();
-    let stats = &session.stats;
+    let stats = session.stats();
     eprintln!(
         "prompt {} tokens in {:.2}s ({:.1} tokens/s); {} tokens at {:.1} tokens/s; KV cache {} now, \
          {} at peak; {} compressions took {:.1}% of the time",

@@ -105,7 +105,7 @@ fn decode(
     let prefill_started = Instant::now();
     let mut next = greedy(&session.prefill(prompt, chunk, Logits::Last)?)?;
     let prefill_seconds = prefill_started.elapsed().as_secs_f64().max(1e-9);
-    let eviction_before = session.stats.eviction_time;
+    let eviction_before = session.stats().eviction_time;
     let started = Instant::now();
     for _ in 0..tokens {
         next = greedy(&session.step(next)?)?;
@@ -118,9 +118,9 @@ fn decode(
         budget_tokens,
         prefill_tokens_per_second: prompt.len() as f64 / prefill_seconds,
         tokens_per_second: tokens as f64 / elapsed,
-        eviction_share: (session.stats.eviction_time - eviction_before).as_secs_f64() / elapsed,
-        peak_kv_bytes: session.stats.peak_kv_bytes,
-        compressions: session.stats.compressions,
+        eviction_share: (session.stats().eviction_time - eviction_before).as_secs_f64() / elapsed,
+        peak_kv_bytes: session.stats().peak_kv_bytes,
+        compressions: session.stats().compressions,
     };
     eprintln!(
         "decode at {}: {} @ {}: prefill {:.1} tokens/s, decode {:.2} tokens/s, eviction {:.1}%, peak KV \

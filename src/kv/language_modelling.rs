@@ -193,7 +193,7 @@ fn score(
         Some(r) => r.iter().zip(&top).filter(|(a, b)| a == b).count(),
         None => top.len(),
     };
-    tally.peak_kv_bytes = tally.peak_kv_bytes.max(session.stats.peak_kv_bytes);
-    tally.compressions += session.stats.compressions;
+    tally.peak_kv_bytes = tally.peak_kv_bytes.max(session.stats().peak_kv_bytes);
+    tally.compressions += session.stats().compressions;
     Ok(top)
 }

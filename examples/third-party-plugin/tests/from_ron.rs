@@ -55,5 +55,5 @@ fn plugins_pass_the_conformance_suites() {
     spectra_core::conformance::check_weight_constraint(&third_party_plugin::MaxEntryClip {
         limit: 0.5,
     });
-    spectra_core::conformance::check_kv_policy(&third_party_plugin::ValueNorm { sinks: 4 });
+    spectra_kv::conformance::check_kv_policy(&third_party_plugin::ValueNorm { sinks: 4 });
 }

@@ -15,13 +15,13 @@ mod weights;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
-use spectra_core::kv_cache::{KvCache, KvCacheShape};
 use spectra_core::{Error, Result};
+use spectra_kv::{KvCache, KvCacheShape};
 
 pub use config::LlamaConfig;
 pub use gguf::GgufFile;
 pub use reread::RereadPrompt;
-pub use session::{PrefillCompression, Session, SessionStats};
+pub use session::{PrefillCompression, Session};
 pub use tokenizer::TextTokenizer;
 use weights::Linear;
 pub use weights::{LlamaWeights, WeightFormat};
@@ -241,8 +241,8 @@ impl Llama {
             }
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             if cache.tracks_attention() {
-                let received = probs.sum(0)?.to_vec1::<f32>()?;
-                cache.add_attention(layer, kv, &received)?;
+                // Summed over the group's queries on the device; nothing comes to the host.
+                cache.add_attention(layer, kv, &probs.sum(0)?.to_dtype(DType::F32)?)?;
             }
             outputs.push(probs.matmul(&values)?.reshape((g, t, d))?);
         }
@@ -321,8 +321,9 @@ impl Llama {
         })??;
         drop(stores);
         if let Some(received) = received {
-            for (kv, r) in received.iter().enumerate() {
-                cache.add_attention(layer, kv, r)?;
+            for (kv, r) in received.into_iter().enumerate() {
+                let n = r.len();
+                cache.add_attention(layer, kv, &Tensor::from_vec(r, n, &self.device)?)?;
             }
         }
         Ok(Tensor::from_vec(

@@ -11,9 +11,9 @@
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
-use spectra_core::kv_cache::KvCache;
 use spectra_core::{Error, Result};
 use spectra_kernels::sgemm::{matmul_on, Operand, Threads};
+use spectra_kv::KvCache;
 
 use super::{causal_mask, Llama, Logits, Taps};
 use crate::cpu_op::{exp_nonpositive, maximum, sum, vectorized, with_f32};

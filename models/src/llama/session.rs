@@ -1,47 +1,26 @@
-//! Decoding with a bounded KV cache: prefill in chunks, then token by token, compressing the cache when
-//! the policy's trigger says so.
-
-use std::time::{Duration, Instant};
+//! Decoding with a bounded KV cache: prefill in chunks, then token by token, with the KV runtime's
+//! compression loop run after each forward pass.
 
 use candle_core::Tensor;
-use spectra_core::kv_cache::KvCache;
-use spectra_core::{
-    Budget, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result, SideInfoNeeds,
-    TriggerSchedule,
-};
+use spectra_core::{Budget, KvEvictionPolicy, KvPhase, Result, SideInfoNeeds};
+use spectra_kv::{Compression, CompressionStats, KvCache};
 
 use super::reread::{self, RereadPrompt};
 use super::{Llama, Logits, Taps};
-
-/// What compression cost and saved.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SessionStats {
-    pub compressions: usize,
-    /// Time spent choosing and compacting (scoring, selection, gathering).
-    pub eviction_time: Duration,
-    /// The largest KV allocation seen, in bytes.
-    pub peak_kv_bytes: usize,
-}
 
 /// One sequence being decoded.
 pub struct Session<'m> {
     model: &'m Llama,
     cache: KvCache,
-    policy: Option<&'m dyn KvEvictionPolicy>,
-    budget: Budget,
-    seed: u64,
+    compression: Compression<'m>,
     taps: Taps<'static>,
     position: u64,
-    prompt_len: u64,
     prefill: PrefillCompression,
     /// Tokens to be decoded after the prompt, reserved with it where nothing is evicted.
     decoding: usize,
     /// The request with which the model re-reads its prompt, where a policy scores by that (KVzip).
     reread: Option<RereadPrompt>,
     reconstructs: bool,
-    /// The re-read's scores, `[layer][kv_head][entry]`, until the cache is first compacted.
-    reconstruction: Option<Vec<Vec<Vec<f32>>>>,
-    pub stats: SessionStats,
 }
 
 /// When a session compresses while it reads a prompt.
@@ -51,7 +30,7 @@ pub enum PrefillCompression {
     /// budget plus one chunk per head during prefill (or the budget plus the [`headroom`] a
     /// compaction leaves, where that is more than a chunk).
     ///
-    /// [`headroom`]: spectra_core::kv_cache::headroom
+    /// [`headroom`]: spectra_kv::headroom
     #[default]
     EveryChunk,
     /// Once, after the whole prompt (what a [fork](Session::fork) of an uncompressed prefill holds):
@@ -67,11 +46,10 @@ impl<'m> Session<'m> {
         budget: Budget,
         seed: u64,
     ) -> Result<Self> {
-        let needs = policy.map(|p| p.needs()).unwrap_or_default();
+        let compression = Compression::new(policy, budget, seed);
+        let needs = compression.needs();
         let mut session = Session::recording(model, needs)?;
-        session.policy = policy;
-        session.budget = budget;
-        session.seed = seed;
+        session.compression = compression;
         if needs.context_reconstruction {
             // The re-read scores the whole prompt, so nothing is evicted before it ends.
             session.prefill = PrefillCompression::AtEnd;
@@ -85,21 +63,16 @@ impl<'m> Session<'m> {
         Ok(Session {
             model,
             cache: model.new_cache(needs.accumulated_attention)?,
-            policy: None,
-            budget: Budget::Tokens(usize::MAX),
-            seed: 0,
+            compression: Compression::never(),
             taps: Taps {
                 window: needs.window_queries.unwrap_or(0),
                 ..Taps::default()
             },
             position: 0,
-            prompt_len: 0,
             prefill: PrefillCompression::default(),
             decoding: 0,
             reread: None,
             reconstructs: needs.context_reconstruction,
-            reconstruction: None,
-            stats: SessionStats::default(),
         })
     }
 
@@ -126,7 +99,7 @@ impl<'m> Session<'m> {
 
     /// This session's state continued without eviction: the reference every policy is compared with.
     pub fn fork_uncompressed(&self) -> Result<Session<'m>> {
-        self.fork(None, Budget::Tokens(usize::MAX), self.seed)
+        self.fork(None, Budget::Tokens(usize::MAX), self.compression.seed())
     }
 
     /// This session's state continued with `policy` at `budget`, compressed now as after prefill: what a
@@ -139,11 +112,12 @@ impl<'m> Session<'m> {
         budget: Budget,
         seed: u64,
     ) -> Result<Session<'m>> {
-        let needs = policy.map(|p| p.needs()).unwrap_or_default();
+        let compression = self.compression.fork(policy, budget, seed);
+        let needs = compression.needs();
         let window = needs.window_queries.unwrap_or(0);
         if window > self.taps.window
             || (needs.accumulated_attention && !self.cache.tracks_attention())
-            || (needs.context_reconstruction && self.reconstruction.is_none())
+            || (needs.context_reconstruction && !compression.has_reconstruction())
         {
             return Err(spectra_core::Error::invalid(
                 "Session::fork",
@@ -170,34 +144,32 @@ impl<'m> Session<'m> {
         let mut forked = Session {
             model: self.model,
             cache: self.cache.deep_copy()?,
-            policy,
-            budget,
-            seed,
+            compression,
             taps: Taps {
                 window,
                 window_queries,
                 ..Taps::default()
             },
             position: self.position,
-            prompt_len: self.prompt_len,
             prefill: self.prefill,
             decoding: self.decoding,
             // A fork never reads a prompt, so it never re-reads one.
             reread: None,
             reconstructs: false,
-            reconstruction: self.reconstruction.clone(),
-            stats: SessionStats::default(),
         };
         forked.compress(KvPhase::Prefill)?;
-        forked.stats = SessionStats {
-            peak_kv_bytes: forked.cache.bytes(),
-            ..SessionStats::default()
-        };
+        forked.compression.stats = CompressionStats::default();
+        forked.compression.record_peak(&forked.cache);
         Ok(forked)
     }
 
     pub fn cache(&self) -> &KvCache {
         &self.cache
+    }
+
+    /// What compression has cost and saved so far.
+    pub fn stats(&self) -> &CompressionStats {
+        &self.compression.stats
     }
 
     /// Absolute position of the next token.
@@ -218,10 +190,8 @@ impl<'m> Session<'m> {
         let pieces: Vec<&[u32]> = tokens.chunks(chunk.max(1)).collect();
         let last = pieces.len() - 1;
         let compresses_between_chunks =
-            self.policy.is_some() && self.prefill == PrefillCompression::EveryChunk;
-        let never_evicts = self
-            .policy
-            .is_none_or(|p| p.contract().trigger == TriggerSchedule::Never);
+            self.compression.evicts() && self.prefill == PrefillCompression::EveryChunk;
+        let never_evicts = self.compression.never_evicts();
         let mut outputs = Vec::new();
         let mut read = 0;
         for (i, piece) in pieces.into_iter().enumerate() {
@@ -246,7 +216,7 @@ impl<'m> Session<'m> {
             }
             if i == last || self.prefill == PrefillCompression::EveryChunk {
                 // What has been read so far is the prompt, for policies that protect or score it.
-                self.prompt_len = self.position;
+                self.compression.end_prompt(self.position);
                 self.compress(KvPhase::Prefill)?;
             }
         }
@@ -262,14 +232,15 @@ impl<'m> Session<'m> {
                  session the request to repeat it with `with_reread`",
             )
         })?;
-        self.reconstruction = Some(reread::reconstruction_scores(
+        let scores = reread::reconstruction_scores(
             self.model,
             &self.cache,
             prompt,
             self.position,
             request,
             pass,
-        )?);
+        )?;
+        self.compression.set_reconstruction(scores);
         Ok(())
     }
 
@@ -293,68 +264,17 @@ impl<'m> Session<'m> {
             self.model
                 .forward(tokens, &positions, &mut self.cache, &mut self.taps, rows)?;
         self.position += tokens.len() as u64;
-        self.stats.peak_kv_bytes = self.stats.peak_kv_bytes.max(self.cache.bytes());
+        self.compression.record_peak(&self.cache);
         Ok(logits)
     }
 
     fn compress(&mut self, phase: KvPhase) -> Result<()> {
-        let Some(policy) = self.policy else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let layers = self.model.config.layers;
-        let context_len = self.position as usize;
-        let budgets = policy.layer_budgets(
-            (0..layers)
-                .map(|l| self.budget.tokens(l, context_len))
-                .collect(),
-            context_len,
-        );
-        let contexts: Vec<KvStepContext> = budgets
-            .into_iter()
-            .map(|budget| KvStepContext {
-                phase,
-                position: self.position,
-                prompt_len: self.prompt_len,
-                budget,
-                seed: self.seed,
-            })
-            .collect();
-        let contract = policy.contract();
-        let mut chosen = Vec::new();
-        for (l, ctx) in contexts.iter().enumerate() {
-            if policy.should_compress(contract.cache_len(&self.cache.lens(l)?), ctx) {
-                chosen.push(l);
-            }
-        }
-        if chosen.is_empty() {
-            return Ok(());
-        }
-        if contract.shares_across_layers {
-            chosen = (0..layers).collect();
-        }
-        let views = chosen
-            .iter()
-            .map(|&l| self.cache.layer_view(l))
-            .collect::<Result<Vec<_>>>()?;
-        let side: Vec<KvSideInfo<'_>> = chosen
-            .iter()
-            .map(|&l| KvSideInfo {
-                window_queries: self.taps.window_queries.get(l).and_then(Option::as_ref),
-                rope: Some(&self.model.config.rope),
-                reconstruction: self.reconstruction.as_ref().map(|r| r[l].as_slice()),
-            })
-            .collect();
-        let ctx: Vec<KvStepContext> = chosen.iter().map(|&l| contexts[l]).collect();
-        let plans = policy.select_layers(&views, &side, &ctx)?;
-        drop(views);
-        for (&l, plan) in chosen.iter().zip(&plans) {
-            self.cache.compact(l, plan)?;
-        }
-        // The scores name entries by index, which the compaction has changed.
-        self.reconstruction = None;
-        self.stats.compressions += 1;
-        self.stats.eviction_time += started.elapsed();
-        Ok(())
+        self.compression.compress(
+            &mut self.cache,
+            phase,
+            self.position,
+            &self.taps.window_queries,
+            Some(&self.model.config.rope),
+        )
     }
 }

@@ -377,7 +377,10 @@ fn answer(
             logits = session.step(next)?;
         }
     }
-    Ok((bench.tokenizer.decode(&said)?, session.stats.peak_kv_bytes))
+    Ok((
+        bench.tokenizer.decode(&said)?,
+        session.stats().peak_kv_bytes,
+    ))
 }
 
 #[cfg(test)]

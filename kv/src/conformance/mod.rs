@@ -5,10 +5,14 @@
 
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 
-pub use super::kv_fixtures::KvModelShape;
-use super::kv_fixtures::{case_spec, smallest_budget, CaseSpec, Values};
-use super::kv_properties;
-use crate::KvEvictionPolicy;
+pub use self::fixtures::KvModelShape;
+use self::fixtures::{case_spec, smallest_budget, CaseSpec, Values};
+mod fixtures;
+mod properties;
+#[cfg(test)]
+mod self_tests;
+
+use spectra_core::KvEvictionPolicy;
 
 /// Cases per kind of values for the selection properties, and for the decode-trigger simulation. Modest,
 /// so that one policy's suite runs in seconds.
@@ -37,7 +41,7 @@ pub fn check_kv_policy(policy: &dyn KvEvictionPolicy) {
 /// [`check_kv_policy`] with side inputs.
 pub fn check_kv_policy_with(policy: &dyn KvEvictionPolicy, inputs: &KvSuiteInputs<'_>) {
     let name = policy.typetag_name();
-    kv_properties::config(policy);
+    properties::config(policy);
     let with_policy = |spec: &CaseSpec, property: &Property| {
         let built = inputs.policy_for.map(|make| make(&spec.model()));
         let policy = built.as_deref().unwrap_or(policy);
@@ -55,7 +59,7 @@ pub fn check_kv_policy_with(policy: &dyn KvEvictionPolicy, inputs: &KvSuiteInput
             &format!("selection on {values:?} keys"),
             SELECTION_CASES,
             values,
-            &|spec| with_policy(spec, &kv_properties::selection),
+            &|spec| with_policy(spec, &properties::selection),
         );
     }
     run(
@@ -63,7 +67,7 @@ pub fn check_kv_policy_with(policy: &dyn KvEvictionPolicy, inputs: &KvSuiteInput
         "decode trigger",
         TRIGGER_CASES,
         Values::Random,
-        &|spec| with_policy(spec, &kv_properties::trigger),
+        &|spec| with_policy(spec, &properties::trigger),
     );
 }
 

@@ -6,11 +6,11 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rand::Rng;
 
-use super::kv_fixtures::{build, CaseSpec, Fixture};
-use crate::kv_policy::{
+use super::fixtures::{build, CaseSpec, Fixture};
+use spectra_core::kv_policy::{
     KeepPlan, KvEvictionPolicy, KvPhase, KvStepContext, PolicyContract, TriggerSchedule,
 };
-use crate::rng::derived_rng;
+use spectra_core::rng::derived_rng;
 
 fn rank_key(s: f32) -> f32 {
     if s.is_nan() {
@@ -248,7 +248,7 @@ pub fn selection(
                     .score(v, s, x)
                     .expect("score")
                     .expect("top_k_by_score policies implement score()");
-                crate::scores_to_host(&scores).expect("scores on the host")
+                spectra_core::scores_to_host(&scores).expect("scores on the host")
             })
             .collect();
         if c.shares_across_layers {
@@ -387,12 +387,12 @@ pub fn trigger(
 /// B.5 at prefill, B.6/C.11/E.17 at config time, and the RON round trip; panics naming the property.
 pub fn config(policy: &dyn KvEvictionPolicy) {
     let name = policy.typetag_name();
-    let text = crate::registry::to_ron(&policy);
-    let back: Box<dyn KvEvictionPolicy> = crate::config::ron_options()
+    let text = spectra_core::registry::to_ron(&policy);
+    let back: Box<dyn KvEvictionPolicy> = spectra_core::config::ron_options()
         .from_str(&text)
         .unwrap_or_else(|e| panic!("{name}: config does not round-trip through RON: {e}\n{text}"));
     assert_eq!(
-        crate::registry::to_ron(&back),
+        spectra_core::registry::to_ron(&back),
         text,
         "{name}: RON round trip changes the config"
     );
@@ -418,7 +418,7 @@ pub fn config(policy: &dyn KvEvictionPolicy) {
              {layers} layers of {budget} at context {context} became {split:?}"
         );
     }
-    let budget_zero = policy.validate(&crate::Budget::Tokens(0));
+    let budget_zero = policy.validate(&spectra_core::Budget::Tokens(0));
     if c.trigger != TriggerSchedule::Never {
         assert!(
             budget_zero.is_err(),
@@ -427,7 +427,7 @@ pub fn config(policy: &dyn KvEvictionPolicy) {
         if c.recent_window > 0 {
             assert!(
                 policy
-                    .validate(&crate::Budget::Tokens(c.recent_window))
+                    .validate(&spectra_core::Budget::Tokens(c.recent_window))
                     .is_err(),
                 "{name}: C11 (a window ≥ the budget must be rejected at config time)"
             );
@@ -435,7 +435,7 @@ pub fn config(policy: &dyn KvEvictionPolicy) {
         if c.sinks + c.recent_window >= 2 {
             assert!(
                 policy
-                    .validate(&crate::Budget::Tokens(c.sinks + c.recent_window - 1))
+                    .validate(&spectra_core::Budget::Tokens(c.sinks + c.recent_window - 1))
                     .is_err(),
                 "{name}: C11 (sinks + window > budget must be rejected at config time)"
             );

@@ -2,7 +2,8 @@
 //!
 //! Per layer and KV head it stores a variable number of entries: the key as stored (after RoPE), the
 //! value, the entry's original absolute position and, when asked for, the attention the entry has
-//! received so far (H2O's state). Keys and values live in preallocated tensors on the model's device
+//! received so far (H2O's state, kept on the device beside the keys, so that adding a step's attention
+//! copies nothing to the host). Keys and values live in preallocated tensors on the model's device
 //! that grow by an eighth ([`headroom`]), so appending a token costs amortised O(1) copies (eight rows
 //! per appended row at most) and a bounded cache never holds much more than it needs: doubling made a
 //! cache compacted to 1024 entries allocate 2304 rows when one 256-token prefill chunk arrived; reading back returns a
@@ -14,8 +15,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::kv_policy::{KeepPlan, KvHeadView, KvLayerView};
-use crate::{Error, Result};
+use spectra_core::kv_policy::{KeepPlan, KvHeadView, KvLayerView};
+use spectra_core::{Error, Result};
 
 /// The fewest free rows a head is given when it grows or is compacted; small enough not to matter,
 /// large enough that the first decode steps do not reallocate every token.
@@ -51,7 +52,11 @@ struct HeadCache {
     keys: Tensor,
     values: Tensor,
     positions: Vec<u64>,
-    attention: Option<Vec<f32>>,
+    /// `[capacity]` f32 where attention is tracked; rows past the filled ones are always 0, so an
+    /// appended entry starts with none received.
+    attention_store: Option<Tensor>,
+    /// `attention_store.narrow(0, 0, len)`.
+    attention: Option<Tensor>,
 }
 
 impl HeadCache {
@@ -62,13 +67,17 @@ impl HeadCache {
         tracks_attention: bool,
     ) -> Result<Self> {
         let store = Tensor::zeros((0, head_dim), dtype, device)?;
+        let attention = tracks_attention
+            .then(|| Tensor::zeros(0, DType::F32, device))
+            .transpose()?;
         Ok(HeadCache {
             key_store: store.clone(),
             value_store: store.clone(),
             keys: store.clone(),
             values: store,
             positions: Vec::new(),
-            attention: tracks_attention.then(Vec::new),
+            attention_store: attention.clone(),
+            attention,
         })
     }
 
@@ -84,6 +93,11 @@ impl HeadCache {
         let len = self.len();
         self.keys = self.key_store.narrow(0, 0, len)?;
         self.values = self.value_store.narrow(0, 0, len)?;
+        self.attention = self
+            .attention_store
+            .as_ref()
+            .map(|store| store.narrow(0, 0, len))
+            .transpose()?;
         Ok(())
     }
 
@@ -94,15 +108,16 @@ impl HeadCache {
             return Ok(());
         }
         let capacity = needed + spare(needed);
-        let grow = |store: &Tensor, filled: &Tensor| -> Result<Tensor> {
-            let bigger = Tensor::zeros((capacity, store.dim(1)?), store.dtype(), store.device())?;
+        let grow = |filled: &Tensor| -> Result<Tensor> {
+            let bigger = zeros_rows(filled, capacity)?;
             if filled.dim(0)? > 0 {
                 bigger.slice_set(filled, 0, 0)?;
             }
             Ok(bigger)
         };
-        self.key_store = grow(&self.key_store, &self.keys)?;
-        self.value_store = grow(&self.value_store, &self.values)?;
+        self.key_store = grow(&self.keys)?;
+        self.value_store = grow(&self.values)?;
+        self.attention_store = self.attention.as_ref().map(grow).transpose()?;
         self.refresh_views()
     }
 
@@ -112,9 +127,6 @@ impl HeadCache {
         self.key_store.slice_set(keys, 0, at)?;
         self.value_store.slice_set(values, 0, at)?;
         self.positions.extend_from_slice(positions);
-        if let Some(acc) = &mut self.attention {
-            acc.resize(self.positions.len(), 0.0);
-        }
         self.refresh_views()
     }
 
@@ -122,13 +134,15 @@ impl HeadCache {
     fn deep_copy(&self) -> Result<Self> {
         let keys = self.keys.copy()?;
         let values = self.values.copy()?;
+        let attention = self.attention.as_ref().map(Tensor::copy).transpose()?;
         Ok(HeadCache {
             key_store: keys.clone(),
             value_store: values.clone(),
             keys,
             values,
             positions: self.positions.clone(),
-            attention: self.attention.clone(),
+            attention_store: attention.clone(),
+            attention,
         })
     }
 
@@ -139,7 +153,7 @@ impl HeadCache {
         }
         let capacity = keep.len() + headroom(keep.len());
         let gather = |filled: &Tensor| -> Result<Tensor> {
-            let store = Tensor::zeros((capacity, filled.dim(1)?), filled.dtype(), filled.device())?;
+            let store = zeros_rows(filled, capacity)?;
             if !keep.is_empty() {
                 let index = Tensor::from_slice(keep, keep.len(), filled.device())?;
                 store.slice_set(&filled.index_select(&index, 0)?, 0, 0)?;
@@ -148,15 +162,18 @@ impl HeadCache {
         };
         self.key_store = gather(&self.keys)?;
         self.value_store = gather(&self.values)?;
+        self.attention_store = self.attention.as_ref().map(gather).transpose()?;
         self.positions = keep.iter().map(|&i| self.positions[i as usize]).collect();
         self.positions.shrink_to_fit();
-        if let Some(acc) = &mut self.attention {
-            let mut kept: Vec<f32> = keep.iter().map(|&i| acc[i as usize]).collect();
-            kept.shrink_to_fit();
-            *acc = kept;
-        }
         self.refresh_views()
     }
+}
+
+/// Zeros shaped like `filled` but with `rows` rows.
+fn zeros_rows(filled: &Tensor, rows: usize) -> Result<Tensor> {
+    let mut shape = filled.dims().to_vec();
+    shape[0] = rows;
+    Ok(Tensor::zeros(shape, filled.dtype(), filled.device())?)
 }
 
 /// A KV cache whose heads hold independent numbers of entries and that frees evicted entries' memory.
@@ -310,29 +327,41 @@ impl KvCache {
     }
 
     /// Adds the attention each entry of (`layer`, `kv_head`) received in the last forward pass, summed
-    /// over the new queries and the GQA group: one number per cached entry.
-    pub fn add_attention(&mut self, layer: usize, kv_head: usize, received: &[f32]) -> Result<()> {
+    /// over the new queries and the GQA group: `received` is `[entries]` on the cache's device, and the
+    /// sum stays there. Values are not checked for being finite, which would copy them to the host at
+    /// every step: attention that is not finite comes from logits that are not, and policies rank NaN
+    /// lowest.
+    pub fn add_attention(&mut self, layer: usize, kv_head: usize, received: &Tensor) -> Result<()> {
+        let device = self.device.clone();
         let head = self.head_mut(layer, kv_head)?;
         let n = head.len();
-        let Some(acc) = &mut head.attention else {
+        let (Some(store), Some(acc)) = (&head.attention_store, &head.attention) else {
             return Err(Error::invalid(
                 "KvCache::add_attention",
                 "this cache does not track attention; create it with tracks_attention = true",
             ));
         };
-        if received.len() != n {
+        if received.dims() != [n] {
             return Err(Error::invalid(
                 "KvCache::add_attention",
-                format!("{} values for a head holding {n} entries", received.len()),
+                format!(
+                    "received attention has shape {:?}; the head holds {n} entries, so [{n}]",
+                    received.dims()
+                ),
             ));
         }
-        if let Some(bad) = received.iter().find(|a| !a.is_finite()) {
-            return Err(Error::NonFinite {
-                name: "received attention".into(),
-                what: format!("value {bad}"),
-            });
+        if !received.device().same_device(&device) {
+            return Err(Error::invalid(
+                "KvCache::add_attention",
+                format!(
+                    "received attention is on {:?} but the cache is on {device:?}",
+                    received.device()
+                ),
+            ));
         }
-        acc.iter_mut().zip(received).for_each(|(a, r)| *a += r);
+        if n > 0 {
+            store.slice_set(&(acc + received.to_dtype(DType::F32)?)?, 0, 0)?;
+        }
         Ok(())
     }
 
@@ -357,7 +386,7 @@ impl KvCache {
                 keys: &h.keys,
                 values: &h.values,
                 positions: &h.positions,
-                accumulated_attention: h.attention.as_deref(),
+                accumulated_attention: h.attention.as_ref(),
             })
             .collect();
         Ok(KvLayerView {
@@ -381,8 +410,9 @@ impl KvCache {
         Ok(&self.head(layer, kv_head)?.positions)
     }
 
-    pub fn accumulated_attention(&self, layer: usize, kv_head: usize) -> Result<Option<&[f32]>> {
-        Ok(self.head(layer, kv_head)?.attention.as_deref())
+    /// `[len]` f32 on the cache's device, where the cache tracks attention.
+    pub fn accumulated_attention(&self, layer: usize, kv_head: usize) -> Result<Option<&Tensor>> {
+        Ok(self.head(layer, kv_head)?.attention.as_ref())
     }
 
     /// Entries per KV head of `layer`.
@@ -396,7 +426,7 @@ impl KvCache {
     }
 
     /// Bytes allocated for keys and values on the device: `capacity × 2 × head_dim × dtype size`, summed
-    /// over heads. Right after [`compact`](Self::compact) a head's capacity is its kept entries plus
+    /// over heads (the accumulated attention, 4 bytes a row where tracked, is not counted). Right after [`compact`](Self::compact) a head's capacity is its kept entries plus
     /// [`headroom`].
     pub fn bytes(&self) -> usize {
         let row = 2 * self.shape.head_dim * self.dtype.size_in_bytes();
@@ -407,12 +437,12 @@ impl KvCache {
             .sum()
     }
 
-    /// Bytes allocated on the host for bookkeeping: 8 per position and 4 per accumulated attention value.
+    /// Bytes allocated on the host for bookkeeping: 8 per position.
     pub fn host_bytes(&self) -> usize {
         self.layers
             .iter()
             .flatten()
-            .map(|h| 8 * h.positions.capacity() + 4 * h.attention.as_ref().map_or(0, Vec::capacity))
+            .map(|h| 8 * h.positions.capacity())
             .sum()
     }
 
@@ -550,6 +580,7 @@ mod tests {
                         for (e, r) in model[layer][head].iter_mut().zip(&received) {
                             e.3 += r;
                         }
+                        let received = Tensor::new(received, &Device::Cpu).unwrap();
                         cache.add_attention(layer, head, &received).unwrap();
                     }
                     Op::Compact { layer, masks } => {
@@ -609,7 +640,8 @@ mod tests {
                         let positions: Vec<u64> = want.iter().map(|e| e.2).collect();
                         prop_assert_eq!(cache.positions(l, h).unwrap(), &positions[..]);
                         let acc: Vec<f32> = want.iter().map(|e| e.3).collect();
-                        prop_assert_eq!(cache.accumulated_attention(l, h).unwrap().unwrap(), &acc[..]);
+                        let held = cache.accumulated_attention(l, h).unwrap().unwrap();
+                        prop_assert_eq!(held.to_vec1::<f32>().unwrap(), acc);
                         let view = cache.layer_view(l).unwrap();
                         prop_assert_eq!(view.heads[h].len(), want.len());
                     }
@@ -667,7 +699,8 @@ mod tests {
         let mut cache = KvCache::new(shape(), DType::F32, &Device::Cpu, true).unwrap();
         let ones = Tensor::ones((HEADS, 3, D), DType::F32, &Device::Cpu).unwrap();
         cache.append(0, &ones, &ones, &[0, 1, 2]).unwrap();
-        cache.add_attention(0, 1, &[0.5, 0.25, 0.25]).unwrap();
+        let received = Tensor::new(&[0.5f32, 0.25, 0.25], &Device::Cpu).unwrap();
+        cache.add_attention(0, 1, &received).unwrap();
         let mut copy = cache.deep_copy().unwrap();
         // Both append a different row at the same place: with shared storage the second write would
         // overwrite the first.
@@ -695,10 +728,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cache.lens(0).unwrap(), vec![4, 4]);
-        assert_eq!(
-            copy.accumulated_attention(0, 1).unwrap().unwrap(),
-            &[0.5, 0.25]
-        );
+        let held = copy.accumulated_attention(0, 1).unwrap().unwrap();
+        assert_eq!(held.to_vec1::<f32>().unwrap(), [0.5, 0.25]);
+        let source = cache.accumulated_attention(0, 1).unwrap().unwrap();
+        assert_eq!(source.to_vec1::<f32>().unwrap(), [0.5, 0.25, 0.25, 0.0]);
     }
 
     #[test]
@@ -719,11 +752,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("head_dim"));
+        let two = Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap();
         assert!(cache
-            .add_attention(0, 0, &[1.0, 1.0])
+            .add_attention(0, 0, &two)
             .unwrap_err()
             .to_string()
             .contains("does not track"));
+        let mut tracking = KvCache::new(shape(), DType::F32, &Device::Cpu, true).unwrap();
+        tracking.append(0, &k, &k, &[0, 1]).unwrap();
+        let three = Tensor::new(&[1f32, 1.0, 1.0], &Device::Cpu).unwrap();
+        let err = tracking
+            .add_attention(0, 0, &three)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holds 2 entries, so [2]"), "{err}");
         let plan = KeepPlan {
             per_head: vec![vec![0, 2], vec![]],
         };

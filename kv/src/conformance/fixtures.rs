@@ -5,12 +5,12 @@ use candle_core::{DType, Device, Tensor};
 use proptest::prelude::*;
 use rand::Rng;
 
-use crate::kv_cache::{KvCache, KvCacheShape};
-use crate::kv_policy::{
+use crate::cache::{KvCache, KvCacheShape};
+use spectra_core::kv_policy::{
     KeepPlan, KvEvictionPolicy, KvLayerView, KvPhase, KvSideInfo, KvStepContext,
 };
-use crate::rng::{derived_rng, SpectraRng};
-use crate::rope::{RopePairing, RopeScaling, RopeSpec};
+use spectra_core::rng::{derived_rng, SpectraRng};
+use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 
 /// The shape of the model a random cache belongs to, for policies whose configuration depends on it.
 #[derive(Clone, Debug)]
@@ -159,7 +159,7 @@ impl CaseSpec {
 /// The smallest token budget `policy` accepts (its sinks and window must fit), at most 4096.
 pub fn smallest_budget(policy: &dyn KvEvictionPolicy) -> usize {
     (1..=4096)
-        .find(|&b| policy.validate(&crate::Budget::Tokens(b)).is_ok())
+        .find(|&b| policy.validate(&spectra_core::Budget::Tokens(b)).is_ok())
         .unwrap_or_else(|| {
             panic!(
                 "{}: accepts no token budget up to 4096",
@@ -258,6 +258,7 @@ pub fn build(
                     }
                     _ => (0..n).map(|_| rng.random_range(0.0..10.0)).collect(),
                 };
+                let received = Tensor::new(received, &Device::Cpu).expect("attention");
                 cache.add_attention(layer, h, &received).expect("attention");
             }
         }

@@ -3,12 +3,12 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::kv::check_kv_policy;
-use crate::kv_policy::{
+use super::check_kv_policy;
+use spectra_core::kv_policy::{
     keep_top_k, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
     PolicyContract, TriggerSchedule,
 };
-use crate::Result;
+use spectra_core::Result;
 
 /// How a test policy misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,7 +42,7 @@ impl KvEvictionPolicy for Broken {
         }
     }
 
-    fn validate(&self, budget: &crate::Budget) -> std::result::Result<(), String> {
+    fn validate(&self, budget: &spectra_core::Budget) -> std::result::Result<(), String> {
         budget.validate()?;
         match budget.min_tokens() {
             Some(b) if b <= self.contract().recent_window => Err("window too large".into()),
@@ -61,7 +61,10 @@ impl KvEvictionPolicy for Broken {
             .iter()
             .map(|h| (0..h.len()).map(|i| i as f32).collect())
             .collect();
-        Ok(Some(crate::scores_from_host(recency, &layer.device())?))
+        Ok(Some(spectra_core::scores_from_host(
+            recency,
+            &layer.device(),
+        )?))
     }
 
     fn select(
