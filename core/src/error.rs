@@ -83,6 +83,17 @@ impl From<candle_core::Error> for Error {
     }
 }
 
+impl From<Error> for candle_core::Error {
+    /// For spectra's code inside candle's custom ops (a kernel that fails to compile or launch): a
+    /// tensor error goes back as it was, anything else as its message.
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Tensor(inner) => inner,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(name: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidInput {

@@ -3,7 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_op::{contiguous_f32, exp_nonpositive, vectorized};
+use crate::cpu_op::{exp_nonpositive, vectorized};
+use spectra_core::ops::contiguous_cpu;
 
 /// The paper's GELU divisor (§8.4): the exact GELU's largest slope, 1.12890. The tanh form, which the
 /// model uses, is steeper (1.12899), so the scaled activation is not quite 1-Lipschitz.
@@ -132,7 +133,7 @@ impl CustomOp1 for ScaledGelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout, self.name())?;
+        let x = contiguous_cpu::<f32>(storage, layout, self.name())?;
         let mut y = vec![0f32; x.len()];
         scaled_gelu_cpu(x, &mut y);
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -160,8 +161,8 @@ impl CustomOp2 for ScaledGeluGrad {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(x_storage, x_layout, self.name())?;
-        let grad = contiguous_f32(grad_storage, grad_layout, self.name())?;
+        let x = contiguous_cpu::<f32>(x_storage, x_layout, self.name())?;
+        let grad = contiguous_cpu::<f32>(grad_storage, grad_layout, self.name())?;
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(PAR_CHUNK)
             .zip(x.par_chunks(PAR_CHUNK).zip(grad.par_chunks(PAR_CHUNK)))

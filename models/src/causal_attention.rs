@@ -16,8 +16,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use crate::cpu_op::contiguous_f32;
 use crate::rope::Rope;
+use spectra_core::ops::contiguous_cpu;
 
 mod head;
 use head::Scratch;
@@ -126,7 +126,7 @@ impl CustomOp1 for CausalAttention {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let qkv = contiguous_cpu::<f32>(storage, layout, self.name())?;
         let (t, width) = (self.dims.seq, self.width());
         let mut out = vec![0f32; qkv.len() / 3];
         out.par_chunks_mut(t * width)
@@ -166,8 +166,8 @@ impl CustomOp2 for CausalAttentionGrad {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(qkv_storage, qkv_layout, self.name())?;
-        let grad = contiguous_f32(grad_storage, grad_layout, self.name())?;
+        let qkv = contiguous_cpu::<f32>(qkv_storage, qkv_layout, self.name())?;
+        let grad = contiguous_cpu::<f32>(grad_storage, grad_layout, self.name())?;
         let f = &self.forward;
         let (t, width) = (f.dims.seq, f.width());
         let mut dqkv = vec![0f32; qkv.len()];

@@ -1,18 +1,7 @@
 //! What the models' fused CPU ops (the scaled GELU, causal attention) share.
 
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor};
-
-/// The elements of a contiguous f32 CPU tensor; `op` names the op in the error.
-pub(crate) fn contiguous_f32<'a>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
-        _ => candle_core::bail!("{op}: expects a contiguous f32 tensor"),
-    }
-}
+use candle_core::{Result, Storage, Tensor};
+use spectra_core::ops::contiguous_cpu;
 
 /// Calls `f` with the elements of an f32 CPU tensor, read in place (copied only when `t` is not
 /// contiguous); `op` names the op in the error.
@@ -20,7 +9,7 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> 
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
-        Storage::Cpu(s) => Ok(f(contiguous_f32(s, layout, op)?)),
+        Storage::Cpu(s) => Ok(f(contiguous_cpu(s, layout, op)?)),
         _ => candle_core::bail!("{op}: expects a CPU tensor"),
     }
 }

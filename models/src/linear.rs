@@ -7,7 +7,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
-use crate::cpu_op::{contiguous_f32, with_f32};
+use crate::cpu_op::with_f32;
+use spectra_core::ops::contiguous_cpu;
 use spectra_kernels::sgemm::{matmul, Operand};
 
 /// `x Wᵀ`: `[n, fan_in] × [fan_out, fan_in] → [n, fan_out]`.
@@ -38,8 +39,8 @@ impl CustomOp2 for Linear {
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, w) = (
-            contiguous_f32(xs, xl, self.name())?,
-            contiguous_f32(ws, wl, self.name())?,
+            contiguous_cpu::<f32>(xs, xl, self.name())?,
+            contiguous_cpu::<f32>(ws, wl, self.name())?,
         );
         let ((n, fan_in), (fan_out, _)) = (xl.shape().dims2()?, wl.shape().dims2()?);
         // SAFETY: x is n × fan_in and w fan_out × fan_in, both contiguous; Wᵀ is read through strides.

@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 use crate::activations::{scaled_gelu, scaled_gelu_backward_cpu, scaled_gelu_cpu};
-use crate::cpu_op::{contiguous_f32, with_f32};
+use crate::cpu_op::with_f32;
 use crate::linear::linear;
+use spectra_core::ops::contiguous_cpu;
 use spectra_kernels::sgemm::{matmul, Operand};
 
 /// `scaled_gelu(x W_inᵀ) W_outᵀ` for `x: [n, d]`, `W_in: [hidden, d]`, `W_out: [d_out, hidden]`.
@@ -70,9 +71,9 @@ impl CustomOp3 for Mlp {
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let (x, w_in, w_out) = (
-            contiguous_f32(xs, xl, name)?,
-            contiguous_f32(ins, inl, name)?,
-            contiguous_f32(outs, outl, name)?,
+            contiguous_cpu::<f32>(xs, xl, name)?,
+            contiguous_cpu::<f32>(ins, inl, name)?,
+            contiguous_cpu::<f32>(outs, outl, name)?,
         );
         let ((n, d), (hidden, _), (d_out, _)) = (
             xl.shape().dims2()?,

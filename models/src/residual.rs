@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu_op::contiguous_f32;
+use spectra_core::ops::contiguous_cpu;
 
 /// `(1 − a)·x + a·f` for tensors of one shape.
 pub fn residual(x: &Tensor, f: &Tensor, a: f64) -> Result<Tensor> {
@@ -46,8 +46,8 @@ impl CustomOp2 for Residual {
         fl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, f) = (
-            contiguous_f32(xs, xl, self.name())?,
-            contiguous_f32(fs, fl, self.name())?,
+            contiguous_cpu::<f32>(xs, xl, self.name())?,
+            contiguous_cpu::<f32>(fs, fl, self.name())?,
         );
         // As candle's affine ops apply them: f32 factors, `v·m + 0`.
         let (keep, mix) = ((1.0 - self.a) as f32, self.a as f32);

@@ -12,6 +12,7 @@
 //! agree with the host's to f32 rounding, not bit for bit.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use spectra_core::ops::contiguous_cpu;
 use spectra_core::{Error, GqaAggregation, Result};
 
 use crate::window_attention::{pool1d, reduce_group, Pooling};
@@ -99,10 +100,6 @@ impl VotePool {
     }
 }
 
-fn op_error(what: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("SnapKv votes: {what}"))
-}
-
 impl CustomOp1 for VotePool {
     fn name(&self) -> &'static str {
         "snap-kv-vote-pool"
@@ -114,10 +111,7 @@ impl CustomOp1 for VotePool {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (_, n) = layout.shape().dims2()?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| op_error("logits must be contiguous"))?;
-        let scores = self.host(&storage.as_slice::<f32>()?[start..end], n);
+        let scores = self.host(contiguous_cpu(storage, layout, self.name())?, n);
         Ok((CpuStorage::F32(scores), Shape::from(n)))
     }
 
@@ -135,12 +129,13 @@ impl CustomOp1 for VotePool {
 #[cfg(feature = "cuda")]
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
-    use candle_core::{CudaStorage, Layout};
-    use spectra_core::ops::cuda::{blocks_of, grid_stride};
+    use candle_core::{CudaStorage, CustomOp1, Layout};
+    use spectra_core::ops::cuda::{blocks_of, contiguous_cuda, grid_stride};
+    use spectra_core::ops::kernel_int;
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::GqaAggregation;
 
-    use super::{op_error, VotePool};
+    use super::VotePool;
     use crate::window_attention::Pooling;
 
     /// Threads per block of every kernel (the kernels' `THREADS`, a power of two).
@@ -157,12 +152,9 @@ mod cuda {
         layout: &Layout,
         n: usize,
     ) -> candle_core::Result<CudaStorage> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| op_error("logits must be contiguous"))?;
-        let logits = storage.as_cuda_slice::<f32>()?.slice(start..end);
+        let logits = contiguous_cuda::<f32>(storage, layout, op.name())?;
         let device = &storage.device;
-        let as_i32 = |x: usize| i32::try_from(x).map_err(|_| op_error(format!("{x} exceeds i32")));
+        let as_i32 = |x: usize| kernel_int(op.name(), "a size", x);
         let rows = op.group * op.visible.len();
         as_i32(rows * n)?;
         let visible = op
@@ -183,8 +175,8 @@ mod cuda {
         );
         let mean = i32::from(op.reduce == GqaAggregation::Mean);
         let avg = i32::from(op.pooling == Pooling::Avg);
-        let kernel = |name: &str| cuda_function(device, &MODULE, name).map_err(op_error);
-        let failed = |name: &'static str| move |e| op_error(launch_error(&MODULE, name, e));
+        let kernel = |name: &str| cuda_function(device, &MODULE, name);
+        let failed = |name: &'static str| move |e| launch_error(&MODULE, name, e);
         let elementwise = |count: usize| grid_stride(count, THREADS);
 
         let row_stats = kernel("snap_row_stats")?;

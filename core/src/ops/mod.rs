@@ -18,7 +18,7 @@ pub mod nvrtc;
 pub mod top_k;
 
 use candle_core::op::BackpropOp;
-use candle_core::{DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
+use candle_core::{CpuStorage, DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
 
 use crate::{Error, Result};
 
@@ -85,17 +85,39 @@ pub fn elementwise_operands<const N: usize>(
         .unwrap_or_else(|_| unreachable!("one tensor per operand")))
 }
 
+/// An error of the op named `op`, as candle's custom ops return them.
+pub fn op_error(op: &str, what: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: {what}"))
+}
+
+/// `x` as the `i32` a kernel takes, or an error naming `op` and `what` `x` is.
+pub fn kernel_int(op: &str, what: &str, x: usize) -> candle_core::Result<i32> {
+    i32::try_from(x).map_err(|_| op_error(op, format!("{what} {x} exceeds the kernel's i32 range")))
+}
+
+/// The elements of a contiguous CPU storage of element type `T`; `op` names the op in the error.
+pub fn contiguous_cpu<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| op_error(op, "expects contiguous operands"))?;
+    Ok(&storage.as_slice::<T>()?[start..end])
+}
+
 /// The elements of a contiguous CPU tensor's storage.
 pub fn cpu_slice<'a, T: WithDType>(
     storage: &'a StorageRef<'_>,
     layout: &Layout,
 ) -> Result<&'a [T]> {
-    let (Storage::Cpu(cpu), Some((start, end))) = (&**storage, layout.contiguous_offsets()) else {
+    let Storage::Cpu(cpu) = &**storage else {
         return Err(Error::Device(
-            "a fused op's CPU path was given a non-CPU or non-contiguous tensor".into(),
+            "a fused op's CPU path was given a non-CPU tensor".into(),
         ));
     };
-    Ok(&cpu.as_slice::<T>()?[start..end])
+    Ok(contiguous_cpu(cpu, layout, "a fused op's CPU path")?)
 }
 
 /// A new tensor (no backward op) owning `storage`, laid out contiguously as `shape`.
@@ -117,9 +139,9 @@ pub mod cuda {
         CudaSlice, CudaView, DeviceRepr, LaunchConfig,
     };
     use candle_core::cuda_backend::CudaDType;
-    use candle_core::{CudaDevice, Layout, Shape, Storage, StorageRef, Tensor};
+    use candle_core::{CudaDevice, CudaStorage, Layout, Shape, Storage, StorageRef, Tensor};
 
-    use super::tensor_from;
+    use super::{op_error, tensor_from};
     use crate::{Error, Result};
 
     /// Threads per block of every fused kernel; the reductions' shared arrays are sized for it.
@@ -163,6 +185,19 @@ pub mod cuda {
             ));
         };
         Ok((cuda.as_cuda_slice::<T>()?.slice(start..end), &cuda.device))
+    }
+
+    /// The elements of a contiguous CUDA storage of element type `T`; `op` names the op in the
+    /// error.
+    pub fn contiguous_cuda<'a, T: CudaDType>(
+        storage: &'a CudaStorage,
+        layout: &Layout,
+        op: &str,
+    ) -> candle_core::Result<CudaView<'a, T>> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| op_error(op, "expects contiguous operands"))?;
+        Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
     }
 
     /// Uninitialized device memory for `n` elements, to be written entirely by a kernel.

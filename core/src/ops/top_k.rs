@@ -13,6 +13,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
+use crate::ops::contiguous_cpu;
 use crate::{Error, Result};
 
 /// Per row of `scores` (`[heads, n]`, f32, any device): the indices [`keep_top_k`](crate::keep_top_k)
@@ -153,10 +154,6 @@ impl TopK {
     }
 }
 
-fn op_error(what: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("keep_top_k_rows: {what}"))
-}
-
 impl CustomOp1 for TopK {
     fn name(&self) -> &'static str {
         "keep-top-k-rows"
@@ -168,10 +165,7 @@ impl CustomOp1 for TopK {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (heads, n) = layout.shape().dims2()?;
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| op_error("scores must be contiguous"))?;
-        let scores = &storage.as_slice::<f32>()?[start..end];
+        let scores = contiguous_cpu::<f32>(storage, layout, self.name())?;
         let kept: Vec<u32> = scores
             .chunks_exact(n)
             .flat_map(|row| self.select(row))
@@ -196,9 +190,10 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, Layout};
 
-    use super::{op_error, TopK};
-    use crate::ops::cuda::blocks_of;
+    use super::TopK;
+    use crate::ops::cuda::{blocks_of, contiguous_cuda};
     use crate::ops::nvrtc::{cuda_function, launch_error, KernelModule};
+    use candle_core::CustomOp1;
 
     /// Threads per block, one block per head (the kernel's `THREADS`).
     const THREADS: u32 = 1024;
@@ -213,15 +208,12 @@ mod cuda {
         heads: usize,
         n: usize,
     ) -> candle_core::Result<CudaStorage> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| op_error("scores must be contiguous"))?;
-        let scores = storage.as_cuda_slice::<f32>()?.slice(start..end);
+        let scores = contiguous_cuda::<f32>(storage, layout, op.name())?;
         let device = &storage.device;
         let out = device.alloc_zeros::<u32>(heads * op.budget)?;
         // The caller checked n < 2^31; sinks, window and budget are below n.
         let ints = [n, op.sinks, op.window, op.budget].map(|x| x as i32);
-        let kernel = cuda_function(device, &MODULE, "keep_top_k").map_err(op_error)?;
+        let kernel = cuda_function(device, &MODULE, "keep_top_k")?;
         let mut launch = kernel.builder();
         launch.arg(&scores).arg(&out);
         for i in &ints {
@@ -230,8 +222,7 @@ mod cuda {
         let config = blocks_of(heads, THREADS);
         // SAFETY: arguments in the kernel's order and types; `scores` holds heads·n floats, `out`
         // heads·budget indices, and sinks + window ≤ budget < n.
-        unsafe { launch.launch(config) }
-            .map_err(|e| op_error(launch_error(&MODULE, "keep_top_k", e)))?;
+        unsafe { launch.launch(config) }.map_err(|e| launch_error(&MODULE, "keep_top_k", e))?;
         Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
     }
 }

@@ -15,6 +15,7 @@ mod weights;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, D};
+use spectra_core::ops::cpu_slice;
 use spectra_core::{Error, Result};
 use spectra_kv::{KvCache, KvCacheShape};
 
@@ -252,23 +253,6 @@ impl Llama {
     }
 }
 
-/// The rows of a contiguous CPU storage of the given variant (`F32`, `F16`).
-macro_rules! cpu_rows {
-    ($storage:expr, $layout:expr, $variant:ident) => {
-        match (&**$storage, $layout.contiguous_offsets()) {
-            (candle_core::Storage::Cpu(candle_core::CpuStorage::$variant(v)), Some((a, b))) => {
-                &v[a..b]
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "decode attention",
-                    "expects a contiguous CPU cache of the cache's dtype",
-                ))
-            }
-        }
-    };
-}
-
 impl Llama {
     /// [`Llama::attend`] for one new token on the CPU, fused ([`decode_attention`]), over an f32 or
     /// f16 cache.
@@ -294,13 +278,13 @@ impl Llama {
         let out = crate::cpu_op::with_f32(q, "decode attention", |q| -> Result<Vec<f32>> {
             let received = received.as_deref_mut();
             macro_rules! attend_as {
-                ($variant:ident) => {{
+                ($element:ty) => {{
                     let heads = stores
                         .iter()
                         .map(|((ks, kl), (vs, vl))| {
                             Ok(decode_attention::HeadEntries {
-                                keys: cpu_rows!(ks, kl, $variant),
-                                values: cpu_rows!(vs, vl, $variant),
+                                keys: cpu_slice::<$element>(ks, kl)?,
+                                values: cpu_slice::<$element>(vs, vl)?,
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
@@ -315,8 +299,8 @@ impl Llama {
                 }};
             }
             Ok(match cache.dtype() {
-                DType::F16 => attend_as!(F16),
-                _ => attend_as!(F32),
+                DType::F16 => attend_as!(half::f16),
+                _ => attend_as!(f32),
             })
         })??;
         drop(stores);

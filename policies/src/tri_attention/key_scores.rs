@@ -15,7 +15,9 @@
 use crate::tri_attention::query_stats::HeadBandStats;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use half::{bf16, f16};
 use rayon::prelude::*;
+use spectra_core::ops::{contiguous_cpu, op_error};
 use spectra_core::rope::{RopePairing, RopeSpec};
 use spectra_core::{Error, Result};
 
@@ -93,9 +95,8 @@ impl KeyScores<'_> {
     }
 }
 
-fn op_error(what: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("TriAttention key scores: {what}"))
-}
+/// The op's name in its errors.
+const OP: &str = "TriAttention key scores";
 
 impl CustomOp1 for KeyScores<'_> {
     fn name(&self) -> &'static str {
@@ -107,9 +108,6 @@ impl CustomOp1 for KeyScores<'_> {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| op_error("keys must be contiguous"))?;
         let i = self.inputs;
         let forms = GroupForms::new(i.centers, i.table, i.rope, i.options);
         let host = HostScorer {
@@ -120,10 +118,19 @@ impl CustomOp1 for KeyScores<'_> {
             zeros: vec![0.0; forms.bands],
         };
         let scores = match storage {
-            CpuStorage::F32(v) => host.scores(&v[start..end], |x| x),
-            CpuStorage::F16(v) => host.scores(&v[start..end], |x| x.to_f32()),
-            CpuStorage::BF16(v) => host.scores(&v[start..end], |x| x.to_f32()),
-            other => return Err(op_error(format!("no path for {:?} keys", other.dtype()))),
+            CpuStorage::F32(_) => host.scores(contiguous_cpu::<f32>(storage, layout, OP)?, |x| x),
+            CpuStorage::F16(_) => {
+                host.scores(contiguous_cpu::<f16>(storage, layout, OP)?, |x| x.to_f32())
+            }
+            CpuStorage::BF16(_) => {
+                host.scores(contiguous_cpu::<bf16>(storage, layout, OP)?, |x| x.to_f32())
+            }
+            other => {
+                return Err(op_error(
+                    OP,
+                    format!("no path for {:?} keys", other.dtype()),
+                ))
+            }
         };
         Ok((CpuStorage::F32(scores), self.out_shape()))
     }
@@ -361,17 +368,19 @@ fn form_sums(
 
 #[cfg(feature = "cuda")]
 mod cuda {
+    use super::{bf16, f16};
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::CudaStorageSlice;
     use candle_core::{CudaDevice, CudaStorage, Layout};
-    use spectra_core::ops::cuda::{blocks_of, MAX_BLOCKS};
+    use spectra_core::ops::cuda::{blocks_of, contiguous_cuda, MAX_BLOCKS};
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
+    use spectra_core::ops::{kernel_int, op_error};
     use spectra_core::rope::RopePairing;
 
     use super::super::scoring::{norm_weight, OffsetAggregation};
-    use super::{op_error, KeyScoreInputs};
+    use super::{KeyScoreInputs, OP};
 
     /// Keys per block (one thread each); the kernel's `TILE`.
     const TILE: usize = 128;
@@ -396,7 +405,7 @@ mod cuda {
 
     impl Launch<'_> {
         fn run<T>(&self, function: &str, keys: &CudaView<'_, T>) -> candle_core::Result<()> {
-            let kernel = cuda_function(self.device, &MODULE, function).map_err(op_error)?;
+            let kernel = cuda_function(self.device, &MODULE, function)?;
             let mut builder = kernel.builder();
             builder.arg(keys).arg(&self.params).arg(&self.out);
             for i in &self.ints {
@@ -408,7 +417,7 @@ mod cuda {
             // `out` group·n floats.
             unsafe { builder.launch(self.config) }
                 .map(|_| ())
-                .map_err(|e| op_error(launch_error(&MODULE, function, e)))
+                .map_err(|e| launch_error(&MODULE, function, e).into())
         }
     }
 
@@ -418,22 +427,19 @@ mod cuda {
         inputs: &KeyScoreInputs<'_>,
         n: usize,
     ) -> candle_core::Result<CudaStorage> {
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| op_error("keys must be contiguous"))?;
         let rope = inputs.rope;
         let (bands, group) = (rope.bands(), inputs.centers.len());
         if bands > MAX_BANDS {
-            return Err(op_error(format!(
-                "the CUDA kernel handles head_dim up to {}, the keys have {}",
-                2 * MAX_BANDS,
-                rope.head_dim
-            )));
+            return Err(op_error(
+                OP,
+                format!(
+                    "the CUDA kernel handles head_dim up to {}, the keys have {}",
+                    2 * MAX_BANDS,
+                    rope.head_dim
+                ),
+            ));
         }
-        let as_i32 = |x: usize, what: &str| {
-            i32::try_from(x)
-                .map_err(|_| op_error(format!("{what} {x} exceeds the kernel's i32 range")))
-        };
+        let as_i32 = |x: usize, what: &str| kernel_int(OP, what, x);
         as_i32(n * rope.head_dim, "key element count")?;
         let mode = match (inputs.options.disable_trig, inputs.options.aggregation) {
             (false, OffsetAggregation::Mean) => 0,
@@ -479,10 +485,19 @@ mod cuda {
             config: blocks_of(blocks, TILE as u32),
         };
         match &storage.slice {
-            CudaStorageSlice::F32(s) => launch.run("tri_key_scores_f32", &s.slice(start..end))?,
-            CudaStorageSlice::F16(s) => launch.run("tri_key_scores_f16", &s.slice(start..end))?,
-            CudaStorageSlice::BF16(s) => launch.run("tri_key_scores_bf16", &s.slice(start..end))?,
-            _ => return Err(op_error("keys must be f32, f16 or bf16")),
+            CudaStorageSlice::F32(_) => launch.run(
+                "tri_key_scores_f32",
+                &contiguous_cuda::<f32>(storage, layout, OP)?,
+            )?,
+            CudaStorageSlice::F16(_) => launch.run(
+                "tri_key_scores_f16",
+                &contiguous_cuda::<f16>(storage, layout, OP)?,
+            )?,
+            CudaStorageSlice::BF16(_) => launch.run(
+                "tri_key_scores_bf16",
+                &contiguous_cuda::<bf16>(storage, layout, OP)?,
+            )?,
+            _ => return Err(op_error(OP, "keys must be f32, f16 or bf16")),
         }
         Ok(CudaStorage::wrap_cuda_slice(launch.out, device.clone()))
     }

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rand::Rng;
+use spectra_core::ops::contiguous_cpu;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, GqaAggregation, Result};
 
@@ -112,10 +113,6 @@ impl Finish {
     }
 }
 
-fn op_error(what: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("TriAttention finish: {what}"))
-}
-
 impl CustomOp2 for Finish {
     fn name(&self) -> &'static str {
         "tri-attention-finish"
@@ -129,13 +126,9 @@ impl CustomOp2 for Finish {
         noise_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (group, n) = raw_layout.shape().dims2()?;
-        fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-            let (start, end) = l
-                .contiguous_offsets()
-                .ok_or_else(|| op_error("operands must be contiguous"))?;
-            Ok(&s.as_slice::<f32>()?[start..end])
-        }
-        let out = self.host(slice(raw, raw_layout)?, group, slice(noise, noise_layout)?);
+        let raw = contiguous_cpu(raw, raw_layout, self.name())?;
+        let noise = contiguous_cpu(noise, noise_layout, self.name())?;
+        let out = self.host(raw, group, noise);
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -155,13 +148,14 @@ impl CustomOp2 for Finish {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
-    use candle_core::{CudaStorage, Layout};
-    use spectra_core::ops::cuda::{blocks_of, grid_stride};
+    use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
+    use candle_core::{CudaStorage, CustomOp2, Layout};
+    use spectra_core::ops::cuda::{blocks_of, contiguous_cuda, grid_stride};
+    use spectra_core::ops::kernel_int;
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::GqaAggregation;
 
-    use super::{op_error, Finish};
+    use super::Finish;
 
     /// Threads per block of both kernels (the kernels' `THREADS`, a power of two).
     const THREADS: u32 = 256;
@@ -178,22 +172,17 @@ mod cuda {
         group: usize,
         n: usize,
     ) -> candle_core::Result<CudaStorage> {
-        fn view<'a>(s: &'a CudaStorage, l: &Layout) -> candle_core::Result<CudaView<'a, f32>> {
-            let (start, end) = l
-                .contiguous_offsets()
-                .ok_or_else(|| op_error("operands must be contiguous"))?;
-            Ok(s.as_cuda_slice::<f32>()?.slice(start..end))
-        }
-        let (raw_view, noise_view) = (view(raw, raw_layout)?, view(noise, noise_layout)?);
-        let as_i32 = |x: usize| i32::try_from(x).map_err(|_| op_error(format!("{x} exceeds i32")));
+        let raw_view = contiguous_cuda::<f32>(raw, raw_layout, op.name())?;
+        let noise_view = contiguous_cuda::<f32>(noise, noise_layout, op.name())?;
+        let as_i32 = |x: usize| kernel_int(op.name(), "a size", x);
         let (n_arg, group_arg) = (as_i32(n)?, as_i32(group)?);
         as_i32(n * group)?;
         let (first, last) = (as_i32(op.candidates.start)?, as_i32(op.candidates.end)?);
         let device = &raw.device;
         let stats = device.alloc_zeros::<f64>(3 * group)?;
         let out = device.alloc_zeros::<f32>(n)?;
-        let kernel = |name: &str| cuda_function(device, &MODULE, name).map_err(op_error);
-        let failed = |name: &'static str| move |e| op_error(launch_error(&MODULE, name, e));
+        let kernel = |name: &str| cuda_function(device, &MODULE, name);
+        let failed = |name: &'static str| move |e| launch_error(&MODULE, name, e);
 
         let row_stats = kernel("tri_row_stats")?;
         let mut launch = row_stats.builder();
