@@ -242,17 +242,6 @@ pub struct KeepPlan {
 }
 
 impl KeepPlan {
-    /// Per KV head, the first `sinks` and last `window` entries plus the best-scored rest (see
-    /// [`keep_top_k`]).
-    pub fn from_scores(scores: &[Vec<f32>], sinks: usize, window: usize, budget: usize) -> Self {
-        KeepPlan {
-            per_head: scores
-                .iter()
-                .map(|s| keep_top_k(s, sinks, window, budget))
-                .collect(),
-        }
-    }
-
     /// Keeps everything.
     pub fn all(lens: &[usize]) -> Self {
         KeepPlan {
@@ -385,7 +374,7 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
                 "the policy implements neither `select` nor `score`; implement one of them",
             )
         })?;
-        crate::keep_best(&self.contract(), layer, &scores, ctx)
+        crate::keep_best(self, layer, &scores, ctx)
     }
 
     /// Keep plans for all layers at once. Policies that share one selection across layers override it.

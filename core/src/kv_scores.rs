@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::kv_policy::{KeepPlan, KvLayerView, KvStepContext, PolicyContract};
+use crate::kv_policy::{KeepPlan, KvEvictionPolicy, KvLayerView, KvStepContext};
 use crate::ops::top_k::keep_top_k_rows;
 use crate::{Error, Result};
 
@@ -27,43 +27,56 @@ pub fn scores_to_host(scores: &[Tensor]) -> Result<Vec<Vec<f32>>> {
         .collect()
 }
 
-/// The standard selection: per head, the contract's protected entries (the sinks or the prompt, then
-/// the recent window; [`PolicyContract::protected`]) and the best-scored rest up to the budget, ranked
-/// on the scores' device by [`keep_top_k_rows`]. Heads of one length with the same protected entries
-/// are ranked together, in one call.
-pub fn keep_best(
-    contract: &PolicyContract,
-    layer: &KvLayerView<'_>,
-    scores: &[Tensor],
-    ctx: &KvStepContext,
-) -> Result<KeepPlan> {
+/// Checks that `scores` give one score per entry of each of the layer's heads; the error names
+/// `policy`, whose `score` gave them.
+pub fn check_scores(policy: &str, layer: &KvLayerView<'_>, scores: &[Tensor]) -> Result<()> {
     if scores.len() != layer.heads.len() {
         return Err(Error::invalid(
-            "score",
+            policy,
             format!(
-                "gave scores for {} heads; the layer has {}",
+                "score gave scores for {} heads; the layer has {}",
                 scores.len(),
                 layer.heads.len()
             ),
         ));
     }
-    let mut ranked = Vec::with_capacity(scores.len());
     for (h, (s, head)) in scores.iter().zip(&layer.heads).enumerate() {
         if s.dims() != [head.len()] {
             return Err(Error::invalid(
-                "score",
+                policy,
                 format!(
-                    "head {h}: scores have shape {:?}; expected one per entry, [{}]",
+                    "score gave head {h} scores of shape {:?}; expected one per entry, [{}]",
                     s.dims(),
                     head.len()
                 ),
             ));
         }
-        ranked.push((
-            s.to_dtype(DType::F32)?,
-            contract.protected(head.positions, ctx),
-        ));
     }
+    Ok(())
+}
+
+/// The standard selection: per head, `policy`'s protected entries (the sinks or the prompt, then the
+/// recent window; [`PolicyContract::protected`](crate::PolicyContract::protected)) and the best-scored rest up to the budget, ranked on
+/// the scores' device by [`keep_top_k_rows`]. Heads of one length with the same protected entries
+/// are ranked together, in one call.
+pub fn keep_best<P: KvEvictionPolicy + ?Sized>(
+    policy: &P,
+    layer: &KvLayerView<'_>,
+    scores: &[Tensor],
+    ctx: &KvStepContext,
+) -> Result<KeepPlan> {
+    check_scores(policy.typetag_name(), layer, scores)?;
+    let contract = policy.contract();
+    let ranked = scores
+        .iter()
+        .zip(&layer.heads)
+        .map(|(s, head)| {
+            Ok((
+                s.to_dtype(DType::F32)?,
+                contract.protected(head.positions, ctx),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let together = ranked
         .windows(2)
         .all(|w| w[0].0.dims() == w[1].0.dims() && w[0].1 == w[1].1);
@@ -91,8 +104,22 @@ pub fn keep_best(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv_policy::{keep_top_k, GqaAggregation, KvHeadView, KvPhase, TriggerSchedule};
+    use crate::kv_policy::{
+        keep_top_k, GqaAggregation, KvHeadView, KvPhase, PolicyContract, TriggerSchedule,
+    };
     use proptest::prelude::*;
+    use serde::{Deserialize, Serialize};
+
+    /// A policy that only declares a contract.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Declares(PolicyContract);
+
+    #[typetag::serde]
+    impl KvEvictionPolicy for Declares {
+        fn contract(&self) -> PolicyContract {
+            self.0.clone()
+        }
+    }
 
     fn contract(sinks: usize, recent_window: usize, protects_prompt: bool) -> PolicyContract {
         PolicyContract {
@@ -168,7 +195,7 @@ mod tests {
             };
             let contract = contract(sinks, window, protects_prompt);
             let scores = scores_from_host(heads.clone(), &Device::Cpu).unwrap();
-            let plan = keep_best(&contract, &layer, &scores, &ctx).unwrap();
+            let plan = keep_best(&Declares(contract.clone()), &layer, &scores, &ctx).unwrap();
             for (h, s) in heads.iter().enumerate() {
                 let (prefix, window) = contract.protected(&positions[h], &ctx);
                 prop_assert_eq!(&plan.per_head[h], &keep_top_k(s, prefix, window, budget), "head {}", h);
@@ -198,15 +225,16 @@ mod tests {
             budget: 2,
             seed: 0,
         };
-        let c = contract(0, 0, false);
+        let policy = Declares(contract(0, 0, false));
         let one = scores_from_host(vec![vec![0.0; 3]], &Device::Cpu).unwrap();
-        let err = keep_best(&c, &layer, &one, &ctx).unwrap_err();
+        let err = keep_best(&policy, &layer, &one, &ctx).unwrap_err();
+        assert!(err.to_string().contains("Declares"), "{err}");
         assert!(
             err.to_string().contains("1 heads; the layer has 2"),
             "{err}"
         );
         let short = scores_from_host(vec![vec![0.0; 3], vec![0.0; 2]], &Device::Cpu).unwrap();
-        let err = keep_best(&c, &layer, &short, &ctx).unwrap_err();
+        let err = keep_best(&policy, &layer, &short, &ctx).unwrap_err();
         assert!(err.to_string().contains("head 1"), "{err}");
     }
 }

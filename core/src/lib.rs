@@ -28,7 +28,7 @@ pub use kv_policy::{
     keep_top_k, Budget, GqaAggregation, KeepPlan, KvEvictionPolicy, KvHeadView, KvLayerView,
     KvPhase, KvSideInfo, KvStepContext, PolicyContract, SideInfoNeeds, TriggerSchedule,
 };
-pub use kv_scores::{keep_best, scores_from_host, scores_to_host};
+pub use kv_scores::{check_scores, keep_best, scores_from_host, scores_to_host};
 pub use optimizer::{Optimizer, OptimizerStep};
 pub use param::{Param, ParamRole};
 pub use registry::{Family, PluginDescriptor};

@@ -410,7 +410,9 @@ impl KvCache {
         Ok(&self.head(layer, kv_head)?.positions)
     }
 
-    /// `[len]` f32 on the cache's device, where the cache tracks attention.
+    /// `[len]` f32 on the cache's device, where the cache tracks attention. It is a view of the
+    /// cache's storage: the next [`add_attention`](Self::add_attention) changes what it holds, so a
+    /// caller that keeps it across a step copies it.
     pub fn accumulated_attention(&self, layer: usize, kv_head: usize) -> Result<Option<&Tensor>> {
         Ok(self.head(layer, kv_head)?.attention.as_ref())
     }
@@ -425,24 +427,15 @@ impl KvCache {
         self.layers.iter().flatten().map(HeadCache::len).sum()
     }
 
-    /// Bytes allocated for keys and values on the device: `capacity × 2 × head_dim × dtype size`, summed
-    /// over heads (the accumulated attention, 4 bytes a row where tracked, is not counted). Right after [`compact`](Self::compact) a head's capacity is its kept entries plus
-    /// [`headroom`].
+    /// Bytes allocated for keys and values on the device: `capacity × 2 × head_dim × dtype size`,
+    /// summed over heads. Right after [`compact`](Self::compact) a head's capacity is its kept entries
+    /// plus [`headroom`]. The accumulated attention (4 bytes a row, where tracked) is not counted.
     pub fn bytes(&self) -> usize {
         let row = 2 * self.shape.head_dim * self.dtype.size_in_bytes();
         self.layers
             .iter()
             .flatten()
             .map(|h| h.capacity() * row)
-            .sum()
-    }
-
-    /// Bytes allocated on the host for bookkeeping: 8 per position.
-    pub fn host_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .map(|h| 8 * h.positions.capacity())
             .sum()
     }
 
@@ -675,7 +668,6 @@ mod tests {
         assert_eq!(cache.entries(), 43);
         // Keys and values of the kept entries plus 16 rows of headroom per non-empty head, f16 = 2 bytes.
         assert_eq!(cache.bytes(), (43 + 2 * 16) * 2 * d * 2);
-        assert_eq!(cache.host_bytes(), 43 * 8);
         assert_eq!(cache.positions(0, 0).unwrap(), &[0, 5, 99]);
         assert_eq!(cache.layer_view(0).unwrap().group_size, 2);
         // Growing again after compaction appends after the kept rows.

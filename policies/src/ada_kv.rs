@@ -9,8 +9,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    scores_to_host, Budget, Error, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo,
-    KvStepContext, PolicyContract, Result, SideInfoNeeds,
+    check_scores, scores_to_host, Budget, Error, KeepPlan, KvEvictionPolicy, KvLayerView,
+    KvSideInfo, KvStepContext, PolicyContract, Result, SideInfoNeeds,
 };
 
 use crate::SnapKv;
@@ -151,6 +151,7 @@ impl KvEvictionPolicy for AdaKv {
                 ),
             )
         })?;
+        check_scores(self.policy.typetag_name(), layer, &scores)?;
         // Ranking across heads of different lengths is done on the host.
         let scores = scores_to_host(&scores)?;
         let mut kept: Vec<Vec<bool>> = scores

@@ -104,20 +104,24 @@ pub fn contiguous_cpu<'a, T: WithDType>(
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| op_error(op, "expects contiguous operands"))?;
-    Ok(&storage.as_slice::<T>()?[start..end])
+    let elements = storage
+        .as_slice::<T>()
+        .map_err(|e| op_error(op, format!("an operand has the wrong dtype: {e}")))?;
+    Ok(&elements[start..end])
 }
 
-/// The elements of a contiguous CPU tensor's storage.
+/// The elements of a contiguous CPU tensor's storage; `op` names the op in the error.
 pub fn cpu_slice<'a, T: WithDType>(
     storage: &'a StorageRef<'_>,
     layout: &Layout,
+    op: &str,
 ) -> Result<&'a [T]> {
     let Storage::Cpu(cpu) = &**storage else {
-        return Err(Error::Device(
-            "a fused op's CPU path was given a non-CPU tensor".into(),
-        ));
+        return Err(Error::Device(format!(
+            "{op}: the CPU path was given a tensor on another device"
+        )));
     };
-    Ok(contiguous_cpu(cpu, layout, "a fused op's CPU path")?)
+    Ok(contiguous_cpu(cpu, layout, op)?)
 }
 
 /// A new tensor (no backward op) owning `storage`, laid out contiguously as `shape`.
@@ -173,18 +177,19 @@ pub mod cuda {
         }
     }
 
-    /// The elements of a contiguous CUDA tensor's storage, and its device.
+    /// The elements of a contiguous CUDA tensor's storage, and its device; `op` names the op in
+    /// the error.
     pub fn view<'a, T: CudaDType + DeviceRepr>(
         storage: &'a StorageRef<'_>,
         layout: &Layout,
+        op: &str,
     ) -> Result<(CudaView<'a, T>, &'a CudaDevice)> {
-        let (Storage::Cuda(cuda), Some((start, end))) = (&**storage, layout.contiguous_offsets())
-        else {
-            return Err(Error::Device(
-                "a fused op's CUDA path was given a non-CUDA or non-contiguous tensor".into(),
-            ));
+        let Storage::Cuda(cuda) = &**storage else {
+            return Err(Error::Device(format!(
+                "{op}: the CUDA path was given a tensor on another device"
+            )));
         };
-        Ok((cuda.as_cuda_slice::<T>()?.slice(start..end), &cuda.device))
+        Ok((contiguous_cuda(cuda, layout, op)?, &cuda.device))
     }
 
     /// The elements of a contiguous CUDA storage of element type `T`; `op` names the op in the
@@ -197,7 +202,10 @@ pub mod cuda {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| op_error(op, "expects contiguous operands"))?;
-        Ok(storage.as_cuda_slice::<T>()?.slice(start..end))
+        let elements = storage
+            .as_cuda_slice::<T>()
+            .map_err(|e| op_error(op, format!("an operand has the wrong dtype: {e}")))?;
+        Ok(elements.slice(start..end))
     }
 
     /// Uninitialized device memory for `n` elements, to be written entirely by a kernel.
@@ -216,5 +224,39 @@ pub mod cuda {
             )),
             shape,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn storage_access_names_the_op_in_its_errors() {
+        let t = Tensor::arange(0f32, 6.0, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3))
+            .unwrap();
+        let (storage, layout) = t.storage_and_layout();
+        assert_eq!(cpu_slice::<f32>(&storage, layout, "op").unwrap()[4], 4.0);
+        let err = cpu_slice::<f64>(&storage, layout, "Widget").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Widget: an operand has the wrong dtype"),
+            "{err}"
+        );
+        let transposed = t.t().unwrap();
+        let (storage, layout) = transposed.storage_and_layout();
+        let err = cpu_slice::<f32>(&storage, layout, "Widget").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Widget: expects contiguous operands"),
+            "{err}"
+        );
+        assert!(kernel_int("Widget", "a size", 1 << 31)
+            .unwrap_err()
+            .to_string()
+            .contains("Widget: a size 2147483648 exceeds"));
     }
 }

@@ -283,8 +283,8 @@ impl Llama {
                         .iter()
                         .map(|((ks, kl), (vs, vl))| {
                             Ok(decode_attention::HeadEntries {
-                                keys: cpu_slice::<$element>(ks, kl)?,
-                                values: cpu_slice::<$element>(vs, vl)?,
+                                keys: cpu_slice::<$element>(ks, kl, "decode attention")?,
+                                values: cpu_slice::<$element>(vs, vl, "decode attention")?,
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;

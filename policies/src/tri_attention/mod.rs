@@ -283,7 +283,7 @@ impl TriAttention {
                 *acc = acc.add(&scores.broadcast_div(&count)?)?;
             }
         }
-        let plan = keep_best(&self.contract(), first, &mean, step)?;
+        let plan = keep_best(self, first, &mean, step)?;
         Ok(vec![plan; layers.len()])
     }
 }
@@ -367,7 +367,7 @@ impl KvEvictionPolicy for TriAttention {
         }
         let table = OffsetTable::new(Self::rope(side)?, ctx.position, self.max_offset);
         let scores = self.layer_scores(layer, side, ctx, &table)?;
-        keep_best(&self.contract(), layer, &scores, ctx)
+        keep_best(self, layer, &scores, ctx)
     }
 
     fn select_layers(

@@ -97,7 +97,7 @@ pub fn adamw_update(
 fn cpu<T: Float>(operands: [&Tensor; 4], scalars: &AdamWScalars) -> Result<AdamWUpdate> {
     let [b1, one_minus_b1, b2, one_minus_b2, cm, cv, eps, lr, ws] = scalars.in_dtype::<T>();
     let locked = operands.map(|t| t.storage_and_layout());
-    let [w, g, m, v] = [0, 1, 2, 3].map(|i| cpu_slice::<T>(&locked[i].0, locked[i].1));
+    let [w, g, m, v] = [0, 1, 2, 3].map(|i| cpu_slice::<T>(&locked[i].0, locked[i].1, "AdamW"));
     let (w, g, m, v) = (w?, g?, m?, v?);
     let n = w.len();
     let mut w_out = vec![T::zero(); n];
@@ -146,7 +146,7 @@ mod cuda {
         function: &str,
     ) -> Result<AdamWUpdate> {
         let locked = operands.map(|t| t.storage_and_layout());
-        let [w, g, m, v] = [0, 1, 2, 3].map(|i| view::<T>(&locked[i].0, locked[i].1));
+        let [w, g, m, v] = [0, 1, 2, 3].map(|i| view::<T>(&locked[i].0, locked[i].1, "AdamW"));
         let ((w, device), (g, _), (m, _), (v, _)) = (w?, g?, m?, v?);
         let n = w.len();
         let func = cuda_function(device, &MODULE, function)?;

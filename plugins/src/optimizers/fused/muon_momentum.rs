@@ -54,8 +54,8 @@ const LANES: usize = 8;
 fn cpu<T: Float>(operands: [&Tensor; 2], momentum: f64, nesterov: bool) -> Result<MomentumUpdate> {
     let (mu, one_minus_mu) = (T::from_f64(momentum), T::from_f64(1.0 - momentum));
     let locked = operands.map(|t| t.storage_and_layout());
-    let b = cpu_slice::<T>(&locked[0].0, locked[0].1)?;
-    let g = cpu_slice::<T>(&locked[1].0, locked[1].1)?;
+    let b = cpu_slice::<T>(&locked[0].0, locked[0].1, "Muon momentum")?;
+    let g = cpu_slice::<T>(&locked[1].0, locked[1].1, "Muon momentum")?;
     let n = b.len();
     let mut b_out = vec![T::zero(); n];
     let mut d_out = if nesterov {
@@ -128,8 +128,8 @@ mod cuda {
         // The kernel's shared array is sized for this block size.
         const _: () = assert!(BLOCK == 256);
         let locked = operands.map(|t| t.storage_and_layout());
-        let (b, device) = view::<T>(&locked[0].0, locked[0].1)?;
-        let (g, _) = view::<T>(&locked[1].0, locked[1].1)?;
+        let (b, device) = view::<T>(&locked[0].0, locked[0].1, "Muon momentum")?;
+        let (g, _) = view::<T>(&locked[1].0, locked[1].1, "Muon momentum")?;
         let n = b.len();
         let func = cuda_function(device, &MODULE, function)?;
         let config = launch_config(n);
