@@ -5,7 +5,7 @@
 //! per KV head, sorted unique indices. It declares its contract as data so the conformance suite can
 //! hold it to that contract.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::rope::RopeSpec;
@@ -139,15 +139,6 @@ pub struct KvLayerView<'a> {
     pub heads: Vec<KvHeadView<'a>>,
     /// Query heads per KV head (1 without grouped-query attention).
     pub group_size: usize,
-}
-
-impl KvLayerView<'_> {
-    /// The device the layer's cache lives on (the CPU for a layer without heads).
-    pub fn device(&self) -> Device {
-        self.heads
-            .first()
-            .map_or(Device::Cpu, |h| h.keys.device().clone())
-    }
 }
 
 /// Information a policy can ask the forward pass for (see `SideInfoNeeds`).
@@ -347,10 +338,10 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
         }
     }
 
-    /// Per KV head, one score per entry (higher = keep), as `[n_h]` f32 tensors on the cache's device
-    /// ([`scores_from_host`](crate::scores_from_host) for scores computed on the host). A policy that
-    /// only ranks implements this alone: the default [`select`](Self::select) ranks the scores on
-    /// their device. The conformance suite checks that selection keeps the best-scored entries.
+    /// Per KV head, one score per entry (higher = keep), as `[n_h]` f32 tensors where they were
+    /// computed: on the cache's device, or on the host ([`scores_from_host`](crate::scores_from_host)).
+    /// A policy that only ranks implements this alone: the default [`select`](Self::select) ranks the
+    /// scores on their device. The conformance suite checks that selection keeps the best-scored entries.
     fn score(
         &self,
         _layer: &KvLayerView<'_>,

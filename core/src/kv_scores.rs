@@ -1,6 +1,7 @@
 //! The scorer layer: a policy that ranks entries gives, per KV head, one score per entry as a tensor
-//! on the cache's device, and the standard selection ranks them there (kvpress's `ScorerPress`), so
-//! that only the kept indices come to the host.
+//! where it computed them (the cache's device, or the host), and the standard selection ranks them
+//! there (kvpress's `ScorerPress`): scores computed on a GPU stay there and only the kept indices come
+//! to the host.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -8,13 +9,14 @@ use crate::kv_policy::{KeepPlan, KvEvictionPolicy, KvLayerView, KvStepContext};
 use crate::ops::top_k::keep_top_k_rows;
 use crate::{Error, Result};
 
-/// Per KV head, `[n_h]` f32 scores on `device`: for policies that compute their scores on the host.
-pub fn scores_from_host(scores: Vec<Vec<f32>>, device: &Device) -> Result<Vec<Tensor>> {
+/// Per KV head, `[n_h]` f32 scores on the CPU: for policies that compute their scores on the host.
+/// [`keep_best`] ranks them there, so with a cache on a GPU they make no round trip.
+pub fn scores_from_host(scores: Vec<Vec<f32>>) -> Result<Vec<Tensor>> {
     scores
         .into_iter()
         .map(|s| {
             let n = s.len();
-            Ok(Tensor::from_vec(s, n, device)?)
+            Ok(Tensor::from_vec(s, n, &Device::Cpu)?)
         })
         .collect()
 }
@@ -194,7 +196,7 @@ mod tests {
                 seed: 0,
             };
             let contract = contract(sinks, window, protects_prompt);
-            let scores = scores_from_host(heads.clone(), &Device::Cpu).unwrap();
+            let scores = scores_from_host(heads.clone()).unwrap();
             let plan = keep_best(&Declares(contract.clone()), &layer, &scores, &ctx).unwrap();
             for (h, s) in heads.iter().enumerate() {
                 let (prefix, window) = contract.protected(&positions[h], &ctx);
@@ -226,14 +228,14 @@ mod tests {
             seed: 0,
         };
         let policy = Declares(contract(0, 0, false));
-        let one = scores_from_host(vec![vec![0.0; 3]], &Device::Cpu).unwrap();
+        let one = scores_from_host(vec![vec![0.0; 3]]).unwrap();
         let err = keep_best(&policy, &layer, &one, &ctx).unwrap_err();
         assert!(err.to_string().contains("Declares"), "{err}");
         assert!(
             err.to_string().contains("1 heads; the layer has 2"),
             "{err}"
         );
-        let short = scores_from_host(vec![vec![0.0; 3], vec![0.0; 2]], &Device::Cpu).unwrap();
+        let short = scores_from_host(vec![vec![0.0; 3], vec![0.0; 2]]).unwrap();
         let err = keep_best(&policy, &layer, &short, &ctx).unwrap_err();
         assert!(err.to_string().contains("head 1"), "{err}");
     }

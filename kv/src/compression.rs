@@ -241,7 +241,7 @@ mod tests {
                 .iter()
                 .map(|h| h.positions.iter().map(|&p| p as f32).collect())
                 .collect();
-            Ok(Some(scores_from_host(newer, &layer.device())?))
+            Ok(Some(scores_from_host(newer)?))
         }
     }
 

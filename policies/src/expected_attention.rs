@@ -293,7 +293,7 @@ impl KvEvictionPolicy for ExpectedAttention {
                 self.head_scores(&future, g, layer.group_size, head.keys, head.values)
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(scores_from_host(scores, &layer.device())?))
+        Ok(Some(scores_from_host(scores)?))
     }
 }
 

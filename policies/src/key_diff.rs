@@ -89,7 +89,7 @@ impl KvEvictionPolicy for KeyDiff {
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(scores_from_host(scores, &layer.device())?))
+        Ok(Some(scores_from_host(scores)?))
     }
 }
 

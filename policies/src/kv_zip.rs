@@ -88,7 +88,7 @@ impl KvEvictionPolicy for KvZip {
                 ),
             ));
         }
-        Ok(Some(scores_from_host(scores.to_vec(), &layer.device())?))
+        Ok(Some(scores_from_host(scores.to_vec())?))
     }
 }
 

@@ -171,10 +171,7 @@ impl KvEvictionPolicy for RKv {
         side: &KvSideInfo<'_>,
         _ctx: &KvStepContext,
     ) -> Result<Option<Vec<Tensor>>> {
-        Ok(Some(scores_from_host(
-            self.scores(layer, side)?,
-            &layer.device(),
-        )?))
+        Ok(Some(scores_from_host(self.scores(layer, side)?)?))
     }
 }
 

@@ -61,7 +61,7 @@ impl KvEvictionPolicy for Random {
                 (0..head.len()).map(|_| rng.random::<f32>()).collect()
             })
             .collect();
-        Ok(Some(scores_from_host(scores, &layer.device())?))
+        Ok(Some(scores_from_host(scores)?))
     }
 }
 

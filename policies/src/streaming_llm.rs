@@ -62,7 +62,7 @@ impl KvEvictionPolicy for StreamingLlm {
             .iter()
             .map(|h| (0..h.len()).map(|i| i as f32).collect())
             .collect();
-        Ok(Some(scores_from_host(recency, &layer.device())?))
+        Ok(Some(scores_from_host(recency)?))
     }
 }
 

@@ -107,7 +107,7 @@ impl KvEvictionPolicy for Tova {
                     .collect()
             })
             .collect();
-        Ok(Some(scores_from_host(scores, &layer.device())?))
+        Ok(Some(scores_from_host(scores)?))
     }
 }
 

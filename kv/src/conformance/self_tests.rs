@@ -61,10 +61,7 @@ impl KvEvictionPolicy for Broken {
             .iter()
             .map(|h| (0..h.len()).map(|i| i as f32).collect())
             .collect();
-        Ok(Some(spectra_core::scores_from_host(
-            recency,
-            &layer.device(),
-        )?))
+        Ok(Some(spectra_core::scores_from_host(recency)?))
     }
 
     fn select(
