@@ -10,8 +10,9 @@
 //! contiguous view of the filled rows. Compaction gathers the kept rows into new tensors with a little
 //! headroom ([`headroom`]) and drops the old ones, so evicted entries really give their memory back
 //! (unlike masking schemes, which save nothing), and the decode steps after a compaction append
-//! without reallocating (a policy that evicts at every step would otherwise copy its cache twice per
-//! token).
+//! without reallocating. Where the storage already has that size (a policy that evicts at every step,
+//! after its first compaction), the kept rows move down in place instead, so such a policy copies only
+//! the rows after the first entry it evicts.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -148,10 +149,14 @@ impl HeadCache {
 
     /// Replaces the storage by the kept rows plus [`headroom`]; keeping everything changes nothing.
     fn compact(&mut self, keep: &[u32]) -> Result<()> {
-        if keep.len() == self.len() {
+        let (len, kept) = (self.len(), keep.len());
+        if kept == len {
             return Ok(());
         }
-        let capacity = keep.len() + headroom(keep.len());
+        let capacity = kept + headroom(kept);
+        if self.capacity() == capacity {
+            return self.compact_in_place(keep);
+        }
         let gather = |filled: &Tensor| -> Result<Tensor> {
             let store = zeros_rows(filled, capacity)?;
             if !keep.is_empty() {
@@ -165,6 +170,45 @@ impl HeadCache {
         self.attention_store = self.attention.as_ref().map(gather).transpose()?;
         self.positions = keep.iter().map(|&i| self.positions[i as usize]).collect();
         self.positions.shrink_to_fit();
+        self.refresh_views()
+    }
+
+    /// [`compact`](Self::compact) where the storage already has the size a fresh one would have (a
+    /// policy that evicts at every step keeps its budget, so every compaction after the first): the
+    /// kept rows after the first evicted one move down within the storage, and nothing is allocated
+    /// but the moved rows' copy. Evicting one entry
+    /// moves half the rows on average, where a fresh storage wrote all of them twice.
+    fn compact_in_place(&mut self, keep: &[u32]) -> Result<()> {
+        let (len, kept) = (self.len(), keep.len());
+        let settled = keep
+            .iter()
+            .enumerate()
+            .take_while(|&(i, &k)| k as usize == i)
+            .count();
+        let moved = &keep[settled..];
+        if !moved.is_empty() {
+            let index = Tensor::from_slice(moved, moved.len(), self.keys.device())?;
+            let shift = |store: &Tensor, filled: &Tensor| -> Result<()> {
+                Ok(store.slice_set(&filled.index_select(&index, 0)?, 0, settled)?)
+            };
+            shift(&self.key_store, &self.keys)?;
+            shift(&self.value_store, &self.values)?;
+            if let (Some(store), Some(filled)) = (&self.attention_store, &self.attention) {
+                shift(store, filled)?;
+            }
+        }
+        if let Some(store) = &self.attention_store {
+            // Rows past the kept ones start at zero when entries are appended there.
+            store.slice_set(
+                &Tensor::zeros(len - kept, DType::F32, store.device())?,
+                0,
+                kept,
+            )?;
+        }
+        for (to, &from) in moved.iter().enumerate() {
+            self.positions[settled + to] = self.positions[from as usize];
+        }
+        self.positions.truncate(kept);
         self.refresh_views()
     }
 }
@@ -520,9 +564,16 @@ mod tests {
                 head,
                 seed
             }),
+            // Half the entries evicted (a fresh storage), or a few (mostly in place).
             (
                 0..LAYERS,
-                prop::collection::vec(prop::collection::vec(any::<bool>(), 200), HEADS)
+                prop_oneof![
+                    prop::collection::vec(prop::collection::vec(any::<bool>(), 200), HEADS),
+                    prop::collection::vec(
+                        prop::collection::vec(prop::bool::weighted(0.95), 200),
+                        HEADS
+                    ),
+                ]
             )
                 .prop_map(|(layer, masks)| Op::Compact { layer, masks }),
             (0usize..40).prop_map(|extra| Op::Reserve { extra }),
@@ -580,8 +631,9 @@ mod tests {
                         let per_head: Vec<Vec<u32>> = (0..HEADS)
                             .map(|h| (0..model[layer][h].len() as u32).filter(|&i| masks[h][i as usize % 200]).collect())
                             .collect();
-                        // A head that evicts holds its kept rows plus the headroom; one that keeps
-                        // everything, and every other layer, is untouched.
+                        // A head that evicts holds its kept rows plus the headroom (in place where
+                        // its storage had that size already); one that keeps everything, and every
+                        // other layer, is untouched.
                         let expected: Vec<usize> = (0..HEADS).map(|h| {
                             let kept = per_head[h].len();
                             if kept < model[layer][h].len() {
@@ -684,6 +736,52 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert_eq!(last, vec![2.0; d]);
+    }
+
+    /// A policy that evicts one entry per decode step, as H2O does: after the first compaction the
+    /// storage never grows or moves, and entries, positions and attention stay those kept.
+    #[test]
+    fn evicting_one_entry_per_step_compacts_in_place() {
+        let budget = 40;
+        let mut cache = KvCache::new(shape(), DType::F32, &Device::Cpu, true).unwrap();
+        let mut model: Vec<(f32, u64, f32)> = Vec::new();
+        let mut settled = None;
+        for step in 0..120u64 {
+            let k = Tensor::full(step as f32, (HEADS, 1, D), &Device::Cpu).unwrap();
+            cache.append(0, &k, &k, &[step]).unwrap();
+            model.push((step as f32, step, 0.0));
+            let n = model.len();
+            let received: Vec<f32> = (0..n)
+                .map(|i| ((i * 7 + step as usize) % 5) as f32)
+                .collect();
+            for (e, r) in model.iter_mut().zip(&received) {
+                e.2 += r;
+            }
+            let received = Tensor::new(received, &Device::Cpu).unwrap();
+            cache.add_attention(0, 0, &received).unwrap();
+            if n > budget {
+                let evicted = (step as usize * 13) % n;
+                let keep: Vec<u32> = (0..n as u32).filter(|&i| i as usize != evicted).collect();
+                model.remove(evicted);
+                let plan = KeepPlan {
+                    per_head: vec![keep.clone(), keep],
+                };
+                cache.compact(0, &plan).unwrap();
+                let capacity = cache.head(0, 0).unwrap().capacity();
+                assert_eq!(*settled.get_or_insert(capacity), capacity);
+                assert!(capacity <= budget + headroom(budget));
+            }
+            let keys = cache.keys(0, 0).unwrap().to_vec2::<f32>().unwrap();
+            assert!(keys
+                .iter()
+                .zip(&model)
+                .all(|(k, e)| k.iter().all(|&x| x == e.0)));
+            let positions: Vec<u64> = model.iter().map(|e| e.1).collect();
+            assert_eq!(cache.positions(0, 0).unwrap(), &positions[..]);
+            let held = cache.accumulated_attention(0, 0).unwrap().unwrap();
+            let want: Vec<f32> = model.iter().map(|e| e.2).collect();
+            assert_eq!(held.to_vec1::<f32>().unwrap(), want);
+        }
     }
 
     #[test]
