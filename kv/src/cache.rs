@@ -147,7 +147,8 @@ impl HeadCache {
         })
     }
 
-    /// Replaces the storage by the kept rows plus [`headroom`]; keeping everything changes nothing.
+    /// Leaves the kept rows plus [`headroom`] of storage: a fresh storage, or the same one where it
+    /// has that size already; keeping everything changes nothing.
     fn compact(&mut self, keep: &[u32]) -> Result<()> {
         let (len, kept) = (self.len(), keep.len());
         if kept == len {
@@ -176,8 +177,8 @@ impl HeadCache {
     /// [`compact`](Self::compact) where the storage already has the size a fresh one would have (a
     /// policy that evicts at every step keeps its budget, so every compaction after the first): the
     /// kept rows after the first evicted one move down within the storage, and nothing is allocated
-    /// but the moved rows' copy. Evicting one entry
-    /// moves half the rows on average, where a fresh storage wrote all of them twice.
+    /// but the moved rows' copy. Evicting one entry moves half the rows on average, where a fresh
+    /// storage wrote all of them twice.
     fn compact_in_place(&mut self, keep: &[u32]) -> Result<()> {
         let (len, kept) = (self.len(), keep.len());
         let settled = keep
