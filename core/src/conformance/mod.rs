@@ -7,3 +7,4 @@ mod optimizers;
 mod tensors;
 
 pub use constraints::{check_optimizer, check_weight_constraint};
+pub use tensors::run_cases;

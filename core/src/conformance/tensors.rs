@@ -57,7 +57,7 @@ pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<(), TestCaseError> 
 
 /// Runs `property` on `cases` inputs drawn from `strategy` with a fixed seed (failures reproduce run to
 /// run), and panics with `plugin`, the property's message and the smallest failing input.
-pub(crate) fn run_cases<S: Strategy>(
+pub fn run_cases<S: Strategy>(
     plugin: &str,
     cases: u32,
     strategy: S,

@@ -3,7 +3,8 @@
 //! head, head dims 64 and 128, GQA groups 1–8, per-head lengths that differ, random window queries and
 //! RoPE when asked for), plus all-equal, few-distinct and NaN/Inf keys, and the config checks.
 
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
+use spectra_core::conformance::run_cases;
 
 pub use self::fixtures::KvModelShape;
 use self::fixtures::{case_spec, smallest_budget, CaseSpec, Values};
@@ -78,14 +79,10 @@ fn run(
     values: Values,
     test: &dyn Fn(&CaseSpec) -> Result<(), TestCaseError>,
 ) {
-    let config = Config {
+    run_cases(
+        &format!("{policy} ({what})"),
         cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    if let Err(e) = runner.run(&case_spec(values), |spec| test(&spec)) {
-        panic!("{policy}: {what}: {e}");
-    }
+        case_spec(values),
+        |spec| test(&spec),
+    );
 }

@@ -243,7 +243,7 @@ impl Llama {
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             if cache.tracks_attention() {
                 // Summed over the group's queries on the device; nothing comes to the host.
-                cache.add_attention(layer, kv, &probs.sum(0)?.to_dtype(DType::F32)?)?;
+                cache.add_attention(layer, kv, &probs.sum(0)?)?;
             }
             outputs.push(probs.matmul(&values)?.reshape((g, t, d))?);
         }
