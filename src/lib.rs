@@ -3,6 +3,7 @@
 //! This crate re-exports the workspace's crates; the `spectra` binary is its command line.
 
 pub use spectra_core as core;
+pub use spectra_inference as inference;
 pub use spectra_kv as kv_runtime;
 pub use spectra_models as models;
 pub use spectra_plugins as plugins;

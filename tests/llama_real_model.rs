@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use candle_core::Device;
-use spectra::models::llama::{Llama, Logits, Taps, WeightFormat};
+use std::sync::Arc;
+
+use spectra::inference::{CausalDecoder, Logits, Session, Taps};
+use spectra::models::llama::{Llama, WeightFormat};
 
 const MODEL: &str = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -23,12 +26,11 @@ fn the_capital_of_france_is_paris() {
     for format in [WeightFormat::Quantized, WeightFormat::Dequantized] {
         let (model, tokenizer) = Llama::from_gguf(path, &Device::Cpu, format).unwrap();
         let tokens = tokenizer.encode("The capital of France is").unwrap();
-        let positions: Vec<u64> = (0..tokens.len() as u64).collect();
         let mut cache = model.new_cache(false).unwrap();
         let logits = model
-            .forward(
+            .forward_one(
                 &tokens,
-                &positions,
+                0,
                 &mut cache,
                 &mut Taps::default(),
                 Logits::Last,
@@ -64,7 +66,6 @@ fn chat_template_markers_are_single_tokens() {
 fn full_policy_on_a_short_prompt_equals_plain_decoding() {
     use spectra::core::config::parse_ron;
     use spectra::core::{Budget, KvEvictionPolicy};
-    use spectra::models::llama::Session;
 
     let Some(path) = model_path() else { return };
     let (model, tokenizer) =
@@ -72,12 +73,11 @@ fn full_policy_on_a_short_prompt_equals_plain_decoding() {
     let tokens = tokenizer
         .encode("Once upon a time, a small fox lived near the river and")
         .unwrap();
-    let positions: Vec<u64> = (0..tokens.len() as u64).collect();
     let mut cache = model.new_cache(false).unwrap();
     let plain: Vec<Vec<f32>> = model
-        .forward(
+        .forward_one(
             &tokens,
-            &positions,
+            0,
             &mut cache,
             &mut Taps::default(),
             Logits::All,
@@ -85,9 +85,9 @@ fn full_policy_on_a_short_prompt_equals_plain_decoding() {
         .unwrap()
         .to_vec2()
         .unwrap();
-    let full: Box<dyn KvEvictionPolicy> =
+    let full: Arc<dyn KvEvictionPolicy> =
         parse_ron(r#"(type: "Full", cfg: ())"#, Path::new("t.ron")).unwrap();
-    let mut session = Session::new(&model, Some(full.as_ref()), Budget::Tokens(4), 0).unwrap();
+    let mut session = Session::new(Arc::new(model), Some(full), Budget::Tokens(4), 0).unwrap();
     let mut decoded: Vec<Vec<f32>> = session
         .prefill(&tokens[..4], 2, Logits::All)
         .unwrap()

@@ -2,13 +2,15 @@
 //! loaders agree, the KV cache reproduces uncompressed logits, and compaction frees what it promises.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use spectra::core::config::parse_ron;
 use spectra::core::{Budget, KvEvictionPolicy, SideInfoNeeds};
-use spectra::models::llama::{
-    Llama, Logits, PrefillCompression, RereadPrompt, Session, Taps, WeightFormat,
+use spectra::inference::{
+    CausalDecoder, Logits, PrefillCompression, RereadPrompt, Session, Taps,
 };
+use spectra::models::llama::{Llama, WeightFormat};
 
 mod llama_support;
 
@@ -20,12 +22,11 @@ fn tokens(n: usize) -> Vec<u32> {
 
 /// Every position's logits from one uncached pass over the whole sequence.
 fn reference_logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let positions: Vec<u64> = (0..tokens.len() as u64).collect();
     let mut cache = model.new_cache(false).unwrap();
     model
-        .forward(
+        .forward_one(
             tokens,
-            &positions,
+            0,
             &mut cache,
             &mut Taps::default(),
             Logits::All,
@@ -42,12 +43,12 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn policy(text: &str) -> Box<dyn KvEvictionPolicy> {
+fn policy(text: &str) -> Arc<dyn KvEvictionPolicy> {
     parse_ron(text, Path::new("test.ron")).unwrap()
 }
 
 /// Decodes `tokens` one by one after a prefill of `prompt` tokens; returns each position's logits.
-fn decode(session: &mut Session<'_>, tokens: &[u32], prompt: usize) -> Vec<Vec<f32>> {
+fn decode(session: &mut Session<Llama>, tokens: &[u32], prompt: usize) -> Vec<Vec<f32>> {
     let mut out: Vec<Vec<f32>> = session
         .prefill(&tokens[..prompt], 3, Logits::All)
         .unwrap()
@@ -87,11 +88,11 @@ fn gguf_with_interleaved_rope_equals_hf_with_half_rope() {
 #[test]
 fn full_policy_reproduces_uncompressed_logits() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let seq = tokens(20);
     let reference = reference_logits(&model, &seq);
     let full = policy(r#"(type: "Full", cfg: ())"#);
-    let mut session = Session::new(&model, Some(full.as_ref()), Budget::Tokens(4), 0).unwrap();
+    let mut session = Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
     let decoded = decode(&mut session, &seq, 7);
     for (step, (got, want)) in decoded.iter().zip(&reference).enumerate() {
         assert!(
@@ -106,12 +107,12 @@ fn full_policy_reproduces_uncompressed_logits() {
 #[test]
 fn a_budget_at_least_the_sequence_is_the_identity() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let seq = tokens(16);
     let reference = reference_logits(&model, &seq);
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 2))"#);
     let mut session =
-        Session::new(&model, Some(streaming.as_ref()), Budget::Tokens(16), 0).unwrap();
+        Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(16), 0).unwrap();
     let decoded = decode(&mut session, &seq, 5);
     for (got, want) in decoded.iter().zip(&reference) {
         assert!(max_diff(got, want) < TOL);
@@ -122,9 +123,9 @@ fn a_budget_at_least_the_sequence_is_the_identity() {
 #[test]
 fn compaction_frees_memory_and_keeps_positions() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 4))"#);
-    let mut session = Session::new(&model, Some(streaming.as_ref()), Budget::Tokens(8), 0).unwrap();
+    let mut session = Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(8), 0).unwrap();
     session.prefill(&tokens(20), 6, Logits::Last).unwrap();
     let row_bytes = 2 * HEAD_DIM * DType::F32.size_in_bytes();
     // The 8 kept entries per head and the cache's headroom of 16 rows, nothing of the evicted 12.
@@ -154,22 +155,22 @@ fn an_f16_cache_decodes_like_the_f32_cache_at_half_the_bytes() {
     let tiny = Tiny::new();
     let seq = tokens(24);
     let reference = reference_logits(&tiny.gguf(), &seq);
-    let model = tiny.gguf().with_kv_dtype(DType::F16).unwrap();
+    let model = Arc::new(tiny.gguf().with_kv_dtype(DType::F16).unwrap());
     let h2o = policy(r#"(type: "H2o", cfg: (recent_window: 2))"#);
     let full = policy(r#"(type: "Full", cfg: ())"#);
-    let mut session = Session::new(&model, Some(full.as_ref()), Budget::Tokens(4), 0).unwrap();
+    let mut session = Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
     let decoded = decode(&mut session, &seq, 9);
     for (got, want) in decoded.iter().zip(&reference) {
         // Keys and values rounded to f16 (2⁻¹¹ relative) move logits of size ~1–10 by ~10⁻³.
         assert!(max_diff(got, want) < 2e-2, "{}", max_diff(got, want));
     }
-    let f32_model = tiny.gguf();
+    let f32_model = Arc::new(tiny.gguf());
     let mut f32_session =
-        Session::new(&f32_model, Some(full.as_ref()), Budget::Tokens(4), 0).unwrap();
+        Session::new(f32_model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
     decode(&mut f32_session, &seq, 9);
     assert_eq!(2 * session.cache().bytes(), f32_session.cache().bytes());
     // H2O's received attention comes out of the fused f16 pass too.
-    let mut evicting = Session::new(&model, Some(h2o.as_ref()), Budget::Tokens(6), 0).unwrap();
+    let mut evicting = Session::new(model.clone(), Some(h2o.clone()), Budget::Tokens(6), 0).unwrap();
     decode(&mut evicting, &seq, 9);
     assert!(evicting.cache().lens(0).unwrap().iter().all(|&n| n <= 6));
 }
@@ -177,11 +178,11 @@ fn an_f16_cache_decodes_like_the_f32_cache_at_half_the_bytes() {
 #[test]
 fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let seq = tokens(60);
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 1))"#);
     let peak = |prefill: PrefillCompression, chunk: usize| {
-        let mut session = Session::new(&model, Some(streaming.as_ref()), Budget::Tokens(6), 0)
+        let mut session = Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(6), 0)
             .unwrap()
             .with_prefill_compression(prefill);
         session.prefill(&seq, chunk, Logits::Last).unwrap();
@@ -204,10 +205,10 @@ fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
 #[test]
 fn a_session_that_never_evicts_reserves_the_prompt_and_the_decoded_tokens_at_once() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let rows = 2 * KV_HEADS * LAYERS * HEAD_DIM * 4;
     let run = |decoding: usize| {
-        let mut session = Session::new(&model, None, Budget::Tokens(usize::MAX), 0)
+        let mut session = Session::new(model.clone(), None, Budget::Tokens(usize::MAX), 0)
             .unwrap()
             .with_decoding(decoding);
         session.prefill(&tokens(20), 6, Logits::Last).unwrap();
@@ -226,7 +227,7 @@ fn a_session_that_never_evicts_reserves_the_prompt_and_the_decoded_tokens_at_onc
 #[test]
 fn a_forked_session_continues_like_a_session_of_its_own() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let seq = tokens(18);
     let policies = [
         policy(r#"(type: "H2o", cfg: (recent_window: 2))"#),
@@ -236,14 +237,14 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
     let needs = policies
         .iter()
         .fold(SideInfoNeeds::default(), |n, p| n.union(p.needs()));
-    let mut shared = Session::recording(&model, needs).unwrap();
+    let mut shared = Session::recording(model.clone(), needs).unwrap();
     shared.prefill(&seq[..10], 3, Logits::Last).unwrap();
     for p in &policies {
-        let mut own = Session::new(&model, Some(p.as_ref()), Budget::Tokens(6), 0)
+        let mut own = Session::new(model.clone(), Some(p.clone()), Budget::Tokens(6), 0)
             .unwrap()
             .with_prefill_compression(PrefillCompression::AtEnd);
         let own_logits = decode(&mut own, &seq, 10);
-        let mut forked = shared.fork(Some(p.as_ref()), Budget::Tokens(6), 0).unwrap();
+        let mut forked = shared.fork(Some(p.clone()), Budget::Tokens(6), 0).unwrap();
         for (i, &t) in seq[10..].iter().enumerate() {
             let got = forked
                 .step(t)
@@ -266,9 +267,9 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
     }
     // The shared session is untouched by its forks.
     assert_eq!(shared.cache().entries(), LAYERS * KV_HEADS * 10);
-    let bare = Session::recording(&model, SideInfoNeeds::default()).unwrap();
+    let bare = Session::recording(model.clone(), SideInfoNeeds::default()).unwrap();
     let err = bare
-        .fork(Some(policies[0].as_ref()), Budget::Tokens(6), 0)
+        .fork(Some(policies[0].clone()), Budget::Tokens(6), 0)
         .err()
         .expect("H2O needs attention the bare session did not record");
     assert!(err.to_string().contains("did not record"), "{err}");
@@ -279,7 +280,7 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
 #[test]
 fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let seq = tokens(12);
     let kv_zip = policy(r#"(type: "KvZip", cfg: (sinks: 1))"#);
     let reread = RereadPrompt {
@@ -287,13 +288,13 @@ fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
         next: vec![8],
         suffix: vec![9, 10],
     };
-    let mut plain = Session::recording(&model, SideInfoNeeds::default()).unwrap();
+    let mut plain = Session::recording(model.clone(), SideInfoNeeds::default()).unwrap();
     plain.prefill(&seq[..10], 3, Logits::Last).unwrap();
-    let mut shared = Session::recording(&model, kv_zip.needs())
+    let mut shared = Session::recording(model.clone(), kv_zip.needs())
         .unwrap()
         .with_reread(reread.clone());
     shared.prefill(&seq[..10], 3, Logits::Last).unwrap();
-    let step = |s: &mut Session<'_>| -> Vec<f32> {
+    let step = |s: &mut Session<Llama>| -> Vec<f32> {
         s.step(seq[10])
             .unwrap()
             .squeeze(0)
@@ -304,9 +305,9 @@ fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
     let after_reread = step(&mut shared.fork_uncompressed().unwrap());
     assert!(max_diff(&after_reread, &step(&mut plain)) < TOL);
     let forked = shared
-        .fork(Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
         .unwrap();
-    let mut own = Session::new(&model, Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+    let mut own = Session::new(model.clone(), Some(kv_zip.clone()), Budget::Tokens(5), 0)
         .unwrap()
         .with_reread(reread);
     own.prefill(&seq[..10], 3, Logits::Last).unwrap();
@@ -318,14 +319,14 @@ fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
             assert_eq!(kept, own.cache().positions(l, h).unwrap());
         }
     }
-    let mut missing = Session::new(&model, Some(kv_zip.as_ref()), Budget::Tokens(5), 0).unwrap();
+    let mut missing = Session::new(model.clone(), Some(kv_zip.clone()), Budget::Tokens(5), 0).unwrap();
     let err = missing.prefill(&seq[..10], 3, Logits::Last).unwrap_err();
     assert!(err.to_string().contains("with_reread"), "{err}");
     assert!(shared
-        .fork(Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
         .is_ok());
     assert!(plain
-        .fork(Some(kv_zip.as_ref()), Budget::Tokens(5), 0)
+        .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
         .is_err());
 }
 
@@ -333,10 +334,10 @@ fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
 #[test]
 fn kv_zip_scores_a_long_context_chunk_by_chunk() {
     let tiny = Tiny::new();
-    let model = tiny.gguf();
+    let model = Arc::new(tiny.gguf());
     let seq = tokens(2100);
     let kv_zip = policy(r#"(type: "KvZip", cfg: ())"#);
-    let mut session = Session::new(&model, Some(kv_zip.as_ref()), Budget::Tokens(1000), 0)
+    let mut session = Session::new(model.clone(), Some(kv_zip.clone()), Budget::Tokens(1000), 0)
         .unwrap()
         .with_reread(RereadPrompt {
             first: vec![1, 2],

@@ -3,6 +3,7 @@
 //! pass that should be able to evict (each prefill chunk, or the whole prompt, and each decode step)
 //! with the cache and the side information it recorded; it needs to know nothing about the policy.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -26,8 +27,8 @@ pub struct CompressionStats {
 
 /// A policy at a budget, applied to one sequence's cache.
 #[derive(Clone, Debug)]
-pub struct Compression<'p> {
-    policy: Option<&'p dyn KvEvictionPolicy>,
+pub struct Compression {
+    policy: Option<Arc<dyn KvEvictionPolicy>>,
     budget: Budget,
     seed: u64,
     /// Entries at smaller positions belong to the prompt, which policies may protect or score.
@@ -38,10 +39,10 @@ pub struct Compression<'p> {
     pub stats: CompressionStats,
 }
 
-impl<'p> Compression<'p> {
+impl Compression {
     /// Evicts with `policy` at `budget`, or never (`None`); `seed` reaches policies with seeded
     /// randomness.
-    pub fn new(policy: Option<&'p dyn KvEvictionPolicy>, budget: Budget, seed: u64) -> Self {
+    pub fn new(policy: Option<Arc<dyn KvEvictionPolicy>>, budget: Budget, seed: u64) -> Self {
         Compression {
             policy,
             budget,
@@ -61,7 +62,7 @@ impl<'p> Compression<'p> {
     /// start empty.
     pub fn fork(
         &self,
-        policy: Option<&'p dyn KvEvictionPolicy>,
+        policy: Option<Arc<dyn KvEvictionPolicy>>,
         budget: Budget,
         seed: u64,
     ) -> Self {
@@ -78,7 +79,16 @@ impl<'p> Compression<'p> {
 
     /// What the decoder must record for the policy.
     pub fn needs(&self) -> SideInfoNeeds {
-        self.policy.map(|p| p.needs()).unwrap_or_default()
+        self.policy.as_ref().map(|p| p.needs()).unwrap_or_default()
+    }
+
+    /// The policy applied, if any.
+    pub fn policy(&self) -> Option<&Arc<dyn KvEvictionPolicy>> {
+        self.policy.as_ref()
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Whether a policy is applied at all.
@@ -89,6 +99,7 @@ impl<'p> Compression<'p> {
     /// Whether the cache only ever grows: no policy, or one that never fires.
     pub fn never_evicts(&self) -> bool {
         self.policy
+            .as_ref()
             .is_none_or(|p| p.contract().trigger == TriggerSchedule::Never)
     }
 
@@ -122,7 +133,7 @@ impl<'p> Compression<'p> {
         window_queries: &[Option<Tensor>],
         rope: Option<&RopeSpec>,
     ) -> Result<()> {
-        let Some(policy) = self.policy else {
+        let Some(policy) = self.policy.as_deref() else {
             return Ok(());
         };
         let started = Instant::now();
@@ -264,11 +275,11 @@ mod tests {
 
     #[test]
     fn compresses_the_layers_over_budget_and_counts_it() {
-        let policy = Newest {
+        let policy = Arc::new(Newest {
             shared: false,
             budgets_short: false,
-        };
-        let mut compression = Compression::new(Some(&policy), Budget::Tokens(4), 0);
+        });
+        let mut compression = Compression::new(Some(policy), Budget::Tokens(4), 0);
         let mut cache = cache(6, 3);
         compression
             .compress(&mut cache, KvPhase::Prefill, 6, &[], None)
@@ -286,11 +297,11 @@ mod tests {
 
     #[test]
     fn a_shared_selection_compresses_every_layer_and_forgets_the_reread() {
-        let policy = Newest {
+        let policy = Arc::new(Newest {
             shared: true,
             budgets_short: false,
-        };
-        let mut compression = Compression::new(Some(&policy), Budget::Tokens(2), 0);
+        });
+        let mut compression = Compression::new(Some(policy), Budget::Tokens(2), 0);
         compression.set_reconstruction(vec![vec![vec![0.0; 6]], vec![vec![0.0; 6]]]);
         let mut cache = cache(6, 6);
         compression
@@ -304,11 +315,11 @@ mod tests {
 
     #[test]
     fn a_policy_without_a_budget_per_layer_is_an_error() {
-        let policy = Newest {
+        let policy = Arc::new(Newest {
             shared: false,
             budgets_short: true,
-        };
-        let mut compression = Compression::new(Some(&policy), Budget::Tokens(2), 0);
+        });
+        let mut compression = Compression::new(Some(policy), Budget::Tokens(2), 0);
         let err = compression
             .compress(&mut cache(6, 6), KvPhase::Prefill, 6, &[], None)
             .unwrap_err();

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use spectra_core::{DeviceSpec, Error};
-use spectra_models::llama::{Llama, Logits, Taps, WeightFormat};
+use spectra_inference::{CausalDecoder, Logits, Taps};
+use spectra_models::llama::{Llama, WeightFormat};
 use spectra_policies::tri_attention::query_stats::{QueryStatsAccumulator, QueryStatsMeta};
 
 #[derive(Args)]
@@ -50,20 +51,19 @@ pub fn run(args: CalibrateArgs) -> Result<(), Error> {
         config.heads,
     ))?;
     let mut cache = model.new_cache(false)?;
-    let mut record = |layer: usize, queries: &candle_core::Tensor| -> spectra_core::Result<()> {
-        for head in 0..queries.dim(0)? {
-            stats.add_queries(layer, head, &queries.get(head)?)?;
-        }
-        Ok(())
-    };
     let mut taps = Taps {
-        pre_rope_queries: Some(&mut record),
+        record_pre_rope: true,
         ..Taps::default()
     };
     for (i, piece) in tokens.chunks(args.chunk.max(1)).enumerate() {
         let start = (i * args.chunk.max(1)) as u64;
-        let positions: Vec<u64> = (start..start + piece.len() as u64).collect();
-        model.forward(piece, &positions, &mut cache, &mut taps, Logits::Last)?;
+        model.forward_one(piece, start, &mut cache, &mut taps, Logits::None)?;
+        for (layer, queries) in taps.pre_rope_queries.iter_mut().enumerate() {
+            let queries = queries.take().expect("every layer records its queries");
+            for head in 0..queries.dim(0)? {
+                stats.add_queries(layer, head, &queries.get(head)?)?;
+            }
+        }
         eprint!(
             "\rcalibrating: {} of {} tokens",
             start as usize + piece.len(),
@@ -71,7 +71,6 @@ pub fn run(args: CalibrateArgs) -> Result<(), Error> {
         );
     }
     eprintln!();
-    drop(taps);
     stats.finish()?.save(&args.out)?;
     println!(
         "wrote {} ({} layers x {} query heads x {} bands, from {} tokens)",

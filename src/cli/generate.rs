@@ -3,13 +3,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::DType;
 use clap::Args;
 use spectra_core::config::parse_ron;
 use spectra_core::{Budget, DeviceSpec, Error, KvEvictionPolicy};
-use spectra_models::llama::{Llama, Logits, Session, WeightFormat};
+use spectra_inference::{Logits, Session};
+use spectra_models::llama::{Llama, WeightFormat};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -60,7 +62,7 @@ enum KvDtype {
     Bf16,
 }
 
-fn read_policy(text: &str) -> Result<Box<dyn KvEvictionPolicy>, Error> {
+fn read_policy(text: &str) -> Result<Arc<dyn KvEvictionPolicy>, Error> {
     let path = Path::new(text);
     if path.is_dir() {
         return Err(Error::file(
@@ -97,6 +99,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         KvDtype::F16 => DType::F16,
         KvDtype::Bf16 => DType::BF16,
     })?;
+    let model = Arc::new(model);
     let policy = args.policy.as_deref().map(read_policy).transpose()?;
     let budget = Budget::Tokens(args.budget);
     if let Some(p) = &policy {
@@ -128,7 +131,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         ),
     )?;
     let reread = spectra::kv::reread_prompt(&tokenizer, spectra::kv::PromptFormat::Plain)?;
-    let mut session = Session::new(&model, policy.as_deref(), budget, 0)?
+    let mut session = Session::new(model.clone(), policy.clone(), budget, 0)?
         .with_decoding(args.max_tokens)
         .with_reread(reread);
     let started = Instant::now();

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use spectra_core::{DeviceSpec, Error};
-use spectra_models::llama::{score_targets, Llama, Logits, Session, WeightFormat};
+use spectra_inference::{Logits, Session};
+use spectra_models::llama::{score_targets, Llama, WeightFormat};
 
 #[derive(Args)]
 pub struct PerplexityArgs {
@@ -44,6 +45,7 @@ pub fn run(args: PerplexityArgs) -> Result<(), Error> {
         WeightFormat::Quantized
     };
     let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
+    let model = std::sync::Arc::new(model);
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
     let n = args.context;
@@ -72,7 +74,7 @@ pub fn run(args: PerplexityArgs) -> Result<(), Error> {
     let first = n / 2;
     let (mut nll, mut count) = (0f64, 0usize);
     for (i, chunk) in tokens.chunks_exact(n).take(chunks).enumerate() {
-        let mut session = Session::new(&model, None, spectra_core::Budget::Tokens(usize::MAX), 0)?;
+        let mut session = Session::new(model.clone(), None, spectra_core::Budget::Tokens(usize::MAX), 0)?;
         let logits = session.prefill(chunk, n, Logits::All)?;
         let scored = logits.narrow(0, first, n - 1 - first)?;
         let (losses, _) = score_targets(&scored, &chunk[first + 1..])?;

@@ -1,6 +1,7 @@
 //! The KV-cache evaluation config.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +17,7 @@ use super::ruler::{PromptFormat, RulerTask};
 #[serde(deny_unknown_fields)]
 pub struct KvEvalConfig {
     pub model: DecoderConfig,
-    pub policies: Vec<Box<dyn KvEvictionPolicy>>,
+    pub policies: Vec<Arc<dyn KvEvictionPolicy>>,
     pub budgets: Vec<Budget>,
     pub tasks: Vec<KvTask>,
     #[serde(default)]

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use spectra_core::{Budget, Error, Result};
-use spectra_models::llama::{Logits, Session};
+use spectra_models::llama::Llama;
+use spectra_inference::{Logits, Session};
 
 use super::{budget_tokens, check_context, greedy, read_tokens, Bench, FULL};
 
@@ -58,7 +59,7 @@ pub fn run(
         }
         check_context(&bench.model, context + tokens, "Decode.contexts")?;
         let prompt = &all[..context];
-        let full = Session::new(&bench.model, None, Budget::Tokens(usize::MAX), bench.seed)?;
+        let full = Session::new(bench.model.clone(), None, Budget::Tokens(usize::MAX), bench.seed)?;
         rows.push(decode(
             full,
             (prompt, bench.prefill_chunk),
@@ -69,8 +70,8 @@ pub fn run(
         )?);
         for arm in &bench.arms {
             let session = Session::new(
-                &bench.model,
-                Some(arm.policy),
+                bench.model.clone(),
+                Some(arm.policy.clone()),
                 arm.budget.clone(),
                 bench.seed,
             )?
@@ -94,7 +95,7 @@ pub fn run(
 
 /// The prompt prefilled in chunks, then `tokens` decoded greedily.
 fn decode(
-    session: Session<'_>,
+    session: Session<Llama>,
     (prompt, chunk): (&[u32], usize),
     tokens: usize,
     policy: &str,

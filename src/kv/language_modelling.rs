@@ -7,7 +7,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::Serialize;
 use spectra_core::{Error, Result};
-use spectra_models::llama::{score_targets, Logits, Session};
+use spectra_models::llama::Llama;
+use spectra_inference::{Logits, Session};
+use spectra_models::llama::score_targets;
 
 use super::{budget_tokens, check_context, read_tokens, Bench, FULL};
 
@@ -107,7 +109,7 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
         let started = Instant::now();
         let (prompt, scored) = passage.split_at(prompt_len);
         let mut shared =
-            Session::recording(&bench.model, bench.needs)?.with_reread(bench.reread.clone());
+            Session::recording(bench.model.clone(), bench.needs)?.with_reread(bench.reread.clone());
         let first = shared.prefill(prompt, bench.prefill_chunk, Logits::Last)?;
         let mut reference = shared.fork_uncompressed()?;
         let full_top = score(&mut reference, &first, scored, setup.chunk, None, &mut full)?;
@@ -120,7 +122,7 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
         );
         for (arm, tally) in bench.arms.iter().zip(&mut arms) {
             let started = Instant::now();
-            let mut session = shared.fork(Some(arm.policy), arm.budget.clone(), bench.seed)?;
+            let mut session = shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
             score(
                 &mut session,
                 &first,
@@ -167,7 +169,7 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
 /// Scores `scored` given the prompt's last logits `first`, feeding the tokens `chunk` at a time; adds
 /// to `tally` (agreement against `reference`, when given) and returns the predicted tokens.
 fn score(
-    session: &mut Session<'_>,
+    session: &mut Session<Llama>,
     first: &Tensor,
     scored: &[u32],
     chunk: usize,

@@ -17,10 +17,12 @@ mod report;
 mod ruler;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Serialize;
 use spectra_core::{Budget, Error, KvEvictionPolicy, Result, SideInfoNeeds, TriggerSchedule};
-use spectra_models::llama::{Llama, RereadPrompt, TextTokenizer};
+use spectra_inference::{CausalDecoder, RereadPrompt};
+use spectra_models::llama::{Llama, TextTokenizer};
 
 pub use config::{KvEvalConfig, KvTask};
 pub use decode::{DecodeRow, DecodeTaskResult};
@@ -34,7 +36,7 @@ pub const FULL: &str = "Full";
 
 /// One policy at one budget.
 pub struct Arm<'c> {
-    pub policy: &'c dyn KvEvictionPolicy,
+    pub policy: Arc<dyn KvEvictionPolicy>,
     /// The policy's name, numbered when the config lists the same policy more than once.
     pub label: String,
     pub budget: &'c Budget,
@@ -64,7 +66,7 @@ pub fn budget_tokens(budget: &Budget, layers: usize, context_len: usize) -> f64 
 
 /// What every task needs: the model, its tokenizer and the arms.
 pub struct Bench<'c> {
-    pub model: Llama,
+    pub model: Arc<Llama>,
     pub tokenizer: TextTokenizer,
     pub arms: Vec<Arm<'c>>,
     /// What the shared prefill records: the union of the arms' needs.
@@ -105,7 +107,7 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
             .iter()
             .fold(SideInfoNeeds::default(), |n, p| n.union(p.needs())),
         reread: reread_prompt(&tokenizer, PromptFormat::Plain)?,
-        model,
+        model: Arc::new(model),
         tokenizer,
         seed: config.seed,
         prefill_chunk: config.prefill_chunk,
@@ -173,10 +175,9 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
 }
 
 /// Every policy except the never-evicting ones (they equal the reference) at every budget.
-fn arms<'c>(policies: &'c [Box<dyn KvEvictionPolicy>], budgets: &'c [Budget]) -> Vec<Arm<'c>> {
-    let evicting: Vec<&dyn KvEvictionPolicy> = policies
+fn arms<'c>(policies: &[Arc<dyn KvEvictionPolicy>], budgets: &'c [Budget]) -> Vec<Arm<'c>> {
+    let evicting: Vec<&Arc<dyn KvEvictionPolicy>> = policies
         .iter()
-        .map(|p| p.as_ref())
         .filter(|p| p.contract().trigger != TriggerSchedule::Never)
         .collect();
     let mut arms = Vec::new();
@@ -185,7 +186,8 @@ fn arms<'c>(policies: &'c [Box<dyn KvEvictionPolicy>], budgets: &'c [Budget]) ->
         let same: Vec<usize> = (0..evicting.len())
             .filter(|&j| evicting[j].typetag_name() == name)
             .collect();
-        let wrapped = |j: usize| inner_policy(evicting[j]).map(|inner| format!("{name}({inner})"));
+        let wrapped =
+            |j: usize| inner_policy(evicting[j].as_ref()).map(|inner| format!("{name}({inner})"));
         let label = if same.len() == 1 {
             name.to_string()
         } else if same.iter().all(|&j| wrapped(j).is_some())
@@ -199,7 +201,7 @@ fn arms<'c>(policies: &'c [Box<dyn KvEvictionPolicy>], budgets: &'c [Budget]) ->
             format!("{name} #{nth}")
         };
         arms.extend(budgets.iter().map(|budget| Arm {
-            policy: *policy,
+            policy: Arc::clone(policy),
             label: label.clone(),
             budget,
         }));
@@ -242,7 +244,7 @@ pub fn reread_prompt(tokenizer: &TextTokenizer, format: PromptFormat) -> Result<
 
 /// Checks that `needed` tokens fit the model's context.
 pub fn check_context(model: &Llama, needed: usize, what: &str) -> Result<()> {
-    if needed > model.config.max_context {
+    if needed > model.context_len() {
         return Err(Error::invalid(
             what,
             format!(
@@ -274,15 +276,15 @@ mod tests {
 
     #[test]
     fn wrappers_of_different_policies_are_labelled_by_what_they_wrap() {
-        let policies: Vec<Box<dyn KvEvictionPolicy>> = vec![
-            Box::new(SnapKv::default()),
-            Box::new(AdaKv::default()),
-            Box::new(AdaKv {
+        let policies: Vec<Arc<dyn KvEvictionPolicy>> = vec![
+            Arc::new(SnapKv::default()),
+            Arc::new(AdaKv::default()),
+            Arc::new(AdaKv {
                 policy: Box::new(KvZip::default()),
                 ..AdaKv::default()
             }),
-            Box::new(KvZip::default()),
-            Box::new(KvZip { sinks: 8 }),
+            Arc::new(KvZip::default()),
+            Arc::new(KvZip { sinks: 8 }),
         ];
         let budgets = [Budget::Ratio(0.5)];
         let labels: Vec<String> = arms(&policies, &budgets)

@@ -17,7 +17,9 @@ use rand::Rng;
 use serde::Serialize;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, Result};
-use spectra_models::llama::{Logits, Session, TextTokenizer};
+use spectra_models::llama::Llama;
+use spectra_inference::{Logits, Session};
+use spectra_models::llama::TextTokenizer;
 
 use super::{budget_tokens, check_context, greedy, Bench, FULL};
 
@@ -157,7 +159,7 @@ pub fn run(
                     .encode(&format!(" The pass key is {key}. Remember it."))?;
                 let context = pieces.context(&sentence, length, depth)?;
                 let started = Instant::now();
-                let mut shared = Session::recording(&bench.model, bench.needs)?
+                let mut shared = Session::recording(bench.model.clone(), bench.needs)?
                     .with_reread(bench.reread.clone());
                 shared.prefill(&context, bench.prefill_chunk, Logits::Last)?;
                 let reference = shared.fork_uncompressed()?;
@@ -184,7 +186,7 @@ pub fn run(
                 }
                 full_correct += 1;
                 for (i, arm) in bench.arms.iter().enumerate() {
-                    let session = shared.fork(Some(arm.policy), arm.budget.clone(), bench.seed)?;
+                    let session = shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
                     let said = answer(bench, session, &pieces.question)?;
                     answers.push((Some(i), sample(arm.label.clone(), arm.budget_label(), said)));
                 }
@@ -236,7 +238,7 @@ pub fn run(
 }
 
 /// Asks the question and decodes the answer greedily.
-fn answer(bench: &Bench<'_>, mut session: Session<'_>, question: &[u32]) -> Result<String> {
+fn answer(bench: &Bench<'_>, mut session: Session<Llama>, question: &[u32]) -> Result<String> {
     let mut logits = session.extend(question, Logits::Last)?;
     let mut said = Vec::new();
     for _ in 0..ANSWER_TOKENS {

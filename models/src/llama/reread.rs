@@ -15,7 +15,10 @@ use spectra_core::{Error, Result};
 use spectra_kernels::sgemm::{matmul_on, Operand, Threads};
 use spectra_kv::KvCache;
 
-use super::{causal_mask, Llama, Logits, Taps};
+use spectra_inference::{CausalDecoder, Logits, RereadPrompt, Taps};
+
+use super::attention::causal_mask;
+use super::Llama;
 use crate::cpu_op::{exp_nonpositive, maximum, sum, vectorized, with_f32};
 
 /// Context tokens per re-read chunk, as KVzip's.
@@ -25,23 +28,10 @@ pub const SINKS: usize = 4;
 /// Tokens of the previous chunk that a later chunk's request repeats, to say where to resume.
 const RESUME_FROM: usize = 8;
 
-/// The tokens of the request to repeat the context.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RereadPrompt {
-    /// Before the first chunk: "Repeat the previous context exactly."
-    pub first: Vec<u32>,
-    /// Before a later chunk, followed by the previous chunk's last tokens: "Repeat the part of the
-    /// previous context exactly, starting with".
-    pub next: Vec<u32>,
-    /// After the request: the end of the user's turn and the assistant's opening, in the prompt's
-    /// own format.
-    pub suffix: Vec<u32>,
-}
-
 /// `[layer][kv_head][entry]`: the scores of the `context.len()` entries of `cache`, which holds exactly
 /// `context` read at positions `0..position`. The re-read runs on a copy of the cache, at the
 /// positions after `position`, in forward passes of at most `pass` tokens.
-pub fn reconstruction_scores(
+pub(super) fn reconstruction_scores(
     model: &Llama,
     cache: &KvCache,
     context: &[u32],
@@ -83,8 +73,7 @@ pub fn reconstruction_scores(
         };
         let mut at = position;
         for piece in input.chunks(pass.max(1)) {
-            let positions: Vec<u64> = (at..at + piece.len() as u64).collect();
-            model.forward(piece, &positions, &mut scratch, &mut taps, Logits::Last)?;
+            model.forward_one(piece, at, &mut scratch, &mut taps, Logits::None)?;
             at += piece.len() as u64;
         }
         let sinks = SINKS.min(start);

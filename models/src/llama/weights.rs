@@ -70,6 +70,17 @@ impl Linear {
         }
     }
 
+    /// Bytes held, as stored.
+    fn bytes(&self) -> usize {
+        match self {
+            Linear::Blocks(m) => m.bytes(),
+            Linear::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        }
+    }
+
     fn dims(&self) -> Vec<usize> {
         match self {
             Linear::Blocks(m) => {
@@ -104,6 +115,18 @@ pub struct LlamaWeights {
 }
 
 impl LlamaWeights {
+    /// The bytes of the matrices one forward pass reads: every layer's and the output head's (the
+    /// embedding gives only the rows of its tokens).
+    pub fn bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .flat_map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down])
+            .map(Linear::bytes)
+            .sum();
+        layers + self.head.bytes()
+    }
+
     /// Every tensor has the shape the config implies; a mismatch names the tensor.
     pub(crate) fn check(&self, c: &LlamaConfig, source: &Path) -> Result<()> {
         let expect = |name: String, got: Vec<usize>, want: Vec<usize>| {

@@ -25,7 +25,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Budget, Error, Result, SpectraRng};
-use spectra_models::llama::{Logits, Session, TextTokenizer};
+use spectra_models::llama::Llama;
+use spectra_inference::{Logits, Session};
+use spectra_models::llama::TextTokenizer;
 
 pub use tasks::RulerTask;
 use tasks::{string_match_all, Sample};
@@ -215,7 +217,7 @@ fn run_length(
             let prompt = fit(bench, setup, text, task, length, max_new, rng.random())?;
             compressed_tokens += prompt.compressed.len();
             let mut shared =
-                Session::recording(&bench.model, bench.needs)?.with_reread(reread.clone());
+                Session::recording(bench.model.clone(), bench.needs)?.with_reread(reread.clone());
             shared.prefill(&prompt.compressed, bench.prefill_chunk, Logits::Last)?;
             let said = answer(bench, shared.fork_uncompressed()?, &prompt.asked, max_new)?;
             let full = record(0, sample, &prompt, said);
@@ -242,7 +244,7 @@ fn run_length(
         for (sample, (prompt, shared)) in prefilled.iter().enumerate() {
             let started = Instant::now();
             for (i, arm) in arms.iter().enumerate() {
-                let session = shared.fork(Some(arm.policy), arm.budget.clone(), bench.seed)?;
+                let session = shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
                 let said = answer(bench, session, &prompt.asked, max_new)?;
                 record(i + 1, sample, prompt, said);
             }
@@ -361,7 +363,7 @@ fn fit(
 /// answer and the session's peak KV bytes.
 fn answer(
     bench: &Bench<'_>,
-    mut session: Session<'_>,
+    mut session: Session<Llama>,
     asked: &[u32],
     max_new: usize,
 ) -> Result<(String, usize)> {
