@@ -28,13 +28,7 @@ fn the_capital_of_france_is_paris() {
         let tokens = tokenizer.encode("The capital of France is").unwrap();
         let mut cache = model.new_cache(false).unwrap();
         let logits = model
-            .forward_one(
-                &tokens,
-                0,
-                &mut cache,
-                &mut Taps::default(),
-                Logits::Last,
-            )
+            .forward_one(&tokens, 0, &mut cache, &mut Taps::default(), Logits::Last)
             .unwrap();
         let next = logits
             .squeeze(0)
@@ -75,13 +69,7 @@ fn full_policy_on_a_short_prompt_equals_plain_decoding() {
         .unwrap();
     let mut cache = model.new_cache(false).unwrap();
     let plain: Vec<Vec<f32>> = model
-        .forward_one(
-            &tokens,
-            0,
-            &mut cache,
-            &mut Taps::default(),
-            Logits::All,
-        )
+        .forward_one(&tokens, 0, &mut cache, &mut Taps::default(), Logits::All)
         .unwrap()
         .to_vec2()
         .unwrap();

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use spectra::core::config::parse_ron;
 use spectra::core::{Budget, KvEvictionPolicy, SideInfoNeeds};
-use spectra::inference::{
-    CausalDecoder, Logits, PrefillCompression, RereadPrompt, Session, Taps,
-};
+use spectra::inference::{CausalDecoder, Logits, PrefillCompression, RereadPrompt, Session, Taps};
 use spectra::models::llama::{Llama, WeightFormat};
 
 mod llama_support;
@@ -24,13 +22,7 @@ fn tokens(n: usize) -> Vec<u32> {
 fn reference_logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = model.new_cache(false).unwrap();
     model
-        .forward_one(
-            tokens,
-            0,
-            &mut cache,
-            &mut Taps::default(),
-            Logits::All,
-        )
+        .forward_one(tokens, 0, &mut cache, &mut Taps::default(), Logits::All)
         .unwrap()
         .to_vec2()
         .unwrap()
@@ -92,7 +84,8 @@ fn full_policy_reproduces_uncompressed_logits() {
     let seq = tokens(20);
     let reference = reference_logits(&model, &seq);
     let full = policy(r#"(type: "Full", cfg: ())"#);
-    let mut session = Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
+    let mut session =
+        Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
     let decoded = decode(&mut session, &seq, 7);
     for (step, (got, want)) in decoded.iter().zip(&reference).enumerate() {
         assert!(
@@ -111,8 +104,13 @@ fn a_budget_at_least_the_sequence_is_the_identity() {
     let seq = tokens(16);
     let reference = reference_logits(&model, &seq);
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 2))"#);
-    let mut session =
-        Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(16), 0).unwrap();
+    let mut session = Session::new(
+        model.clone(),
+        Some(streaming.clone()),
+        Budget::Tokens(16),
+        0,
+    )
+    .unwrap();
     let decoded = decode(&mut session, &seq, 5);
     for (got, want) in decoded.iter().zip(&reference) {
         assert!(max_diff(got, want) < TOL);
@@ -125,7 +123,8 @@ fn compaction_frees_memory_and_keeps_positions() {
     let tiny = Tiny::new();
     let model = Arc::new(tiny.gguf());
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 4))"#);
-    let mut session = Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(8), 0).unwrap();
+    let mut session =
+        Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(8), 0).unwrap();
     session.prefill(&tokens(20), 6, Logits::Last).unwrap();
     let row_bytes = 2 * HEAD_DIM * DType::F32.size_in_bytes();
     // The 8 kept entries per head and the cache's headroom of 16 rows, nothing of the evicted 12.
@@ -158,7 +157,8 @@ fn an_f16_cache_decodes_like_the_f32_cache_at_half_the_bytes() {
     let model = Arc::new(tiny.gguf().with_kv_dtype(DType::F16).unwrap());
     let h2o = policy(r#"(type: "H2o", cfg: (recent_window: 2))"#);
     let full = policy(r#"(type: "Full", cfg: ())"#);
-    let mut session = Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
+    let mut session =
+        Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
     let decoded = decode(&mut session, &seq, 9);
     for (got, want) in decoded.iter().zip(&reference) {
         // Keys and values rounded to f16 (2⁻¹¹ relative) move logits of size ~1–10 by ~10⁻³.
@@ -170,7 +170,8 @@ fn an_f16_cache_decodes_like_the_f32_cache_at_half_the_bytes() {
     decode(&mut f32_session, &seq, 9);
     assert_eq!(2 * session.cache().bytes(), f32_session.cache().bytes());
     // H2O's received attention comes out of the fused f16 pass too.
-    let mut evicting = Session::new(model.clone(), Some(h2o.clone()), Budget::Tokens(6), 0).unwrap();
+    let mut evicting =
+        Session::new(model.clone(), Some(h2o.clone()), Budget::Tokens(6), 0).unwrap();
     decode(&mut evicting, &seq, 9);
     assert!(evicting.cache().lens(0).unwrap().iter().all(|&n| n <= 6));
 }
@@ -182,9 +183,10 @@ fn compressing_after_every_prefill_chunk_bounds_the_peak_cache() {
     let seq = tokens(60);
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 1))"#);
     let peak = |prefill: PrefillCompression, chunk: usize| {
-        let mut session = Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(6), 0)
-            .unwrap()
-            .with_prefill_compression(prefill);
+        let mut session =
+            Session::new(model.clone(), Some(streaming.clone()), Budget::Tokens(6), 0)
+                .unwrap()
+                .with_prefill_compression(prefill);
         session.prefill(&seq, chunk, Logits::Last).unwrap();
         for l in 0..LAYERS {
             assert!(session.cache().lens(l).unwrap().iter().all(|&n| n <= 6));
@@ -319,7 +321,8 @@ fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
             assert_eq!(kept, own.cache().positions(l, h).unwrap());
         }
     }
-    let mut missing = Session::new(model.clone(), Some(kv_zip.clone()), Budget::Tokens(5), 0).unwrap();
+    let mut missing =
+        Session::new(model.clone(), Some(kv_zip.clone()), Budget::Tokens(5), 0).unwrap();
     let err = missing.prefill(&seq[..10], 3, Logits::Last).unwrap_err();
     assert!(err.to_string().contains("with_reread"), "{err}");
     assert!(shared

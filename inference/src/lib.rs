@@ -4,7 +4,18 @@
 //! text streamed without splitting a character).
 
 pub mod decoder;
+pub mod engine;
+pub mod generation;
+pub mod kv_memory;
+pub mod scheduler;
 pub mod session;
 
 pub use decoder::{CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows, Taps};
+pub use engine::{Engine, EngineConfig, Event, Request, SequenceStats};
+pub use generation::{
+    Choice, Detokenize, FinishReason, GenerationParams, Sampler, SamplingParams, StopStrings,
+    TextStream,
+};
+pub use kv_memory::{peak_kv_bytes, SequencePlan};
+pub use scheduler::{Scheduler, SchedulerConfig, SequenceId, StepPriority, Work};
 pub use session::{Feed, PrefillCompression, Session};

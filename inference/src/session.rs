@@ -234,9 +234,9 @@ impl<D: CausalDecoder> Session<D> {
             self.feed(feed)?;
             let (start, at) = (self.position, self.prompt.read);
             let piece = &self.prompt.tokens[at..at + len];
-            let out = self
-                .model
-                .forward_one(piece, start, &mut self.cache, &mut self.taps, logits)?;
+            let out =
+                self.model
+                    .forward_one(piece, start, &mut self.cache, &mut self.taps, logits)?;
             if logits != Logits::None {
                 outputs.push(out);
             }
@@ -315,7 +315,12 @@ impl<D: CausalDecoder> Session<D> {
 
     /// The rows this session lends to a batched forward pass: the next `len` prompt tokens, or
     /// `tokens` after the prompt.
-    pub fn rows<'a>(&'a mut self, feed: Feed, tokens: &'a [u32], logits: Logits) -> SequenceRows<'a> {
+    pub fn rows<'a>(
+        &'a mut self,
+        feed: Feed,
+        tokens: &'a [u32],
+        logits: Logits,
+    ) -> SequenceRows<'a> {
         let tokens = match feed {
             Feed::Prompt { len } => {
                 let at = self.prompt.read;

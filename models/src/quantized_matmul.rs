@@ -21,7 +21,7 @@ const BLOCK: usize = 32;
 
 /// Input rows from which a product expands the matrix to f32 instead of quantizing the inputs: the
 /// integer kernels read the weights once per 16 rows, the f32 product once per 256-deep block.
-const PREFILL_ROWS: usize = 16;
+pub const PREFILL_ROWS: usize = 16;
 
 /// 1.5·2²³: see [`quantize_rows`].
 const ROUND: f32 = 12_582_912.0;
@@ -110,8 +110,22 @@ impl QuantizedMatrix {
         self.data.len()
     }
 
-    /// `x·Wᵀ` for `x: [t, cols]` (f32, CPU): `[t, rows]`.
+    /// `x·Wᵀ` for `x: [t, cols]` (f32, CPU): `[t, rows]`. Decoding's few rows (fewer than
+    /// [`PREFILL_ROWS`]) are quantized and multiplied on the blocks, more are multiplied as
+    /// [`forward_expanded`](Self::forward_expanded) does.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(QuantizedMatrix::forward_all(&[self], x)?.remove(0))
+    }
+
+    /// `x·Wᵀ` with the matrix expanded to f32 (how a prompt chunk is multiplied), whatever `t`.
+    pub fn forward_expanded(&self, x: &Tensor) -> Result<Tensor> {
+        let t = self.check_input(x)?;
+        let out = with_f32(x, "quantized matmul", |x| self.multiply_expanded(x, t))?;
+        Ok(Tensor::from_vec(out, (t, self.rows), &Device::Cpu)?)
+    }
+
+    /// Rows of `x: [t, cols]`, or an error naming both widths.
+    fn check_input(&self, x: &Tensor) -> Result<usize> {
         let (t, cols) = x.dims2()?;
         if cols != self.cols {
             return Err(Error::invalid(
@@ -122,15 +136,7 @@ impl QuantizedMatrix {
                 ),
             ));
         }
-        let out = with_f32(x, "quantized matmul", |x| {
-            if t >= PREFILL_ROWS {
-                self.multiply_expanded(x, t)
-            } else {
-                let x = vectorized(|| quantize_rows(x, cols));
-                multiply_all(&[self], &x, t).remove(0)
-            }
-        })?;
-        Ok(Tensor::from_vec(out, (t, self.rows), &Device::Cpu)?)
+        Ok(t)
     }
 
     /// `[t, rows]` for many input rows (a prefill chunk): the matrix expanded to f32 on every thread,
@@ -158,14 +164,25 @@ impl QuantizedMatrix {
         }
     }
 
-    /// `x·Wᵀ` for several matrices of one input width, as `[t, rows]` each: `x` is quantized once, and
-    /// one parallel section computes every matrix (the query, key and value projections of a layer;
-    /// its gate and up projections), instead of one section per matrix.
+    /// `x·Wᵀ` for several matrices of one input width, as `[t, rows]` each, as
+    /// [`forward`](Self::forward) chooses: few rows are quantized once, and one parallel section
+    /// computes every matrix (the query, key and value projections of a layer; its gate and up
+    /// projections), instead of one section per matrix.
     pub fn forward_all(matrices: &[&QuantizedMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
-        let (t, cols) = x.dims2()?;
-        if t >= PREFILL_ROWS || matrices.iter().any(|m| m.cols != cols) {
-            return matrices.iter().map(|m| m.forward(x)).collect();
+        if x.dims2()?.0 >= PREFILL_ROWS {
+            return matrices.iter().map(|m| m.forward_expanded(x)).collect();
         }
+        QuantizedMatrix::forward_all_quantized(matrices, x)
+    }
+
+    /// [`forward_all`](Self::forward_all) on the blocks with quantized inputs, however many rows:
+    /// each row's product is the one it gets alone, and the weights are read once for all of them
+    /// (many sequences decoding together).
+    pub fn forward_all_quantized(matrices: &[&QuantizedMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+        for m in matrices {
+            m.check_input(x)?;
+        }
+        let (t, cols) = x.dims2()?;
         let outs = with_f32(x, "quantized matmul", |x| {
             multiply_all(matrices, &vectorized(|| quantize_rows(x, cols)), t)
         })?;

@@ -74,7 +74,12 @@ pub fn run(args: PerplexityArgs) -> Result<(), Error> {
     let first = n / 2;
     let (mut nll, mut count) = (0f64, 0usize);
     for (i, chunk) in tokens.chunks_exact(n).take(chunks).enumerate() {
-        let mut session = Session::new(model.clone(), None, spectra_core::Budget::Tokens(usize::MAX), 0)?;
+        let mut session = Session::new(
+            model.clone(),
+            None,
+            spectra_core::Budget::Tokens(usize::MAX),
+            0,
+        )?;
         let logits = session.prefill(chunk, n, Logits::All)?;
         let scored = logits.narrow(0, first, n - 1 - first)?;
         let (losses, _) = score_targets(&scored, &chunk[first + 1..])?;

@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 use spectra_core::{Budget, Error, Result};
-use spectra_models::llama::Llama;
 use spectra_inference::{Logits, Session};
+use spectra_models::llama::Llama;
 
 use super::{budget_tokens, check_context, greedy, read_tokens, Bench, FULL};
 
@@ -59,7 +59,12 @@ pub fn run(
         }
         check_context(&bench.model, context + tokens, "Decode.contexts")?;
         let prompt = &all[..context];
-        let full = Session::new(bench.model.clone(), None, Budget::Tokens(usize::MAX), bench.seed)?;
+        let full = Session::new(
+            bench.model.clone(),
+            None,
+            Budget::Tokens(usize::MAX),
+            bench.seed,
+        )?;
         rows.push(decode(
             full,
             (prompt, bench.prefill_chunk),

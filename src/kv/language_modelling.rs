@@ -7,9 +7,9 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::Serialize;
 use spectra_core::{Error, Result};
-use spectra_models::llama::Llama;
 use spectra_inference::{Logits, Session};
 use spectra_models::llama::score_targets;
+use spectra_models::llama::Llama;
 
 use super::{budget_tokens, check_context, read_tokens, Bench, FULL};
 
@@ -122,7 +122,8 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
         );
         for (arm, tally) in bench.arms.iter().zip(&mut arms) {
             let started = Instant::now();
-            let mut session = shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
+            let mut session =
+                shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
             score(
                 &mut session,
                 &first,

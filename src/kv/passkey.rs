@@ -17,8 +17,8 @@ use rand::Rng;
 use serde::Serialize;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, Result};
-use spectra_models::llama::Llama;
 use spectra_inference::{Logits, Session};
+use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
 use super::{budget_tokens, check_context, greedy, Bench, FULL};
@@ -186,7 +186,8 @@ pub fn run(
                 }
                 full_correct += 1;
                 for (i, arm) in bench.arms.iter().enumerate() {
-                    let session = shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
+                    let session =
+                        shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
                     let said = answer(bench, session, &pieces.question)?;
                     answers.push((Some(i), sample(arm.label.clone(), arm.budget_label(), said)));
                 }

@@ -50,7 +50,10 @@ pub(super) fn attend(
         let queries = if chosen.len() == rows.tokens.len() {
             by_row
         } else {
-            let index: Vec<u32> = chosen.iter().map(|&i| rows.ranges[i].start as u32).collect();
+            let index: Vec<u32> = chosen
+                .iter()
+                .map(|&i| rows.ranges[i].start as u32)
+                .collect();
             by_row.index_select(&Tensor::new(index.as_slice(), q.device())?, 0)?
         };
         let mut caches: Vec<&mut KvCache> = batch

@@ -5,14 +5,12 @@
 use candle_core::{DType, Device, Tensor};
 use spectra_core::rope::RopeSpec;
 use spectra_core::{Error, Result};
-use spectra_inference::{
-    CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows,
-};
+use spectra_inference::{CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows};
 use spectra_kv::{KvCache, KvCacheShape};
 
 use super::attention::{attend, causal_mask, BatchRows};
 use super::rotary::Rotary;
-use super::weights::Linear;
+use super::weights::{Linear, RowKinds};
 use super::Llama;
 
 impl CausalDecoder for Llama {
@@ -64,6 +62,7 @@ impl CausalDecoder for Llama {
         // Shared by every layer: the rotation tables of every row's position.
         let rotary = Rotary::new(&c.rope, &rows.positions, &self.device)?;
         let t = rows.tokens.len();
+        let kinds = RowKinds::of(rows.ranges.iter().map(|r| r.len()));
         for (l, w) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &w.attn_norm, c.rms_eps as f32)?;
             let heads = |projected: &Tensor, n: usize| -> Result<Tensor> {
@@ -72,7 +71,7 @@ impl CausalDecoder for Llama {
                     .transpose(0, 1)?
                     .contiguous()?)
             };
-            let projected = Linear::forward_all(&[&w.q, &w.k, &w.v], &h)?;
+            let projected = Linear::forward_all(&[&w.q, &w.k, &w.v], &h, &kinds)?;
             let q = heads(&projected[0], c.heads)?;
             let k = heads(&projected[1], c.kv_heads)?;
             let v = heads(&projected[2], c.kv_heads)?;
@@ -94,11 +93,11 @@ impl CausalDecoder for Llama {
                 }
             }
             let attended = attend(c, l, &q, batch, &rows)?;
-            x = (x + w.o.forward(&attended)?)?;
+            x = (x + w.o.forward(&attended, &kinds)?)?;
             let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps as f32)?;
-            let gate_up = Linear::forward_all(&[&w.gate, &w.up], &h)?;
+            let gate_up = Linear::forward_all(&[&w.gate, &w.up], &h, &kinds)?;
             let gated = (candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?;
-            x = (x + w.down.forward(&gated)?)?;
+            x = (x + w.down.forward(&gated, &kinds)?)?;
         }
         self.logits(&x, batch, &rows)
     }
@@ -134,7 +133,11 @@ impl Llama {
                 Logits::None => r.end..r.end,
             })
             .collect();
-        let picked: Vec<u32> = wanted.iter().flat_map(|r| r.clone()).map(|i| i as u32).collect();
+        let picked: Vec<u32> = wanted
+            .iter()
+            .flat_map(|r| r.clone())
+            .map(|i| i as u32)
+            .collect();
         if picked.is_empty() {
             let none = Tensor::zeros((0, c.vocab), DType::F32, &self.device)?;
             return Ok(vec![none; batch.len()]);
@@ -145,7 +148,10 @@ impl Llama {
             x.index_select(&Tensor::new(picked.as_slice(), &self.device)?, 0)?
         };
         let x = candle_nn::ops::rms_norm(&x, &self.weights.norm, c.rms_eps as f32)?;
-        let logits = self.weights.head.forward(&x)?;
+        let logits = self
+            .weights
+            .head
+            .forward(&x, &RowKinds::of(wanted.iter().map(|r| r.len())))?;
         let mut at = 0;
         wanted
             .iter()

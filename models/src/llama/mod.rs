@@ -90,7 +90,6 @@ impl Llama {
         self.kv_dtype = dtype;
         Ok(self)
     }
-
 }
 
 /// Per row of `logits` (`[rows, vocab]`): the negative log-likelihood of that row's target, in nats

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
-use crate::quantized_matmul::QuantizedMatrix;
+use crate::quantized_matmul::{QuantizedMatrix, PREFILL_ROWS};
 
 /// How quantized matrices are held; a config names them `AsStored` and `F32`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,16 +47,46 @@ pub(crate) enum Linear {
     Candle(QMatMul),
 }
 
-impl Linear {
-    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            Linear::Blocks(m) => m.forward(x),
-            Linear::Candle(m) => Ok(m.forward(x)?),
+/// Which rows of a batch are multiplied as decoding multiplies them and which as a prompt chunk is,
+/// so that every sequence's rows get the products they would get alone: a sequence feeding fewer
+/// than [`PREFILL_ROWS`] rows has its inputs quantized per block and multiplied on the GGUF blocks,
+/// one feeding more has them multiplied by the matrix expanded to f32.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RowKinds {
+    few: Vec<u32>,
+    many: Vec<u32>,
+}
+
+impl RowKinds {
+    /// The rows of sequences feeding `counts` rows each, laid end to end.
+    pub(crate) fn of(counts: impl IntoIterator<Item = usize>) -> Self {
+        let mut kinds = RowKinds::default();
+        let mut at = 0u32;
+        for n in counts {
+            let rows = at..at + n as u32;
+            if n < PREFILL_ROWS {
+                kinds.few.extend(rows);
+            } else {
+                kinds.many.extend(rows);
+            }
+            at += n as u32;
         }
+        kinds
+    }
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: &Tensor, kinds: &RowKinds) -> Result<Tensor> {
+        Ok(Linear::forward_all(&[self], x, kinds)?.remove(0))
     }
 
-    /// Each linear applied to `x`: in one parallel section when all are GGUF blocks.
-    pub(crate) fn forward_all(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+    /// Each linear applied to `x`, its rows multiplied as `kinds` says: GGUF blocks in one parallel
+    /// section per kind of row.
+    pub(crate) fn forward_all(
+        linears: &[&Linear],
+        x: &Tensor,
+        kinds: &RowKinds,
+    ) -> Result<Vec<Tensor>> {
         let blocks: Option<Vec<&QuantizedMatrix>> = linears
             .iter()
             .map(|l| match l {
@@ -64,10 +94,37 @@ impl Linear {
                 Linear::Candle(_) => None,
             })
             .collect();
-        match blocks {
-            Some(blocks) => QuantizedMatrix::forward_all(&blocks, x),
-            None => linears.iter().map(|l| l.forward(x)).collect(),
+        let Some(blocks) = blocks else {
+            return linears
+                .iter()
+                .map(|l| match l {
+                    Linear::Blocks(m) => m.forward(x),
+                    Linear::Candle(m) => Ok(m.forward(x)?),
+                })
+                .collect();
+        };
+        let few = |x: &Tensor| QuantizedMatrix::forward_all_quantized(&blocks, x);
+        let many = |x: &Tensor| -> Result<Vec<Tensor>> {
+            blocks.iter().map(|m| m.forward_expanded(x)).collect()
+        };
+        if kinds.many.is_empty() {
+            return few(x);
         }
+        if kinds.few.is_empty() {
+            return many(x);
+        }
+        let pick = |rows: &[u32]| x.index_select(&Tensor::new(rows, x.device())?, 0);
+        let (a, b) = (few(&pick(&kinds.few)?)?, many(&pick(&kinds.many)?)?);
+        // Row r of the result is row `back[r]` of the few rows' results followed by the many's.
+        let mut back = vec![0u32; kinds.few.len() + kinds.many.len()];
+        for (i, &r) in kinds.few.iter().chain(&kinds.many).enumerate() {
+            back[r as usize] = i as u32;
+        }
+        let back = Tensor::new(back.as_slice(), x.device())?;
+        a.iter()
+            .zip(&b)
+            .map(|(a, b)| Ok(Tensor::cat(&[a, b], 0)?.index_select(&back, 0)?))
+            .collect()
     }
 
     /// Bytes held, as stored.
@@ -189,5 +246,38 @@ impl LlamaWeights {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    /// A batch of three sequences' rows (1, 20 and 3 rows: two decoded on the blocks, one multiplied
+    /// expanded) gives every sequence exactly the products it gets alone.
+    #[test]
+    fn every_sequence_of_a_batch_gets_the_products_it_gets_alone() {
+        let w = Tensor::randn(0f32, 0.1, (64, 96), &Device::Cpu).unwrap();
+        let linear = Linear::Blocks(
+            QuantizedMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
+                .unwrap()
+                .unwrap(),
+        );
+        let counts = [1usize, 20, 3];
+        let x = Tensor::randn(0f32, 1.0, (24, 96), &Device::Cpu).unwrap();
+        let batch = linear.forward(&x, &RowKinds::of(counts)).unwrap();
+        let mut at = 0;
+        for n in counts {
+            let rows = x.narrow(0, at, n).unwrap();
+            let alone = linear.forward(&rows, &RowKinds::of([n])).unwrap();
+            let together = batch.narrow(0, at, n).unwrap();
+            assert_eq!(
+                alone.to_vec2::<f32>().unwrap(),
+                together.to_vec2::<f32>().unwrap(),
+                "the sequence of {n} rows"
+            );
+            at += n;
+        }
     }
 }

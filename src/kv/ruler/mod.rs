@@ -25,8 +25,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Budget, Error, Result, SpectraRng};
-use spectra_models::llama::Llama;
 use spectra_inference::{Logits, Session};
+use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
 pub use tasks::RulerTask;
@@ -244,7 +244,8 @@ fn run_length(
         for (sample, (prompt, shared)) in prefilled.iter().enumerate() {
             let started = Instant::now();
             for (i, arm) in arms.iter().enumerate() {
-                let session = shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
+                let session =
+                    shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
                 let said = answer(bench, session, &prompt.asked, max_new)?;
                 record(i + 1, sample, prompt, said);
             }
