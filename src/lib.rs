@@ -9,6 +9,7 @@ pub use spectra_models as models;
 pub use spectra_plugins as plugins;
 pub use spectra_policies as policies;
 pub mod allocator;
+pub mod bench;
 pub mod kv;
 pub mod output;
 pub mod plots;

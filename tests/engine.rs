@@ -300,7 +300,7 @@ proptest! {
             .collect();
         // From the largest single reservation (every request fits alone) to a few of them.
         let probe = engine(&model, usize::MAX, priority);
-        let largest = built.iter().map(|r| probe.peak_kv_bytes(r)).max().unwrap();
+        let largest = built.iter().map(|r| probe.reservation(r)).max().unwrap();
         let kv_memory = largest * memory;
         let mut engine = engine(&model, kv_memory, priority);
         let mut ids = Vec::new();

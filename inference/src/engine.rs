@@ -70,6 +70,18 @@ pub struct SequenceStats {
     pub eviction_time: Duration,
 }
 
+/// What one step ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepStats {
+    /// Prompt tokens read and tokens decoded.
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    /// Sequences in the pass.
+    pub sequences: usize,
+    /// Bytes of keys and values the pass's attention read: every entry of the sequences in it.
+    pub kv_bytes_read: usize,
+}
+
 /// How the engine batches and what it may hold.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -110,6 +122,9 @@ pub struct Engine<D> {
     next_id: SequenceId,
     /// Events of cancellations, handed out by the next step.
     pending: Vec<Event>,
+    last_step: StepStats,
+    /// The most bytes the caches held together, right after a forward pass (before compression).
+    peak_kv_bytes: usize,
 }
 
 impl<D: CausalDecoder> Engine<D> {
@@ -128,6 +143,8 @@ impl<D: CausalDecoder> Engine<D> {
             active: Vec::new(),
             next_id: 0,
             pending: Vec::new(),
+            last_step: StepStats::default(),
+            peak_kv_bytes: 0,
         })
     }
 
@@ -136,7 +153,7 @@ impl<D: CausalDecoder> Engine<D> {
     }
 
     /// The KV memory `request` reserves when admitted, bytes.
-    pub fn peak_kv_bytes(&self, request: &Request) -> usize {
+    pub fn reservation(&self, request: &Request) -> usize {
         let needs_reread = request
             .policy
             .as_ref()
@@ -185,7 +202,7 @@ impl<D: CausalDecoder> Engine<D> {
                 ));
             }
         }
-        let peak = self.peak_kv_bytes(&request);
+        let peak = self.reservation(&request);
         let id = self.next_id;
         self.scheduler.add(id, peak, request.prompt.len())?;
         self.next_id += 1;
@@ -252,6 +269,17 @@ impl<D: CausalDecoder> Engine<D> {
         self.scheduler.reserved()
     }
 
+    /// The most bytes the caches held together so far, counted right after each forward pass, when
+    /// every cache is at its largest (compaction's momentary copy aside).
+    pub fn peak_kv_bytes(&self) -> usize {
+        self.peak_kv_bytes
+    }
+
+    /// What the last step ran.
+    pub fn last_step(&self) -> StepStats {
+        self.last_step
+    }
+
     /// Admits what fits and runs one batched forward pass. Returns what happened, in order.
     pub fn step(&mut self) -> Result<Vec<Event>> {
         let mut events = std::mem::take(&mut self.pending);
@@ -272,13 +300,17 @@ impl<D: CausalDecoder> Engine<D> {
             }
         }
         let plan = self.scheduler.plan();
+        self.last_step = StepStats::default();
         if plan.is_empty() {
             return Ok(events);
         }
         let work: HashMap<SequenceId, Work> = plan.iter().copied().collect();
         let outcome = self.forward(&work);
         match outcome {
-            Ok(logits) => self.advance(&work, logits, &mut events)?,
+            Ok(logits) => {
+                self.record(&work);
+                self.advance(&work, logits, &mut events)?
+            }
             Err(e) => {
                 // One pass ran them all: every sequence in it failed with it.
                 for (id, _) in &plan {
@@ -348,6 +380,24 @@ impl<D: CausalDecoder> Engine<D> {
             rows.push(session.rows(feed, std::slice::from_ref(next), logits));
         }
         self.model.forward(&mut rows)
+    }
+
+    /// The pass's counts, and the caches' bytes while they are largest.
+    fn record(&mut self, work: &HashMap<SequenceId, Work>) {
+        let shape = self.model.cache_shape();
+        let row = 2 * shape.head_dim * self.model.kv_dtype().size_in_bytes();
+        let mut step = StepStats::default();
+        for (id, active) in &self.active {
+            match work.get(id) {
+                Some(Work::Prompt { len }) => step.prompt_tokens += len,
+                Some(Work::Decode) => step.decode_tokens += 1,
+                None => continue,
+            }
+            step.sequences += 1;
+            step.kv_bytes_read += active.session.cache().entries() * row;
+        }
+        self.last_step = step;
+        self.peak_kv_bytes = self.peak_kv_bytes.max(self.kv_bytes());
     }
 
     /// After the pass: each sequence moves on, compresses, and chooses its next token; those that

@@ -11,7 +11,7 @@ pub mod scheduler;
 pub mod session;
 
 pub use decoder::{CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows, Taps};
-pub use engine::{Engine, EngineConfig, Event, Request, SequenceStats};
+pub use engine::{Engine, EngineConfig, Event, Request, SequenceStats, StepStats};
 pub use generation::{
     Choice, Detokenize, FinishReason, GenerationParams, Sampler, SamplingParams, StopStrings,
     TextStream,

@@ -16,6 +16,14 @@ use crate::cpu_op::{vectorized, with_f32};
 use crate::spin_pool::{run_parts, DisjointWrites};
 use spectra_kernels::sgemm::Operand;
 
+#[cfg(target_arch = "x86_64")]
+mod block_products;
+#[cfg(target_arch = "x86_64")]
+use block_products::INPUTS;
+/// Inputs one kernel call takes at most.
+#[cfg(not(target_arch = "x86_64"))]
+const INPUTS: usize = 8;
+
 /// Elements per block, in every format here.
 const BLOCK: usize = 32;
 
@@ -264,7 +272,8 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantizedRows {
 
 /// `[t, rows]`, row-major, for each matrix, on every thread: each thread takes an equal share of
 /// every matrix's rows and computes their outputs for all `t` inputs (each weight row read once, from
-/// memory, then used `t` times from L1) as `[rows, t]`; a transpose at the end gives `[t, rows]`.
+/// memory, and unpacked once per eight inputs) as `[rows, t]`; a transpose at the end gives
+/// `[t, rows]`.
 fn multiply_all(matrices: &[&QuantizedMatrix], x: &QuantizedRows, t: usize) -> Vec<Vec<f32>> {
     let kernel = kernel();
     let nb = x.blocks_per_row;
@@ -275,18 +284,14 @@ fn multiply_all(matrices: &[&QuantizedMatrix], x: &QuantizedRows, t: usize) -> V
             let row_bytes = nb * m.format.bytes();
             for r in part * m.rows / parts..(part + 1) * m.rows / parts {
                 let row = &m.data[r * row_bytes..(r + 1) * row_bytes];
-                for i in 0..t {
-                    let blocks = i * nb..(i + 1) * nb;
-                    // SAFETY: `kernel` runs on this CPU; the row and the input hold `nb` blocks;
-                    // element (r, i) is inside this matrix's buffer, and only this part writes row r.
+                for first in (0..t).step_by(INPUTS) {
+                    // SAFETY: `kernel` runs on this CPU; the row and the inputs hold `nb` blocks;
+                    // elements (r, first..) are inside this matrix's buffer, and only this part
+                    // writes row r.
                     unsafe {
-                        *out.at(r * t + i) = kernel(
-                            m.format,
-                            row,
-                            &x.qs[i * nb * BLOCK..(i + 1) * nb * BLOCK],
-                            &x.d[blocks.clone()],
-                            &x.s[blocks],
-                        );
+                        let n = INPUTS.min(t - first);
+                        let at = std::slice::from_raw_parts_mut(out.at(r * t + first), n);
+                        kernel(m.format, row, x, first, at);
                     }
                 }
             }
@@ -310,18 +315,38 @@ fn multiply_all(matrices: &[&QuantizedMatrix], x: &QuantizedRows, t: usize) -> V
         .collect()
 }
 
-/// One weight row against one input row: `(format, row, qs, d, s) ↦ Σ_b …`.
-type Kernel = unsafe fn(BlockFormat, &[u8], &[i8], &[f32], &[f32]) -> f32;
+/// One weight row against inputs `first..first + out.len()` (at most [`INPUTS`]):
+/// `(format, row, x, first, out)`.
+type Kernel = unsafe fn(BlockFormat, &[u8], &QuantizedRows, usize, &mut [f32]);
 
-/// The block product for this CPU: vector code where it has AVX2, FMA and F16C.
+/// The block products for this CPU: vector code where it has AVX2, FMA and F16C, with AVX-VNNI's
+/// byte products where it has them.
 fn kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if avx2::available() {
-            return avx2::dot;
+        if block_products::has_vnni() {
+            return block_products::rows_vnni;
+        }
+        if block_products::has_avx2() {
+            return block_products::rows_avx2;
         }
     }
-    dot_scalar
+    rows_scalar
+}
+
+/// [`dot_scalar`] for each input.
+fn rows_scalar(format: BlockFormat, row: &[u8], x: &QuantizedRows, first: usize, out: &mut [f32]) {
+    let nb = x.blocks_per_row;
+    for (k, o) in out.iter_mut().enumerate() {
+        let blocks = (first + k) * nb..(first + k + 1) * nb;
+        *o = dot_scalar(
+            format,
+            row,
+            &x.qs[blocks.start * BLOCK..blocks.end * BLOCK],
+            &x.d[blocks.clone()],
+            &x.s[blocks],
+        );
+    }
 }
 
 /// The block products one element at a time: `Σ_b d_w·d_x·Σ_j q_w q_x (+ m_w·s_x)`, with the integer
@@ -359,134 +384,6 @@ fn dot_scalar(format: BlockFormat, row: &[u8], qs: &[i8], d: &[f32], s: &[f32]) 
         sum += dw * d[b] * ints as f32 + offset;
     }
     sum
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::{BlockFormat, BLOCK};
-    use std::arch::x86_64::*;
-
-    /// How far ahead of the current block the weights are prefetched, in bytes.
-    const PREFETCH: usize = 768;
-
-    pub(super) fn available() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-
-    /// The little-endian f16 at `p`, with F16C.
-    #[inline(always)]
-    unsafe fn f16_to_f32(p: *const u8) -> f32 {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-    }
-
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `row` holds `d.len()` blocks of `format`, `qs` 32 bytes
-    /// per block and `s` one sum per block.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot(
-        format: BlockFormat,
-        row: &[u8],
-        qs: &[i8],
-        d: &[f32],
-        s: &[f32],
-    ) -> f32 {
-        let w = row.as_ptr();
-        let x = qs.as_ptr();
-        let activations = |b: usize| _mm256_loadu_si256(x.add(b * BLOCK) as *const __m256i);
-        // The weights stream from memory once per token: ask for them well ahead of use.
-        let ahead =
-            |p: *const u8| _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-        let sum = match format {
-            BlockFormat::Q8_0 => block_sums(d, no_offset, |b| {
-                let wb = w.add(b * 34);
-                ahead(wb);
-                let wq = _mm256_loadu_si256(wb.add(2) as *const __m256i);
-                (signed_products(wq, activations(b)), f16_to_f32(wb))
-            }),
-            BlockFormat::Q4_0 => block_sums(d, no_offset, |b| {
-                let wb = w.add(b * 18);
-                ahead(wb);
-                let wq = _mm256_sub_epi8(nibbles(wb.add(2)), _mm256_set1_epi8(8));
-                (signed_products(wq, activations(b)), f16_to_f32(wb))
-            }),
-            BlockFormat::Q4_1 => {
-                let ones = _mm256_set1_epi16(1);
-                let offset = |b: usize| f16_to_f32(w.add(b * 20 + 2)) * s[b];
-                block_sums(d, offset, |b| {
-                    let wb = w.add(b * 20);
-                    ahead(wb);
-                    // Nibbles are unsigned: vpmaddubsw takes them as they are.
-                    let pairs = _mm256_maddubs_epi16(nibbles(wb.add(4)), activations(b));
-                    (_mm256_madd_epi16(pairs, ones), f16_to_f32(wb))
-                })
-            }
-        };
-        let (ints, offsets) = sum;
-        horizontal_sum(ints) + offsets
-    }
-
-    /// For formats without Q4_1's offset.
-    #[inline(always)]
-    fn no_offset(_: usize) -> f32 {
-        0.0
-    }
-
-    /// `(Σ_b d_w(b)·d[b]·ints(b), Σ_b offset(b))` over every block, where `block(b)` gives the
-    /// block's eight partial integer sums and its weight scale; two blocks per round into two pairs
-    /// of accumulators, which stay in registers.
-    #[inline(always)]
-    unsafe fn block_sums(
-        d: &[f32],
-        offset: impl Fn(usize) -> f32,
-        block: impl Fn(usize) -> (__m256i, f32),
-    ) -> (__m256, f32) {
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut off0, mut off1) = (0f32, 0f32);
-        let mut b = 0;
-        while b + 1 < d.len() {
-            let (i0, w0) = block(b);
-            let (i1, w1) = block(b + 1);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(w0 * d[b]), _mm256_cvtepi32_ps(i0), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_set1_ps(w1 * d[b + 1]), _mm256_cvtepi32_ps(i1), acc1);
-            off0 += offset(b);
-            off1 += offset(b + 1);
-            b += 2;
-        }
-        if b < d.len() {
-            let (i0, w0) = block(b);
-            acc0 = _mm256_fmadd_ps(_mm256_set1_ps(w0 * d[b]), _mm256_cvtepi32_ps(i0), acc0);
-            off0 += offset(b);
-        }
-        (_mm256_add_ps(acc0, acc1), off0 + off1)
-    }
-
-    /// Eight sums of four `w·x` byte products each, for signed `w` and `x`: |w|·(x·sign w), as
-    /// vpmaddubsw takes unsigned × signed pairs (|w| ≤ 128 and |x| ≤ 127 keep each pair sum in i16).
-    #[inline(always)]
-    unsafe fn signed_products(w: __m256i, x: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
-    }
-
-    /// 16 packed bytes as 32 nibbles: low nibbles (elements 0–15) then high ones (16–31).
-    #[inline(always)]
-    unsafe fn nibbles(p: *const u8) -> __m256i {
-        let packed = _mm_loadu_si128(p as *const __m128i);
-        let mask = _mm_set1_epi8(0x0F);
-        let low = _mm_and_si128(packed, mask);
-        let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-        _mm256_set_m128i(high, low)
-    }
-
-    #[inline(always)]
-    unsafe fn horizontal_sum(v: __m256) -> f32 {
-        let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-        _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
-    }
 }
 
 #[cfg(test)]
@@ -592,19 +489,62 @@ mod tests {
         }
     }
 
+    /// Every kernel this CPU runs (AVX-VNNI, AVX2) against the scalar sums, for 1 to 11 inputs (the
+    /// groups of 8, 4, 2 and 1 a call splits them into). The integer sums are exact; the vector
+    /// kernels add the blocks in other orders, and the offsets (Q4_1's minimum, or the 8 and 128
+    /// that make Q4_0's and Q8_0's bytes unsigned) apart from the byte products. Those two sums may
+    /// each be much larger than the result, so the f32 rounding is bounded by the size of the terms
+    /// added: per block, the largest weight and 128 steps of the block's scale, times Σ|x|.
     #[test]
     fn vector_and_scalar_block_products_agree() {
+        let mut kernels: Vec<(&str, Kernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if block_products::has_vnni() {
+                kernels.push(("vnni", block_products::rows_vnni));
+            }
+            if block_products::has_avx2() {
+                kernels.push(("avx2", block_products::rows_avx2));
+            }
+        }
+        let cols = 256;
         for dtype in FORMATS {
-            let (_, m) = quantized(dtype, 5, 256);
-            let x = quantize_rows(&matrix(1, 256, 0.9), 256);
-            let row_bytes = 256 / BLOCK * m.format.bytes();
-            for row in m.data.chunks(row_bytes) {
-                let scalar = dot_scalar(m.format, row, &x.qs, &x.d, &x.s);
-                let vector = unsafe { kernel()(m.format, row, &x.qs, &x.d, &x.s) };
-                assert!(
-                    (scalar - vector).abs() <= 1e-5 * scalar.abs().max(1.0),
-                    "{dtype:?}: {scalar} vs {vector}"
-                );
+            let (_, m) = quantized(dtype, 5, cols);
+            let x = quantize_rows(&matrix(11, cols, 0.9), cols);
+            let w = m.dequantize();
+            let row_bytes = cols / BLOCK * m.format.bytes();
+            for (r, row) in m.data.chunks(row_bytes).enumerate() {
+                let size = |i: usize| -> f32 {
+                    (0..cols / BLOCK)
+                        .map(|b| {
+                            let block = r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK;
+                            let largest = w[block].iter().fold(0f32, |a, v| a.max(v.abs()));
+                            let step = f16_at(row, b * m.format.bytes()).abs();
+                            let xs = &x.qs[(i * cols + b * BLOCK)..(i * cols + (b + 1) * BLOCK)];
+                            let sum_x: f32 = xs.iter().map(|&q| f32::from(q).abs()).sum();
+                            (largest + 128.0 * step) * sum_x * x.d[i * cols / BLOCK + b]
+                        })
+                        .sum()
+                };
+                for t in 1..=11 {
+                    let mut scalar = vec![0f32; t];
+                    rows_scalar(m.format, row, &x, 0, &mut scalar);
+                    for (name, kernel) in &kernels {
+                        let mut vector = vec![0f32; t];
+                        for first in (0..t).step_by(INPUTS) {
+                            let n = INPUTS.min(t - first);
+                            unsafe {
+                                kernel(m.format, row, &x, first, &mut vector[first..first + n])
+                            };
+                        }
+                        for (i, (a, b)) in scalar.iter().zip(&vector).enumerate() {
+                            assert!(
+                                (a - b).abs() <= 1e-6 * size(i),
+                                "{name} {dtype:?} t {t}: {a} vs {b}"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Subcommands of `spectra`.
 
+mod args;
+mod bench;
 mod calibrate;
 mod check;
 mod generate;
@@ -42,6 +44,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Generate text with a Llama-family model, optionally with a bounded KV cache.
     Generate(generate::GenerateArgs),
+    /// Many sequences decoded together: prefill and decoding rates, time to first token, KV memory.
+    Bench(bench::BenchArgs),
     /// A text's perplexity as llama.cpp's llama-perplexity measures it.
     Perplexity(perplexity::PerplexityArgs),
     /// Evaluate KV eviction policies on a real model against the uncompressed cache.
@@ -69,6 +73,7 @@ pub fn run() -> ExitCode {
         Command::Calibrate(args) => calibrate::run(args),
         Command::Kv(args) => rayon::scope(|_| kv::run(args)),
         Command::Perplexity(args) => rayon::scope(|_| perplexity::run(args)),
+        Command::Bench(args) => rayon::scope(|_| bench::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,9 @@ use half::f16;
 use crate::cpu_op::{dot, exp_nonpositive, vectorized};
 use crate::spin_pool::{run_parts, DisjointWrites};
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// One KV head's cache: `[n, head_dim]` keys and values, row-major.
 pub(crate) struct HeadEntries<'a, T> {
     pub keys: &'a [T],
@@ -24,6 +27,13 @@ pub(crate) trait CacheElement: Copy + Sync {
     fn dot(q: &[f32], row: &[Self]) -> f32;
     /// `acc += p·row`.
     fn add_scaled(acc: &mut [f32], p: f32, row: &[Self]);
+
+    /// The eight elements at `p`, as f32.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C, and `p` must point at eight elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
 impl CacheElement for f32 {
@@ -37,6 +47,12 @@ impl CacheElement for f32 {
         for (a, &v) in acc.iter_mut().zip(row) {
             *a += p * v;
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
     }
 }
 
@@ -65,6 +81,13 @@ impl CacheElement for f16 {
         for (a, v) in acc.iter_mut().zip(row) {
             *a += p * v.to_f32();
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 }
 
@@ -159,32 +182,32 @@ pub(crate) fn attend_one_token<T: CacheElement>(
                 for (kv, head) in heads.iter().enumerate() {
                     let n = lens[kv];
                     let range = part * n / parts..(part + 1) * n / parts;
-                    for g in 0..group {
-                        let h = kv * group + g;
-                        // SAFETY: this part alone writes row `g` of this head's scores in
-                        // `range`, and its own partial sums; both buffers outlive the section.
-                        let s = unsafe {
+                    // SAFETY: this part alone writes its `range` of each of this head's `group`
+                    // rows of scores, and its own partial sums; both buffers outlive the section.
+                    let mut rows: Vec<&mut [f32]> = (0..group)
+                        .map(|g| unsafe {
                             std::slice::from_raw_parts_mut(
                                 scores_out.at(starts[kv] + g * n + range.start),
                                 range.len(),
                             )
-                        };
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                partial_out.at((part * q.len() / d + h) * stride),
-                                stride,
-                            )
-                        };
-                        attend_range(
-                            &q[h * d..(h + 1) * d],
-                            head,
-                            range.clone(),
-                            d,
-                            scale,
-                            s,
-                            out,
-                        );
-                    }
+                        })
+                        .collect();
+                    let first = part * q.len() / d + kv * group;
+                    let outs = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            partial_out.at(first * stride),
+                            group * stride,
+                        )
+                    };
+                    attend_group(
+                        &q[kv * group * d..(kv + 1) * group * d],
+                        head,
+                        range,
+                        d,
+                        scale,
+                        &mut rows,
+                        outs,
+                    );
                 }
             })
         });
@@ -227,6 +250,43 @@ pub(crate) fn attend_one_token<T: CacheElement>(
         }
         attended
     })
+}
+
+/// The `g` query heads of one KV head (`q`: `g × d`) against entries `range` of it: for each query
+/// head `h`, `scores[h]` gets `e^{s_j − m}` for `s_j = q_h·k_j·scale` and `m` their maximum, and
+/// `outs[h·(d+2)..]` gets `[m, Σ_j e^{s_j − m}, Σ_j e^{s_j − m}·v_j]` (`m = −∞` and zero sums for an
+/// empty range). Where the CPU has AVX2 and FMA, every key and value is read once for all `g` heads
+/// and the scores of four keys are reduced together.
+#[inline(always)]
+fn attend_group<T: CacheElement>(
+    q: &[f32],
+    head: &HeadEntries<'_, T>,
+    range: std::ops::Range<usize>,
+    d: usize,
+    scale: f32,
+    scores: &mut [&mut [f32]],
+    outs: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if d % 16 == 0 && f16c::available() {
+            // SAFETY: the CPU has AVX2 and FMA (and F16C where `T` is f16, which `CacheElement`
+            // checks); `d` is a multiple of 16 and every slice has the sizes described above.
+            unsafe { avx2::attend_group(q, head, range, d, scale, scores, outs) };
+            return;
+        }
+    }
+    for (g, s) in scores.iter_mut().enumerate() {
+        attend_range(
+            &q[g * d..(g + 1) * d],
+            head,
+            range.clone(),
+            d,
+            scale,
+            s,
+            &mut outs[g * (d + 2)..(g + 1) * (d + 2)],
+        );
+    }
 }
 
 /// One query against entries `range` of one head: `scores` gets `e^{s_j − m}` for `s_j = q·k_j·scale`

@@ -132,3 +132,9 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 }
+
+impl spectra_inference::Detokenize for TextTokenizer {
+    fn decode(&self, tokens: &[u32]) -> Result<String> {
+        TextTokenizer::decode(self, tokens)
+    }
+}

@@ -1,0 +1,227 @@
+//! One weight row against up to eight quantized input rows, in vector code: each 32-element weight
+//! block is loaded and unpacked once and multiplied with the matching block of every input, so that
+//! many sequences decoding together share the unpacking as they share the read.
+//!
+//! Every format is taken as unsigned weight bytes `u` with a per-block offset `m`, so that the byte
+//! products are `u8 × i8`: a block's value is `d·Σ u·x + m·s`, where `s = d_x·Σ x` is the input
+//! block's sum (Q4_1: `u` its nibbles and `m` its stored offset; Q4_0: its nibbles, `m = −8·d`;
+//! Q8_0: its bytes plus 128, `m = −128·d`). With AVX-VNNI one `vpdpbusd` forms the eight partial
+//! sums; with AVX2 alone `vpmaddubsw` and `vpmaddwd` do, except for Q8_0, whose `u` up to 255 could
+//! overflow `vpmaddubsw`'s 16-bit pair sums and which keeps signed bytes (|w|·(x·sign w)).
+
+use std::arch::x86_64::*;
+
+use super::{BlockFormat, QuantizedRows, BLOCK};
+
+/// Inputs one call takes at most.
+pub(super) const INPUTS: usize = 8;
+
+/// How far ahead of the current block the weights are prefetched, in bytes.
+const PREFETCH: usize = 768;
+
+pub(super) fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+pub(super) fn has_vnni() -> bool {
+    has_avx2() && is_x86_feature_detected!("avxvnni")
+}
+
+/// `out[k] = row · x_{first + k}` with AVX-VNNI.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and AVX-VNNI; `row` holds `x.blocks_per_row` blocks of
+/// `format`, inputs `first..first + out.len()` exist and `out.len() ≤ INPUTS`.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+pub(super) unsafe fn rows_vnni(
+    format: BlockFormat,
+    row: &[u8],
+    x: &QuantizedRows,
+    first: usize,
+    out: &mut [f32],
+) {
+    let ints =
+        |u: __m256i, _: __m256i, x: __m256i| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x);
+    let w = row.as_ptr();
+    match format {
+        BlockFormat::Q4_0 => by_inputs(w, 18, x, first, out, |b| q4_0(b), ints),
+        BlockFormat::Q4_1 => by_inputs(w, 20, x, first, out, |b| q4_1(b), ints),
+        BlockFormat::Q8_0 => by_inputs(w, 34, x, first, out, |b| q8_0_unsigned(b), ints),
+    }
+}
+
+/// `out[k] = row · x_{first + k}` with AVX2.
+///
+/// # Safety
+/// As [`rows_vnni`], without AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rows_avx2(
+    format: BlockFormat,
+    row: &[u8],
+    x: &QuantizedRows,
+    first: usize,
+    out: &mut [f32],
+) {
+    let ones = _mm256_set1_epi16(1);
+    // Nibbles are at most 15: each pair sum of vpmaddubsw stays far inside 16 bits.
+    let unsigned =
+        |u: __m256i, _: __m256i, x: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
+    // |w| ≤ 128 and |x| ≤ 127: 2·128·127 fits in 16 bits.
+    let signed = |abs: __m256i, w: __m256i, x: __m256i| {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(abs, _mm256_sign_epi8(x, w)), ones)
+    };
+    let w = row.as_ptr();
+    match format {
+        BlockFormat::Q4_0 => by_inputs(w, 18, x, first, out, |b| q4_0(b), unsigned),
+        BlockFormat::Q4_1 => by_inputs(w, 20, x, first, out, |b| q4_1(b), unsigned),
+        BlockFormat::Q8_0 => by_inputs(w, 34, x, first, out, |b| q8_0_signed(b), signed),
+    }
+}
+
+/// A weight block unpacked: the bytes the products take, the signed bytes where the product needs
+/// them, its scale and its offset.
+type Unpacked = (__m256i, __m256i, f32, f32);
+
+#[inline(always)]
+unsafe fn q4_0(b: *const u8) -> Unpacked {
+    let d = f16_to_f32(b);
+    (nibbles(b.add(2)), _mm256_setzero_si256(), d, -8.0 * d)
+}
+
+#[inline(always)]
+unsafe fn q4_1(b: *const u8) -> Unpacked {
+    (
+        nibbles(b.add(4)),
+        _mm256_setzero_si256(),
+        f16_to_f32(b),
+        f16_to_f32(b.add(2)),
+    )
+}
+
+#[inline(always)]
+unsafe fn q8_0_unsigned(b: *const u8) -> Unpacked {
+    let d = f16_to_f32(b);
+    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+    // w + 128 as an unsigned byte: its sign bit flipped.
+    let u = _mm256_xor_si256(w, _mm256_set1_epi8(i8::MIN));
+    (u, _mm256_setzero_si256(), d, -128.0 * d)
+}
+
+#[inline(always)]
+unsafe fn q8_0_signed(b: *const u8) -> Unpacked {
+    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+    (_mm256_sign_epi8(w, w), w, f16_to_f32(b), 0.0)
+}
+
+/// Eight inputs at most, by groups the compiler keeps in registers.
+#[inline(always)]
+unsafe fn by_inputs(
+    w: *const u8,
+    bytes: usize,
+    x: &QuantizedRows,
+    first: usize,
+    out: &mut [f32],
+    unpack: impl Fn(*const u8) -> Unpacked + Copy,
+    ints: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
+) {
+    let mut at = 0;
+    while at < out.len() {
+        let left = out.len() - at;
+        let (i, o) = (first + at, &mut out[at..]);
+        at += match left {
+            8.. => block_sums::<8>(w, bytes, x, i, o, unpack, ints),
+            4..=7 => block_sums::<4>(w, bytes, x, i, o, unpack, ints),
+            2..=3 => block_sums::<2>(w, bytes, x, i, o, unpack, ints),
+            _ => block_sums::<1>(w, bytes, x, i, o, unpack, ints),
+        };
+    }
+}
+
+/// `N` inputs from `first`: per block, `d_w·d_x·ints + m·s` summed in eight f32 lanes per input.
+/// Returns `N`. Fewer than four inputs leave the additions one long dependency chain, so there
+/// even and odd blocks go into two sets of sums.
+#[inline(always)]
+unsafe fn block_sums<const N: usize>(
+    w: *const u8,
+    bytes: usize,
+    x: &QuantizedRows,
+    first: usize,
+    out: &mut [f32],
+    unpack: impl Fn(*const u8) -> Unpacked,
+    ints: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> usize {
+    let nb = x.blocks_per_row;
+    let step = |b: usize, sums: &mut Sums<N>| {
+        let wb = w.add(b * bytes);
+        _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
+        let (u, signed, d, m) = unpack(wb);
+        for k in 0..N {
+            let block = (first + k) * nb + b;
+            let xb = _mm256_loadu_si256(x.qs.as_ptr().add(block * BLOCK) as *const __m256i);
+            let products = _mm256_cvtepi32_ps(ints(u, signed, xb));
+            let scale = _mm256_set1_ps(d * *x.d.get_unchecked(block));
+            sums.acc[k] = _mm256_fmadd_ps(products, scale, sums.acc[k]);
+            sums.offsets[k] += m * *x.s.get_unchecked(block);
+        }
+    };
+    let (mut even, mut odd) = (Sums::<N>::new(), Sums::<N>::new());
+    let mut b = 0;
+    if N < 4 {
+        while b + 1 < nb {
+            step(b, &mut even);
+            step(b + 1, &mut odd);
+            b += 2;
+        }
+    }
+    while b < nb {
+        step(b, &mut even);
+        b += 1;
+    }
+    for k in 0..N {
+        let acc = _mm256_add_ps(even.acc[k], odd.acc[k]);
+        out[k] = horizontal_sum(acc) + (even.offsets[k] + odd.offsets[k]);
+    }
+    N
+}
+
+/// Per input, eight lanes of block products and the sum of the offsets.
+struct Sums<const N: usize> {
+    acc: [__m256; N],
+    offsets: [f32; N],
+}
+
+impl<const N: usize> Sums<N> {
+    #[inline(always)]
+    unsafe fn new() -> Self {
+        Sums {
+            acc: [_mm256_setzero_ps(); N],
+            offsets: [0.0; N],
+        }
+    }
+}
+
+/// The little-endian f16 at `p`, with F16C.
+#[inline(always)]
+unsafe fn f16_to_f32(p: *const u8) -> f32 {
+    let bits = (p as *const u16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+}
+
+/// 16 packed bytes as 32 nibbles: low nibbles (elements 0–15) then high ones (16–31).
+#[inline(always)]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let packed = _mm_loadu_si128(p as *const __m128i);
+    let mask = _mm_set1_epi8(0x0F);
+    let low = _mm_and_si128(packed, mask);
+    let high = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    _mm256_set_m128i(high, low)
+}
+
+#[inline(always)]
+unsafe fn horizontal_sum(v: __m256) -> f32 {
+    let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+    _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+}
