@@ -278,7 +278,7 @@ proptest! {
     #[test]
     fn the_kv_memory_budget_holds_and_every_sequence_ends(
         requests in prop::collection::vec(
-            (1usize..50, 1usize..12, 0usize..5, 4usize..24, any::<bool>()),
+            (1usize..50, 1usize..12, 0usize..5, 6usize..24, any::<bool>()),
             1..8,
         ),
         memory in 1usize..4,
@@ -341,4 +341,35 @@ proptest! {
         prop_assert_eq!(engine.kv_bytes(), 0);
         prop_assert_eq!(engine.reserved_kv_bytes(), 0);
     }
+}
+
+/// The generation API's loop over one session chooses what a plain greedy loop does, and stops at a
+/// stop token or when asked.
+#[test]
+fn continuing_a_session_is_plain_greedy_decoding() {
+    use spectra::inference::continue_session;
+    let tiny = Tiny::new();
+    let model = Arc::new(tiny.gguf());
+    let want: Vec<u32> = alone(&model, &None, &prompt(12, 1), 9)
+        .iter()
+        .map(|t| t.0)
+        .collect();
+    let run = |params: &GenerationParams, stop_after: usize| {
+        let mut session = Session::new(model.clone(), None, Budget::Tokens(usize::MAX), 0).unwrap();
+        let logits = session.prefill(&prompt(12, 1), CHUNK, Logits::Last).unwrap();
+        continue_session(&mut session, &logits, params, |said| Ok(said.len() == stop_after))
+            .unwrap()
+    };
+    let params = GenerationParams {
+        max_tokens: 9,
+        ..GenerationParams::default()
+    };
+    assert_eq!(run(&params, usize::MAX), want);
+    assert_eq!(run(&params, 4), want[..4]);
+    let stop = GenerationParams {
+        stop_tokens: vec![want[5]],
+        ..params
+    };
+    let first = want.iter().position(|&t| t == want[5]).unwrap();
+    assert_eq!(run(&stop, usize::MAX), want[..first]);
 }

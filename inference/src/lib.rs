@@ -13,7 +13,7 @@ pub mod session;
 pub use decoder::{CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows, Taps};
 pub use engine::{Engine, EngineConfig, Event, Request, SequenceStats, StepStats};
 pub use generation::{
-    Choice, Detokenize, FinishReason, GenerationParams, Sampler, SamplingParams, StopStrings,
+    continue_session, Choice, Detokenize, FinishReason, GenerationParams, Sampler, SamplingParams, StopStrings,
     TextStream,
 };
 pub use kv_memory::{peak_kv_bytes, SequencePlan};

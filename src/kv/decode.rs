@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 use spectra_core::{Budget, Error, Result};
-use spectra_inference::{Logits, Session};
+use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 
-use super::{budget_tokens, check_context, greedy, read_tokens, Bench, FULL};
+use super::{budget_tokens, check_context, read_tokens, Bench, FULL};
 
 #[derive(Debug, Serialize)]
 pub struct DecodeRow {
@@ -109,13 +109,17 @@ fn decode(
 ) -> Result<DecodeRow> {
     let mut session = session.with_decoding(tokens);
     let prefill_started = Instant::now();
-    let mut next = greedy(&session.prefill(prompt, chunk, Logits::Last)?)?;
+    let logits = session.prefill(prompt, chunk, Logits::Last)?;
     let prefill_seconds = prefill_started.elapsed().as_secs_f64().max(1e-9);
     let eviction_before = session.stats().eviction_time;
+    // One token more than are timed: the session reads every token but the last.
+    let params = GenerationParams {
+        max_tokens: tokens + 1,
+        ignore_stop_tokens: true,
+        ..GenerationParams::default()
+    };
     let started = Instant::now();
-    for _ in 0..tokens {
-        next = greedy(&session.step(next)?)?;
-    }
+    continue_session(&mut session, &logits, &params, |_| Ok(false))?;
     let elapsed = started.elapsed().as_secs_f64().max(1e-9);
     let row = DecodeRow {
         context: prompt.len(),

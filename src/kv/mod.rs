@@ -261,14 +261,6 @@ pub fn mib(bytes: usize) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
-/// Greedy next token of `[1, vocab]` logits.
-pub fn greedy(logits: &candle_core::Tensor) -> Result<u32> {
-    Ok(logits
-        .squeeze(0)?
-        .argmax(candle_core::D::Minus1)?
-        .to_scalar::<u32>()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

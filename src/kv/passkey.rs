@@ -17,11 +17,11 @@ use rand::Rng;
 use serde::Serialize;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, Result};
-use spectra_inference::{Logits, Session};
+use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
-use super::{budget_tokens, check_context, greedy, Bench, FULL};
+use super::{budget_tokens, check_context, Bench, FULL};
 
 const INSTRUCTION: &str =
     "There is an important info hidden inside a lot of irrelevant text. Find it and \
@@ -238,25 +238,20 @@ pub fn run(
     Ok(result)
 }
 
-/// Asks the question and decodes the answer greedily.
+/// Asks the question and decodes the answer greedily, until the first number has ended.
 fn answer(bench: &Bench<'_>, mut session: Session<Llama>, question: &[u32]) -> Result<String> {
-    let mut logits = session.extend(question, Logits::Last)?;
-    let mut said = Vec::new();
-    for _ in 0..ANSWER_TOKENS {
-        let next = greedy(&logits)?;
-        if Some(next) == bench.tokenizer.eos {
-            break;
-        }
-        said.push(next);
-        let text = bench.tokenizer.decode(&said)?;
-        // Done once the first number has ended.
-        if text.trim_start().starts_with(|c: char| c.is_ascii_digit())
-            && text.trim_start().contains(|c: char| !c.is_ascii_digit())
-        {
-            break;
-        }
-        logits = session.step(next)?;
-    }
+    let logits = session.extend(question, Logits::Last)?;
+    let params = GenerationParams {
+        max_tokens: ANSWER_TOKENS,
+        stop_tokens: bench.tokenizer.eos.into_iter().collect(),
+        ..GenerationParams::default()
+    };
+    let said = continue_session(&mut session, &logits, &params, |said| {
+        let text = bench.tokenizer.decode(said)?;
+        let text = text.trim_start();
+        Ok(text.starts_with(|c: char| c.is_ascii_digit())
+            && text.contains(|c: char| !c.is_ascii_digit()))
+    })?;
     bench.tokenizer.decode(&said)
 }
 

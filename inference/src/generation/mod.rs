@@ -5,8 +5,12 @@
 mod sampling;
 mod text;
 
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Result};
+
+use crate::decoder::CausalDecoder;
+use crate::session::Session;
 
 pub use sampling::{Choice, Sampler, SamplingParams};
 pub use text::{Detokenize, StopStrings, TextStream};
@@ -82,6 +86,32 @@ pub enum FinishReason {
     Length,
     /// The caller cancelled it.
     Cancelled,
+}
+
+/// Continues one session whose last forward pass gave `logits` (`[1, vocab]`): tokens are chosen as
+/// `params.sampling` says until a stop token (unless ignored), `params.max_tokens` tokens, or `done`
+/// says the tokens so far are enough. The session reads every chosen token but the last.
+pub fn continue_session<D: CausalDecoder>(
+    session: &mut Session<D>,
+    logits: &Tensor,
+    params: &GenerationParams,
+    mut done: impl FnMut(&[u32]) -> Result<bool>,
+) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(params.sampling.clone())?;
+    let mut row: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+    let mut said = Vec::new();
+    while said.len() < params.max_tokens {
+        let token = sampler.sample(&row)?.token;
+        if !params.ignore_stop_tokens && params.stop_tokens.contains(&token) {
+            break;
+        }
+        said.push(token);
+        if said.len() == params.max_tokens || done(&said)? {
+            break;
+        }
+        row = session.step(token)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+    }
+    Ok(said)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub(super) fn attend(
             && s.cache.dtype() == batch_dtype(batch)
             && matches!(s.cache.dtype(), DType::F32 | DType::F16)
     };
-    let one_token: Vec<bool> = batch.iter().map(|s| fused(s)).collect();
+    let one_token: Vec<bool> = batch.iter().map(fused).collect();
     let mut parts: Vec<Option<Tensor>> = vec![None; batch.len()];
     if one_token.iter().any(|&f| f) {
         let chosen: Vec<usize> = (0..batch.len()).filter(|&i| one_token[i]).collect();

@@ -269,7 +269,7 @@ fn attend_group<T: CacheElement>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if d % 16 == 0 && f16c::available() {
+        if d.is_multiple_of(16) && f16c::available() {
             // SAFETY: the CPU has AVX2 and FMA (and F16C where `T` is f16, which `CacheElement`
             // checks); `d` is a multiple of 16 and every slice has the sizes described above.
             unsafe { avx2::attend_group(q, head, range, d, scale, scores, outs) };

@@ -1,6 +1,6 @@
 //! One weight row against up to eight quantized input rows, in vector code: each 32-element weight
-//! block is loaded and unpacked once and multiplied with the matching block of every input, so that
-//! many sequences decoding together share the unpacking as they share the read.
+//! block is loaded and unpacked once for up to four inputs and multiplied with the matching block of
+//! each, so that many sequences decoding together share the unpacking as they share the read.
 //!
 //! Every format is taken as unsigned weight bytes `u` with a per-block offset `m`, so that the byte
 //! products are `u8 × i8`: a block's value is `d·Σ u·x + m·s`, where `s = d_x·Σ x` is the input
@@ -42,13 +42,11 @@ pub(super) unsafe fn rows_vnni(
     first: usize,
     out: &mut [f32],
 ) {
-    let ints =
-        |u: __m256i, _: __m256i, x: __m256i| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x);
     let w = row.as_ptr();
     match format {
-        BlockFormat::Q4_0 => by_inputs(w, 18, x, first, out, |b| q4_0(b), ints),
-        BlockFormat::Q4_1 => by_inputs(w, 20, x, first, out, |b| q4_1(b), ints),
-        BlockFormat::Q8_0 => by_inputs(w, 34, x, first, out, |b| q8_0_unsigned(b), ints),
+        BlockFormat::Q4_0 => by_inputs::<Q4_0, Vnni>(w, x, first, out),
+        BlockFormat::Q4_1 => by_inputs::<Q4_1, Vnni>(w, x, first, out),
+        BlockFormat::Q8_0 => by_inputs::<Q8_0Unsigned, Vnni>(w, x, first, out),
     }
 }
 
@@ -64,19 +62,11 @@ pub(super) unsafe fn rows_avx2(
     first: usize,
     out: &mut [f32],
 ) {
-    let ones = _mm256_set1_epi16(1);
-    // Nibbles are at most 15: each pair sum of vpmaddubsw stays far inside 16 bits.
-    let unsigned =
-        |u: __m256i, _: __m256i, x: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones);
-    // |w| ≤ 128 and |x| ≤ 127: 2·128·127 fits in 16 bits.
-    let signed = |abs: __m256i, w: __m256i, x: __m256i| {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(abs, _mm256_sign_epi8(x, w)), ones)
-    };
     let w = row.as_ptr();
     match format {
-        BlockFormat::Q4_0 => by_inputs(w, 18, x, first, out, |b| q4_0(b), unsigned),
-        BlockFormat::Q4_1 => by_inputs(w, 20, x, first, out, |b| q4_1(b), unsigned),
-        BlockFormat::Q8_0 => by_inputs(w, 34, x, first, out, |b| q8_0_signed(b), signed),
+        BlockFormat::Q4_0 => by_inputs::<Q4_0, Madd>(w, x, first, out),
+        BlockFormat::Q4_1 => by_inputs::<Q4_1, Madd>(w, x, first, out),
+        BlockFormat::Q8_0 => by_inputs::<Q8_0Signed, MaddSigned>(w, x, first, out),
     }
 }
 
@@ -84,104 +74,136 @@ pub(super) unsafe fn rows_avx2(
 /// them, its scale and its offset.
 type Unpacked = (__m256i, __m256i, f32, f32);
 
-#[inline(always)]
-unsafe fn q4_0(b: *const u8) -> Unpacked {
-    let d = f16_to_f32(b);
-    (nibbles(b.add(2)), _mm256_setzero_si256(), d, -8.0 * d)
+/// A weight format's blocks as the byte products take them.
+trait Format {
+    const BYTES: usize;
+    unsafe fn unpack(b: *const u8) -> Unpacked;
 }
 
-#[inline(always)]
-unsafe fn q4_1(b: *const u8) -> Unpacked {
-    (
-        nibbles(b.add(4)),
-        _mm256_setzero_si256(),
-        f16_to_f32(b),
-        f16_to_f32(b.add(2)),
-    )
+struct Q4_0;
+struct Q4_1;
+/// Q8_0's bytes plus 128, for `u8 × i8` products.
+struct Q8_0Unsigned;
+/// Q8_0's bytes as they are, for the sign trick.
+struct Q8_0Signed;
+
+impl Format for Q4_0 {
+    const BYTES: usize = 18;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8) -> Unpacked {
+        let d = f16_to_f32(b);
+        (nibbles(b.add(2)), _mm256_setzero_si256(), d, -8.0 * d)
+    }
 }
 
-#[inline(always)]
-unsafe fn q8_0_unsigned(b: *const u8) -> Unpacked {
-    let d = f16_to_f32(b);
-    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-    // w + 128 as an unsigned byte: its sign bit flipped.
-    let u = _mm256_xor_si256(w, _mm256_set1_epi8(i8::MIN));
-    (u, _mm256_setzero_si256(), d, -128.0 * d)
+impl Format for Q4_1 {
+    const BYTES: usize = 20;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8) -> Unpacked {
+        let m = f16_to_f32(b.add(2));
+        (nibbles(b.add(4)), _mm256_setzero_si256(), f16_to_f32(b), m)
+    }
 }
 
-#[inline(always)]
-unsafe fn q8_0_signed(b: *const u8) -> Unpacked {
-    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
-    (_mm256_sign_epi8(w, w), w, f16_to_f32(b), 0.0)
+impl Format for Q8_0Unsigned {
+    const BYTES: usize = 34;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8) -> Unpacked {
+        let d = f16_to_f32(b);
+        let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        // w + 128 as an unsigned byte: its sign bit flipped.
+        let u = _mm256_xor_si256(w, _mm256_set1_epi8(i8::MIN));
+        (u, _mm256_setzero_si256(), d, -128.0 * d)
+    }
 }
 
-/// Eight inputs at most, by groups the compiler keeps in registers.
+impl Format for Q8_0Signed {
+    const BYTES: usize = 34;
+    #[inline(always)]
+    unsafe fn unpack(b: *const u8) -> Unpacked {
+        let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+        (_mm256_sign_epi8(w, w), w, f16_to_f32(b), 0.0)
+    }
+}
+
+/// Eight partial sums of a block's 32 byte products `(u, signed, x)`.
+trait Product {
+    unsafe fn ints(u: __m256i, signed: __m256i, x: __m256i) -> __m256i;
+}
+
+/// AVX-VNNI's `vpdpbusd`.
+struct Vnni;
+/// `vpmaddubsw` and `vpmaddwd`: nibbles are at most 15, so each pair sum stays far inside 16 bits.
+struct Madd;
+/// The same on |w| and x·sign(w): |w| ≤ 128 and |x| ≤ 127, so 2·128·127 fits in 16 bits.
+struct MaddSigned;
+
+impl Product for Vnni {
+    #[inline(always)]
+    unsafe fn ints(u: __m256i, _: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, x)
+    }
+}
+
+impl Product for Madd {
+    #[inline(always)]
+    unsafe fn ints(u: __m256i, _: __m256i, x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+    }
+}
+
+impl Product for MaddSigned {
+    #[inline(always)]
+    unsafe fn ints(abs: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        let x = _mm256_sign_epi8(x, w);
+        _mm256_madd_epi16(_mm256_maddubs_epi16(abs, x), _mm256_set1_epi16(1))
+    }
+}
+
+/// Eight inputs at most, by groups whose sums the compiler keeps in registers (two sets of four).
 #[inline(always)]
-unsafe fn by_inputs(
+unsafe fn by_inputs<F: Format, P: Product>(
     w: *const u8,
-    bytes: usize,
     x: &QuantizedRows,
     first: usize,
     out: &mut [f32],
-    unpack: impl Fn(*const u8) -> Unpacked + Copy,
-    ints: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
 ) {
     let mut at = 0;
     while at < out.len() {
-        let left = out.len() - at;
         let (i, o) = (first + at, &mut out[at..]);
-        at += match left {
-            8.. => block_sums::<8>(w, bytes, x, i, o, unpack, ints),
-            4..=7 => block_sums::<4>(w, bytes, x, i, o, unpack, ints),
-            2..=3 => block_sums::<2>(w, bytes, x, i, o, unpack, ints),
-            _ => block_sums::<1>(w, bytes, x, i, o, unpack, ints),
+        at += match o.len() {
+            4.. => block_sums::<F, P, 4>(w, x, i, o),
+            2..=3 => block_sums::<F, P, 2>(w, x, i, o),
+            _ => block_sums::<F, P, 1>(w, x, i, o),
         };
     }
 }
 
-/// `N` inputs from `first`: per block, `d_w·d_x·ints + m·s` summed in eight f32 lanes per input.
-/// Returns `N`. Fewer than four inputs leave the additions one long dependency chain, so there
-/// even and odd blocks go into two sets of sums.
+/// `N` inputs from `first`: per block, `d_w·d_x·ints + m·s` summed in eight f32 lanes per input,
+/// even and odd blocks apart (two dependency chains, which one input alone needs to keep the FMA
+/// units busy). Returns `N`. Each input's sums run through the blocks in the same order whatever
+/// `N` is, so an input's product does not depend on the inputs beside it.
 #[inline(always)]
-unsafe fn block_sums<const N: usize>(
+unsafe fn block_sums<F: Format, P: Product, const N: usize>(
     w: *const u8,
-    bytes: usize,
     x: &QuantizedRows,
     first: usize,
     out: &mut [f32],
-    unpack: impl Fn(*const u8) -> Unpacked,
-    ints: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> usize {
     let nb = x.blocks_per_row;
-    let step = |b: usize, sums: &mut Sums<N>| {
-        let wb = w.add(b * bytes);
-        _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
-        let (u, signed, d, m) = unpack(wb);
-        for k in 0..N {
-            let block = (first + k) * nb + b;
-            let xb = _mm256_loadu_si256(x.qs.as_ptr().add(block * BLOCK) as *const __m256i);
-            let products = _mm256_cvtepi32_ps(ints(u, signed, xb));
-            let scale = _mm256_set1_ps(d * *x.d.get_unchecked(block));
-            sums.acc[k] = _mm256_fmadd_ps(products, scale, sums.acc[k]);
-            sums.offsets[k] += m * *x.s.get_unchecked(block);
-        }
-    };
     let (mut even, mut odd) = (Sums::<N>::new(), Sums::<N>::new());
     let mut b = 0;
-    if N < 4 {
-        while b + 1 < nb {
-            step(b, &mut even);
-            step(b + 1, &mut odd);
-            b += 2;
-        }
+    while b + 1 < nb {
+        even.add::<F, P>(w, b, x, first);
+        odd.add::<F, P>(w, b + 1, x, first);
+        b += 2;
     }
-    while b < nb {
-        step(b, &mut even);
-        b += 1;
+    if b < nb {
+        even.add::<F, P>(w, b, x, first);
     }
-    for k in 0..N {
+    for (k, o) in out.iter_mut().take(N).enumerate() {
         let acc = _mm256_add_ps(even.acc[k], odd.acc[k]);
-        out[k] = horizontal_sum(acc) + (even.offsets[k] + odd.offsets[k]);
+        *o = horizontal_sum(acc) + (even.offsets[k] + odd.offsets[k]);
     }
     N
 }
@@ -198,6 +220,29 @@ impl<const N: usize> Sums<N> {
         Sums {
             acc: [_mm256_setzero_ps(); N],
             offsets: [0.0; N],
+        }
+    }
+
+    /// Weight block `b` against block `b` of inputs `first..first + N`.
+    #[inline(always)]
+    unsafe fn add<F: Format, P: Product>(
+        &mut self,
+        w: *const u8,
+        b: usize,
+        x: &QuantizedRows,
+        first: usize,
+    ) {
+        let nb = x.blocks_per_row;
+        let wb = w.add(b * F::BYTES);
+        _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(PREFETCH) as *const i8);
+        let (u, signed, d, m) = F::unpack(wb);
+        for k in 0..N {
+            let block = (first + k) * nb + b;
+            let xb = _mm256_loadu_si256(x.qs.as_ptr().add(block * BLOCK) as *const __m256i);
+            let products = _mm256_cvtepi32_ps(P::ints(u, signed, xb));
+            let scale = _mm256_set1_ps(d * *x.d.get_unchecked(block));
+            self.acc[k] = _mm256_fmadd_ps(products, scale, self.acc[k]);
+            self.offsets[k] += m * *x.s.get_unchecked(block);
         }
     }
 }

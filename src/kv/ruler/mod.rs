@@ -25,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Budget, Error, Result, SpectraRng};
-use spectra_inference::{Logits, Session};
+use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
@@ -33,7 +33,7 @@ pub use tasks::RulerTask;
 use tasks::{string_match_all, Sample};
 use text::RulerText;
 
-use super::{budget_tokens, check_context, greedy, reread_prompt, Bench, FULL};
+use super::{budget_tokens, check_context, reread_prompt, Bench, FULL};
 
 /// The least `Full` must score on a task for the policies to be judged on it.
 pub const PASS: f64 = 50.0;
@@ -368,18 +368,13 @@ fn answer(
     asked: &[u32],
     max_new: usize,
 ) -> Result<(String, usize)> {
-    let mut logits = session.extend(asked, Logits::Last)?;
-    let mut said = Vec::new();
-    while said.len() < max_new {
-        let next = greedy(&logits)?;
-        if Some(next) == bench.tokenizer.eos {
-            break;
-        }
-        said.push(next);
-        if said.len() < max_new {
-            logits = session.step(next)?;
-        }
-    }
+    let logits = session.extend(asked, Logits::Last)?;
+    let params = GenerationParams {
+        max_tokens: max_new,
+        stop_tokens: bench.tokenizer.eos.into_iter().collect(),
+        ..GenerationParams::default()
+    };
+    let said = continue_session(&mut session, &logits, &params, |_| Ok(false))?;
     Ok((
         bench.tokenizer.decode(&said)?,
         session.stats().peak_kv_bytes,
