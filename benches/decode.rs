@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
-use spectra::models::quantized_matmul::QuantizedMatrix;
+use spectra::kernels::quantized_matmul::QuantizedMatrix;
 
 /// Median seconds of `f` over `rounds` timings of `reps` calls each.
 fn median_seconds(rounds: usize, reps: usize, mut f: impl FnMut()) -> f64 {

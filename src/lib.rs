@@ -4,6 +4,7 @@
 
 pub use spectra_core as core;
 pub use spectra_inference as inference;
+pub use spectra_kernels as kernels;
 pub use spectra_kv as kv_runtime;
 pub use spectra_models as models;
 pub use spectra_plugins as plugins;

@@ -356,9 +356,13 @@ fn continuing_a_session_is_plain_greedy_decoding() {
         .collect();
     let run = |params: &GenerationParams, stop_after: usize| {
         let mut session = Session::new(model.clone(), None, Budget::Tokens(usize::MAX), 0).unwrap();
-        let logits = session.prefill(&prompt(12, 1), CHUNK, Logits::Last).unwrap();
-        continue_session(&mut session, &logits, params, |said| Ok(said.len() == stop_after))
-            .unwrap()
+        let logits = session
+            .prefill(&prompt(12, 1), CHUNK, Logits::Last)
+            .unwrap();
+        continue_session(&mut session, &logits, params, |said| {
+            Ok(said.len() == stop_after)
+        })
+        .unwrap()
     };
     let params = GenerationParams {
         max_tokens: 9,
@@ -372,4 +376,12 @@ fn continuing_a_session_is_plain_greedy_decoding() {
     };
     let first = want.iter().position(|&t| t == want[5]).unwrap();
     assert_eq!(run(&stop, usize::MAX), want[..first]);
+}
+
+/// A session and the engine move to another thread whole (a server runs the engine on its own).
+#[test]
+fn sessions_and_the_engine_are_send() {
+    fn send<T: Send>() {}
+    send::<Session<Llama>>();
+    send::<Engine<Llama>>();
 }

@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use serde::Serialize;
 use spectra_core::{Error, Result};
 
-use crate::activations::GELU_DIVISOR;
+use spectra_kernels::activations::GELU_DIVISOR;
 
 /// The Lipschitz constant of `gelu_tanh(x)/1.1289`: the tanh form's largest slope, 1.128993068658772
 /// at x = ±1.418504 (the root of its second derivative, found to 40 digits), divided by 1.1289 and

@@ -1,24 +1,16 @@
 //! spectra's models and data loaders: the Lipschitz paper's MLP and GPT (§4), the Lipschitz
-//! certificate (§5), character-level text and IDX image data.
+//! certificate (§5), the Llama-family decoder, character-level text and IDX image data. Their
+//! compute runs on `spectra-kernels`.
 
-pub mod activations;
-pub mod causal_attention;
 pub mod certificate;
 pub mod config;
-mod cpu_op;
 pub mod data;
 pub mod init;
-pub mod linear;
 pub mod lipschitz_gpt;
 pub mod lipschitz_mlp;
 pub mod llama;
 pub mod mass;
 pub mod memory_estimate;
-pub mod mlp;
-pub mod quantized_matmul;
-pub mod residual;
-pub mod rope;
-mod spin_pool;
 
 use candle_core::{Device, Tensor};
 use spectra_core::{Error, Param, Result, SpectraRng};

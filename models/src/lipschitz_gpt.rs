@@ -8,17 +8,18 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
+use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
-use crate::causal_attention::{causal_rope_attention, AttentionDims};
 use crate::certificate::{self, Certificate};
 use crate::init;
-use crate::linear::linear;
 use crate::mass::Module;
-use crate::mlp::mlp;
-use crate::residual::residual;
-use crate::rope::Rope;
 use crate::Model;
+use spectra_kernels::causal_attention::{causal_rope_attention, AttentionDims};
+use spectra_kernels::linear::linear;
+use spectra_kernels::mlp::mlp;
+use spectra_kernels::residual::residual;
+use spectra_kernels::rope::Rope;
 
 /// The transformer's sizes; the paper's Shakespeare model is vocab 65, d 256, 3 blocks, 4 heads, 256.
 /// A config's `LipschitzGpt(...)` reads the fields but the vocabulary, which the data set.
@@ -221,7 +222,14 @@ impl LipschitzGpt {
             });
         }
         push("head".into(), zeros(shape.vocab, d)?, ParamRole::Head)?;
-        let rope = Rope::new(shape.head_dim(), shape.seq_len, device)?;
+        let frequencies = RopeSpec::new(
+            shape.head_dim(),
+            10000.0,
+            RopePairing::Half,
+            RopeScaling::None,
+        )
+        .inv_freq;
+        let rope = Rope::new(&frequencies, shape.seq_len, device)?;
         Ok(LipschitzGpt {
             shape,
             params,

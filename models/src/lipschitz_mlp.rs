@@ -5,11 +5,11 @@
 use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
-use crate::activations::relu_half_at_zero;
 use crate::certificate::{self, Certificate};
 use crate::init;
 use crate::mass::Module;
 use crate::Model;
+use spectra_kernels::activations::relu_half_at_zero;
 
 pub struct LipschitzMlp {
     params: Vec<Param>,

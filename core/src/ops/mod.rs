@@ -18,7 +18,7 @@ pub mod nvrtc;
 pub mod top_k;
 
 use candle_core::op::BackpropOp;
-use candle_core::{CpuStorage, DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
+use candle_core::{DType, Layout, Shape, Storage, StorageRef, Tensor, WithDType};
 
 use crate::{Error, Result};
 
@@ -85,30 +85,7 @@ pub fn elementwise_operands<const N: usize>(
         .unwrap_or_else(|_| unreachable!("one tensor per operand")))
 }
 
-/// An error of the op named `op`, as candle's custom ops return them.
-pub fn op_error(op: &str, what: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("{op}: {what}"))
-}
-
-/// `x` as the `i32` a kernel takes, or an error naming `op` and `what` `x` is.
-pub fn kernel_int(op: &str, what: &str, x: usize) -> candle_core::Result<i32> {
-    i32::try_from(x).map_err(|_| op_error(op, format!("{what} {x} exceeds the kernel's i32 range")))
-}
-
-/// The elements of a contiguous CPU storage of element type `T`; `op` names the op in the error.
-pub fn contiguous_cpu<'a, T: WithDType>(
-    storage: &'a CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> candle_core::Result<&'a [T]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| op_error(op, "expects contiguous operands"))?;
-    let elements = storage
-        .as_slice::<T>()
-        .map_err(|e| op_error(op, format!("an operand has the wrong dtype: {e}")))?;
-    Ok(&elements[start..end])
-}
+pub use spectra_kernels::storage::{contiguous_cpu, kernel_int, op_error};
 
 /// The elements of a contiguous CPU tensor's storage; `op` names the op in the error.
 pub fn cpu_slice<'a, T: WithDType>(

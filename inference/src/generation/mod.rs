@@ -109,7 +109,11 @@ pub fn continue_session<D: CausalDecoder>(
         if said.len() == params.max_tokens || done(&said)? {
             break;
         }
-        row = session.step(token)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
+        row = session
+            .step(token)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
     }
     Ok(said)
 }

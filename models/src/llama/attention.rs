@@ -11,8 +11,8 @@ use spectra_inference::SequenceRows;
 use spectra_kv::KvCache;
 
 use super::config::LlamaConfig;
-use super::decode_attention::{self, HeadEntries};
 use super::decoder::rows_of;
+use spectra_kernels::decode_attention::{self, HeadEntries};
 
 /// A batch's rows laid end to end: sequence `i` owns rows `ranges[i]`.
 #[derive(Default)]
@@ -152,7 +152,7 @@ fn attend_one_token(
         .collect::<Result<Vec<_>>>()?;
     let tracks = caches.iter().any(|cache| cache.tracks_attention());
     let mut received = tracks.then(|| vec![Vec::new(); stores.len()]);
-    let out = crate::cpu_op::with_f32(q, "decode attention", |q| -> Result<Vec<f32>> {
+    let out = spectra_kernels::cpu_op::with_f32(q, "decode attention", |q| -> Result<Vec<f32>> {
         let received = received.as_deref_mut();
         macro_rules! attend_as {
             ($element:ty) => {{

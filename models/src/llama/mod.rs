@@ -4,7 +4,6 @@
 
 mod attention;
 mod config;
-mod decode_attention;
 mod decoder;
 mod gguf;
 mod hf;

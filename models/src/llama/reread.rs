@@ -19,7 +19,7 @@ use spectra_inference::{CausalDecoder, Logits, RereadPrompt, Taps};
 
 use super::attention::causal_mask;
 use super::Llama;
-use crate::cpu_op::{exp_nonpositive, maximum, sum, vectorized, with_f32};
+use spectra_kernels::cpu_op::{exp_nonpositive, maximum, sum, vectorized, with_f32};
 
 /// Context tokens per re-read chunk, as KVzip's.
 pub const CHUNK: usize = 2048;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
-use crate::quantized_matmul::{QuantizedMatrix, PREFILL_ROWS};
+use spectra_kernels::quantized_matmul::{QuantizedMatrix, PREFILL_ROWS};
 
 /// How quantized matrices are held; a config names them `AsStored` and `F32`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,7 +81,7 @@ impl Linear {
     }
 
     /// Each linear applied to `x`, its rows multiplied as `kinds` says: GGUF blocks in one parallel
-    /// section per kind of row.
+    /// section per kind of row when every linear is in blocks.
     pub(crate) fn forward_all(
         linears: &[&Linear],
         x: &Tensor,
@@ -94,36 +94,15 @@ impl Linear {
                 Linear::Candle(_) => None,
             })
             .collect();
-        let Some(blocks) = blocks else {
-            return linears
-                .iter()
-                .map(|l| match l {
-                    Linear::Blocks(m) => m.forward(x),
-                    Linear::Candle(m) => Ok(m.forward(x)?),
-                })
-                .collect();
-        };
-        let few = |x: &Tensor| QuantizedMatrix::forward_all_quantized(&blocks, x);
-        let many = |x: &Tensor| -> Result<Vec<Tensor>> {
-            blocks.iter().map(|m| m.forward_expanded(x)).collect()
-        };
-        if kinds.many.is_empty() {
-            return few(x);
+        if let Some(blocks) = blocks {
+            return blocks_by_kind(&blocks, x, kinds);
         }
-        if kinds.few.is_empty() {
-            return many(x);
-        }
-        let pick = |rows: &[u32]| x.index_select(&Tensor::new(rows, x.device())?, 0);
-        let (a, b) = (few(&pick(&kinds.few)?)?, many(&pick(&kinds.many)?)?);
-        // Row r of the result is row `back[r]` of the few rows' results followed by the many's.
-        let mut back = vec![0u32; kinds.few.len() + kinds.many.len()];
-        for (i, &r) in kinds.few.iter().chain(&kinds.many).enumerate() {
-            back[r as usize] = i as u32;
-        }
-        let back = Tensor::new(back.as_slice(), x.device())?;
-        a.iter()
-            .zip(&b)
-            .map(|(a, b)| Ok(Tensor::cat(&[a, b], 0)?.index_select(&back, 0)?))
+        linears
+            .iter()
+            .map(|l| match l {
+                Linear::Blocks(m) => Ok(blocks_by_kind(&[m], x, kinds)?.remove(0)),
+                Linear::Candle(m) => Ok(m.forward(x)?),
+            })
             .collect()
     }
 
@@ -148,6 +127,36 @@ impl Linear {
             Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims().to_vec(),
         }
     }
+}
+
+/// `x·Wᵀ` for GGUF block matrices, the few rows of `kinds` on the blocks and the many expanded.
+fn blocks_by_kind(
+    blocks: &[&QuantizedMatrix],
+    x: &Tensor,
+    kinds: &RowKinds,
+) -> Result<Vec<Tensor>> {
+    let few = |x: &Tensor| QuantizedMatrix::forward_all_quantized(blocks, x);
+    let many = |x: &Tensor| -> candle_core::Result<Vec<Tensor>> {
+        blocks.iter().map(|m| m.forward_expanded(x)).collect()
+    };
+    if kinds.many.is_empty() {
+        return Ok(few(x)?);
+    }
+    if kinds.few.is_empty() {
+        return Ok(many(x)?);
+    }
+    let pick = |rows: &[u32]| x.index_select(&Tensor::new(rows, x.device())?, 0);
+    let (a, b) = (few(&pick(&kinds.few)?)?, many(&pick(&kinds.many)?)?);
+    // Row r of the result is row `back[r]` of the few rows' results followed by the many's.
+    let mut back = vec![0u32; kinds.few.len() + kinds.many.len()];
+    for (i, &r) in kinds.few.iter().chain(&kinds.many).enumerate() {
+        back[r as usize] = i as u32;
+    }
+    let back = Tensor::new(back.as_slice(), x.device())?;
+    a.iter()
+        .zip(&b)
+        .map(|(a, b)| Ok(Tensor::cat(&[a, b], 0)?.index_select(&back, 0)?))
+        .collect()
 }
 
 pub(crate) struct LayerWeights {

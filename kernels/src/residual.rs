@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use spectra_core::ops::contiguous_cpu;
+use crate::storage::contiguous_cpu;
 
 /// `(1 − a)·x + a·f` for tensors of one shape.
 pub fn residual(x: &Tensor, f: &Tensor, a: f64) -> Result<Tensor> {

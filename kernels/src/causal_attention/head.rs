@@ -1,6 +1,6 @@
 //! One sequence of the fused causal attention on the CPU, head by head, in blocks of 64 positions.
 //!
-//! The products run on [`spectra_kernels::sgemm`] (one thread: the sequences are spread over the threads). The
+//! The products run on [`crate::sgemm`] (one thread: the sequences are spread over the threads). The
 //! passes between them (RoPE, the transposes, the softmax, the softmax's gradient) are compiled for
 //! AVX2 and FMA where the CPU has them, their sums and maxima kept in eight independent lanes so that
 //! they become vector code: one running f32 sum is a chain of dependent additions that no compiler may
@@ -8,8 +8,8 @@
 
 use super::CausalAttention;
 use crate::cpu_op::{dot, exp_nonpositive, maximum, sum};
-use spectra_kernels::sgemm::{sgemm, Operand, Threads};
-use spectra_kernels::transpose::transpose;
+use crate::sgemm::{sgemm, Operand, Threads};
+use crate::transpose::transpose;
 
 /// Rows of queries (and keys) per block: a 64 × seq score tile of a 256-token window is 64 KiB.
 const BLOCK: usize = 64;
@@ -83,7 +83,7 @@ impl CausalAttention {
     /// rows, all of which are written.
     pub(super) fn sequence_forward(&self, qkv: &[f32], out: &mut [f32], s: &mut Scratch) {
         #[cfg(target_arch = "x86_64")]
-        if spectra_kernels::has_avx2_fma() {
+        if crate::has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { self.sequence_forward_avx2(qkv, out, s) };
         }
@@ -110,7 +110,7 @@ impl CausalAttention {
         s: &mut Scratch,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if spectra_kernels::has_avx2_fma() {
+        if crate::has_avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { self.sequence_backward_avx2(qkv, grad, dqkv, s) };
         }
@@ -354,7 +354,7 @@ fn rotate_pairs(
     assert!(second.len() == n && a.len() == n && b.len() == n && cos.len() == n && sin.len() == n);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if spectra_kernels::has_avx2_fma() {
+    if crate::has_avx2_fma() {
         // SAFETY: the CPU has AVX2; every slice holds n elements (checked above).
         unsafe {
             rotate_pairs_avx2(

@@ -1,15 +1,15 @@
 //! `x Wᵀ` for activations `x: [n, fan_in]` and a weight `W: [fan_out, fan_in]`.
 //!
 //! On the CPU (f32) one op whose three products (forward, and the input's and the weight's gradients
-//! backward) run on [`spectra_kernels::sgemm`], reading `W` and the incoming gradient in place through strides.
+//! backward) run on [`crate::sgemm`], reading `W` and the incoming gradient in place through strides.
 //! candle's chain (`x.matmul(&w.t())`) is two graph nodes, and gives the transposed weight a gradient
 //! that is then transposed and added into a zero-filled buffer. Elsewhere candle's matmul runs.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 use crate::cpu_op::with_f32;
-use spectra_core::ops::contiguous_cpu;
-use spectra_kernels::sgemm::{matmul, Operand};
+use crate::sgemm::{matmul, Operand};
+use crate::storage::contiguous_cpu;
 
 /// `x Wᵀ`: `[n, fan_in] × [fan_out, fan_in] → [n, fan_out]`.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {

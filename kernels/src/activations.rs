@@ -4,7 +4,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::cpu_op::{exp_nonpositive, vectorized};
-use spectra_core::ops::contiguous_cpu;
+use crate::storage::contiguous_cpu;
 
 /// The paper's GELU divisor (§8.4): the exact GELU's largest slope, 1.12890. The tanh form, which the
 /// model uses, is steeper (1.12899), so the scaled activation is not quite 1-Lipschitz.
@@ -19,7 +19,7 @@ pub fn relu_half_at_zero(x: &Tensor) -> Result<Tensor> {
 }
 
 /// `gelu_tanh(x) / 1.1289`: its slope is at most 1.1289931/1.1289
-/// ([`crate::certificate::SCALED_GELU_LIPSCHITZ`]), and `|gelu(x)|/1.1289 ≤ |x|/1.1289`.
+/// (the certificate's `SCALED_GELU_LIPSCHITZ`), and `|gelu(x)|/1.1289 ≤ |x|/1.1289`.
 ///
 /// On the CPU (f32) one pass forward and one backward: candle's chain makes two passes forward and
 /// about a dozen backward (its GELU derivative is a graph of `powf`, `tanh` and arithmetic ops), and

@@ -20,7 +20,7 @@ type Section<'a> = &'a (dyn Fn(usize, usize) + Sync);
 /// Runs `f(part, parts)` for every `part` in `0..parts`, where `parts` is the pool's thread count (the
 /// caller's thread and the helpers): part 0 on the calling thread, the others on the helpers, each
 /// exactly once. When another thread is using the pool, every part runs on the calling thread.
-pub(crate) fn run_parts(f: impl Fn(usize, usize) + Sync) {
+pub fn run_parts(f: impl Fn(usize, usize) + Sync) {
     let pool = pool();
     let parts = parts();
     let Ok(mut generation) = pool.submit.try_lock() else {
@@ -63,27 +63,27 @@ pub(crate) fn run_parts(f: impl Fn(usize, usize) + Sync) {
 }
 
 /// How many parts every section has: the pool's threads.
-pub(crate) fn parts() -> usize {
+pub fn parts() -> usize {
     pool().helpers.len() + 1
 }
 
 /// A buffer that the parts of a section write at disjoint elements.
 #[derive(Clone, Copy)]
-pub(crate) struct DisjointWrites(*mut f32);
+pub struct DisjointWrites(*mut f32);
 
 // SAFETY: parts write disjoint elements of a buffer that outlives the section (see `at`).
 unsafe impl Send for DisjointWrites {}
 unsafe impl Sync for DisjointWrites {}
 
 impl DisjointWrites {
-    pub(crate) fn new(buffer: &mut [f32]) -> Self {
+    pub fn new(buffer: &mut [f32]) -> Self {
         DisjointWrites(buffer.as_mut_ptr())
     }
 
     /// # Safety
     /// `i` must be inside the buffer, the buffer must outlive the section, and no other thread may
     /// access element `i` meanwhile.
-    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+    pub unsafe fn at(self, i: usize) -> *mut f32 {
         self.0.add(i)
     }
 }

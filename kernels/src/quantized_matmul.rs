@@ -9,12 +9,14 @@
 //! pairs); elsewhere the same integer sums are computed one element at a time, with the same result.
 
 use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Result;
 use candle_core::{Device, Tensor};
-use spectra_core::{Error, Result};
+
+use crate::storage::op_error;
 
 use crate::cpu_op::{vectorized, with_f32};
+use crate::sgemm::Operand;
 use crate::spin_pool::{run_parts, DisjointWrites};
-use spectra_kernels::sgemm::Operand;
 
 #[cfg(target_arch = "x86_64")]
 mod block_products;
@@ -93,7 +95,7 @@ impl QuantizedMatrix {
         };
         let data = t.data()?.into_owned();
         if cols % BLOCK != 0 || data.len() != rows * cols / BLOCK * format.bytes() {
-            return Err(Error::invalid(
+            return Err(op_error(
                 "quantized matrix",
                 format!(
                     "{format:?} data of {} bytes does not hold a {rows} × {cols} matrix",
@@ -129,14 +131,14 @@ impl QuantizedMatrix {
     pub fn forward_expanded(&self, x: &Tensor) -> Result<Tensor> {
         let t = self.check_input(x)?;
         let out = with_f32(x, "quantized matmul", |x| self.multiply_expanded(x, t))?;
-        Ok(Tensor::from_vec(out, (t, self.rows), &Device::Cpu)?)
+        Tensor::from_vec(out, (t, self.rows), &Device::Cpu)
     }
 
     /// Rows of `x: [t, cols]`, or an error naming both widths.
     fn check_input(&self, x: &Tensor) -> Result<usize> {
         let (t, cols) = x.dims2()?;
         if cols != self.cols {
-            return Err(Error::invalid(
+            return Err(op_error(
                 "quantized matmul",
                 format!(
                     "input has {cols} features, the {} × {} matrix takes {}",
@@ -164,7 +166,7 @@ impl QuantizedMatrix {
         });
         // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
         unsafe {
-            spectra_kernels::sgemm::matmul(
+            crate::sgemm::matmul(
                 (t, self.rows, self.cols),
                 Operand::of(x, self.cols, false),
                 Operand::of(&w, self.cols, true),
@@ -196,7 +198,7 @@ impl QuantizedMatrix {
         })?;
         outs.into_iter()
             .zip(matrices)
-            .map(|(out, m)| Ok(Tensor::from_vec(out, (t, m.rows), &Device::Cpu)?))
+            .map(|(out, m)| Tensor::from_vec(out, (t, m.rows), &Device::Cpu))
             .collect()
     }
 

@@ -16,13 +16,13 @@ use crate::spin_pool::{run_parts, DisjointWrites};
 mod avx2;
 
 /// One KV head's cache: `[n, head_dim]` keys and values, row-major.
-pub(crate) struct HeadEntries<'a, T> {
+pub struct HeadEntries<'a, T> {
     pub keys: &'a [T],
     pub values: &'a [T],
 }
 
 /// How a cache row is read: as f32, converted where it is stored narrower.
-pub(crate) trait CacheElement: Copy + Sync {
+pub trait CacheElement: Copy + Sync {
     /// `q·row`.
     fn dot(q: &[f32], row: &[Self]) -> f32;
     /// `acc += p·row`.
@@ -148,7 +148,7 @@ thread_local! {
 /// `softmax(q·Kᵀ·scale)·V` for each query head (`q: [heads, d]`, head `h` reading KV head `h / group`),
 /// as `[heads·d]`. With `received`, also each entry's attention summed over its group's queries, one
 /// vector per KV head.
-pub(crate) fn attend_one_token<T: CacheElement>(
+pub fn attend_one_token<T: CacheElement>(
     q: &[f32],
     heads: &[HeadEntries<'_, T>],
     group: usize,

@@ -1,11 +1,11 @@
 //! What the models' fused CPU ops (the scaled GELU, causal attention) share.
 
+use crate::storage::contiguous_cpu;
 use candle_core::{Result, Storage, Tensor};
-use spectra_core::ops::contiguous_cpu;
 
 /// Calls `f` with the elements of an f32 CPU tensor, read in place (copied only when `t` is not
 /// contiguous); `op` names the op in the error.
-pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+pub fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
@@ -18,10 +18,10 @@ pub(crate) fn with_f32<R>(t: &Tensor, op: &str, f: impl FnOnce(&[f32]) -> R) -> 
 /// (such as [`exp_nonpositive`]) become 8-wide vector code; elsewhere the same code runs as compiled
 /// for the baseline.
 #[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if spectra_kernels::has_avx2_fma() {
+        if crate::has_avx2_fma() {
             // SAFETY: the CPU supports AVX2 and FMA.
             return unsafe { with_avx2(f) };
         }
@@ -42,7 +42,7 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
 ///
 /// Cody–Waite reduction `x = n·ln 2 + r`, |r| ≤ ln 2 / 2, and Cephes' degree-6 polynomial for eʳ.
 #[inline(always)]
-pub(crate) fn exp_nonpositive(xs: &mut [f32]) {
+pub fn exp_nonpositive(xs: &mut [f32]) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 in two parts; n·LN2_HI is exact for |n| < 2⁹.
     const LN2_HI: f32 = 0.693_359_4;
@@ -77,7 +77,7 @@ const LANES: usize = 8;
 
 /// The largest element, as `>` finds it.
 #[inline(always)]
-pub(crate) fn maximum(xs: &[f32]) -> f32 {
+pub fn maximum(xs: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -94,7 +94,7 @@ pub(crate) fn maximum(xs: &[f32]) -> f32 {
 
 /// `Σ a_j·b_j` in eight lanes.
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca
@@ -113,7 +113,7 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `Σ x_j` in eight lanes.
 #[inline(always)]
-pub(crate) fn sum(xs: &[f32]) -> f32 {
+pub fn sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();

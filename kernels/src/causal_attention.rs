@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape
 use rayon::prelude::*;
 
 use crate::rope::Rope;
-use spectra_core::ops::contiguous_cpu;
+use crate::storage::contiguous_cpu;
 
 mod head;
 use head::Scratch;
@@ -187,6 +187,7 @@ impl CustomOp2 for CausalAttentionGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rope::gpt_frequencies;
     use candle_core::{Device, Var};
 
     fn values(rows: usize, width: usize, seed: usize) -> Tensor {
@@ -199,7 +200,7 @@ mod tests {
     /// The output and the gradient of Σ w ⊙ out with respect to `[q | k | v]`, fused or chained.
     fn value_and_grad(dims: AttentionDims, width: usize, fused: bool) -> Vec<Vec<f32>> {
         let rows = dims.batch * dims.seq;
-        let rope = Rope::new(width / dims.heads, dims.seq, &Device::Cpu).unwrap();
+        let rope = Rope::new(&gpt_frequencies(width / dims.heads), dims.seq, &Device::Cpu).unwrap();
         let qkv = Var::from_tensor(&values(rows, 3 * width, 1)).unwrap();
         let out = if fused {
             causal_rope_attention(qkv.as_tensor(), &rope, dims).unwrap()
@@ -252,7 +253,7 @@ mod tests {
     fn one_query_attends_as_a_hand_computation_says() {
         // One head of width 2, two positions. Position 0 sees only itself: its output is v₀/3.
         // Position 1 with scores s₁₀ = q₁·R(0)k₀ and s₁₁ = q₁·R(1)k₁ mixes v₀, v₁.
-        let rope = Rope::new(2, 2, &Device::Cpu).unwrap();
+        let rope = Rope::new(&gpt_frequencies(2), 2, &Device::Cpu).unwrap();
         // Rows [q | k | v] per position.
         let qkv = Tensor::new(
             &[
@@ -295,7 +296,7 @@ mod tests {
 
     #[test]
     fn mismatched_shapes_are_an_error() {
-        let rope = Rope::new(4, 4, &Device::Cpu).unwrap();
+        let rope = Rope::new(&gpt_frequencies(4), 4, &Device::Cpu).unwrap();
         let dims = AttentionDims {
             batch: 2,
             seq: 4,

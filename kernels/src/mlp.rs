@@ -14,8 +14,8 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use crate::activations::{scaled_gelu, scaled_gelu_backward_cpu, scaled_gelu_cpu};
 use crate::cpu_op::with_f32;
 use crate::linear::linear;
-use spectra_core::ops::contiguous_cpu;
-use spectra_kernels::sgemm::{matmul, Operand};
+use crate::sgemm::{matmul, Operand};
+use crate::storage::contiguous_cpu;
 
 /// `scaled_gelu(x W_inᵀ) W_outᵀ` for `x: [n, d]`, `W_in: [hidden, d]`, `W_out: [d_out, hidden]`.
 pub fn mlp(x: &Tensor, w_in: &Tensor, w_out: &Tensor) -> Result<Tensor> {

@@ -1,7 +1,7 @@
 //! Rotary position embedding for the Lipschitz GPT.
 //!
-//! Standard "rotate half" RoPE: band f rotates the pair `(x[f], x[f + d/2])` by `pos·ω_f`, with
-//! `ω_f = 10000^(−2f/d)`. The paper's code (§4.2) swaps sin and cos, making each band a reflection
+//! Standard "rotate half" RoPE: band f rotates the pair `(x[f], x[f + d/2])` by `pos·ω_f`; the GPT's
+//! frequencies are `ω_f = 10000^(−2f/d)`. The paper's code (§4.2) swaps sin and cos, making each band a reflection
 //! `[[c, s], [s, −c]]` instead of a rotation; `qᵀk` still depends only on the relative position and
 //! the map is still orthogonal (sensitivity 1), so the Lipschitz bound is the same. Its checkpoints would
 //! need the literal form; training from scratch does not.
@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor, D};
-use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 
 /// Cached cos/sin tables, `[seq_len, head_dim/2]` each, as tensors on the model's device and as f32
 /// for the fused CPU attention.
@@ -21,13 +20,14 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(head_dim: usize, seq_len: usize, device: &Device) -> Result<Self> {
-        let spec = RopeSpec::new(head_dim, 10000.0, RopePairing::Half, RopeScaling::None);
-        let bands = spec.inv_freq.len();
+    /// The tables of positions `0..seq_len` for the bands' angular frequencies `inv_freq` (one per
+    /// pair of a head's elements, as `RopeSpec::inv_freq` lists them).
+    pub fn new(inv_freq: &[f64], seq_len: usize, device: &Device) -> Result<Self> {
+        let bands = inv_freq.len();
         let mut cos = Vec::with_capacity(seq_len * bands);
         let mut sin = Vec::with_capacity(seq_len * bands);
         for pos in 0..seq_len {
-            for w in &spec.inv_freq {
+            for w in inv_freq {
                 let angle = pos as f64 * w;
                 cos.push(angle.cos() as f32);
                 sin.push(angle.sin() as f32);
@@ -42,7 +42,7 @@ impl Rope {
     }
 
     /// The cos and sin tables `[seq_len, head_dim/2]` as f32, shared.
-    pub(crate) fn tables(&self) -> (Arc<[f32]>, Arc<[f32]>) {
+    pub fn tables(&self) -> (Arc<[f32]>, Arc<[f32]>) {
         self.tables.clone()
     }
 
@@ -58,6 +58,14 @@ impl Rope {
         let second = (a.broadcast_mul(&sin)? + b.broadcast_mul(&cos)?)?;
         Tensor::cat(&[first, second], D::Minus1)
     }
+}
+
+/// The GPT's frequencies `10000^(−2f/d)`, written out for the tests.
+#[cfg(test)]
+pub(crate) fn gpt_frequencies(head_dim: usize) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|f| 10000f64.powf(-2.0 * f as f64 / head_dim as f64))
+        .collect()
 }
 
 #[cfg(test)]
@@ -77,7 +85,7 @@ mod tests {
     #[test]
     fn rotation_preserves_norms_and_matches_a_hand_computed_band() {
         let (seq, d) = (5, 8);
-        let rope = Rope::new(d, seq, &Device::Cpu).unwrap();
+        let rope = Rope::new(&gpt_frequencies(d), seq, &Device::Cpu).unwrap();
         let x: Vec<f32> = (0..seq * d)
             .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
             .collect();
@@ -98,7 +106,7 @@ mod tests {
     #[test]
     fn dot_products_depend_only_on_relative_position() {
         let (seq, d) = (6, 4);
-        let rope = Rope::new(d, seq, &Device::Cpu).unwrap();
+        let rope = Rope::new(&gpt_frequencies(d), seq, &Device::Cpu).unwrap();
         let q = [0.3f32, -1.2, 0.7, 0.4];
         let k = [1.1f32, 0.2, -0.5, 0.9];
         let tile = |v: &[f32; 4]| {
