@@ -30,11 +30,7 @@ bin=$(llama_cpp_build llama-batched-bench)
 cargo build --release --quiet --bin spectra
 text=data/kv/eval.txt
 [[ -s "$text" && -s data/kv/calibration.txt ]] || scripts/get-data.sh >/dev/null
-stats=data/kv/smollm2-135m-stats.safetensors
-if [[ ! -s "$stats" ]]; then
-    echo "calibrating TriAttention (spectra calibrate, once) ..." >&2
-    target/release/spectra calibrate --model "$model" --text data/kv/calibration.txt --out "$stats" >/dev/null
-fi
+stats=$(scripts/tri-attention-stats.sh)
 export RAYON_NUM_THREADS="$threads"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

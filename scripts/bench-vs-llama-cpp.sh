@@ -32,11 +32,7 @@ cargo build --release --quiet --bin spectra
 # characters, which the split does not contain.
 text=data/kv/eval.txt
 [[ -s "$text" && -s data/kv/calibration.txt ]] || scripts/get-data.sh >/dev/null
-stats=data/kv/smollm2-135m-stats.safetensors
-if [[ ! -s "$stats" ]]; then
-    echo "calibrating TriAttention (spectra calibrate, once) ..."
-    target/release/spectra calibrate --model "$model" --text data/kv/calibration.txt --out "$stats" >/dev/null
-fi
+stats=$(scripts/tri-attention-stats.sh)
 export RAYON_NUM_THREADS="$threads"
 
 # llama-bench's mean tokens/s for one test (prefill of P tokens, or N tokens decoded after depth D),

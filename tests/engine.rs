@@ -385,3 +385,30 @@ fn sessions_and_the_engine_are_send() {
     send::<Session<Llama>>();
     send::<Engine<Llama>>();
 }
+
+/// `max_tokens: 0` reads the prompt and ends without a token (to time or fill a prefill).
+#[test]
+fn zero_max_tokens_reads_the_prompt_only() {
+    let tiny = Tiny::new();
+    let model = Arc::new(tiny.gguf());
+    let mut engine = engine(&model, usize::MAX, StepPriority::DecodeFirst);
+    engine
+        .submit(Request {
+            prompt: prompt(20, 0),
+            params: GenerationParams {
+                max_tokens: 0,
+                ..GenerationParams::default()
+            },
+            policy: None,
+            budget: Budget::Tokens(usize::MAX),
+            seed: 0,
+        })
+        .unwrap();
+    let events = run(&mut engine);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let Event::Finished { reason, stats, .. } = &events[0] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((*reason, stats.generated_tokens), (FinishReason::Length, 0));
+    assert!(stats.peak_kv_bytes > 0);
+}

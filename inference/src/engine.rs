@@ -424,17 +424,22 @@ impl<D: CausalDecoder> Engine<D> {
                 if row.dim(0)? == 0 {
                     return Ok(None);
                 }
+                if active.params.max_tokens == 0 {
+                    // Asked to read the prompt only.
+                    return Ok(Some((None, Some((FinishReason::Length, String::new())))));
+                }
                 let values = row
                     .squeeze(0)?
                     .to_dtype(candle_core::DType::F32)?
                     .to_vec1()?;
                 let choice = active.sampler.sample(&values)?;
-                active.take(*id, choice, detokenizer).map(Some)
+                let (token, end) = active.take(*id, choice, detokenizer)?;
+                Ok(Some((Some(token), end)))
             });
             match chosen {
                 Ok(None) => {}
                 Ok(Some((token, end))) => {
-                    events.push(token);
+                    events.extend(token);
                     if let Some(end) = end {
                         leaving.push((*id, Some(end)));
                     }

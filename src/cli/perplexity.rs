@@ -10,15 +10,16 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use spectra_core::{DeviceSpec, Error};
+use spectra_core::Error;
 use spectra_inference::{Logits, Session};
-use spectra_models::llama::{score_targets, Llama, WeightFormat};
+use spectra_models::llama::score_targets;
+
+use super::args::ModelArgs;
 
 #[derive(Args)]
 pub struct PerplexityArgs {
-    /// A GGUF file or a Hugging Face folder.
-    #[arg(long, default_value = "data/models/SmolLM2-135M-Instruct.Q4_1.gguf")]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The plain text to score.
     #[arg(long)]
     text: PathBuf,
@@ -28,24 +29,10 @@ pub struct PerplexityArgs {
     /// Score at most this many chunks (llama-perplexity's `--chunks`).
     #[arg(long)]
     chunks: Option<usize>,
-    /// Expand quantized weights to f32 when loading (exact products).
-    #[arg(long)]
-    f32_weights: bool,
-    #[arg(long, default_value = "Auto")]
-    device: String,
 }
 
 pub fn run(args: PerplexityArgs) -> Result<(), Error> {
-    let device: DeviceSpec =
-        spectra_core::config::parse_ron(&args.device, std::path::Path::new("--device"))?;
-    let device = device.resolve()?;
-    let format = if args.f32_weights {
-        WeightFormat::Dequantized
-    } else {
-        WeightFormat::Quantized
-    };
-    let (model, tokenizer) = Llama::load(&args.model, &device, format)?;
-    let model = std::sync::Arc::new(model);
+    let (model, tokenizer) = args.model.load()?;
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
     let n = args.context;

@@ -19,7 +19,7 @@ pub use text::{Detokenize, StopStrings, TextStream};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GenerationParams {
-    /// The most tokens generated after the prompt.
+    /// The most tokens generated after the prompt (0 reads the prompt and generates nothing).
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     /// Texts that end the generation; the text before the first of them is the answer.
@@ -51,12 +51,6 @@ impl GenerationParams {
             return Err(Error::invalid(
                 "prompt",
                 "is empty; give at least one token",
-            ));
-        }
-        if self.max_tokens == 0 {
-            return Err(Error::invalid(
-                "max_tokens",
-                "is 0; ask for at least one token",
             ));
         }
         let needed = prompt_len.saturating_add(self.max_tokens);
@@ -132,14 +126,5 @@ mod tests {
         let e = params.check(1000, 1024).unwrap_err().to_string();
         assert!(e.contains("max_tokens") && e.contains("at most 24"), "{e}");
         assert!(params.check(0, 1024).is_err());
-        let none = GenerationParams {
-            max_tokens: 0,
-            ..GenerationParams::default()
-        };
-        assert!(none
-            .check(5, 1024)
-            .unwrap_err()
-            .to_string()
-            .contains("max_tokens"));
     }
 }
