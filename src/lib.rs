@@ -14,5 +14,6 @@ pub mod bench;
 pub mod kv;
 pub mod output;
 pub mod plots;
+pub mod serve;
 pub mod threads;
 pub mod train;

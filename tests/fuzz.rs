@@ -1,13 +1,15 @@
 //! Fuzzing every reader of untrusted input: the RON config loader (training, sweep and KV configs),
-//! the GGUF model reader, the checkpoint reader and the KV query-statistics reader. Each gets valid
-//! files mutated at random (bits flipped, bytes and machine words overwritten with boundary values,
-//! ranges cut, repeated or spliced between files, text tokens swapped) and must answer every one with
-//! a value or an error: a panic fails the test, an abort fails the process.
+//! the GGUF model reader, the checkpoint reader, the KV query-statistics reader and `spectra serve`'s
+//! requests. Each gets valid inputs mutated at random (bits flipped, bytes and machine words
+//! overwritten with boundary values, ranges cut, repeated or spliced between inputs, text tokens
+//! swapped) and must answer every one with a value or an error: a panic fails the test, an abort
+//! fails the process, and the server must answer each request below 500 and keep answering.
 //!
-//! `cargo test` runs a bounded count; `SPECTRA_FUZZ_CASES=N` sets the count per reader
-//! (scripts/fuzz.sh runs a million in all).
+//! `cargo test` runs a bounded count; `SPECTRA_FUZZ_CASES=N` sets the count per file reader and
+//! `SPECTRA_FUZZ_REQUESTS=N` the server's (scripts/fuzz.sh runs a million files and 20,000 requests).
 
 mod llama_support;
+mod serve_support;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -316,4 +318,165 @@ fn a_gguf_tensor_shape_past_the_file_is_refused() {
     });
     assert!(err.contains("output_norm.weight"), "{err}");
     assert!(err.contains("more than the file holds"), "{err}");
+}
+
+/// Requests the server gets, mutated: each seed is a path and a body.
+fn request_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let completion = "/v1/completions";
+    let chat = "/v1/chat/completions";
+    [
+        (completion, r#"{"prompt": "hello", "max_tokens": 3, "temperature": 0}"#),
+        (completion, r#"{"prompt": [5, 6, 7], "max_tokens": 2, "stream": true, "stream_options": {"include_usage": true}}"#),
+        (completion, r#"{"prompt": "abc", "max_tokens": 4, "temperature": 0.8, "top_p": 0.9, "top_k": 5, "min_p": 0.1, "seed": 3, "stop": ["x", "yz"]}"#),
+        (completion, r#"{"prompt": "a b c d e f g", "max_tokens": 2, "kv": {"policy": {"type": "StreamingLlm", "cfg": {"sinks": 2}}, "budget": 4}}"#),
+        (completion, r#"{"prompt": "q", "max_tokens": 2, "kv": {"policy": {"type": "SnapKv", "cfg": {"window": 2}}, "budget": 3}}"#),
+        (chat, r#"{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "max_completion_tokens": 3}"#),
+        (chat, r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_tokens": 2, "stream": true, "n": 1}"#),
+        (chat, r#"{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "kv": {"policy": "Full"}, "user": "u"}"#),
+    ]
+    .into_iter()
+    .map(|(path, body)| (path, body.as_bytes().to_vec()))
+    .collect()
+}
+
+/// Values a mistyped or hostile request tends to hold.
+fn odd_json(rng: &mut ChaCha8Rng) -> serde_json::Value {
+    use serde_json::json;
+    let deep = (0..200).fold(json!(0), |inner, _| json!([inner]));
+    let choices = [
+        json!(null),
+        json!(true),
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(2.5),
+        json!(1e308),
+        json!(-1e308),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(""),
+        json!("NaN"),
+        json!("\u{0}\u{7f}\u{ffff}é😀"),
+        json!("x".repeat(5000)),
+        json!([]),
+        json!({}),
+        json!([1, 2, 3]),
+        json!({"type": "TriAttention", "cfg": {}}),
+        json!({"type": "Full"}),
+        json!({"role": "tool", "content": null}),
+        deep,
+    ];
+    choices[rng.random_range(0..choices.len())].clone()
+}
+
+/// A structural mutation of a JSON body: a value replaced, a key dropped or added, an array item
+/// repeated; the result is valid JSON.
+fn mutate_json(seed: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
+    use serde_json::Value;
+    fn count(v: &Value) -> usize {
+        1 + match v {
+            Value::Array(items) => items.iter().map(count).sum(),
+            Value::Object(map) => map.values().map(count).sum(),
+            _ => 0,
+        }
+    }
+    /// The `k`-th node in preorder.
+    fn nth<'a>(v: &'a mut Value, k: &mut usize) -> Option<&'a mut Value> {
+        if *k == 0 {
+            return Some(v);
+        }
+        *k -= 1;
+        match v {
+            Value::Array(items) => items.iter_mut().find_map(|i| nth(i, k)),
+            Value::Object(map) => map.values_mut().find_map(|i| nth(i, k)),
+            _ => None,
+        }
+    }
+    let mut value: Value = serde_json::from_slice(seed).expect("seeds are JSON");
+    for _ in 0..rng.random_range(1..=3) {
+        let mut k = rng.random_range(0..count(&value));
+        let node = nth(&mut value, &mut k).expect("k is below the node count");
+        match (rng.random_range(0..4), node) {
+            (0, Value::Object(map)) if !map.is_empty() => {
+                let key = map
+                    .keys()
+                    .nth(rng.random_range(0..map.len()))
+                    .unwrap()
+                    .clone();
+                map.remove(&key);
+            }
+            (1, Value::Object(map)) => {
+                let keys = [
+                    "kv",
+                    "max_tokens",
+                    "stop",
+                    "n",
+                    "logprobs",
+                    "seed",
+                    "budget",
+                    "tools",
+                ];
+                map.insert(keys[rng.random_range(0..keys.len())].into(), odd_json(rng));
+            }
+            (2, Value::Array(items)) if !items.is_empty() => {
+                let item = items[rng.random_range(0..items.len())].clone();
+                items.extend(std::iter::repeat_n(item, rng.random_range(1..100)));
+            }
+            (_, node) => *node = odd_json(rng),
+        }
+    }
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// The server answers every mutated request with a status below 500 within the client's timeout,
+/// and still answers afterwards; `SPECTRA_FUZZ_REQUESTS=N` sets the count (scripts/fuzz.sh: 20,000).
+#[test]
+fn the_server_answers_every_mutated_request() {
+    let tiny = Tiny::byte_level();
+    let config = tiny.gguf_path().with_file_name("fuzz-serve.ron");
+    // A short default answer keeps each request fast; a mutated max_tokens may still ask for more.
+    std::fs::write(
+        &config,
+        "(default_max_tokens: Some(4), max_body_bytes: 65536)",
+    )
+    .unwrap();
+    let server =
+        serve_support::Server::start(&tiny.gguf_path(), &["--config", config.to_str().unwrap()]);
+    let n = std::env::var("SPECTRA_FUZZ_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CASES);
+    let seeds = request_seeds();
+    let bodies: Vec<Vec<u8>> = seeds.iter().map(|(_, b)| b.clone()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(30);
+    let mut by_status = std::collections::BTreeMap::new();
+    let started = Instant::now();
+    for case in 0..n {
+        let (path, seed) = &seeds[case % seeds.len()];
+        // Most cases stay JSON and reach the checks behind the parser; the rest test the parser.
+        let input = match case % 4 {
+            0 => mutate(seed, &bodies, &mut rng, true),
+            _ => mutate_json(seed, &mut rng),
+        };
+        let reply = server.post(path, &input);
+        assert!(
+            reply.status < 500,
+            "case {case}: {} to {path} with {:?}: {}",
+            reply.status,
+            String::from_utf8_lossy(&input),
+            reply.text()
+        );
+        *by_status.entry(reply.status).or_insert(0) += 1;
+    }
+    eprintln!(
+        "fuzz requests: {n} in {:.1} s, by status {by_status:?}",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(server.get("/health").status, 200);
+    let reply = server.post(
+        "/v1/completions",
+        br#"{"prompt": "still", "max_tokens": 2}"#,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(by_status.contains_key(&200) && by_status.contains_key(&400));
 }

@@ -8,6 +8,7 @@ mod generate;
 mod kv;
 mod list;
 mod perplexity;
+mod serve;
 mod sweep;
 mod train;
 
@@ -46,6 +47,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Many sequences decoded together: prefill and decoding rates, time to first token, KV memory.
     Bench(bench::BenchArgs),
+    /// An OpenAI-compatible server where each request may choose its KV policy and budget.
+    Serve(serve::ServeArgs),
     /// A text's perplexity as llama.cpp's llama-perplexity measures it.
     Perplexity(perplexity::PerplexityArgs),
     /// Evaluate KV eviction policies on a real model against the uncompressed cache.
@@ -74,6 +77,7 @@ pub fn run() -> ExitCode {
         Command::Kv(args) => rayon::scope(|_| kv::run(args)),
         Command::Perplexity(args) => rayon::scope(|_| perplexity::run(args)),
         Command::Bench(args) => rayon::scope(|_| bench::run(args)),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,9 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
+    /// The Jinja template that turns chat messages into the model's prompt, where the file has one
+    /// (GGUF `tokenizer.chat_template`, or `chat_template` in a Hugging Face `tokenizer_config.json`).
+    pub chat_template: Option<String>,
 }
 
 fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
@@ -97,10 +100,15 @@ impl TextTokenizer {
             inner.add_special_tokens(&special);
         }
         let id = |key: &str| file.metadata(key).ok().and_then(|v| v.to_u32().ok());
+        let chat_template = file
+            .metadata("tokenizer.chat_template")
+            .ok()
+            .and_then(|v| v.to_string().ok().cloned());
         Ok(TextTokenizer {
             inner,
             bos: id("tokenizer.ggml.bos_token_id"),
             eos: id("tokenizer.ggml.eos_token_id"),
+            chat_template,
         })
     }
 
@@ -111,7 +119,19 @@ impl TextTokenizer {
         let id = |names: &[&str]| names.iter().find_map(|n| inner.token_to_id(n));
         let bos = id(&["<|endoftext|>", "<s>", "<|begin_of_text|>"]);
         let eos = id(&["<|im_end|>", "</s>", "<|end_of_text|>", "<|endoftext|>"]);
-        Ok(TextTokenizer { inner, bos, eos })
+        // The template sits beside the tokenizer, in `tokenizer_config.json`, where there is one.
+        let chat_template = path
+            .parent()
+            .map(|dir| dir.join("tokenizer_config.json"))
+            .and_then(|config| std::fs::read_to_string(config).ok())
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|config| config.get("chat_template")?.as_str().map(str::to_string));
+        Ok(TextTokenizer {
+            inner,
+            bos,
+            eos,
+            chat_template,
+        })
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
@@ -126,6 +146,11 @@ impl TextTokenizer {
         self.inner
             .decode(ids, false)
             .map_err(|e| Error::invalid("token ids", format!("cannot decode: {e}")))
+    }
+
+    /// The text of one token as the vocabulary spells it (`<|im_end|>`), for chat templates.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     pub fn vocab_size(&self) -> usize {
