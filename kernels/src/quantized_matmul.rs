@@ -1,14 +1,16 @@
-//! `x·Wᵀ` with `W` kept in GGUF's 32-element blocks (Q4_0, Q4_1, Q8_0), computed as llama.cpp's CPU
-//! backend computes it: each row of `x` is quantized to 8-bit blocks of 32 with one scale each, and
-//! every pair of blocks is an integer dot product scaled by the two blocks' scales (plus, for Q4_1, its
-//! offset times the activation block's sum). Decoding one token reads each weight once, in its stored
+//! `x·Wᵀ` with `W` kept in GGUF's blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, and the K-quants Q4_K,
+//! Q5_K, Q6_K, [`BlockFormat`]), computed as llama.cpp's CPU backend computes it: each row of `x` is
+//! quantized to 8-bit blocks of 32 with one scale each, and every pair of blocks is an integer dot
+//! product scaled by the two blocks' scales (plus the weight block's offset times the activation
+//! block's sum). llama.cpp quantizes the activations of a K-quant product per 256 elements (Q8_K);
+//! here they are quantized per 32 whatever the weights' format, a finer rounding. Decoding one token reads each weight once, in its stored
 //! size: SmolLM2-135M's Q4_1 matrices are 5.1× smaller than their f32 expansion, and decoding is bound
 //! by reading them.
 //!
 //! Where the CPU has AVX2, FMA and F16C the block products are vector code (`vpmaddubsw` on 32 byte
 //! pairs); elsewhere the same integer sums are computed one element at a time, with the same result.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::Result;
 use candle_core::{Device, Tensor};
 
@@ -20,8 +22,11 @@ use crate::spin_pool::{run_parts, DisjointWrites};
 
 #[cfg(target_arch = "x86_64")]
 mod block_products;
+mod formats;
+
 #[cfg(target_arch = "x86_64")]
 use block_products::INPUTS;
+pub use formats::BlockFormat;
 /// Inputs one kernel call takes at most.
 #[cfg(not(target_arch = "x86_64"))]
 const INPUTS: usize = 8;
@@ -35,36 +40,6 @@ pub const PREFILL_ROWS: usize = 16;
 
 /// 1.5·2²³: see [`quantize_rows`].
 const ROUND: f32 = 12_582_912.0;
-
-/// A weight block format: its bytes per block of 32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BlockFormat {
-    /// `f16 d; u8 qs[16]`: element `j` is `(nibble j − 8)·d`, low nibbles first.
-    Q4_0,
-    /// `f16 d; f16 m; u8 qs[16]`: element `j` is `nibble j · d + m`.
-    Q4_1,
-    /// `f16 d; i8 qs[32]`: element `j` is `qs[j]·d`.
-    Q8_0,
-}
-
-impl BlockFormat {
-    fn of(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::Q4_0 => Some(BlockFormat::Q4_0),
-            GgmlDType::Q4_1 => Some(BlockFormat::Q4_1),
-            GgmlDType::Q8_0 => Some(BlockFormat::Q8_0),
-            _ => None,
-        }
-    }
-
-    fn bytes(self) -> usize {
-        match self {
-            BlockFormat::Q4_0 => 18,
-            BlockFormat::Q4_1 => 20,
-            BlockFormat::Q8_0 => 34,
-        }
-    }
-}
 
 /// A `rows × cols` matrix in one block format, rows one after another as GGUF stores them.
 pub struct QuantizedMatrix {
@@ -84,8 +59,8 @@ struct QuantizedRows {
 }
 
 impl QuantizedMatrix {
-    /// The matrix of a 2-D GGUF tensor in a format this module multiplies; `None` for others (K-quants,
-    /// f16, ...), which the caller multiplies another way.
+    /// The matrix of a 2-D GGUF tensor in a format this module multiplies; `None` for others (f16,
+    /// Q2_K, ...), which the caller multiplies another way.
     pub fn from_qtensor(t: &QTensor) -> Result<Option<Self>> {
         let Some(format) = BlockFormat::of(t.dtype()) else {
             return Ok(None);
@@ -94,7 +69,7 @@ impl QuantizedMatrix {
             return Ok(None);
         };
         let data = t.data()?.into_owned();
-        if cols % BLOCK != 0 || data.len() != rows * cols / BLOCK * format.bytes() {
+        if cols % format.unit_elements() != 0 || data.len() != rows * format.row_bytes(cols) {
             return Err(op_error(
                 "quantized matrix",
                 format!(
@@ -155,11 +130,10 @@ impl QuantizedMatrix {
     fn multiply_expanded(&self, x: &[f32], t: usize) -> Vec<f32> {
         let mut w = vec![0f32; self.rows * self.cols];
         let blocks = self.rows * self.cols / BLOCK;
-        let bytes = self.format.bytes();
         let out = DisjointWrites::new(&mut w);
         run_parts(|part, parts| {
             for b in part * blocks / parts..(part + 1) * blocks / parts {
-                let values = dequantize_block(self.format, &self.data[b * bytes..(b + 1) * bytes]);
+                let values = self.dequantize_block(b);
                 // SAFETY: block `b`'s 32 elements are inside `w`, and only this part writes them.
                 unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out.at(b * BLOCK), BLOCK) };
             }
@@ -204,40 +178,28 @@ impl QuantizedMatrix {
 
     /// The matrix expanded to f32, `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for block in self.data.chunks(self.format.bytes()) {
-            out.extend(dequantize_block(self.format, block));
-        }
-        out
+        (0..self.rows * self.cols / BLOCK)
+            .flat_map(|b| self.dequantize_block(b))
+            .collect()
     }
-}
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
-/// One block's 32 values.
-fn dequantize_block(format: BlockFormat, b: &[u8]) -> [f32; BLOCK] {
-    let mut out = [0f32; BLOCK];
-    let d = f16_at(b, 0);
-    match format {
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-            let (m, qs) = match format {
-                BlockFormat::Q4_0 => (-8.0 * d, &b[2..18]),
-                _ => (f16_at(b, 2), &b[4..20]),
+    /// Block `b` of the whole matrix (row `b / blocks per row`), in vector code where the CPU has
+    /// AVX2, FMA and F16C.
+    fn dequantize_block(&self, b: usize) -> [f32; BLOCK] {
+        let per_row = self.cols / BLOCK;
+        let row_bytes = self.format.row_bytes(self.cols);
+        let row = &self.data[b / per_row * row_bytes..][..row_bytes];
+        #[cfg(target_arch = "x86_64")]
+        if block_products::has_avx2() {
+            let mut out = [0f32; BLOCK];
+            // SAFETY: the CPU has AVX2, FMA and F16C, and `row` holds block `b % per_row`.
+            unsafe {
+                block_products::dequantize_block_avx2(self.format, row, b % per_row, &mut out)
             };
-            for (j, &q) in qs.iter().enumerate() {
-                out[j] = f32::from(q & 0x0F) * d + m;
-                out[j + 16] = f32::from(q >> 4) * d + m;
-            }
+            return out;
         }
-        BlockFormat::Q8_0 => {
-            for (o, &q) in out.iter_mut().zip(&b[2..34]) {
-                *o = f32::from(q as i8) * d;
-            }
-        }
+        self.format.dequantize_block(row, b % per_row)
     }
-    out
 }
 
 /// Each row of `x` (`cols` wide, a multiple of 32) as 8-bit blocks: `qs = round(x/d)` with
@@ -278,12 +240,11 @@ fn quantize_rows(x: &[f32], cols: usize) -> QuantizedRows {
 /// `[t, rows]`.
 fn multiply_all(matrices: &[&QuantizedMatrix], x: &QuantizedRows, t: usize) -> Vec<Vec<f32>> {
     let kernel = kernel();
-    let nb = x.blocks_per_row;
     let mut by_row: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; m.rows * t]).collect();
     let outs: Vec<DisjointWrites> = by_row.iter_mut().map(|b| DisjointWrites::new(b)).collect();
     run_parts(|part, parts| {
         for (m, out) in matrices.iter().zip(&outs) {
-            let row_bytes = nb * m.format.bytes();
+            let row_bytes = m.format.row_bytes(m.cols);
             for r in part * m.rows / parts..(part + 1) * m.rows / parts {
                 let row = &m.data[r * row_bytes..(r + 1) * row_bytes];
                 for first in (0..t).step_by(INPUTS) {
@@ -351,39 +312,19 @@ fn rows_scalar(format: BlockFormat, row: &[u8], x: &QuantizedRows, first: usize,
     }
 }
 
-/// The block products one element at a time: `Σ_b d_w·d_x·Σ_j q_w q_x (+ m_w·s_x)`, with the integer
-/// sums exact.
+/// The block products one element at a time: `Σ_b d_x·Σ_half scale·Σ_j q_w q_x + offset·s_x`, with
+/// the integer sums exact.
 fn dot_scalar(format: BlockFormat, row: &[u8], qs: &[i8], d: &[f32], s: &[f32]) -> f32 {
     let mut sum = 0f32;
-    for (b, (w, x)) in row
-        .chunks_exact(format.bytes())
-        .zip(qs.chunks_exact(BLOCK))
-        .enumerate()
-    {
-        let dw = f16_at(w, 0);
-        let (ints, offset) = match format {
-            BlockFormat::Q8_0 => (
-                w[2..34]
-                    .iter()
-                    .zip(x)
-                    .map(|(&a, &b)| i32::from(a as i8) * i32::from(b))
-                    .sum::<i32>(),
-                0.0,
-            ),
-            BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                let (bias, offset, nibbles) = match format {
-                    BlockFormat::Q4_0 => (8, 0.0, &w[2..18]),
-                    _ => (0, f16_at(w, 2) * s[b], &w[4..20]),
-                };
-                let mut ints = 0i32;
-                for (j, &q) in nibbles.iter().enumerate() {
-                    ints += (i32::from(q & 0x0F) - bias) * i32::from(x[j]);
-                    ints += (i32::from(q >> 4) - bias) * i32::from(x[j + 16]);
-                }
-                (ints, offset)
-            }
+    for (b, x) in qs.chunks_exact(BLOCK).enumerate() {
+        let w = format.block(row, b);
+        let half = |h: usize| -> i32 {
+            (16 * h..16 * h + 16)
+                .map(|j| w.q[j] * i32::from(x[j]))
+                .sum()
         };
-        sum += dw * d[b] * ints as f32 + offset;
+        sum +=
+            d[b] * (w.scales[0] * half(0) as f32 + w.scales[1] * half(1) as f32) + w.offset * s[b];
     }
     sum
 }
@@ -391,7 +332,7 @@ fn dot_scalar(format: BlockFormat, row: &[u8], qs: &[i8], d: &[f32], s: &[f32]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QTensor;
+    use candle_core::quantized::{GgmlDType, QTensor};
 
     /// A `rows × cols` matrix of smooth, signed values with a few large entries.
     fn matrix(rows: usize, cols: usize, seed: f32) -> Vec<f32> {
@@ -416,18 +357,32 @@ mod tests {
         (q, m)
     }
 
-    const FORMATS: [GgmlDType; 3] = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0];
+    const FORMATS: [GgmlDType; 8] = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
 
     #[test]
     fn blocks_decode_to_candles_dequantized_values_exactly() {
         for dtype in FORMATS {
-            let (q, m) = quantized(dtype, 7, 96);
+            let (q, m) = quantized(dtype, 7, 512);
             let candle = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
-            assert_eq!(
-                m.dequantize(),
-                candle.to_vec1::<f32>().unwrap(),
-                "{dtype:?}"
-            );
+            let candle = candle.to_vec1::<f32>().unwrap();
+            // The vector expansion where the CPU has it, and the scalar reading.
+            assert_eq!(m.dequantize(), candle, "{dtype:?}");
+            let row_bytes = m.format.row_bytes(512);
+            let scalar: Vec<f32> = m
+                .data
+                .chunks(row_bytes)
+                .flat_map(|row| (0..512 / BLOCK).flat_map(|b| m.format.dequantize_block(row, b)))
+                .collect();
+            assert_eq!(scalar, candle, "{dtype:?}");
         }
     }
 
@@ -460,7 +415,7 @@ mod tests {
     fn products_are_the_block_sums_of_both_dequantized_sides() {
         for dtype in FORMATS {
             for t in [1, 3] {
-                let (rows, cols) = (37, 160);
+                let (rows, cols) = (37, 512);
                 let (_, m) = quantized(dtype, rows, cols);
                 let x = matrix(t, cols, 2.0);
                 let out = m
@@ -509,19 +464,21 @@ mod tests {
                 kernels.push(("avx2", block_products::rows_avx2));
             }
         }
-        let cols = 256;
+        let cols = 512;
         for dtype in FORMATS {
             let (_, m) = quantized(dtype, 5, cols);
             let x = quantize_rows(&matrix(11, cols, 0.9), cols);
             let w = m.dequantize();
-            let row_bytes = cols / BLOCK * m.format.bytes();
+            let row_bytes = m.format.row_bytes(cols);
             for (r, row) in m.data.chunks(row_bytes).enumerate() {
                 let size = |i: usize| -> f32 {
                     (0..cols / BLOCK)
                         .map(|b| {
                             let block = r * cols + b * BLOCK..r * cols + (b + 1) * BLOCK;
                             let largest = w[block].iter().fold(0f32, |a, v| a.max(v.abs()));
-                            let step = f16_at(row, b * m.format.bytes()).abs();
+                            let unpacked = m.format.block(row, b);
+                            let step = unpacked.scales[0].abs().max(unpacked.scales[1].abs())
+                                + unpacked.offset.abs();
                             let xs = &x.qs[(i * cols + b * BLOCK)..(i * cols + (b + 1) * BLOCK)];
                             let sum_x: f32 = xs.iter().map(|&q| f32::from(q).abs()).sum();
                             (largest + 128.0 * step) * sum_x * x.d[i * cols / BLOCK + b]
@@ -555,7 +512,7 @@ mod tests {
     /// activations' rounding, `Σ_j |w_j|·d_j/2`.
     #[test]
     fn products_are_within_the_activation_rounding_of_the_f32_product() {
-        let (rows, cols) = (24, 128);
+        let (rows, cols) = (24, 256);
         for dtype in FORMATS {
             let (_, m) = quantized(dtype, rows, cols);
             let x = matrix(2, cols, 0.5);
@@ -584,7 +541,7 @@ mod tests {
     /// dequantized weights and the unquantized input, within f32 rounding of the magnitude sum.
     #[test]
     fn many_rows_multiply_the_expanded_matrix() {
-        let (rows, cols, t) = (40, 96, PREFILL_ROWS + 3);
+        let (rows, cols, t) = (40, 256, PREFILL_ROWS + 3);
         for dtype in FORMATS {
             let (_, m) = quantized(dtype, rows, cols);
             let x = matrix(t, cols, 0.7);
@@ -611,12 +568,13 @@ mod tests {
 
     #[test]
     fn several_matrices_in_one_section_are_each_matrix_alone() {
-        let (_, a) = quantized(GgmlDType::Q4_1, 50, 128);
-        let (_, b) = quantized(GgmlDType::Q8_0, 7, 128);
+        let (_, a) = quantized(GgmlDType::Q4_1, 50, 256);
+        let (_, b) = quantized(GgmlDType::Q8_0, 7, 256);
+        let (_, c) = quantized(GgmlDType::Q6K, 9, 256);
         for t in [1, 4] {
-            let x = Tensor::from_vec(matrix(t, 128, 0.1), (t, 128), &Device::Cpu).unwrap();
-            let together = QuantizedMatrix::forward_all(&[&a, &b], &x).unwrap();
-            for (got, m) in together.iter().zip([&a, &b]) {
+            let x = Tensor::from_vec(matrix(t, 256, 0.1), (t, 256), &Device::Cpu).unwrap();
+            let together = QuantizedMatrix::forward_all(&[&a, &b, &c], &x).unwrap();
+            for (got, m) in together.iter().zip([&a, &b, &c]) {
                 let alone = m.forward(&x).unwrap().to_vec2::<f32>().unwrap();
                 assert_eq!(got.to_vec2::<f32>().unwrap(), alone);
             }
@@ -630,7 +588,7 @@ mod tests {
         let e = m.forward(&x).unwrap_err().to_string();
         assert!(e.contains("32 features") && e.contains("takes 64"), "{e}");
         let w = Tensor::zeros((4, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let k = QTensor::quantize(&w, GgmlDType::Q4K).unwrap();
+        let k = QTensor::quantize(&w, GgmlDType::Q2K).unwrap();
         assert!(QuantizedMatrix::from_qtensor(&k).unwrap().is_none());
     }
 }

@@ -10,6 +10,7 @@ mod list;
 mod perplexity;
 mod serve;
 mod sweep;
+mod tokenize;
 mod train;
 
 use std::process::ExitCode;
@@ -49,6 +50,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// An OpenAI-compatible server where each request may choose its KV policy and budget.
     Serve(serve::ServeArgs),
+    /// A text's token ids, printed as llama.cpp's `llama-tokenize --ids` prints them.
+    Tokenize(tokenize::TokenizeArgs),
     /// A text's perplexity as llama.cpp's llama-perplexity measures it.
     Perplexity(perplexity::PerplexityArgs),
     /// Evaluate KV eviction policies on a real model against the uncompressed cache.
@@ -78,6 +81,7 @@ pub fn run() -> ExitCode {
         Command::Perplexity(args) => rayon::scope(|_| perplexity::run(args)),
         Command::Bench(args) => rayon::scope(|_| bench::run(args)),
         Command::Serve(args) => serve::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,8 +6,11 @@ use serde::Deserialize;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Error, Result};
 
+use super::family::Family;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    pub family: Family,
     pub vocab: usize,
     pub hidden: usize,
     pub layers: usize,
@@ -59,6 +62,8 @@ impl LlamaConfig {
 /// The fields of a Hugging Face `config.json` that a Llama decoder needs.
 #[derive(Debug, Deserialize)]
 struct HfConfig {
+    #[serde(default = "default_model_type")]
+    model_type: String,
     vocab_size: usize,
     hidden_size: usize,
     num_hidden_layers: usize,
@@ -88,6 +93,10 @@ struct HfRopeScaling {
     beta_slow: Option<f64>,
 }
 
+fn default_model_type() -> String {
+    "llama".into()
+}
+
 fn default_rope_theta() -> f64 {
     10000.0
 }
@@ -108,7 +117,18 @@ impl LlamaConfig {
             None => RopeScaling::None,
             Some(s) => hf_scaling(s).map_err(|m| Error::file(source, m))?,
         };
+        let family = Family::from_name(&hf.model_type).ok_or_else(|| {
+            Error::file(
+                source,
+                format!(
+                    "model_type `{}` is not a decoder spectra runs (known: {})",
+                    hf.model_type,
+                    Family::names()
+                ),
+            )
+        })?;
         let config = LlamaConfig {
+            family,
             vocab: hf.vocab_size,
             hidden: hf.hidden_size,
             layers: hf.num_hidden_layers,

@@ -71,7 +71,22 @@ impl CausalDecoder for Llama {
                     .transpose(0, 1)?
                     .contiguous()?)
             };
-            let projected = Linear::forward_all(&[&w.q, &w.k, &w.v], &h, &kinds)?;
+            let mut projected = Linear::forward_all(&[&w.q, &w.k, &w.v], &h, &kinds)?;
+            if let Some(biases) = &w.qkv_bias {
+                for (p, b) in projected.iter_mut().zip(biases) {
+                    *p = p.broadcast_add(b)?;
+                }
+            }
+            if let Some([q_norm, k_norm]) = &w.qk_norm {
+                // Each head's vector normalized on its own: RMSNorm over the last of [t, heads, d].
+                let per_head = |p: &Tensor, n: usize, weight: &Tensor| -> Result<Tensor> {
+                    let p = p.reshape((t, n, c.head_dim))?;
+                    Ok(candle_nn::ops::rms_norm(&p, weight, c.rms_eps as f32)?
+                        .reshape((t, n * c.head_dim))?)
+                };
+                projected[0] = per_head(&projected[0], c.heads, q_norm)?;
+                projected[1] = per_head(&projected[1], c.kv_heads, k_norm)?;
+            }
             let q = heads(&projected[0], c.heads)?;
             let k = heads(&projected[1], c.kv_heads)?;
             let v = heads(&projected[2], c.kv_heads)?;

@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
-use candle_core::Device;
-use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
+use candle_core::{Device, Tensor};
+use spectra_core::rope::{RopeScaling, RopeSpec};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
+use super::family::Family;
 use super::weights::{LayerWeights, Linear, LlamaWeights, WeightFormat};
 
 /// An open GGUF file: its metadata and tensor index, read once.
@@ -136,33 +137,38 @@ impl GgufFile {
         Ok(())
     }
 
-    /// The decoder's hyper-parameters. llama.cpp's converter permutes Q/K rows so that RoPE pairs adjacent
-    /// coordinates: GGUF llama weights use interleaved pairing.
+    /// The decoder's hyper-parameters, read under the file's own architecture (`qwen2.block_count`).
     pub fn config(&self) -> Result<LlamaConfig> {
         let arch = self
             .metadata("general.architecture")?
             .to_string()
             .map_err(|e| Error::file(&self.path, e.to_string()))?;
-        if arch != "llama" {
-            return Err(Error::file(
+        let family = Family::from_name(arch).ok_or_else(|| {
+            Error::file(
                 &self.path,
-                format!("architecture `{arch}` is not a Llama-family decoder"),
-            ));
-        }
-        let hidden = self.usize("llama.embedding_length")?;
-        let heads = self.usize("llama.attention.head_count")?;
-        let kv_heads = self.usize("llama.attention.head_count_kv").unwrap_or(heads);
+                format!(
+                    "architecture `{arch}` is not a decoder spectra runs (known: {})",
+                    Family::names()
+                ),
+            )
+        })?;
+        let key = |name: &str| format!("{arch}.{name}");
+        let hidden = self.usize(&key("embedding_length"))?;
+        let heads = self.usize(&key("attention.head_count"))?;
+        let kv_heads = self.usize(&key("attention.head_count_kv")).unwrap_or(heads);
+        // Qwen3's heads are wider than hidden / heads; its files say so in `key_length`.
         let head_dim = self
-            .usize("llama.rope.dimension_count")
+            .usize(&key("attention.key_length"))
+            .or_else(|_| self.usize(&key("rope.dimension_count")))
             .unwrap_or(hidden / heads.max(1));
-        let base = self.f64("llama.rope.freq_base").unwrap_or(10000.0);
-        let scaling = self.rope_scaling()?;
+        let base = self.f64(&key("rope.freq_base")).unwrap_or(10000.0);
+        let scaling = self.rope_scaling(arch)?;
         let vocab = match self.metadata("tokenizer.ggml.tokens") {
             Ok(Value::Array(tokens)) => tokens.len(),
-            _ => self.usize("llama.vocab_size")?,
+            _ => self.usize(&key("vocab_size"))?,
         };
-        let layers = self.usize("llama.block_count")?;
-        let ffn = self.usize("llama.feed_forward_length")?;
+        let layers = self.usize(&key("block_count"))?;
+        let ffn = self.usize(&key("feed_forward_length"))?;
         // Sizes from the metadata are trusted only as far as the tensors bear them out: a corrupt
         // count would otherwise size allocations (RoPE's tables, the layer list) before any
         // tensor is read.
@@ -179,10 +185,11 @@ impl GgufFile {
         if layers == 0 || !self.has_tensor(&last) {
             return Err(Error::file(
                 &self.path,
-                format!("llama.block_count says {layers} layers, but the file has no `{last}`"),
+                format!("{arch}.block_count says {layers} layers, but the file has no `{last}`"),
             ));
         }
         let config = LlamaConfig {
+            family,
             vocab,
             hidden,
             layers,
@@ -190,17 +197,18 @@ impl GgufFile {
             kv_heads,
             head_dim,
             ffn,
-            rms_eps: self.f64("llama.attention.layer_norm_rms_epsilon")?,
-            rope: RopeSpec::new(head_dim, base, RopePairing::Interleaved, scaling),
-            max_context: self.usize("llama.context_length").unwrap_or(2048),
+            rms_eps: self.f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope: RopeSpec::new(head_dim, base, family.gguf_rope_pairing(), scaling),
+            max_context: self.usize(&key("context_length")).unwrap_or(2048),
             tied_embeddings: !self.has_tensor("output.weight"),
         };
         config.check(&self.path)?;
         Ok(config)
     }
 
-    fn rope_scaling(&self) -> Result<RopeScaling> {
-        let Ok(kind) = self.metadata("llama.rope.scaling.type") else {
+    fn rope_scaling(&self, arch: &str) -> Result<RopeScaling> {
+        let key = |name: &str| format!("{arch}.rope.scaling.{name}");
+        let Ok(kind) = self.metadata(&key("type")) else {
             return Ok(RopeScaling::None);
         };
         let kind = kind
@@ -209,11 +217,11 @@ impl GgufFile {
         Ok(match kind.as_str() {
             "none" => RopeScaling::None,
             "linear" => RopeScaling::Linear {
-                factor: self.f64("llama.rope.scaling.factor")?,
+                factor: self.f64(&key("factor"))?,
             },
             "yarn" => RopeScaling::Yarn {
-                factor: self.f64("llama.rope.scaling.factor")?,
-                original_max_position: self.f64("llama.rope.scaling.original_context_length")?,
+                factor: self.f64(&key("factor"))?,
+                original_max_position: self.f64(&key("original_context_length"))?,
                 beta_fast: 32.0,
                 beta_slow: 1.0,
             },
@@ -248,17 +256,34 @@ impl GgufFile {
                 matrix("attn_output")?,
             );
             let (gate, up, down) = (matrix("ffn_gate")?, matrix("ffn_up")?, matrix("ffn_down")?);
+            let mut vector = |name: &str| -> Result<Tensor> {
+                Ok(self
+                    .tensor(&format!("blk.{l}.{name}"), device)?
+                    .dequantize(device)?)
+            };
+            let qkv_bias = if config.family.qkv_bias() {
+                Some([
+                    vector("attn_q.bias")?,
+                    vector("attn_k.bias")?,
+                    vector("attn_v.bias")?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if config.family.qk_norm() {
+                Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?])
+            } else {
+                None
+            };
             layers.push(LayerWeights {
-                attn_norm: self
-                    .tensor(&format!("blk.{l}.attn_norm.weight"), device)?
-                    .dequantize(device)?,
+                attn_norm: vector("attn_norm.weight")?,
                 q,
                 k,
                 v,
+                qkv_bias,
+                qk_norm,
                 o,
-                ffn_norm: self
-                    .tensor(&format!("blk.{l}.ffn_norm.weight"), device)?
-                    .dequantize(device)?,
+                ffn_norm: vector("ffn_norm.weight")?,
                 gate,
                 up,
                 down,

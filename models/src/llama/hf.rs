@@ -63,11 +63,31 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
             matrix("mlp.up_proj")?,
             matrix("mlp.down_proj")?,
         );
+        let mut vector = |name: &str| take(&format!("model.layers.{l}.{name}"));
+        let qkv_bias = if config.family.qkv_bias() {
+            Some([
+                vector("self_attn.q_proj.bias")?,
+                vector("self_attn.k_proj.bias")?,
+                vector("self_attn.v_proj.bias")?,
+            ])
+        } else {
+            None
+        };
+        let qk_norm = if config.family.qk_norm() {
+            Some([
+                vector("self_attn.q_norm.weight")?,
+                vector("self_attn.k_norm.weight")?,
+            ])
+        } else {
+            None
+        };
         layers.push(LayerWeights {
             attn_norm: take(&format!("model.layers.{l}.input_layernorm.weight"))?,
             q,
             k,
             v,
+            qkv_bias,
+            qk_norm,
             o,
             ffn_norm: take(&format!("model.layers.{l}.post_attention_layernorm.weight"))?,
             gate,

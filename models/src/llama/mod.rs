@@ -1,10 +1,12 @@
-//! A Llama-family decoder (RMSNorm, SwiGLU, grouped-query attention, RoPE) whose attention reads
-//! spectra's compacting KV cache: entries keep their original positions, per-head lengths may differ,
-//! and a chunk of new tokens only ever attends over `chunk × cache` scores, never `n × n`.
+//! A Llama-family decoder (RMSNorm, SwiGLU, grouped-query attention, RoPE; with Qwen2's and Qwen3's
+//! additions, [`Family`]) whose attention reads spectra's compacting KV cache: entries keep their
+//! original positions, per-head lengths may differ, and a chunk of new tokens only ever attends over
+//! `chunk × cache` scores, never `n × n`.
 
 mod attention;
 mod config;
 mod decoder;
+mod family;
 mod gguf;
 mod hf;
 mod reread;
@@ -18,6 +20,7 @@ use candle_core::{DType, Device, Tensor, D};
 use spectra_core::{Error, Result};
 
 pub use config::LlamaConfig;
+pub use family::Family;
 pub use gguf::GgufFile;
 pub use tokenizer::TextTokenizer;
 pub use weights::{LlamaWeights, WeightFormat};

@@ -7,7 +7,9 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::gguf::GgufFile;
@@ -38,6 +40,44 @@ fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
         _ => Err(Error::file(
             file.path(),
             format!("GGUF metadata `{key}` is not a list of strings"),
+        )),
+    }
+}
+
+/// Qwen2's split of text into words before the byte-level BPE (llama.cpp's `qwen2` pre-tokenizer,
+/// Hugging Face's `Split` pattern): single digits, letters with one leading mark, punctuation runs
+/// with their newlines, and whitespace.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Llama 3's split (`llama-bpe`): as Qwen2's, with numbers in runs of up to three digits.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer GGUF's `tokenizer.ggml.pre` names.
+fn pre_tokenizer(pre: Option<&str>) -> std::result::Result<PreTokenizerWrapper, String> {
+    let split = |pattern: &str| -> std::result::Result<PreTokenizerWrapper, String> {
+        let split = Split::new(
+            SplitPattern::Regex(pattern.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| format!("cannot build the pre-tokenizer: {e}"))?;
+        // The split has made the words; the byte-level step only maps bytes to symbols.
+        let bytes = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false));
+        Ok(Sequence::new(vec![PreTokenizerWrapper::Split(split), bytes]).into())
+    };
+    let gpt2 = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
+    match pre {
+        None | Some("default" | "gpt2") => Ok(gpt2),
+        // SmolLM splits numbers into single digits before GPT-2's split.
+        Some("smollm") => {
+            let digits = PreTokenizerWrapper::Digits(Digits::new(true));
+            Ok(Sequence::new(vec![digits, gpt2]).into())
+        }
+        Some("qwen2") => split(QWEN2_SPLIT),
+        Some("llama-bpe" | "llama3") => split(LLAMA3_SPLIT),
+        Some(other) => Err(format!(
+            "pre-tokenizer `{other}` (tokenizer.ggml.pre) is not supported; known: default, gpt2, \
+             smollm, qwen2, llama-bpe"
         )),
     }
 }
@@ -75,18 +115,13 @@ impl TextTokenizer {
                 Error::file(file.path(), format!("cannot build the BPE tokenizer: {e}"))
             })?;
         let mut inner = Tokenizer::new(bpe);
-        // SmolLM's tokenizer splits numbers into single digits before the byte-level split.
         let pre = file
             .metadata("tokenizer.ggml.pre")
             .ok()
             .and_then(|v| v.to_string().ok().cloned());
-        let byte_level = PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true));
-        if pre.as_deref() == Some("smollm") {
-            let digits = PreTokenizerWrapper::Digits(Digits::new(true));
-            inner.with_pre_tokenizer(Some(Sequence::new(vec![digits, byte_level])));
-        } else {
-            inner.with_pre_tokenizer(Some(byte_level));
-        }
+        inner.with_pre_tokenizer(Some(
+            pre_tokenizer(pre.as_deref()).map_err(|m| Error::file(file.path(), m))?,
+        ));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         // Control and user-defined tokens (`<|im_start|>`, `<|endoftext|>`, …) are matched whole in
         // text, as llama.cpp does; otherwise a chat template would be spelled out byte by byte.

@@ -164,6 +164,10 @@ pub(crate) struct LayerWeights {
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
+    /// Qwen2's biases of the q, k and v projections.
+    pub qkv_bias: Option<[Tensor; 3]>,
+    /// Qwen3's RMSNorm weights of each query head and each key head (`[head_dim]`).
+    pub qk_norm: Option<[Tensor; 2]>,
     pub o: Linear,
     pub ffn_norm: Tensor,
     pub gate: Linear,
@@ -232,6 +236,41 @@ impl LlamaWeights {
             expect(format!("layer {l} k"), w.k.dims(), vec![kv_dim, c.hidden])?;
             expect(format!("layer {l} v"), w.v.dims(), vec![kv_dim, c.hidden])?;
             expect(format!("layer {l} o"), w.o.dims(), vec![c.hidden, q_dim])?;
+            if w.qkv_bias.is_some() != c.family.qkv_bias()
+                || w.qk_norm.is_some() != c.family.qk_norm()
+            {
+                return Err(Error::file(
+                    source,
+                    format!(
+                        "layer {l}'s tensors are not those of a {:?} block",
+                        c.family
+                    ),
+                ));
+            }
+            for (name, bias, want) in w.qkv_bias.iter().flat_map(|[q, k, v]| {
+                [
+                    ("q bias", q, q_dim),
+                    ("k bias", k, kv_dim),
+                    ("v bias", v, kv_dim),
+                ]
+            }) {
+                expect(
+                    format!("layer {l} {name}"),
+                    bias.dims().to_vec(),
+                    vec![want],
+                )?;
+            }
+            for (name, norm) in w
+                .qk_norm
+                .iter()
+                .flat_map(|[q, k]| [("q norm", q), ("k norm", k)])
+            {
+                expect(
+                    format!("layer {l} {name}"),
+                    norm.dims().to_vec(),
+                    vec![c.head_dim],
+                )?;
+            }
             expect(
                 format!("layer {l} gate"),
                 w.gate.dims(),
