@@ -9,6 +9,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use spectra::inference::{CausalDecoder, Logits, Taps};
+use spectra::kernels::quantized_matmul::BlockFormat;
 use spectra::models::llama::{Family, Llama, WeightFormat};
 
 const VOCAB: usize = 64;
@@ -308,16 +309,7 @@ fn qwen2_and_qwen3_match_the_definitions_in_f64() {
 /// pass on the same (rounded) weights, and the most likely token must not change.
 #[test]
 fn every_block_format_matches_the_definitions_within_the_activation_rounding() {
-    let formats = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
+    let formats = BlockFormat::ALL.map(BlockFormat::dtype);
     for family in [Family::Qwen2, Family::Qwen3] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");

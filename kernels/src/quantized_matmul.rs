@@ -357,20 +357,13 @@ mod tests {
         (q, m)
     }
 
-    const FORMATS: [GgmlDType; 8] = [
-        GgmlDType::Q4_0,
-        GgmlDType::Q4_1,
-        GgmlDType::Q5_0,
-        GgmlDType::Q5_1,
-        GgmlDType::Q8_0,
-        GgmlDType::Q4K,
-        GgmlDType::Q5K,
-        GgmlDType::Q6K,
-    ];
+    fn formats() -> [GgmlDType; 8] {
+        BlockFormat::ALL.map(BlockFormat::dtype)
+    }
 
     #[test]
     fn blocks_decode_to_candles_dequantized_values_exactly() {
-        for dtype in FORMATS {
+        for dtype in formats() {
             let (q, m) = quantized(dtype, 7, 512);
             let candle = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap();
             let candle = candle.to_vec1::<f32>().unwrap();
@@ -413,7 +406,7 @@ mod tests {
     /// kernels' integer sums are exact, so the only difference is f32 rounding of the block sums.
     #[test]
     fn products_are_the_block_sums_of_both_dequantized_sides() {
-        for dtype in FORMATS {
+        for dtype in formats() {
             for t in [1, 3] {
                 let (rows, cols) = (37, 512);
                 let (_, m) = quantized(dtype, rows, cols);
@@ -465,7 +458,7 @@ mod tests {
             }
         }
         let cols = 512;
-        for dtype in FORMATS {
+        for dtype in formats() {
             let (_, m) = quantized(dtype, 5, cols);
             let x = quantize_rows(&matrix(11, cols, 0.9), cols);
             let w = m.dequantize();
@@ -513,7 +506,7 @@ mod tests {
     #[test]
     fn products_are_within_the_activation_rounding_of_the_f32_product() {
         let (rows, cols) = (24, 256);
-        for dtype in FORMATS {
+        for dtype in formats() {
             let (_, m) = quantized(dtype, rows, cols);
             let x = matrix(2, cols, 0.5);
             let out = m
@@ -542,7 +535,7 @@ mod tests {
     #[test]
     fn many_rows_multiply_the_expanded_matrix() {
         let (rows, cols, t) = (40, 256, PREFILL_ROWS + 3);
-        for dtype in FORMATS {
+        for dtype in formats() {
             let (_, m) = quantized(dtype, rows, cols);
             let x = matrix(t, cols, 0.7);
             let out = m

@@ -39,18 +39,33 @@ pub struct Block32 {
 }
 
 impl BlockFormat {
+    pub const ALL: [BlockFormat; 8] = [
+        BlockFormat::Q4_0,
+        BlockFormat::Q4_1,
+        BlockFormat::Q5_0,
+        BlockFormat::Q5_1,
+        BlockFormat::Q8_0,
+        BlockFormat::Q4K,
+        BlockFormat::Q5K,
+        BlockFormat::Q6K,
+    ];
+
+    /// GGML's name for it.
+    pub fn dtype(self) -> GgmlDType {
+        match self {
+            BlockFormat::Q4_0 => GgmlDType::Q4_0,
+            BlockFormat::Q4_1 => GgmlDType::Q4_1,
+            BlockFormat::Q5_0 => GgmlDType::Q5_0,
+            BlockFormat::Q5_1 => GgmlDType::Q5_1,
+            BlockFormat::Q8_0 => GgmlDType::Q8_0,
+            BlockFormat::Q4K => GgmlDType::Q4K,
+            BlockFormat::Q5K => GgmlDType::Q5K,
+            BlockFormat::Q6K => GgmlDType::Q6K,
+        }
+    }
+
     pub fn of(dtype: GgmlDType) -> Option<Self> {
-        Some(match dtype {
-            GgmlDType::Q4_0 => BlockFormat::Q4_0,
-            GgmlDType::Q4_1 => BlockFormat::Q4_1,
-            GgmlDType::Q5_0 => BlockFormat::Q5_0,
-            GgmlDType::Q5_1 => BlockFormat::Q5_1,
-            GgmlDType::Q8_0 => BlockFormat::Q8_0,
-            GgmlDType::Q4K => BlockFormat::Q4K,
-            GgmlDType::Q5K => BlockFormat::Q5K,
-            GgmlDType::Q6K => BlockFormat::Q6K,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|f| f.dtype() == dtype)
     }
 
     /// Elements of one stored unit (a block, or a K-quant's super-block).
