@@ -11,6 +11,7 @@ pub use spectra_plugins as plugins;
 pub use spectra_policies as policies;
 pub mod allocator;
 pub mod bench;
+pub mod chat_template;
 pub mod kv;
 pub mod output;
 pub mod plots;

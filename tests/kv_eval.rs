@@ -359,3 +359,27 @@ fn an_unwritable_output_is_refused_before_the_evaluation() {
         assert!(!stdout.contains("tokens/s"), "{command}: {stdout}");
     }
 }
+
+/// `generate --chat` sends the prompt as a user's message through the file's chat template (ChatML
+/// where, as here, it has none), as `spectra serve` does.
+#[test]
+fn generate_chat_renders_the_prompt_through_the_chat_template() {
+    let tiny = Tiny::byte_level();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .args(["generate", "--model", tiny.gguf_path().to_str().unwrap()])
+        .args(["--device", "Cpu", "--chat", "--max-tokens", "3", "hi"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let rendered = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n";
+    assert!(stdout.starts_with(rendered), "{stdout}");
+    // One token per byte in the tiny model's vocabulary.
+    assert!(
+        stderr.contains(&format!("prompt {} tokens", rendered.len())),
+        "{stderr}"
+    );
+}

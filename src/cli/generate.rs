@@ -55,6 +55,10 @@ pub struct GenerateArgs {
     /// JSON line per token (to tell a near-tie from a real disagreement with another engine).
     #[arg(long)]
     margins: Option<PathBuf>,
+    /// Send the prompt as a user's chat message, through the model's chat template (ChatML where
+    /// its file has none), as `spectra serve` does.
+    #[arg(long)]
+    chat: bool,
     #[arg(required_unless_present = "prompt_file")]
     prompt: Option<String>,
 }
@@ -69,6 +73,16 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
     };
     let (model, tokenizer) = args.model.load()?;
     let (policy, budget) = args.policy.read()?;
+    let text = if args.chat {
+        spectra::chat_template::ChatTemplate::of(&tokenizer)?.render(&[
+            spectra::chat_template::Message {
+                role: "user".into(),
+                content: text,
+            },
+        ])?
+    } else {
+        text
+    };
     let mut prompt = tokenizer.encode(&text)?;
     if let Some(n) = args.prompt_tokens {
         if n == 0 || n > prompt.len() {

@@ -7,7 +7,6 @@
 //! lets running ones finish within a grace period, cancels the rest, and exits 0.
 
 mod answer;
-mod chat_template;
 pub mod config;
 mod error;
 mod handlers;
@@ -30,7 +29,7 @@ use spectra_core::{Error, Result};
 use spectra_inference::{Engine, EngineConfig, SchedulerConfig, StepPriority};
 use spectra_models::llama::{Llama, TextTokenizer};
 
-use chat_template::ChatTemplate;
+use crate::chat_template::ChatTemplate;
 pub use config::ServeConfig;
 use error::ApiError;
 use metrics::Metrics;
@@ -90,15 +89,7 @@ async fn serve_until_signal(serve: Serve) -> Result<()> {
     )?;
     let metrics = Arc::new(Metrics::new(config.kv_memory));
     let (worker, thread) = worker::start(engine, config.max_queue, metrics.clone());
-    let token_text = |id: Option<u32>| {
-        id.and_then(|id| tokenizer.token_text(id))
-            .unwrap_or_default()
-    };
-    let template = ChatTemplate::new(
-        tokenizer.chat_template.as_deref(),
-        token_text(tokenizer.bos),
-        token_text(tokenizer.eos),
-    )?;
+    let template = ChatTemplate::of(&tokenizer)?;
     let listener = tokio::net::TcpListener::bind(serve.address)
         .await
         .map_err(|e| {

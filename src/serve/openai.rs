@@ -7,8 +7,8 @@ use serde_json::Value;
 use spectra_core::Error;
 use spectra_inference::{GenerationParams, SamplingParams};
 
-use super::chat_template::Message;
 use super::error::ApiError;
+use crate::chat_template::Message;
 
 /// Fields both endpoints take.
 #[derive(Debug, Default, Deserialize)]

@@ -5,6 +5,7 @@
 use minijinja::{context, Environment, ErrorKind};
 use serde::Serialize;
 use spectra_core::{Error, Result};
+use spectra_models::llama::TextTokenizer;
 
 /// ChatML, for models whose file carries no template.
 const CHATML: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n\
@@ -48,6 +49,19 @@ impl ChatTemplate {
             bos_token,
             eos_token,
         })
+    }
+
+    /// The template of the tokenizer's file (ChatML where it has none), with its BOS and EOS texts.
+    pub fn of(tokenizer: &TextTokenizer) -> Result<Self> {
+        let token_text = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.token_text(id))
+                .unwrap_or_default()
+        };
+        ChatTemplate::new(
+            tokenizer.chat_template.as_deref(),
+            token_text(tokenizer.bos),
+            token_text(tokenizer.eos),
+        )
     }
 
     /// The prompt for `messages`, ending where the assistant's answer begins. A template that refuses
