@@ -7,25 +7,15 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use spectra::core::config::parse_ron;
 use spectra::core::{Budget, KvEvictionPolicy, SideInfoNeeds};
-use spectra::inference::{CausalDecoder, Logits, PrefillCompression, RereadPrompt, Session, Taps};
+use spectra::inference::{Logits, PrefillCompression, RereadPrompt, Session};
 use spectra::models::llama::{Llama, WeightFormat};
 
 mod llama_support;
 
-use llama_support::{Tiny, HEAD_DIM, KV_HEADS, LAYERS, VOCAB};
+use llama_support::{all_logits, Tiny, HEAD_DIM, KV_HEADS, LAYERS, VOCAB};
 
 fn tokens(n: usize) -> Vec<u32> {
     (0..n).map(|i| ((i * 17 + 3) % VOCAB) as u32).collect()
-}
-
-/// Every position's logits from one uncached pass over the whole sequence.
-fn reference_logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = model.new_cache(false).unwrap();
-    model
-        .forward_one(tokens, 0, &mut cache, &mut Taps::default(), Logits::All)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -68,10 +58,7 @@ const TOL: f32 = 1e-5;
 fn gguf_with_interleaved_rope_equals_hf_with_half_rope() {
     let tiny = Tiny::new();
     let seq = tokens(12);
-    let (a, b) = (
-        reference_logits(&tiny.gguf(), &seq),
-        reference_logits(&tiny.hf(), &seq),
-    );
+    let (a, b) = (all_logits(&tiny.gguf(), &seq), all_logits(&tiny.hf(), &seq));
     for (ra, rb) in a.iter().zip(&b) {
         assert!(max_diff(ra, rb) < TOL, "{}", max_diff(ra, rb));
     }
@@ -82,7 +69,7 @@ fn full_policy_reproduces_uncompressed_logits() {
     let tiny = Tiny::new();
     let model = Arc::new(tiny.gguf());
     let seq = tokens(20);
-    let reference = reference_logits(&model, &seq);
+    let reference = all_logits(&model, &seq);
     let full = policy(r#"(type: "Full", cfg: ())"#);
     let mut session =
         Session::new(model.clone(), Some(full.clone()), Budget::Tokens(4), 0).unwrap();
@@ -102,7 +89,7 @@ fn a_budget_at_least_the_sequence_is_the_identity() {
     let tiny = Tiny::new();
     let model = Arc::new(tiny.gguf());
     let seq = tokens(16);
-    let reference = reference_logits(&model, &seq);
+    let reference = all_logits(&model, &seq);
     let streaming = policy(r#"(type: "StreamingLlm", cfg: (sinks: 2))"#);
     let mut session = Session::new(
         model.clone(),
@@ -153,7 +140,7 @@ fn compaction_frees_memory_and_keeps_positions() {
 fn an_f16_cache_decodes_like_the_f32_cache_at_half_the_bytes() {
     let tiny = Tiny::new();
     let seq = tokens(24);
-    let reference = reference_logits(&tiny.gguf(), &seq);
+    let reference = all_logits(&tiny.gguf(), &seq);
     let model = Arc::new(tiny.gguf().with_kv_dtype(DType::F16).unwrap());
     let h2o = policy(r#"(type: "H2o", cfg: (recent_window: 2))"#);
     let full = policy(r#"(type: "Full", cfg: ())"#);

@@ -8,9 +8,10 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
-use spectra::inference::{CausalDecoder, Logits, Taps};
 use spectra::kernels::quantized_matmul::BlockFormat;
 use spectra::models::llama::{Family, Llama, WeightFormat};
+
+mod llama_support;
 
 const VOCAB: usize = 64;
 const HIDDEN: usize = 256;
@@ -272,12 +273,7 @@ fn rope_neox(head: &mut [f64], pos: usize) {
 
 fn spectra_logits(path: &std::path::Path, tokens: &[u32]) -> Vec<Vec<f32>> {
     let (model, _) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::Quantized).unwrap();
-    let mut cache = model.new_cache(false).unwrap();
-    model
-        .forward_one(tokens, 0, &mut cache, &mut Taps::default(), Logits::All)
-        .unwrap()
-        .to_vec2()
-        .unwrap()
+    llama_support::all_logits(&model, tokens)
 }
 
 const TOKENS: [u32; 7] = [3, 17, 42, 8, 8, 63, 0];

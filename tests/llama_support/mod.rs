@@ -10,6 +10,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
+use spectra::inference::{CausalDecoder, Logits, Taps};
 use spectra::models::llama::{Llama, WeightFormat};
 
 /// The vocabulary of [`Tiny::new`]: tokens `t0`…`t39`, enough for token-level tests.
@@ -147,6 +148,16 @@ fn write_gguf(path: &Path, weights: &[(String, Tensor)], vocab: &[String]) {
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = std::fs::File::create(path).unwrap();
     gguf_file::write(&mut file, &metadata, &tensors).unwrap();
+}
+
+/// Every position's logits from one uncached pass over the whole sequence.
+pub fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(false).unwrap();
+    model
+        .forward_one(tokens, 0, &mut cache, &mut Taps::default(), Logits::All)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
 }
 
 /// The 256 byte-level BPE symbols of GPT-2's tokenizer (printable bytes stand for themselves, the rest

@@ -47,17 +47,7 @@ pub(super) unsafe fn rows_vnni(
     first: usize,
     out: &mut [f32],
 ) {
-    let w = row.as_ptr();
-    match format {
-        BlockFormat::Q4_0 => by_inputs::<Q4_0, Vnni>(w, x, first, out),
-        BlockFormat::Q4_1 => by_inputs::<Q4_1, Vnni>(w, x, first, out),
-        BlockFormat::Q5_0 => by_inputs::<Q5_0, Vnni>(w, x, first, out),
-        BlockFormat::Q5_1 => by_inputs::<Q5_1, Vnni>(w, x, first, out),
-        BlockFormat::Q8_0 => by_inputs::<Q8_0Unsigned, Vnni>(w, x, first, out),
-        BlockFormat::Q4K => by_inputs::<Q4K, Vnni>(w, x, first, out),
-        BlockFormat::Q5K => by_inputs::<Q5K, Vnni>(w, x, first, out),
-        BlockFormat::Q6K => by_inputs::<Q6K, VnniSigned>(w, x, first, out),
-    }
+    by_format::<Vnni, VnniSigned, Q8_0Unsigned, Vnni>(format, row.as_ptr(), x, first, out)
 }
 
 /// `out[k] = row · x_{first + k}` with AVX2.
@@ -72,16 +62,28 @@ pub(super) unsafe fn rows_avx2(
     first: usize,
     out: &mut [f32],
 ) {
-    let w = row.as_ptr();
+    by_format::<Madd, MaddSigned, Q8_0Signed, MaddSigned>(format, row.as_ptr(), x, first, out)
+}
+
+/// [`by_inputs`] for `format`: the unsigned formats with the product `U`, Q6_K's signed values with
+/// `S`, and Q8_0 read as `Q8` with the product `Q8P` (unsigned with AVX-VNNI, signed without).
+#[inline(always)]
+unsafe fn by_format<U: Product, S: Product, Q8: Format, Q8P: Product>(
+    format: BlockFormat,
+    w: *const u8,
+    x: &QuantizedRows,
+    first: usize,
+    out: &mut [f32],
+) {
     match format {
-        BlockFormat::Q4_0 => by_inputs::<Q4_0, Madd>(w, x, first, out),
-        BlockFormat::Q4_1 => by_inputs::<Q4_1, Madd>(w, x, first, out),
-        BlockFormat::Q5_0 => by_inputs::<Q5_0, Madd>(w, x, first, out),
-        BlockFormat::Q5_1 => by_inputs::<Q5_1, Madd>(w, x, first, out),
-        BlockFormat::Q8_0 => by_inputs::<Q8_0Signed, MaddSigned>(w, x, first, out),
-        BlockFormat::Q4K => by_inputs::<Q4K, Madd>(w, x, first, out),
-        BlockFormat::Q5K => by_inputs::<Q5K, Madd>(w, x, first, out),
-        BlockFormat::Q6K => by_inputs::<Q6K, MaddSigned>(w, x, first, out),
+        BlockFormat::Q4_0 => by_inputs::<Q4_0, U>(w, x, first, out),
+        BlockFormat::Q4_1 => by_inputs::<Q4_1, U>(w, x, first, out),
+        BlockFormat::Q5_0 => by_inputs::<Q5_0, U>(w, x, first, out),
+        BlockFormat::Q5_1 => by_inputs::<Q5_1, U>(w, x, first, out),
+        BlockFormat::Q8_0 => by_inputs::<Q8, Q8P>(w, x, first, out),
+        BlockFormat::Q4K => by_inputs::<Q4K, U>(w, x, first, out),
+        BlockFormat::Q5K => by_inputs::<Q5K, U>(w, x, first, out),
+        BlockFormat::Q6K => by_inputs::<Q6K, S>(w, x, first, out),
     }
 }
 

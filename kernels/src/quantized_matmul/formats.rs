@@ -102,15 +102,16 @@ impl BlockFormat {
         let unit = &row[at..at + self.unit_bytes()];
         let sub = b % per_unit;
         let mut q = [0i32; BLOCK];
-        let one = |d: f32, offset: f32| (d, offset);
+        // One scale for the 32 elements, and the offset; Q6_K returns its two scales itself.
         let (d, offset) = match self {
             BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                let (d, offset, qs) = match self {
-                    BlockFormat::Q4_0 => (f16_at(unit, 0), -8.0 * f16_at(unit, 0), &unit[2..18]),
-                    _ => (f16_at(unit, 0), f16_at(unit, 2), &unit[4..20]),
+                let d = f16_at(unit, 0);
+                let (offset, qs) = match self {
+                    BlockFormat::Q4_0 => (-8.0 * d, &unit[2..18]),
+                    _ => (f16_at(unit, 2), &unit[4..20]),
                 };
                 nibbles(qs, &mut q);
-                one(d, offset)
+                (d, offset)
             }
             BlockFormat::Q5_0 | BlockFormat::Q5_1 => {
                 let (d, offset, qh, qs) = match self {
@@ -125,13 +126,13 @@ impl BlockFormat {
                 for (j, q) in q.iter_mut().enumerate() {
                     *q |= (((high >> j) & 1) << 4) as i32;
                 }
-                one(d, offset)
+                (d, offset)
             }
             BlockFormat::Q8_0 => {
                 for (q, &v) in q.iter_mut().zip(&unit[2..34]) {
                     *q = i32::from(v as i8);
                 }
-                one(f16_at(unit, 0), 0.0)
+                (f16_at(unit, 0), 0.0)
             }
             BlockFormat::Q4K | BlockFormat::Q5K => {
                 let (sc, m) = scale_min_k4(&unit[4..16], sub);
@@ -151,7 +152,7 @@ impl BlockFormat {
                     }
                 }
                 let d = f16_at(unit, 0) * f32::from(sc);
-                one(d, -(f16_at(unit, 2) * f32::from(m)))
+                (d, -(f16_at(unit, 2) * f32::from(m)))
             }
             BlockFormat::Q6K => {
                 let (half, group) = (sub / 4, sub % 4);
