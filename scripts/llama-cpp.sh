@@ -7,7 +7,8 @@
 # first prompt (in ggml_backend_amx_mul_mat, llama.cpp issue #20824, closed unfixed) on the Xeons these
 # comparisons run on, and without it prompts use the AVX-512 VNNI kernels.
 #
-#   scripts/llama-cpp.sh TARGET...     builds the named tools (llama-bench, llama-batched-bench, ...)
+#   scripts/llama-cpp.sh TARGET...     builds the named tools (llama-bench, llama-batched-bench, ...,
+#                                      and llama-logits, scripts/llama-logits.c: every position's logits)
 #
 # Sourced by the comparison scripts, it defines `llama_cpp_build TARGET...`, which prints the folder
 # holding the binaries. The build lives in data/llama-cpp/ (ignored); a build made another way (shared
@@ -54,12 +55,28 @@ PY
             { tail -20 "$root/cmake.log" >&2; return 1; }
         echo "${llama_cpp_flags[*]}" >"$stamp"
     fi
-    local missing=()
-    for t in "$@"; do [[ -x "$root/build/bin/$t" ]] || missing+=("$t"); done
+    local missing=() logits=
+    for t in "$@"; do
+        if [[ "$t" == llama-logits ]]; then
+            # Not a llama.cpp tool: scripts/llama-logits.c, linked against its static libraries.
+            [[ -x "$root/build/bin/llama-logits" && "$root/build/bin/llama-logits" -nt scripts/llama-logits.c ]] ||
+                { logits=1; missing+=(llama ggml); }
+        else
+            [[ -x "$root/build/bin/$t" ]] || missing+=("$t")
+        fi
+    done
     if ((${#missing[@]})); then
         echo "building ${missing[*]} (a few minutes) ..." >&2
         cmake --build "$root/build" --config Release -j "$(nproc)" --target "${missing[@]}" \
             >"$root/build.log" 2>&1 || { tail -20 "$root/build.log" >&2; return 1; }
+    fi
+    if [[ -n "$logits" ]]; then
+        mkdir -p "$root/build/bin"
+        gcc -O2 -I"$root/src/include" -I"$root/src/ggml/include" scripts/llama-logits.c \
+            "$root/build/src/libllama.a" "$root/build/ggml/src/libggml.a" \
+            "$root/build/ggml/src/libggml-cpu.a" "$root/build/ggml/src/libggml-base.a" \
+            -fopenmp -lstdc++ -lm -lpthread -o "$root/build/bin/llama-logits" ||
+            { echo "linking scripts/llama-logits.c against llama.cpp failed" >&2; return 1; }
     fi
     echo "$root/build/bin"
 }

@@ -383,3 +383,42 @@ fn generate_chat_renders_the_prompt_through_the_chat_template() {
         "{stderr}"
     );
 }
+
+/// `format: Template` wraps a RULER prompt in the model's own chat template: what the template puts
+/// before and after a user's message, cut around it (here a template with a system message); ChatML
+/// where the file has none; and a template that does not place the message as written is an error
+/// naming the setting.
+#[test]
+fn the_template_format_is_the_files_chat_template_around_the_message() {
+    let tiny = Tiny::byte_level();
+    let (_, mut tokenizer) = spectra::models::llama::Llama::from_gguf(
+        &tiny.gguf_path(),
+        &candle_core::Device::Cpu,
+        spectra::models::llama::WeightFormat::Quantized,
+    )
+    .unwrap();
+    let chatml = PromptFormat::ChatMl.turn(&tokenizer).unwrap();
+    let none = PromptFormat::Template.turn(&tokenizer).unwrap();
+    assert_eq!((none.open, none.close), (chatml.open, chatml.close));
+    tokenizer.chat_template = Some(
+        "{{ '<|im_start|>system\\nBe brief.<|im_end|>\\n' }}{% for m in messages %}<|im_start|>\
+         {{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+         {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+            .into(),
+    );
+    let turn = PromptFormat::Template.turn(&tokenizer).unwrap();
+    assert_eq!(
+        turn.open,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n"
+    );
+    assert_eq!(turn.close, PromptFormat::CHATML_ANSWER);
+    tokenizer.chat_template = Some("{{ messages[0].content | upper }}".into());
+    let err = PromptFormat::Template
+        .turn(&tokenizer)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Ruler.format") && err.contains("ChatMl"),
+        "{err}"
+    );
+}

@@ -2,7 +2,8 @@
 //! keys: Qwen2's q/k/v biases and untied output, Qwen3's per-head query and key norms and wider
 //! heads), run by spectra and checked against a forward pass written here in f64 from the
 //! definitions (RMSNorm, NEOX RoPE, causal grouped-query attention, SwiGLU); once with f32 matrices,
-//! and once with every matrix in a GGUF block format spectra's kernels multiply (Q4_0 … Q6_K).
+//! and once with every matrix in a GGUF block format spectra's kernels multiply (Q4_0 … Q6_K); and,
+//! where `scripts/llama-cpp.sh llama-logits` has built it, against llama.cpp on the same files.
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -124,7 +125,13 @@ impl Weights {
         let arch = self.family.name();
         let u32v = |v: usize| Value::U32(v as u32);
         let key = |k: &str| format!("{arch}.{k}");
-        let tokens: Vec<Value> = (0..VOCAB).map(|i| Value::String(format!("t{i}"))).collect();
+        // One merge, of tokens the vocabulary holds: llama.cpp refuses an empty list of merges.
+        let tokens: Vec<Value> = ["a", "b", "ab"]
+            .map(String::from)
+            .into_iter()
+            .chain((3..VOCAB).map(|i| format!("t{i}")))
+            .map(Value::String)
+            .collect();
         let metadata: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String(arch.into())),
             (key("embedding_length"), u32v(HIDDEN)),
@@ -132,6 +139,7 @@ impl Weights {
             (key("attention.head_count"), u32v(HEADS)),
             (key("attention.head_count_kv"), u32v(KV_HEADS)),
             (key("attention.key_length"), u32v(self.head_dim)),
+            (key("attention.value_length"), u32v(self.head_dim)),
             (key("feed_forward_length"), u32v(FFN)),
             (
                 key("attention.layer_norm_rms_epsilon"),
@@ -142,7 +150,10 @@ impl Weights {
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
             ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
             ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
-            ("tokenizer.ggml.merges".into(), Value::Array(vec![])),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(vec![Value::String("a b".into())]),
+            ),
         ];
         let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let tensors: Vec<(&str, &QTensor)> =
@@ -351,4 +362,75 @@ fn an_unknown_architecture_is_refused_naming_it_and_the_known_ones() {
         .to_string();
     assert!(err.contains("`gemma`"), "{err}");
     assert!(err.contains("llama, qwen2, qwen3"), "{err}");
+}
+
+/// llama.cpp's logits on the same files, from `scripts/llama-logits.c` (built by
+/// `scripts/llama-cpp.sh llama-logits`). llama.cpp is written independently of spectra and of the
+/// f64 pass above, so its agreement checks the definitions that pass encodes (NEOX RoPE, the norms
+/// of queries and keys before RoPE, the biases) as well as spectra's kernels. Skipped, saying why,
+/// where the tool has not been built (it needs llama.cpp's sources and cmake).
+#[test]
+fn llama_cpp_gives_the_same_logits_on_the_same_files() {
+    let tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data/llama-cpp/build/bin/llama-logits");
+    if !tool.exists() {
+        eprintln!(
+            "skipped: {} is absent; `scripts/llama-cpp.sh llama-logits` builds it",
+            tool.display()
+        );
+        return;
+    }
+    let all = BlockFormat::ALL.map(BlockFormat::dtype);
+    for family in [Family::Qwen2, Family::Qwen3] {
+        for formats in [&[GgmlDType::F32][..], &all[..]] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tiny.gguf");
+            let stored = Weights::random(family).write(&path, formats);
+            let want = stored.reference_logits(&TOKENS);
+            let ours = spectra_logits(&path, &TOKENS);
+            let output = std::process::Command::new(&tool)
+                .arg(&path)
+                .args(TOKENS.iter().map(|t| t.to_string()))
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "llama-logits: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let theirs: Vec<Vec<f64>> = String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
+                .collect();
+            assert_eq!(theirs.len(), TOKENS.len());
+            for (p, ((l, s), w)) in theirs.iter().zip(&ours).zip(&want).enumerate() {
+                let spread = w.iter().cloned().fold(f64::MIN, f64::max)
+                    - w.iter().cloned().fold(f64::MAX, f64::min);
+                let worst = |a: &mut dyn Iterator<Item = f64>, b: &[f64]| {
+                    a.zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
+                };
+                let to_definition = worst(&mut l.iter().copied(), w);
+                let to_spectra = worst(&mut s.iter().map(|&v| f64::from(v)), l);
+                // With f32 matrices llama.cpp is 1.5·10⁻⁴ of the spread from the f64 pass at most
+                // here (its RoPE angles and exponentials are f32 approximations); in block formats
+                // both engines round activations to 8 bits (llama.cpp per 256 elements for the
+                // K-quants, spectra per 32), within 1% of the spread of each other here. A wrong
+                // convention (RoPE's pairing, a norm or bias left out) moves logits by a large part
+                // of the spread.
+                let tolerance = if formats.len() == 1 { 5e-4 } else { 0.03 } * spread;
+                assert!(
+                    to_definition < tolerance && to_spectra < tolerance,
+                    "{family:?} {formats:?} position {p}: llama.cpp is {to_definition} from the \
+                     f64 pass and {to_spectra} from spectra, spread {spread}"
+                );
+                let argmax = |v: Vec<f64>| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]));
+                assert_eq!(
+                    argmax(l.clone()),
+                    argmax(s.iter().map(|&v| f64::from(v)).collect()),
+                    "{family:?} {formats:?} position {p}"
+                );
+            }
+        }
+    }
 }

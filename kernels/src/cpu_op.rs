@@ -71,6 +71,20 @@ pub fn exp_nonpositive(xs: &mut [f32]) {
     }
 }
 
+/// `x ← softmax(x)`, in place: the maximum subtracted, [`exp_nonpositive`], the sum divided out.
+#[inline(always)]
+pub fn softmax_in_place(x: &mut [f32]) {
+    let top = maximum(x);
+    for v in x.iter_mut() {
+        *v -= top;
+    }
+    exp_nonpositive(x);
+    let inverse = 1.0 / sum(x);
+    for v in x.iter_mut() {
+        *v *= inverse;
+    }
+}
+
 /// Lanes of the reductions below: one AVX register of f32. Independent partial results are what let
 /// the compiler make vector code of a sum, which it may not reorder otherwise.
 const LANES: usize = 8;

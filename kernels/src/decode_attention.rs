@@ -5,6 +5,7 @@
 //! transpose) allocated a tensor per step and ran its products on one thread at this size. The cache
 //! may hold f32 or f16 ([`CacheElement`]); f16 halves the bytes each step reads.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use half::f16;
@@ -27,6 +28,8 @@ pub trait CacheElement: Copy + Sync {
     fn dot(q: &[f32], row: &[Self]) -> f32;
     /// `acc += p·row`.
     fn add_scaled(acc: &mut [f32], p: f32, row: &[Self]);
+    /// The rows as f32: borrowed where they are f32.
+    fn widen(rows: &[Self]) -> Cow<'_, [f32]>;
 
     /// The eight elements at `p`, as f32.
     ///
@@ -47,6 +50,10 @@ impl CacheElement for f32 {
         for (a, &v) in acc.iter_mut().zip(row) {
             *a += p * v;
         }
+    }
+
+    fn widen(rows: &[f32]) -> Cow<'_, [f32]> {
+        Cow::Borrowed(rows)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -81,6 +88,22 @@ impl CacheElement for f16 {
         for (a, v) in acc.iter_mut().zip(row) {
             *a += p * v.to_f32();
         }
+    }
+
+    fn widen(rows: &[f16]) -> Cow<'_, [f32]> {
+        let mut out = vec![0f32; rows.len()];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if f16c::available() {
+                // SAFETY: the CPU has the features; `out` is as long as `rows`.
+                unsafe { f16c::widen(rows, &mut out) };
+                return Cow::Owned(out);
+            }
+        }
+        for (o, v) in out.iter_mut().zip(rows) {
+            *o = v.to_f32();
+        }
+        Cow::Owned(out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -122,6 +145,19 @@ mod f16c {
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
         let tail: f32 = (n..row.len()).map(|i| q[i] * row[i].to_f32()).sum();
         lanes.iter().sum::<f32>() + tail
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `out` must be as long as `rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn widen(rows: &[f16], out: &mut [f32]) {
+        let n = rows.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), widen8(rows, i));
+        }
+        for i in n..rows.len() {
+            out[i] = rows[i].to_f32();
+        }
     }
 
     /// # Safety

@@ -1,9 +1,9 @@
 //! spectra's compute kernels, every CPU one and the CUDA C of the GPU ones:
 //! - on raw buffers: the matrix product ([`sgemm`]) that the matrix iterations of `spectra-core`
 //!   (Newton–Schulz, the soft cap) and the ops here run on, the GGUF block products
-//!   ([`quantized_matmul`]), one new token's attention over a cache ([`decode_attention`]), the
-//!   vector loops they share ([`cpu_op`]) and the spinning thread pool decoding runs on
-//!   ([`spin_pool`]);
+//!   ([`quantized_matmul`]), one new token's attention over a cache ([`decode_attention`]), a
+//!   prompt chunk's attention over a cache ([`chunk_attention`]), the vector loops they share
+//!   ([`cpu_op`]) and the spinning thread pool decoding runs on ([`spin_pool`]);
 //! - the fused CPU ops of training, as candle custom ops on those: the linear layer, the MLP, the
 //!   scaled GELU, the residual and causal attention with RoPE;
 //! - (feature `cuda`) the CUDA C of every fused GPU kernel; the GPU ops that launch them sit beside
@@ -11,6 +11,7 @@
 
 pub mod activations;
 pub mod causal_attention;
+pub mod chunk_attention;
 pub mod cpu_op;
 #[cfg(any(feature = "cuda", test))]
 pub mod cuda;

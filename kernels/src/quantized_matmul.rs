@@ -38,6 +38,14 @@ const BLOCK: usize = 32;
 /// integer kernels read the weights once per 16 rows, the f32 product once per 256-deep block.
 pub const PREFILL_ROWS: usize = 16;
 
+/// Elements of the largest expansion a thread keeps between products (64 MiB of f32).
+const KEPT_EXPANSION: usize = 16 << 20;
+
+thread_local! {
+    /// The last product's matrix expanded to f32, rewritten by the next.
+    static EXPANDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// 1.5·2²³: see [`quantize_rows`].
 const ROUND: f32 = 12_582_912.0;
 
@@ -128,24 +136,42 @@ impl QuantizedMatrix {
     /// then one f32 product. Expanding costs a pass over the weights per call, ~7% of a 256-row
     /// product here; the inputs stay unquantized.
     fn multiply_expanded(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let mut w = vec![0f32; self.rows * self.cols];
-        let blocks = self.rows * self.cols / BLOCK;
-        let out = DisjointWrites::new(&mut w);
-        run_parts(|part, parts| {
-            for b in part * blocks / parts..(part + 1) * blocks / parts {
-                let values = self.dequantize_block(b);
-                // SAFETY: block `b`'s 32 elements are inside `w`, and only this part writes them.
-                unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out.at(b * BLOCK), BLOCK) };
+        let len = self.rows * self.cols;
+        EXPANDED.with_borrow_mut(|kept| {
+            let mut fresh = Vec::new();
+            // A matrix of a layer reuses the thread's buffer: a fresh one cost its pages' zeroing by
+            // the kernel and a memset each call (7% of a prefill). A larger one (an output head) is
+            // not kept.
+            let w = if len <= KEPT_EXPANSION {
+                if kept.len() < len {
+                    kept.resize(len, 0.0);
+                }
+                &mut kept[..len]
+            } else {
+                fresh.resize(len, 0.0);
+                &mut fresh[..]
+            };
+            let blocks = len / BLOCK;
+            let out = DisjointWrites::new(w);
+            run_parts(|part, parts| {
+                for b in part * blocks / parts..(part + 1) * blocks / parts {
+                    let values = self.dequantize_block(b);
+                    // SAFETY: block `b`'s 32 elements are inside `w`, and only this part writes
+                    // them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(values.as_ptr(), out.at(b * BLOCK), BLOCK)
+                    };
+                }
+            });
+            // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
+            unsafe {
+                crate::sgemm::matmul(
+                    (t, self.rows, self.cols),
+                    Operand::of(x, self.cols, false),
+                    Operand::of(w, self.cols, true),
+                )
             }
-        });
-        // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
-        unsafe {
-            crate::sgemm::matmul(
-                (t, self.rows, self.cols),
-                Operand::of(x, self.cols, false),
-                Operand::of(&w, self.cols, true),
-            )
-        }
+        })
     }
 
     /// `x·Wᵀ` for several matrices of one input width, as `[t, rows]` each, as
@@ -179,6 +205,14 @@ impl QuantizedMatrix {
     /// The matrix expanded to f32, `[rows, cols]`.
     pub fn dequantize(&self) -> Vec<f32> {
         (0..self.rows * self.cols / BLOCK)
+            .flat_map(|b| self.dequantize_block(b))
+            .collect()
+    }
+
+    /// Row `r` expanded to f32 (an embedding's lookup).
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let per_row = self.cols / BLOCK;
+        (r * per_row..(r + 1) * per_row)
             .flat_map(|b| self.dequantize_block(b))
             .collect()
     }
@@ -376,6 +410,14 @@ mod tests {
                 .flat_map(|row| (0..512 / BLOCK).flat_map(|b| m.format.dequantize_block(row, b)))
                 .collect();
             assert_eq!(scalar, candle, "{dtype:?}");
+            // An embedding's lookup, row by row.
+            for r in [0, 3, 6] {
+                assert_eq!(
+                    m.row(r),
+                    candle[r * 512..(r + 1) * 512],
+                    "{dtype:?} row {r}"
+                );
+            }
         }
     }
 

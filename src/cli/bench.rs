@@ -58,7 +58,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         )
     })?;
     let text = tokenizer.encode(&text)?;
-    let reread = spectra::kv::reread_prompt(&tokenizer, spectra::kv::PromptFormat::Plain)?;
+    let reread = spectra::kv::reread_prompt(&tokenizer, &spectra::kv::Turn::default())?;
     for (name, values) in [
         ("--prompt-tokens", &args.prompt_tokens),
         ("--parallel", &args.parallel),

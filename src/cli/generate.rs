@@ -110,7 +110,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         stop_tokens: tokenizer.eos.into_iter().collect(),
         ignore_stop_tokens: args.ignore_eos,
     };
-    let reread = spectra::kv::reread_prompt(&tokenizer, spectra::kv::PromptFormat::Plain)?;
+    let reread = spectra::kv::reread_prompt(&tokenizer, &spectra::kv::Turn::default())?;
     let prompt_text = tokenizer.decode(&prompt)?;
     let tokenizer = Arc::new(tokenizer);
     let mut engine = Engine::new(

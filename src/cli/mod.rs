@@ -44,7 +44,7 @@ enum Command {
     Train(train::TrainArgs),
     /// Compute TriAttention's calibration statistics for a model from plain text.
     Calibrate(calibrate::CalibrateArgs),
-    /// Generate text with a Llama-family model, optionally with a bounded KV cache.
+    /// Generate text with a Llama, Qwen2 or Qwen3 model, optionally with a bounded KV cache.
     Generate(generate::GenerateArgs),
     /// Many sequences decoded together: prefill and decoding rates, time to first token, KV memory.
     Bench(bench::BenchArgs),

@@ -29,7 +29,7 @@ pub use decode::{DecodeRow, DecodeTaskResult};
 pub use language_modelling::{LanguageModellingResult, LanguageModellingRow};
 pub use passkey::{PasskeyAnswer, PasskeyLength, PasskeyResult, PasskeyRow};
 pub use report::write_report;
-pub use ruler::{PromptFormat, RulerAnswer, RulerResult, RulerRow, RulerTask};
+pub use ruler::{PromptFormat, RulerAnswer, RulerResult, RulerRow, RulerTask, Turn};
 
 /// The label under which the uncompressed reference appears in tables.
 pub const FULL: &str = "Full";
@@ -106,7 +106,7 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
             .policies
             .iter()
             .fold(SideInfoNeeds::default(), |n, p| n.union(p.needs())),
-        reread: reread_prompt(&tokenizer, PromptFormat::Plain)?,
+        reread: reread_prompt(&tokenizer, &Turn::default())?,
         model: Arc::new(model),
         tokenizer,
         seed: config.seed,
@@ -229,15 +229,16 @@ pub fn read_tokens(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>> {
     tokenizer.encode(&text)
 }
 
-/// KVzip's request to repeat the context, in the prompt's format.
-pub fn reread_prompt(tokenizer: &TextTokenizer, format: PromptFormat) -> Result<RereadPrompt> {
+/// KVzip's request to repeat the context, in the prompt's turn.
+pub fn reread_prompt(tokenizer: &TextTokenizer, turn: &Turn) -> Result<RereadPrompt> {
     Ok(RereadPrompt {
         first: tokenizer.encode("\n\nRepeat the previous context exactly.")?,
         next: tokenizer
             .encode("\n\nRepeat the part of the previous context exactly, starting with")?,
-        suffix: tokenizer.encode(match format {
-            PromptFormat::ChatMl => PromptFormat::CHATML_ANSWER,
-            PromptFormat::Plain => "\n",
+        suffix: tokenizer.encode(if turn.close.is_empty() {
+            "\n"
+        } else {
+            &turn.close
         })?,
     })
 }

@@ -7,7 +7,7 @@
 //! reorder, and was most of the op's time outside the products.
 
 use super::CausalAttention;
-use crate::cpu_op::{dot, exp_nonpositive, maximum, sum};
+use crate::cpu_op::{dot, softmax_in_place};
 use crate::sgemm::{sgemm, Operand, Threads};
 use crate::transpose::transpose;
 
@@ -400,20 +400,6 @@ unsafe fn rotate_pairs_avx2(
             second.add(f),
             _mm256_add_ps(_mm256_mul_ps(a, s), _mm256_mul_ps(b, c)),
         );
-    }
-}
-
-/// `softmax(row)` in place.
-#[inline(always)]
-fn softmax_in_place(row: &mut [f32]) {
-    let max = maximum(row);
-    for x in row.iter_mut() {
-        *x -= max;
-    }
-    exp_nonpositive(row);
-    let inverse = 1.0 / sum(row);
-    for x in row.iter_mut() {
-        *x *= inverse;
     }
 }
 

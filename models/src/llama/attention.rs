@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Layout, StorageRef, Tensor, WithDType};
 use spectra_core::ops::cpu_slice;
 use spectra_core::Result;
 use spectra_inference::SequenceRows;
@@ -12,6 +12,7 @@ use spectra_kv::KvCache;
 
 use super::config::LlamaConfig;
 use super::decoder::rows_of;
+use spectra_kernels::chunk_attention;
 use spectra_kernels::decode_attention::{self, HeadEntries};
 
 /// A batch's rows laid end to end: sequence `i` owns rows `ranges[i]`.
@@ -87,8 +88,9 @@ fn batch_dtype(batch: &[SequenceRows<'_>]) -> DType {
 }
 
 /// Attention of `q` (`[heads, t, head_dim]`, the newest `t` tokens of one sequence) over each KV
-/// head's cache, whose last `t` entries are those tokens. Returns `[t, heads·head_dim]`.
-/// `causal` is [`causal_mask`] of `t`, given when `t > 1`.
+/// head's cache, whose last `t` entries are those tokens. Returns `[t, heads·head_dim]`. On the CPU
+/// over an f32 or f16 cache it is one fused pass ([`chunk_attention`]); elsewhere candle's ops with
+/// `causal`, [`causal_mask`] of `t`, given when `t > 1`.
 fn attend_chunk(
     c: &LlamaConfig,
     layer: usize,
@@ -97,6 +99,12 @@ fn attend_chunk(
     causal: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
+    if q.device().is_cpu()
+        && q.dtype() == DType::F32
+        && matches!(cache.dtype(), DType::F32 | DType::F16)
+    {
+        return attend_chunk_fused(c, layer, q, cache, scale as f32);
+    }
     let (g, t, d) = (c.group_size(), q.dim(1)?, c.head_dim);
     let mut outputs = Vec::with_capacity(c.kv_heads);
     for kv in 0..c.kv_heads {
@@ -128,6 +136,104 @@ fn attend_chunk(
         .reshape((t, c.heads * d))?)
 }
 
+/// [`attend_chunk`] on the CPU, over an f32 or f16 cache.
+fn attend_chunk_fused(
+    c: &LlamaConfig,
+    layer: usize,
+    q: &Tensor,
+    cache: &mut KvCache,
+    scale: f32,
+) -> Result<Tensor> {
+    let t = q.dim(1)?;
+    let stores = head_stores(&[&*cache], layer, c.kv_heads)?;
+    let mut received = cache
+        .tracks_attention()
+        .then(|| vec![Vec::new(); c.kv_heads]);
+    let dtype = cache.dtype();
+    let out = spectra_kernels::cpu_op::with_f32(q, "chunk attention", |q| -> Result<Vec<f32>> {
+        let received = received.as_deref_mut();
+        let (g, d) = (c.group_size(), c.head_dim);
+        Ok(match dtype {
+            DType::F16 => chunk_attention::attend_chunk(
+                q,
+                &heads_of::<half::f16>(&stores)?,
+                g,
+                d,
+                scale,
+                received,
+            ),
+            _ => {
+                chunk_attention::attend_chunk(q, &heads_of::<f32>(&stores)?, g, d, scale, received)
+            }
+        })
+    })??;
+    drop(stores);
+    add_received(&mut [cache], layer, c.kv_heads, received)?;
+    Ok(Tensor::from_vec(
+        out,
+        (t, c.heads * c.head_dim),
+        q.device(),
+    )?)
+}
+
+/// The stored keys and values of every KV head of `caches` at `layer`, cache by cache.
+fn head_stores<'a>(
+    caches: &[&'a KvCache],
+    layer: usize,
+    kv_heads: usize,
+) -> Result<Vec<(Stored<'a>, Stored<'a>)>> {
+    caches
+        .iter()
+        .flat_map(|cache| (0..kv_heads).map(move |kv| (cache, kv)))
+        .map(|(cache, kv)| {
+            Ok((
+                cache.keys(layer, kv)?.storage_and_layout(),
+                cache.values(layer, kv)?.storage_and_layout(),
+            ))
+        })
+        .collect()
+}
+
+/// A tensor's storage, read-locked, and its layout.
+type Stored<'a> = (StorageRef<'a>, &'a Layout);
+
+/// [`head_stores`] as slices of their element type.
+fn heads_of<'a, T: WithDType>(
+    stores: &'a [(Stored<'_>, Stored<'_>)],
+) -> Result<Vec<HeadEntries<'a, T>>> {
+    stores
+        .iter()
+        .map(|((ks, kl), (vs, vl))| {
+            Ok(HeadEntries {
+                keys: cpu_slice::<T>(ks, kl, "attention")?,
+                values: cpu_slice::<T>(vs, vl, "attention")?,
+            })
+        })
+        .collect()
+}
+
+/// The attention each head of `caches` received (cache by cache, `kv_heads` each), given to the
+/// caches that track it.
+fn add_received(
+    caches: &mut [&mut KvCache],
+    layer: usize,
+    kv_heads: usize,
+    received: Option<Vec<Vec<f32>>>,
+) -> Result<()> {
+    let Some(received) = received else {
+        return Ok(());
+    };
+    for (head, r) in received.into_iter().enumerate() {
+        let cache = &mut caches[head / kv_heads];
+        if cache.tracks_attention() {
+            let n = r.len();
+            let device = cache.keys(layer, head % kv_heads)?.device().clone();
+            cache.add_attention(layer, head % kv_heads, &Tensor::from_vec(r, n, &device)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// One new token of each of several sequences on the CPU, fused in one pass ([`decode_attention`])
 /// over f32 or f16 caches: `q` is `[sequences, heads·head_dim]`. Sequence `s`'s KV head `kv` is head
 /// `s·kv_heads + kv` of the pass, so its query heads are rows `s·heads + kv·group + g`, which is how
@@ -140,57 +246,35 @@ fn attend_one_token(
     scale: f32,
 ) -> Result<Tensor> {
     let dtype = caches[0].dtype();
-    let stores = caches
-        .iter()
-        .flat_map(|cache| (0..c.kv_heads).map(move |kv| (cache, kv)))
-        .map(|(cache, kv)| {
-            Ok((
-                cache.keys(layer, kv)?.storage_and_layout(),
-                cache.values(layer, kv)?.storage_and_layout(),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let shared: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
+    let stores = head_stores(&shared, layer, c.kv_heads)?;
     let tracks = caches.iter().any(|cache| cache.tracks_attention());
     let mut received = tracks.then(|| vec![Vec::new(); stores.len()]);
     let out = spectra_kernels::cpu_op::with_f32(q, "decode attention", |q| -> Result<Vec<f32>> {
         let received = received.as_deref_mut();
-        macro_rules! attend_as {
-            ($element:ty) => {{
-                let heads = stores
-                    .iter()
-                    .map(|((ks, kl), (vs, vl))| {
-                        Ok(HeadEntries {
-                            keys: cpu_slice::<$element>(ks, kl, "decode attention")?,
-                            values: cpu_slice::<$element>(vs, vl, "decode attention")?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                decode_attention::attend_one_token(
-                    q,
-                    &heads,
-                    c.group_size(),
-                    c.head_dim,
-                    scale,
-                    received,
-                )
-            }};
-        }
+        let (g, d) = (c.group_size(), c.head_dim);
         Ok(match dtype {
-            DType::F16 => attend_as!(half::f16),
-            _ => attend_as!(f32),
+            DType::F16 => decode_attention::attend_one_token(
+                q,
+                &heads_of::<half::f16>(&stores)?,
+                g,
+                d,
+                scale,
+                received,
+            ),
+            _ => decode_attention::attend_one_token(
+                q,
+                &heads_of::<f32>(&stores)?,
+                g,
+                d,
+                scale,
+                received,
+            ),
         })
     })??;
     drop(stores);
-    if let Some(received) = received {
-        let device = q.device();
-        for (head, r) in received.into_iter().enumerate() {
-            let cache = &mut caches[head / c.kv_heads];
-            if cache.tracks_attention() {
-                let n = r.len();
-                cache.add_attention(layer, head % c.kv_heads, &Tensor::from_vec(r, n, device)?)?;
-            }
-        }
-    }
+    drop(shared);
+    add_received(caches, layer, c.kv_heads, received)?;
     Ok(Tensor::from_vec(
         out,
         (caches.len(), c.heads * c.head_dim),

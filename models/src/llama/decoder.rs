@@ -50,8 +50,7 @@ impl CausalDecoder for Llama {
     fn forward(&self, batch: &mut [SequenceRows<'_>]) -> Result<Vec<Tensor>> {
         let c = &self.config;
         let rows = BatchRows::of(batch, c.vocab, &self.device)?;
-        let ids = Tensor::new(rows.tokens.as_slice(), &self.device)?;
-        let mut x = self.weights.embed.index_select(&ids, 0)?;
+        let mut x = self.weights.embed.rows(&rows.tokens, &self.device)?;
         for s in batch.iter_mut() {
             for recorded in [&mut s.taps.window_queries, &mut s.taps.pre_rope_queries] {
                 if recorded.len() < c.layers {

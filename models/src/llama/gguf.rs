@@ -10,6 +10,7 @@ use spectra_core::rope::{RopeScaling, RopeSpec};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
+use super::embedding::Embedding;
 use super::family::Family;
 use super::weights::{LayerWeights, Linear, LlamaWeights, WeightFormat};
 
@@ -242,7 +243,7 @@ impl GgufFile {
         format: WeightFormat,
     ) -> Result<LlamaWeights> {
         let embed_q = self.tensor("token_embd.weight", device)?;
-        let embed = embed_q.dequantize(device)?;
+        let embed = Embedding::from_qtensor(&embed_q, device)?;
         let mut layers = Vec::new();
         for l in 0..config.layers {
             let mut matrix = |name: &str| -> Result<Linear> {

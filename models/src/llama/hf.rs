@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
+use super::embedding::Embedding;
 use super::weights::{LayerWeights, Linear, LlamaWeights};
 
 pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> {
@@ -102,7 +103,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
         Err(e) => return Err(e),
     };
     let weights = LlamaWeights {
-        embed,
+        embed: Embedding::Dense(embed),
         layers,
         norm,
         head,

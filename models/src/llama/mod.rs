@@ -6,6 +6,7 @@
 mod attention;
 mod config;
 mod decoder;
+mod embedding;
 mod family;
 mod gguf;
 mod hf;

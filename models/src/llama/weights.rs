@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
+use super::embedding::Embedding;
 use spectra_kernels::quantized_matmul::{QuantizedMatrix, PREFILL_ROWS};
 
 /// How quantized matrices are held; a config names them `AsStored` and `F32`.
@@ -177,7 +178,7 @@ pub(crate) struct LayerWeights {
 
 pub struct LlamaWeights {
     /// `[vocab, hidden]`.
-    pub(crate) embed: Tensor,
+    pub(crate) embed: Embedding,
     pub(crate) layers: Vec<LayerWeights>,
     pub(crate) norm: Tensor,
     /// `[vocab, hidden]`, the embedding itself when tied.
@@ -212,7 +213,7 @@ impl LlamaWeights {
         let (q_dim, kv_dim) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         expect(
             "embedding".into(),
-            self.embed.dims().to_vec(),
+            self.embed.dims(),
             vec![c.vocab, c.hidden],
         )?;
         expect(

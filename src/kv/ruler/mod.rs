@@ -47,6 +47,10 @@ pub enum PromptFormat {
     ChatMl,
     /// The text alone, the answer's first words after the question (RULER's `base` template).
     Plain,
+    /// The model's own chat template (its file's `tokenizer.chat_template`, ChatML where it has
+    /// none): the context and question as a user's message, the assistant's turn opened with the
+    /// answer's first words, as `spectra serve` and `generate --chat` prompt the model.
+    Template,
 }
 
 impl PromptFormat {
@@ -54,6 +58,46 @@ impl PromptFormat {
     pub const CHATML_USER: &str = "<|im_start|>user\n";
     /// What closes a ChatML user turn and opens the assistant's.
     pub const CHATML_ANSWER: &str = "<|im_end|>\n<|im_start|>assistant\n";
+
+    /// The texts around a user's message in this format.
+    pub fn turn(self, tokenizer: &TextTokenizer) -> Result<Turn> {
+        Ok(match self {
+            PromptFormat::ChatMl => Turn {
+                open: PromptFormat::CHATML_USER.into(),
+                close: PromptFormat::CHATML_ANSWER.into(),
+            },
+            PromptFormat::Plain => Turn::default(),
+            PromptFormat::Template => {
+                // A marker no template changes, rendered as the message and cut out.
+                const MARK: &str = "\u{1}message\u{1}";
+                let rendered = crate::chat_template::ChatTemplate::of(tokenizer)?.render(&[
+                    crate::chat_template::Message {
+                        role: "user".into(),
+                        content: MARK.into(),
+                    },
+                ])?;
+                let (open, close) = rendered.split_once(MARK).ok_or_else(|| {
+                    Error::invalid(
+                        "Ruler.format",
+                        "the model's chat template does not place a user's message as written; \
+                         use format: ChatMl or Plain",
+                    )
+                })?;
+                Turn {
+                    open: open.into(),
+                    close: close.into(),
+                }
+            }
+        })
+    }
+}
+
+/// The texts before and after a user's message: empty for [`PromptFormat::Plain`]; after `close`,
+/// the model's answer.
+#[derive(Clone, Debug, Default)]
+pub struct Turn {
+    pub open: String,
+    pub close: String,
 }
 
 /// The task's settings, as the config gives them.
@@ -128,16 +172,15 @@ impl Prompt {
     fn new(
         sample: Sample,
         tokenizer: &TextTokenizer,
-        format: PromptFormat,
+        turn: &Turn,
         query_aware: bool,
     ) -> Result<Self> {
-        let (open, close, prefix) = match format {
-            PromptFormat::ChatMl => (
-                PromptFormat::CHATML_USER,
-                PromptFormat::CHATML_ANSWER,
-                sample.answer_prefix.trim_start(),
-            ),
-            PromptFormat::Plain => ("", "", sample.answer_prefix.as_str()),
+        let (open, close) = (&turn.open, &turn.close);
+        // Inside a chat turn the answer's first words open the assistant's message.
+        let prefix = if close.is_empty() {
+            sample.answer_prefix.as_str()
+        } else {
+            sample.answer_prefix.trim_start()
         };
         let (compressed, asked) = if query_aware {
             (
@@ -177,7 +220,8 @@ fn run_length(
     check_context(&bench.model, length, "Ruler.lengths")?;
     let arms = &bench.arms;
     let tasks = setup.tasks;
-    let reread = reread_prompt(&bench.tokenizer, setup.format)?;
+    let turn = setup.format.turn(&bench.tokenizer)?;
+    let reread = reread_prompt(&bench.tokenizer, &turn)?;
     // [task][arm] score sums; arm 0 is Full.
     let mut sums = vec![vec![0.0; arms.len() + 1]; tasks.len()];
     let mut peaks = vec![0usize; arms.len() + 1];
@@ -327,9 +371,10 @@ fn fit(
     max_new: usize,
     seed: u64,
 ) -> Result<Prompt> {
+    let turn = setup.format.turn(&bench.tokenizer)?;
     let build = |units: usize| {
         let sample = task.sample(units, length, &mut SpectraRng::seed_from_u64(seed), text);
-        Prompt::new(sample, &bench.tokenizer, setup.format, setup.query_aware)
+        Prompt::new(sample, &bench.tokenizer, &turn, setup.query_aware)
     };
     let fits = |p: &Prompt| p.compressed.len() + p.asked.len() + max_new <= length;
     let mut low = task.min_units();
