@@ -59,7 +59,8 @@ PY
     for t in "$@"; do
         if [[ "$t" == llama-logits ]]; then
             # Not a llama.cpp tool: scripts/llama-logits.c, linked against its static libraries.
-            [[ -x "$root/build/bin/llama-logits" && "$root/build/bin/llama-logits" -nt scripts/llama-logits.c ]] ||
+            [[ -x "$root/build/bin/llama-logits" && "$root/build/bin/llama-logits" -nt scripts/llama-logits.c &&
+                "$root/build/bin/llama-logits" -nt "$root/build/src/libllama.a" ]] ||
                 { logits=1; missing+=(llama ggml); }
         else
             [[ -x "$root/build/bin/$t" ]] || missing+=("$t")

@@ -1,8 +1,8 @@
 // llama.cpp's logits at every position of a token sequence, so that a test can set spectra's
 // against them on the same GGUF file: `llama-logits MODEL TOKEN...` prints one line per position,
 // its logits separated by spaces. The KV cache is f32 (llama.cpp's default f16 would round keys and
-// values before attention, which spectra's f32 cache does not). Built by scripts/llama-cpp.sh's
-// `llama_logits_build`, against the same static llama.cpp as the other comparisons.
+// values before attention, which spectra's f32 cache does not). Built by `scripts/llama-cpp.sh
+// llama-logits`, against the same static llama.cpp as the other comparisons.
 #include <stdio.h>
 #include <stdlib.h>
 

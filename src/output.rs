@@ -7,9 +7,14 @@ use spectra_core::{Error, Result};
 
 /// Makes `dir` (with its parents) and checks that a file can be written in it.
 pub fn prepare(dir: &Path) -> Result<()> {
+    prepare_advising(dir, FIX)
+}
+
+/// [`prepare`] for a command whose output is set another way: `fix` says how, after "; ".
+pub fn prepare_advising(dir: &Path, fix: &str) -> Result<()> {
     std::fs::create_dir_all(dir)
-        .map_err(|e| Error::file(dir, format!("cannot create the output folder: {e}{}", FIX)))?;
-    probe(dir)
+        .map_err(|e| Error::file(dir, format!("cannot create the output folder: {e}{fix}")))?;
+    probe(dir, fix)
 }
 
 /// Checks, creating nothing that stays, that `dir` could be made and written: its nearest existing
@@ -34,7 +39,7 @@ pub fn check(dir: &Path) -> Result<()> {
             ),
         ));
     }
-    probe(existing).map_err(|_| {
+    probe(existing, FIX).map_err(|_| {
         Error::file(
             dir,
             format!(
@@ -48,10 +53,10 @@ pub fn check(dir: &Path) -> Result<()> {
 const FIX: &str = "; choose another output (`output:` in the config, or --output DIR)";
 
 /// Writes and removes a small file in `dir`.
-fn probe(dir: &Path) -> Result<()> {
+fn probe(dir: &Path, fix: &str) -> Result<()> {
     let path = dir.join(format!(".spectra-write-check-{}", std::process::id()));
     std::fs::write(&path, b"")
-        .map_err(|e| Error::file(dir, format!("cannot write in the output folder: {e}{FIX}")))?;
+        .map_err(|e| Error::file(dir, format!("cannot write in the output folder: {e}{fix}")))?;
     std::fs::remove_file(&path).ok();
     Ok(())
 }

@@ -324,3 +324,95 @@ fn check_tells_config_kinds_apart_by_their_fields_not_their_comments() {
     let stdout = check_ok(&file);
     assert!(stdout.contains("a KV-cache evaluation"), "{stdout}");
 }
+
+/// Counts that must be at least 1 are refused at 0, naming the flag (they used to be made 1, and
+/// `perplexity --chunks 0` printed "perplexity NaN over 0 chunks"); a missing policy file is named
+/// (it was parsed as inline RON: "1:1: Unexpected char"); and a budget without a policy, which would
+/// evict nothing, is refused saying so; all before any model is loaded.
+#[test]
+fn zero_counts_and_a_budget_without_a_policy_are_refused() {
+    let full = r#"(type: "Full", cfg: ())"#;
+    let cases: [(&[&str], &str); 5] = [
+        (&["generate", "--chunk", "0", "Hi"], "--chunk"),
+        (
+            &["perplexity", "--text", "t.txt", "--chunks", "0"],
+            "--chunks",
+        ),
+        (
+            &[
+                "calibrate",
+                "--text",
+                "t.txt",
+                "--out",
+                "s.st",
+                "--chunk",
+                "0",
+            ],
+            "--chunk",
+        ),
+        (
+            &[
+                "calibrate",
+                "--text",
+                "t.txt",
+                "--out",
+                "s.st",
+                "--max-tokens",
+                "0",
+            ],
+            "--max-tokens",
+        ),
+        (
+            &["generate", "--budget", "0", "--policy", full, "Hi"],
+            "--budget",
+        ),
+    ];
+    for (args, flag) in cases {
+        let out = spectra(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(flag) && stderr.contains("at least 1"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = spectra(&[
+        "generate",
+        "--model",
+        "no-such.gguf",
+        "--budget",
+        "64",
+        "Hi",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--budget") && stderr.contains("--policy"),
+        "{stderr}"
+    );
+}
+
+/// `calibrate` to a path it cannot write advises its own flag, `--out` (it advised `output:` or
+/// `--output`, which it does not have), before the model is loaded.
+#[test]
+fn calibrate_to_an_unwritable_path_names_its_out_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out_path = file.join("stats.safetensors");
+    let out = spectra(&[
+        "calibrate",
+        "--model",
+        "no-such.gguf",
+        "--text",
+        "t.txt",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--out") && !stderr.contains("--output"),
+        "{stderr}"
+    );
+}

@@ -404,6 +404,10 @@ fn llama_cpp_gives_the_same_logits_on_the_same_files() {
                 .map(|l| l.split(' ').map(|v| v.parse().unwrap()).collect())
                 .collect();
             assert_eq!(theirs.len(), TOKENS.len());
+            assert!(
+                theirs.iter().all(|l| l.len() == VOCAB),
+                "llama-logits: rows of {VOCAB}"
+            );
             for (p, ((l, s), w)) in theirs.iter().zip(&ours).zip(&want).enumerate() {
                 let spread = w.iter().cloned().fold(f64::MIN, f64::max)
                     - w.iter().cloned().fold(f64::MAX, f64::min);

@@ -31,7 +31,8 @@ thread_local! {
 /// its group's queries and the chunk's positions, one vector per KV head (as long as its entries).
 ///
 /// # Panics
-/// When `q` is not `heads.len() · group` heads of `t × d`, or a KV head holds fewer than `t` entries.
+/// When `q` is not `heads.len() · group` heads of `t × d`, a KV head's keys and values are not both
+/// `n × d`, or it holds fewer than `t` entries.
 pub fn attend_chunk<T: CacheElement>(
     q: &[f32],
     heads: &[HeadEntries<'_, T>],
@@ -46,6 +47,12 @@ pub fn attend_chunk<T: CacheElement>(
         "chunk attention: {} query elements are not {} heads of d = {d}",
         q.len(),
         heads.len() * group
+    );
+    assert!(
+        heads
+            .iter()
+            .all(|h| h.keys.len() == h.values.len() && h.keys.len().is_multiple_of(d)),
+        "chunk attention: a KV head's keys and values are not both n × d = {d}"
     );
     let t = q.len() / width;
     let lens: Vec<usize> = heads.iter().map(|h| h.keys.len() / d).collect();

@@ -43,7 +43,7 @@ const KEPT_EXPANSION: usize = 16 << 20;
 
 thread_local! {
     /// The last product's matrix expanded to f32, rewritten by the next.
-    static EXPANDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static EXPANDED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// 1.5·2²³: see [`quantize_rows`].
@@ -137,41 +137,39 @@ impl QuantizedMatrix {
     /// product here; the inputs stay unquantized.
     fn multiply_expanded(&self, x: &[f32], t: usize) -> Vec<f32> {
         let len = self.rows * self.cols;
-        EXPANDED.with_borrow_mut(|kept| {
-            let mut fresh = Vec::new();
-            // A matrix of a layer reuses the thread's buffer: a fresh one cost its pages' zeroing by
-            // the kernel and a memset each call (7% of a prefill). A larger one (an output head) is
-            // not kept.
-            let w = if len <= KEPT_EXPANSION {
-                if kept.len() < len {
-                    kept.resize(len, 0.0);
-                }
-                &mut kept[..len]
-            } else {
-                fresh.resize(len, 0.0);
-                &mut fresh[..]
-            };
-            let blocks = len / BLOCK;
-            let out = DisjointWrites::new(w);
-            run_parts(|part, parts| {
-                for b in part * blocks / parts..(part + 1) * blocks / parts {
-                    let values = self.dequantize_block(b);
-                    // SAFETY: block `b`'s 32 elements are inside `w`, and only this part writes
-                    // them.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(values.as_ptr(), out.at(b * BLOCK), BLOCK)
-                    };
-                }
-            });
-            // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
-            unsafe {
-                crate::sgemm::matmul(
-                    (t, self.rows, self.cols),
-                    Operand::of(x, self.cols, false),
-                    Operand::of(w, self.cols, true),
-                )
+        // A matrix of a layer reuses the thread's buffer: a fresh one cost its pages' zeroing by the
+        // kernel and a memset each call (7% of a prefill). It is taken out while in use, so that a
+        // product reached again on this thread (a rayon worker stealing work) gets a buffer of its
+        // own. A larger matrix (an output head) is not kept.
+        let mut w = if len <= KEPT_EXPANSION {
+            EXPANDED.take()
+        } else {
+            Vec::new()
+        };
+        if w.len() < len {
+            w.resize(len, 0.0);
+        }
+        let blocks = len / BLOCK;
+        let out = DisjointWrites::new(&mut w[..len]);
+        run_parts(|part, parts| {
+            for b in part * blocks / parts..(part + 1) * blocks / parts {
+                let values = self.dequantize_block(b);
+                // SAFETY: block `b`'s 32 elements are inside `w`, and only this part writes them.
+                unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), out.at(b * BLOCK), BLOCK) };
             }
-        })
+        });
+        // SAFETY: `x` is `t × cols` and `w` is `rows × cols`, both row-major.
+        let product = unsafe {
+            crate::sgemm::matmul(
+                (t, self.rows, self.cols),
+                Operand::of(x, self.cols, false),
+                Operand::of(&w[..len], self.cols, true),
+            )
+        };
+        if len <= KEPT_EXPANSION {
+            EXPANDED.set(w);
+        }
+        product
     }
 
     /// `x·Wᵀ` for several matrices of one input width, as `[t, rows]` each, as

@@ -1,5 +1,6 @@
 //! Options that several commands share: which model to load and how, and which KV policy to run.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,22 +57,43 @@ pub struct PolicyArgs {
     /// A KV eviction policy as RON, inline or a file, e.g. '(type: "StreamingLlm", cfg: (sinks: 4))'.
     #[arg(long)]
     pub policy: Option<String>,
-    /// KV entries kept per head (with --policy).
-    #[arg(long, default_value_t = 512)]
-    pub budget: usize,
+    /// KV entries kept per head (with --policy) [default: 512].
+    #[arg(long, value_parser = at_least_one)]
+    pub budget: Option<NonZeroUsize>,
 }
 
+/// A count of at least 1, for clap: 0 is refused saying so (clap's own parse of `NonZeroUsize` says
+/// "number would be zero for non-zero type").
+pub fn at_least_one(text: &str) -> Result<NonZeroUsize, String> {
+    let n: usize = text.parse().map_err(|e| format!("{e}"))?;
+    NonZeroUsize::new(n).ok_or_else(|| "must be at least 1".into())
+}
+
+/// The budget of a policy given without `--budget`.
+const DEFAULT_BUDGET: usize = 512;
+
 impl PolicyArgs {
-    /// The policy, checked against the budget.
+    /// The policy, checked against the budget. A budget without a policy is refused: nothing would
+    /// be evicted, which the user did not ask for.
     pub fn read(&self) -> Result<(Option<Arc<dyn KvEvictionPolicy>>, Budget), Error> {
-        let budget = Budget::Tokens(self.budget);
+        let tokens = self.budget.map_or(DEFAULT_BUDGET, NonZeroUsize::get);
+        let budget = Budget::Tokens(tokens);
         let Some(text) = &self.policy else {
+            if self.budget.is_some() {
+                return Err(Error::invalid(
+                    "--budget",
+                    format!(
+                        "is {tokens}, but without --policy the cache keeps every entry; give a \
+                         --policy to evict by, or leave --budget out"
+                    ),
+                ));
+            }
             return Ok((None, budget));
         };
         let policy = read_policy(text)?;
         policy
             .validate(&budget)
-            .map_err(|m| Error::invalid(format!("--policy at --budget {}", self.budget), m))?;
+            .map_err(|m| Error::invalid(format!("--policy at --budget {tokens}"), m))?;
         Ok((Some(policy), budget))
     }
 }
@@ -86,10 +108,17 @@ fn read_policy(text: &str) -> Result<Arc<dyn KvEvictionPolicy>, Error> {
     }
     if path.is_file() {
         let body = std::fs::read_to_string(path).map_err(|e| Error::file(path, e.to_string()))?;
-        Ok(parse_ron(&body, path)?)
-    } else {
-        Ok(parse_ron(text, Path::new("--policy"))?)
+        return Ok(parse_ron(&body, path)?);
     }
+    // Inline RON opens with a parenthesis; a word ending in `.ron` is a file that is not there,
+    // whose name would otherwise be reported as a RON syntax error at 1:1.
+    if !text.trim_start().starts_with('(') && text.trim_end().ends_with(".ron") {
+        return Err(Error::file(
+            path,
+            "does not exist; --policy takes a RON file or inline RON, e.g. '(type: \"StreamingLlm\", cfg: (sinks: 4))'",
+        ));
+    }
+    Ok(parse_ron(text, Path::new("--policy"))?)
 }
 
 /// A byte count with an optional binary suffix: `1048576`, `512MiB`, `2GiB` (also `K`, `M`, `G`).

@@ -1,6 +1,7 @@
 //! `spectra calibrate --model M --text FILE --out stats.safetensors`: TriAttention's query statistics,
 //! from the vectors the model feeds to RoPE while it reads plain text.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -8,6 +9,8 @@ use spectra_core::{DeviceSpec, Error};
 use spectra_inference::{CausalDecoder, Logits, Taps};
 use spectra_models::llama::{Llama, WeightFormat};
 use spectra_policies::tri_attention::query_stats::{QueryStatsAccumulator, QueryStatsMeta};
+
+use super::args::at_least_one;
 
 #[derive(Args)]
 pub struct CalibrateArgs {
@@ -21,11 +24,11 @@ pub struct CalibrateArgs {
     #[arg(long)]
     out: PathBuf,
     /// Read at most this many tokens of the text (the reference reads up to 32K).
-    #[arg(long, default_value_t = 32768)]
-    max_tokens: usize,
+    #[arg(long, value_parser = at_least_one, default_value = "32768")]
+    max_tokens: NonZeroUsize,
     /// Tokens per forward chunk.
-    #[arg(long, default_value_t = 512)]
-    chunk: usize,
+    #[arg(long, value_parser = at_least_one, default_value = "512")]
+    chunk: NonZeroUsize,
     #[arg(long, default_value = "Auto")]
     device: String,
 }
@@ -35,12 +38,15 @@ pub fn run(args: CalibrateArgs) -> Result<(), Error> {
         spectra_core::config::parse_ron(&args.device, std::path::Path::new("--device"))?;
     let device = device.resolve()?;
     let folder = args.out.parent().filter(|p| !p.as_os_str().is_empty());
-    spectra::output::prepare(folder.unwrap_or(std::path::Path::new(".")))?;
+    spectra::output::prepare_advising(
+        folder.unwrap_or(std::path::Path::new(".")),
+        "; choose another path for --out",
+    )?;
     let (model, tokenizer) = Llama::load(&args.model, &device, WeightFormat::Dequantized)?;
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
     let mut tokens = tokenizer.encode(&text)?;
-    tokens.truncate(args.max_tokens.min(model.config.max_context));
+    tokens.truncate(args.max_tokens.get().min(model.config.max_context));
     if tokens.is_empty() {
         return Err(Error::file(&args.text, "holds no text to calibrate on"));
     }
@@ -55,8 +61,8 @@ pub fn run(args: CalibrateArgs) -> Result<(), Error> {
         record_pre_rope: true,
         ..Taps::default()
     };
-    for (i, piece) in tokens.chunks(args.chunk.max(1)).enumerate() {
-        let start = (i * args.chunk.max(1)) as u64;
+    for (i, piece) in tokens.chunks(args.chunk.get()).enumerate() {
+        let start = (i * args.chunk.get()) as u64;
         model.forward_one(piece, start, &mut cache, &mut taps, Logits::None)?;
         for (layer, queries) in taps.pre_rope_queries.iter_mut().enumerate() {
             let queries = queries.take().expect("every layer records its queries");

@@ -3,6 +3,7 @@
 //! with one sequence, as `spectra serve` and `spectra bench` run many.
 
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use spectra_inference::{
     StepPriority,
 };
 
-use super::args::{ModelArgs, PolicyArgs};
+use super::args::{at_least_one, ModelArgs, PolicyArgs};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -26,8 +27,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// Prompt tokens per prefill chunk.
-    #[arg(long, default_value_t = 256)]
-    chunk: usize,
+    #[arg(long, value_parser = at_least_one, default_value = "256")]
+    chunk: NonZeroUsize,
     /// 0 decodes greedily; above 0 samples (with --top-k, --top-p, --min-p, --seed).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -71,8 +72,9 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         (Some(text), None) => text.clone(),
         (None, None) => unreachable!("clap requires a prompt or --prompt-file"),
     };
-    let (model, tokenizer) = args.model.load()?;
+    // The policy before the model: a bad one is refused without waiting for the load.
     let (policy, budget) = args.policy.read()?;
+    let (model, tokenizer) = args.model.load()?;
     let text = if args.chat {
         spectra::chat_template::ChatTemplate::of(&tokenizer)?.render(&[
             spectra::chat_template::Message {
@@ -119,8 +121,8 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
             scheduler: SchedulerConfig {
                 kv_memory: usize::MAX,
                 max_sequences: 1,
-                step_tokens: args.chunk.max(1),
-                chunk: args.chunk.max(1),
+                step_tokens: args.chunk.get(),
+                chunk: args.chunk.get(),
                 priority: StepPriority::DecodeFirst,
             },
             reread: Some(reread),

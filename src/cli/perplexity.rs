@@ -7,6 +7,7 @@
 //! log-likelihood. llama.cpp also puts a BOS token first in every chunk for models whose GGUF sets
 //! `add_bos_token`; spectra does not, so compare the two on models that do not (SmolLM2).
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::Args;
@@ -14,7 +15,7 @@ use spectra_core::Error;
 use spectra_inference::{Logits, Session};
 use spectra_models::llama::score_targets;
 
-use super::args::ModelArgs;
+use super::args::{at_least_one, ModelArgs};
 
 #[derive(Args)]
 pub struct PerplexityArgs {
@@ -27,8 +28,8 @@ pub struct PerplexityArgs {
     #[arg(long, default_value_t = 512)]
     context: usize,
     /// Score at most this many chunks (llama-perplexity's `--chunks`).
-    #[arg(long)]
-    chunks: Option<usize>,
+    #[arg(long, value_parser = at_least_one)]
+    chunks: Option<NonZeroUsize>,
 }
 
 pub fn run(args: PerplexityArgs) -> Result<(), Error> {
@@ -57,7 +58,7 @@ pub fn run(args: PerplexityArgs) -> Result<(), Error> {
             ),
         ));
     }
-    let chunks = args.chunks.map_or(available, |c| c.min(available));
+    let chunks = args.chunks.map_or(available, |c| c.get().min(available));
     let first = n / 2;
     let (mut nll, mut count) = (0f64, 0usize);
     for (i, chunk) in tokens.chunks_exact(n).take(chunks).enumerate() {
@@ -70,6 +71,16 @@ pub fn run(args: PerplexityArgs) -> Result<(), Error> {
         let logits = session.prefill(chunk, n, Logits::All)?;
         let scored = logits.narrow(0, first, n - 1 - first)?;
         let (losses, _) = score_targets(&scored, &chunk[first + 1..])?;
+        if !losses.iter().all(|l| l.is_finite()) {
+            return Err(Error::invalid(
+                "--model",
+                format!(
+                    "chunk {} scores NaN or Inf: the model's logits are not finite, so its weights \
+                     are damaged; fetch the file again",
+                    i + 1
+                ),
+            ));
+        }
         nll += losses.iter().sum::<f64>();
         count += losses.len();
         eprint!(

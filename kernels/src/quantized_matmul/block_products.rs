@@ -470,7 +470,7 @@ unsafe fn f16_to_f32(p: *const u8) -> f32 {
         "vcvtph2ps {v}, {v}",
         bits = in(reg) bits,
         v = out(xmm_reg) value,
-        options(pure, nomem, nostack, preserves_flags),
+        options(pure, nomem, nostack),
     );
     _mm_cvtss_f32(value)
 }
