@@ -308,18 +308,23 @@ fn sigterm_stops_training_with_a_checkpoint_that_resumes() {
 #[test]
 fn check_tells_config_kinds_apart_by_their_fields_not_their_comments() {
     let dir = tempfile::tempdir().unwrap();
+    // `check` looks for the model file, not into it.
+    let model = dir.path().join("m.gguf");
+    std::fs::write(&model, "").unwrap();
     let file = write_config(
         &dir,
         "kv.ron",
-        r#"// Compares eviction groups (no training groups here) and methods: "groups: [...]"
+        &format!(
+            r#"// Compares eviction groups (no training groups here) and methods: "groups: [...]"
 (
     /* nested /* comment */ with groups: */
-    model: Gguf(path: "m.gguf"),
+    model: Gguf(path: {model:?}),
     policies: [(type: "StreamingLlm", cfg: (sinks: 4))],
     budgets: [Tokens(64)],
     tasks: [Passkey(lengths: [512], depths: [0.5])],
     output: "runs/kv-groups",
-)"#,
+)"#
+        ),
     );
     let stdout = check_ok(&file);
     assert!(stdout.contains("a KV-cache evaluation"), "{stdout}");

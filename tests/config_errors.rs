@@ -219,3 +219,31 @@ fn an_empty_file_says_so_and_a_byte_order_mark_is_skipped() {
     let with_bom = format!("\u{feff}{}", train_config(GOOD_GROUP));
     assert!(parse_train(&with_bom).is_ok());
 }
+
+/// An empty `output` (whose files would land in the current folder) and `checkpoint_every: 0`
+/// (which was made 1) are refused at their place; they used to be accepted.
+#[test]
+fn an_empty_output_and_checkpoints_every_0_steps_are_refused_at_their_place() {
+    let good = train_config(GOOD_GROUP);
+    let empty = good.replace(r#"output: "runs/test""#, r#"output: """#);
+    let err = parse_train(&empty).unwrap_err();
+    assert!(err.to_string().contains("output is empty"), "{err}");
+    assert_eq!(located(&err).0, 10, "{err}");
+    let zero = good.replace(
+        r#"output: "runs/test","#,
+        "output: \"runs/test\",\n    checkpoint_every: 0,",
+    );
+    let err = parse_train(&zero).unwrap_err();
+    assert!(err.to_string().contains("checkpoint_every is 0"), "{err}");
+    assert_eq!(located(&err).0, 11, "{err}");
+    let kv = r#"(
+    model: Gguf(path: "m.gguf"),
+    policies: [(type: "Full", cfg: ())],
+    budgets: [Tokens(64)],
+    tasks: [Passkey(lengths: [256], depths: [0.5])],
+    output: "",
+)"#;
+    let err = config::parse::<KvEvalConfig>(kv, Path::new("kv.ron")).unwrap_err();
+    assert!(err.to_string().contains("output is empty"), "{err}");
+    assert_eq!(located(&err).0, 6, "{err}");
+}

@@ -422,3 +422,46 @@ fn the_template_format_is_the_files_chat_template_around_the_message() {
         "{err}"
     );
 }
+
+/// `check` finds a missing model or text file, naming it and the script that fetches it, as `kv`
+/// would only after loading the model (it used to pass `check`).
+#[test]
+fn check_names_a_missing_model_or_text_and_how_to_get_it() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |model: &Path, text: &Path| {
+        let file = dir.path().join("kv.ron");
+        std::fs::write(
+            &file,
+            format!(
+                r#"(
+    model: Gguf(path: {model:?}),
+    policies: [(type: "Full", cfg: ())],
+    budgets: [Tokens(16)],
+    tasks: [Decode(text: {text:?}, contexts: [64], tokens: 4)],
+    device: Cpu,
+    output: {out:?},
+)"#,
+                out = dir.path().join("out"),
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
+            .args(["check", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing_text = dir.path().join("no-text.txt");
+    let err = config(&tiny.gguf_path(), &missing_text);
+    assert!(
+        err.contains("no-text.txt: not found") && err.contains("scripts/get-data.sh"),
+        "{err}"
+    );
+    let err = config(&dir.path().join("no-model.gguf"), &missing_text);
+    assert!(
+        err.contains("no-model.gguf: not found") && err.contains("scripts/get-model.sh"),
+        "{err}"
+    );
+}

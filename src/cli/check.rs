@@ -124,6 +124,7 @@ fn print_kv(file: &Path, cfg: &KvEvalConfig) -> Result<(), Error> {
     for t in &cfg.tasks {
         println!("    {}", to_ron(t));
     }
+    spectra::kv::check_files(cfg)?;
     spectra::output::check(&cfg.output)?;
     println!("  output:   {}", cfg.output.display());
     Ok(())

@@ -129,6 +129,13 @@ impl Validate for KvEvalConfig {
                 })?;
             }
         }
+        if self.output.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "output is empty: the report's files would land in the current folder",
+            )
+            .near("output")
+            .help("name a folder, e.g. `output: \"runs/kv\"`"));
+        }
         if self.prefill_chunk == 0 {
             return Err(Invalid::new("prefill_chunk = 0")
                 .near("prefill_chunk")

@@ -92,14 +92,8 @@ pub struct KvReport {
 /// Runs every task of `config`; progress goes to stderr.
 pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
     let device = config.device.resolve()?;
-    let path = config.model.path();
-    if !path.exists() {
-        return Err(Error::file(
-            path,
-            "not found; scripts/get-model.sh downloads SmolLM2-135M-Instruct into data/models/",
-        ));
-    }
-    let (model, tokenizer) = Llama::load(path, &device, config.weights)?;
+    check_files(config)?;
+    let (model, tokenizer) = Llama::load(config.model.path(), &device, config.weights)?;
     let bench = Bench {
         arms: arms(&config.policies, &config.budgets),
         needs: config
@@ -113,7 +107,7 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
         prefill_chunk: config.prefill_chunk,
     };
     let mut report = KvReport {
-        model: path.display().to_string(),
+        model: config.model.path().display().to_string(),
         device: format!("{device:?}"),
         ..KvReport::default()
     };
@@ -216,6 +210,30 @@ fn inner_policy(policy: &dyn KvEvictionPolicy) -> Option<String> {
     let nested = ron.match_indices("type:\"").nth(1)?.0 + "type:\"".len();
     let name = &ron[nested..];
     Some(name[..name.find('"')?].to_string())
+}
+
+/// The model and the texts the tasks read exist, or an error naming the first missing one and the
+/// script that fetches it (so that `spectra check` finds them missing before a run does).
+pub fn check_files(config: &KvEvalConfig) -> Result<()> {
+    let model = config.model.path();
+    if !model.exists() {
+        return Err(Error::file(
+            model,
+            "not found; scripts/get-model.sh downloads SmolLM2-135M-Instruct into data/models/ \
+             (scripts/get-model.sh qwen2.5-coder-0.5b, Qwen2.5-Coder-0.5B-Instruct)",
+        ));
+    }
+    for task in &config.tasks {
+        if let KvTask::LanguageModelling { text, .. } | KvTask::Decode { text, .. } = task {
+            if !text.is_file() {
+                return Err(Error::file(
+                    text,
+                    "not found; scripts/get-data.sh puts the evaluation texts in data/",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tokens of a text file, with a message saying what to do when it is missing.

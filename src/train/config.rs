@@ -72,6 +72,18 @@ impl Validate for TrainConfig {
                 .near("steps")
                 .help("set steps: 1 or more"));
         }
+        if self.output.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "output is empty: the run's files would land in the current folder",
+            )
+            .near("output")
+            .help("name a folder, e.g. `output: \"runs/first\"`"));
+        }
+        if self.checkpoint_every == Some(0) {
+            return Err(Invalid::new("checkpoint_every is 0")
+                .near("checkpoint_every")
+                .help("checkpoint every N ≥ 1 steps, or leave it out to checkpoint at each evaluation"));
+        }
         if self.eval.every == 0 {
             return Err(Invalid::new("eval.every is 0")
                 .near("every")

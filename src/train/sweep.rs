@@ -72,6 +72,13 @@ impl Validate for SweepConfig {
                 .near("parallel")
                 .help("run 1 or more at a time"));
         }
+        if self.output.as_os_str().is_empty() {
+            return Err(Invalid::new(
+                "output is empty: every run's folder would land in the current folder",
+            )
+            .near("output")
+            .help("name a folder, e.g. `output: \"runs/sweep\"`"));
+        }
         if self.steps == Some(0) {
             return Err(Invalid::new("steps is 0")
                 .near("steps")
