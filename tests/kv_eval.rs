@@ -318,6 +318,20 @@ fn generate_refuses_to_run_past_the_context_and_a_folder_as_policy() {
     );
 }
 
+/// A KV evaluation of one Decode task of `text` on `model`, StreamingLLM at budget 16.
+fn decode_config(model: &Path, text: &Path, out: &Path) -> String {
+    format!(
+        r#"(
+    model: Gguf(path: {model:?}),
+    policies: [(type: "StreamingLlm", cfg: (sinks: 2))],
+    budgets: [Tokens(16)],
+    tasks: [Decode(text: {text:?}, contexts: [64], tokens: 4)],
+    device: Cpu,
+    output: {out:?},
+)"#
+    )
+}
+
 /// An output folder that cannot be made is found before any evaluation: `check` and `kv` both say so.
 #[test]
 fn an_unwritable_output_is_refused_before_the_evaluation() {
@@ -330,18 +344,7 @@ fn an_unwritable_output_is_refused_before_the_evaluation() {
     let file = dir.path().join("kv.ron");
     std::fs::write(
         &file,
-        format!(
-            r#"(
-    model: Gguf(path: {model:?}),
-    policies: [(type: "StreamingLlm", cfg: (sinks: 2))],
-    budgets: [Tokens(16)],
-    tasks: [Decode(text: {text:?}, contexts: [64], tokens: 4)],
-    device: Cpu,
-    output: {out:?},
-)"#,
-            model = tiny.gguf_path(),
-            out = blocker.join("out"),
-        ),
+        decode_config(&tiny.gguf_path(), &text, &blocker.join("out")),
     )
     .unwrap();
     for command in ["check", "kv"] {
@@ -431,21 +434,7 @@ fn check_names_a_missing_model_or_text_and_how_to_get_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = |model: &Path, text: &Path| {
         let file = dir.path().join("kv.ron");
-        std::fs::write(
-            &file,
-            format!(
-                r#"(
-    model: Gguf(path: {model:?}),
-    policies: [(type: "Full", cfg: ())],
-    budgets: [Tokens(16)],
-    tasks: [Decode(text: {text:?}, contexts: [64], tokens: 4)],
-    device: Cpu,
-    output: {out:?},
-)"#,
-                out = dir.path().join("out"),
-            ),
-        )
-        .unwrap();
+        std::fs::write(&file, decode_config(model, text, &dir.path().join("out"))).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
             .args(["check", file.to_str().unwrap()])
             .output()
