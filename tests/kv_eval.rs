@@ -454,3 +454,30 @@ fn check_names_a_missing_model_or_text_and_how_to_get_it() {
         "{err}"
     );
 }
+
+/// A task longer than the model's context is refused naming the setting and the model's limit
+/// before any task runs; a LanguageModelling context of 100,000 used to ask for a longer text.
+#[test]
+fn a_length_beyond_the_models_context_names_the_setting_and_the_limit() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "It was the best of times. ".repeat(20)).unwrap();
+    let config = decode_config(&tiny.gguf_path(), &text, &dir.path().join("out")).replace(
+        "tasks: [",
+        "tasks: [LanguageModelling(text: TEXT, context: 100000, scored: 64), ",
+    );
+    let file = dir.path().join("kv.ron");
+    std::fs::write(&file, config.replace("TEXT", &format!("{text:?}"))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .args(["kv", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("LanguageModelling.context") && err.contains("needs 100000 positions"),
+        "{err}"
+    );
+    assert!(!err.contains("longer text"), "{err}");
+}

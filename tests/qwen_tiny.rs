@@ -438,3 +438,28 @@ fn llama_cpp_gives_the_same_logits_on_the_same_files() {
         }
     }
 }
+
+/// A NaN in a weight is refused at load, naming the tensor: a NaN in a norm's weight used to be
+/// rounded away by the 8-bit activations (an i8 cast of NaN is 0), and the model then generated
+/// text from silently wrong numbers. (Block scales are checked by the kernels' tests.)
+#[test]
+fn a_nan_in_a_weight_is_refused_at_load_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let mut weights = Weights::random(Family::Qwen2);
+    let norm = weights
+        .tensors
+        .iter_mut()
+        .find(|(name, _, _)| name == "blk.0.attn_norm.weight")
+        .unwrap();
+    norm.2[3] = f64::NAN;
+    weights.write(&path, &[GgmlDType::Q8_0]);
+    let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::Quantized)
+        .err()
+        .expect("a NaN weight is refused")
+        .to_string();
+    assert!(
+        err.contains("`blk.0.attn_norm.weight` holds NaN or Inf (element 3)"),
+        "{err}"
+    );
+}

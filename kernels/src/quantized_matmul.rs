@@ -419,6 +419,28 @@ mod tests {
         }
     }
 
+    /// A NaN or an infinity in any unit's scale or offset is found, at that unit; a sound matrix has
+    /// none.
+    #[test]
+    fn non_finite_scales_are_found_at_their_unit() {
+        for dtype in formats() {
+            let (_, m) = quantized(dtype, 7, 512);
+            assert_eq!(m.format.first_non_finite_unit(&m.data), None, "{dtype:?}");
+            for &at in m.format.half_fields() {
+                for bits in [0x7E00u16, 0x7C00, 0xFC00] {
+                    let mut data = m.data.clone();
+                    let unit = 5 * m.format.unit_bytes();
+                    data[unit + at..unit + at + 2].copy_from_slice(&bits.to_le_bytes());
+                    assert_eq!(
+                        m.format.first_non_finite_unit(&data),
+                        Some(5),
+                        "{dtype:?} field {at} = {bits:#x}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn activation_blocks_are_within_half_a_step_of_the_input() {
         let x = matrix(3, 64, 1.1);

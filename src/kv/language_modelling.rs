@@ -84,7 +84,7 @@ impl Tally {
 
 pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResult> {
     let tokens = read_tokens(&bench.tokenizer, setup.text)?;
-    let needed = setup.passages * setup.context;
+    let needed = setup.passages.saturating_mul(setup.context);
     if tokens.len() < needed {
         return Err(Error::file(
             setup.text,

@@ -94,6 +94,19 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
     let device = config.device.resolve()?;
     check_files(config)?;
     let (model, tokenizer) = Llama::load(config.model.path(), &device, config.weights)?;
+    // Every task's lengths against the model's context before the first task runs, so that a late
+    // task's impossible length does not cost the earlier tasks' work.
+    for task in &config.tasks {
+        let (needed, what) = match task {
+            KvTask::LanguageModelling { context, .. } => (*context, "LanguageModelling.context"),
+            KvTask::Passkey { lengths, .. } => (max(lengths), "Passkey.lengths"),
+            KvTask::Ruler { lengths, .. } => (max(lengths), "Ruler.lengths"),
+            KvTask::Decode {
+                contexts, tokens, ..
+            } => (max(contexts).saturating_add(*tokens), "Decode.contexts"),
+        };
+        check_context(&model, needed, what)?;
+    }
     let bench = Bench {
         arms: arms(&config.policies, &config.budgets),
         needs: config
@@ -259,6 +272,11 @@ pub fn reread_prompt(tokenizer: &TextTokenizer, turn: &Turn) -> Result<RereadPro
             &turn.close
         })?,
     })
+}
+
+/// The largest of `values`, 0 for none.
+fn max(values: &[usize]) -> usize {
+    values.iter().copied().max().unwrap_or(0)
 }
 
 /// Checks that `needed` tokens fit the model's context.

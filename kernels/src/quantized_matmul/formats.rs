@@ -90,6 +90,26 @@ impl BlockFormat {
         }
     }
 
+    /// Where a unit's f16 scale and offset (or K-quant super-scales) lie, in bytes from its start.
+    pub(super) fn half_fields(self) -> &'static [usize] {
+        match self {
+            BlockFormat::Q4_0 | BlockFormat::Q5_0 | BlockFormat::Q8_0 => &[0],
+            BlockFormat::Q4_1 | BlockFormat::Q5_1 | BlockFormat::Q4K | BlockFormat::Q5K => &[0, 2],
+            BlockFormat::Q6K => &[208],
+        }
+    }
+
+    /// The first unit of `data` (whole units of this format) whose scale or offset is NaN or
+    /// infinite (an f16 whose exponent bits are all set). Such a unit makes its products NaN, or,
+    /// where activations are rounded to bytes, silently wrong.
+    pub fn first_non_finite_unit(self, data: &[u8]) -> Option<usize> {
+        data.chunks_exact(self.unit_bytes()).position(|unit| {
+            self.half_fields()
+                .iter()
+                .any(|&at| u16::from_le_bytes([unit[at], unit[at + 1]]) & 0x7C00 == 0x7C00)
+        })
+    }
+
     /// Bytes of a row of `cols` elements (a multiple of [`unit_elements`](Self::unit_elements)).
     pub fn row_bytes(self, cols: usize) -> usize {
         cols / self.unit_elements() * self.unit_bytes()

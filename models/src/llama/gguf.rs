@@ -4,7 +4,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use spectra_core::rope::{RopeScaling, RopeSpec};
 use spectra_core::{Error, Result};
@@ -13,6 +13,7 @@ use super::config::LlamaConfig;
 use super::embedding::Embedding;
 use super::family::Family;
 use super::weights::{LayerWeights, Linear, LlamaWeights, WeightFormat};
+use spectra_kernels::quantized_matmul::BlockFormat;
 
 /// An open GGUF file: its metadata and tensor index, read once.
 pub struct GgufFile {
@@ -104,14 +105,25 @@ impl GgufFile {
                 format!("tensor `{name}` is missing"),
             ));
         }
-        self.content
+        let t = self
+            .content
             .tensor(&mut self.file, name, device)
             .map_err(|e| {
                 Error::file(
                     &self.path,
                     format!("tensor `{name}` cannot be read (truncated file?): {e}"),
                 )
-            })
+            })?;
+        if let Some(place) = non_finite(&t)? {
+            return Err(Error::file(
+                &self.path,
+                format!(
+                    "tensor `{name}` holds NaN or Inf ({place}), which would spread to every \
+                     logit: the file is damaged; fetch it again"
+                ),
+            ));
+        }
+        Ok(t)
     }
 
     fn has_tensor(&self, name: &str) -> bool {
@@ -307,4 +319,27 @@ impl GgufFile {
         weights.check(config, &self.path)?;
         Ok(weights)
     }
+}
+
+/// Where a tensor first holds NaN or Inf: an element of an f32, f16 or bf16 tensor, or a block's
+/// scale in the block formats spectra reads (their quantized values are integers). Other formats
+/// are not looked into.
+fn non_finite(t: &QTensor) -> Result<Option<String>> {
+    let data = t.data()?;
+    let element = |bytes: usize, bad: &dyn Fn(&[u8]) -> bool| {
+        data.chunks_exact(bytes)
+            .position(bad)
+            .map(|i| format!("element {i}"))
+    };
+    Ok(match t.dtype() {
+        GgmlDType::F32 => element(4, &|b| {
+            !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()
+        }),
+        GgmlDType::F16 => element(2, &|b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00),
+        GgmlDType::BF16 => element(2, &|b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80),
+        dtype => BlockFormat::of(dtype).and_then(|f| {
+            f.first_non_finite_unit(&data)
+                .map(|u| format!("the scales of block {u} of {f:?}"))
+        }),
+    })
 }
