@@ -17,6 +17,39 @@ pub fn prepare_advising(dir: &Path, fix: &str) -> Result<()> {
     probe(dir, fix)
 }
 
+/// An output folder's lock, held by the one process writing there: released when dropped, and by
+/// the system when the process ends, however it ends.
+pub struct OutputLock {
+    _file: std::fs::File,
+}
+
+/// Takes `dir`'s lock (`dir/.spectra.lock`, an advisory lock on the file), or refuses when another
+/// process holds it: two writers interleave their metrics and reports line by line.
+pub fn lock(dir: &Path) -> Result<OutputLock> {
+    let path = dir.join(LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::file(&path, format!("cannot open the output folder's lock: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(OutputLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::file(
+            dir,
+            "another spectra process is writing to this output folder; wait for it to end, or \
+             choose another output",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::file(
+            &path,
+            format!("cannot lock the output folder: {e}"),
+        )),
+    }
+}
+
+/// The lock file's name inside an output folder.
+const LOCK: &str = ".spectra.lock";
+
 /// Checks, creating nothing that stays, that `dir` could be made and written: its nearest existing
 /// ancestor must be a folder in which a file can be written.
 pub fn check(dir: &Path) -> Result<()> {

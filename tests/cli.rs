@@ -231,7 +231,7 @@ fn a_reader_that_closes_the_pipe_early_is_no_panic() {
 /// run stops after its step with a checkpoint that `--resume` continues.
 #[cfg(unix)]
 #[test]
-fn sigterm_stops_training_with_a_checkpoint_that_resumes() {
+fn sigterm_stops_training_with_a_checkpoint_that_resumes_and_a_second_writer_is_refused() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let groups = r#"[
@@ -260,6 +260,15 @@ fn sigterm_stops_training_with_a_checkpoint_that_resumes() {
             "no training step within 2 minutes"
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second writer to the same folder, fresh or resuming, is refused while the first runs (two
+    // used to interleave their metrics line by line).
+    for extra in [&[][..], &["--resume"][..]] {
+        let second =
+            spectra(&[&["train", &file, "--output", output, "--quiet"][..], extra].concat());
+        let err = String::from_utf8_lossy(&second.stderr);
+        assert!(!second.status.success(), "{err}");
+        assert!(err.contains("another spectra process is writing"), "{err}");
     }
     // SAFETY: kill(2) on the child's pid, which has not been waited for.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);

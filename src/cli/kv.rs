@@ -19,6 +19,7 @@ pub fn run(args: KvArgs) -> Result<(), Error> {
     let cfg: KvEvalConfig = config::load(&args.config)?;
     let output = args.output.unwrap_or_else(|| cfg.output.clone());
     spectra::output::prepare(&output)?;
+    let _writing = spectra::output::lock(&output)?;
     let report = spectra::kv::run(&cfg)?;
     spectra::kv::write_report(&output, &args.config, &report)?;
     println!(

@@ -54,6 +54,8 @@ pub fn train_file(path: &Path, options: &TrainOptions) -> Result<TrainSummary> {
 
 /// A run's live state.
 struct Run {
+    /// Held for the run: a second process writing to the same folder is refused.
+    _output_lock: crate::output::OutputLock,
     cfg: TrainConfig,
     config_file: PathBuf,
     output: PathBuf,
@@ -128,7 +130,9 @@ impl Run {
         let groups = assemble(model.params(), std::mem::take(&mut cfg.groups), &routed);
         let output = cfg.output.clone();
         crate::output::prepare(&output)?;
+        let _output_lock = crate::output::lock(&output)?;
         Ok(Run {
+            _output_lock,
             rng: derived_rng(cfg.seed, CONSTRAINT_STREAM),
             cfg,
             config_file: config_file.to_path_buf(),

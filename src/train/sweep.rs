@@ -213,6 +213,7 @@ fn slug(name: &str) -> String {
 pub fn run(sweep: &SweepConfig, exe: &Path, quiet: bool) -> Result<Vec<SweepRow>> {
     let runs = plan(sweep)?;
     crate::output::prepare(&sweep.output)?;
+    let _writing = crate::output::lock(&sweep.output)?;
     let todo: Vec<&PlannedRun> = runs.iter().filter(|r| !finished(&r.folder)).collect();
     if !quiet {
         println!(
