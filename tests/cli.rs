@@ -430,3 +430,37 @@ fn calibrate_to_an_unwritable_path_names_its_out_flag() {
         "{stderr}"
     );
 }
+
+/// A damaged checkpoint with none before it: the advice says how to start afresh (another folder,
+/// or which files to move), and following it works. It used to say "run without --resume", which
+/// refused because a checkpoint was there and said "continue it with --resume".
+#[test]
+fn a_damaged_last_checkpoint_says_how_to_start_afresh_and_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let groups = r#"[(name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1)))]"#;
+    let file = write_config(&dir, "run.ron", &tiny_gpt_config(&dir, groups));
+    let output = dir.path().join("run");
+    std::fs::create_dir_all(&output).unwrap();
+    std::fs::write(output.join("checkpoint.safetensors"), "not a checkpoint").unwrap();
+    let out_dir = output.to_str().unwrap();
+    let resumed = spectra(&["train", &file, "--output", out_dir, "--resume", "--quiet"]);
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(!resumed.status.success());
+    assert!(
+        err.contains("--output DIR")
+            && err
+                .contains("move checkpoint.safetensors and checkpoint.previous.safetensors out of"),
+        "{err}"
+    );
+    std::fs::rename(
+        output.join("checkpoint.safetensors"),
+        dir.path().join("damaged.safetensors"),
+    )
+    .unwrap();
+    let fresh = spectra(&["train", &file, "--output", out_dir, "--quiet"]);
+    assert!(
+        fresh.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fresh.stderr)
+    );
+}

@@ -146,7 +146,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| {
         Error::file(
             path,
-            format!("cannot read the checkpoint ({e}); run without --resume to start afresh"),
+            format!("cannot read the checkpoint ({e}); {}", afresh(path)),
         )
     })?;
     let bad = |what: &str| {
@@ -246,8 +246,21 @@ fn previous_hint(path: &Path) -> String {
             path.display()
         )
     } else {
-        "no earlier checkpoint is kept; run without --resume to start afresh".into()
+        format!("no earlier checkpoint is kept; {}", afresh(path))
     }
+}
+
+/// How to start afresh where the checkpoint at `path` cannot be resumed: a run without `--resume`
+/// refuses to write over a checkpoint, so the advice names what to move (or another folder).
+fn afresh(path: &Path) -> String {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    format!(
+        "to start afresh, train into another folder (--output DIR), or move {} and {} out of {} \
+         and run without --resume",
+        Path::new(path.file_name().unwrap_or(path.as_os_str())).display(),
+        PREVIOUS_FILE_NAME,
+        folder.display()
+    )
 }
 
 #[cfg(test)]
