@@ -2,7 +2,7 @@
 //! `train.csv` (one row per step) and `eval.csv` (one row per evaluation).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -229,23 +229,33 @@ impl MetricsWriter {
 /// The records of `dir/metrics.jsonl` (none when the file does not exist).
 pub fn read(dir: &Path) -> Result<Vec<Record>> {
     let path = dir.join("metrics.jsonl");
-    let file = match File::open(&path) {
-        Ok(f) => f,
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::file(&path, format!("cannot read metrics: {e}"))),
     };
-    let lines = BufReader::new(file)
-        .lines()
-        .collect::<std::io::Result<Vec<String>>>()
-        .map_err(|e| Error::file(&path, format!("cannot read metrics: {e}")))?;
-    let last = lines.iter().rposition(|l| !l.trim().is_empty());
+    // Line by line, so that bytes that are not UTF-8 lose only their line.
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last = lines.iter().rposition(|l| !l.trim_ascii().is_empty());
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut skipped = 0;
     for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
+        let line = line.trim_ascii();
+        if line.is_empty() {
             continue;
         }
-        match serde_json::from_str(line) {
+        // A line written twice (a copy, a merge) is one record, not two rows.
+        if !seen.insert(line) {
+            skipped += 1;
+            eprintln!(
+                "spectra: {}:{}: ignoring a repeated line",
+                path.display(),
+                i + 1
+            );
+            continue;
+        }
+        match serde_json::from_slice(line) {
             Ok(r) => out.push(r),
             Err(e) => {
                 skipped += 1;
@@ -303,6 +313,22 @@ mod tests {
         std::fs::write(dir.path().join("metrics.jsonl"), text.join("\n")).unwrap();
         let steps: Vec<u64> = read(dir.path()).unwrap().iter().map(Record::step).collect();
         assert_eq!(steps, [1, 2, 3, 4, 5, 7, 8, 9, 10]);
+    }
+
+    /// Bytes that are not UTF-8 lose only their line (they refused the whole resume, without a line
+    /// number), and a line written twice is one record (it was kept twice).
+    #[test]
+    fn a_line_that_is_not_utf8_loses_only_itself_and_a_repeated_line_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |step| serde_json::to_string(&train(step)).unwrap().into_bytes();
+        let mut text = Vec::new();
+        for part in [line(1), vec![0xFF, 0xFE, b'{'], line(2), line(2), line(3)] {
+            text.extend(part);
+            text.push(b'\n');
+        }
+        std::fs::write(dir.path().join("metrics.jsonl"), text).unwrap();
+        let steps: Vec<u64> = read(dir.path()).unwrap().iter().map(Record::step).collect();
+        assert_eq!(steps, [1, 2, 3]);
     }
 
     #[test]
