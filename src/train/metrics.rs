@@ -118,13 +118,25 @@ impl MetricsWriter {
     /// Starts afresh, or (resuming) keeps the records up to `keep_until` and continues after them;
     /// records a stopped run wrote after its last checkpoint are dropped, as the resumed run redoes them.
     pub fn open(dir: &Path, keep_until: Option<u64>) -> Result<(Self, Vec<Record>)> {
-        let kept = match keep_until {
+        let kept: Vec<Record> = match keep_until {
             Some(step) => read(dir)?
                 .into_iter()
                 .filter(|r| r.step() <= step)
                 .collect(),
             None => Vec::new(),
         };
+        // The tables are rewritten from the records: with the records gone, that would empty them.
+        let rows = table_rows(&dir.join("train.csv"));
+        if keep_until.is_some_and(|step| step > 0) && kept.is_empty() && rows > 0 {
+            return Err(Error::file(
+                dir.join("metrics.jsonl"),
+                format!(
+                    "is missing or holds no records up to the checkpoint, while train.csv holds \
+                     {rows} rows that resuming would discard; restore metrics.jsonl, or move \
+                     train.csv and eval.csv out of the folder to resume without that history"
+                ),
+            ));
+        }
         let create = |name: &str| -> Result<BufWriter<File>> {
             let path = dir.join(name);
             let f = OpenOptions::new()
@@ -226,6 +238,16 @@ impl MetricsWriter {
     }
 }
 
+/// The data rows of a CSV table (none when it cannot be read).
+fn table_rows(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| {
+        t.lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+            .saturating_sub(1)
+    })
+}
+
 /// The records of `dir/metrics.jsonl` (none when the file does not exist).
 pub fn read(dir: &Path) -> Result<Vec<Record>> {
     let path = dir.join("metrics.jsonl");
@@ -313,6 +335,34 @@ mod tests {
         std::fs::write(dir.path().join("metrics.jsonl"), text.join("\n")).unwrap();
         let steps: Vec<u64> = read(dir.path()).unwrap().iter().map(Record::step).collect();
         assert_eq!(steps, [1, 2, 3, 4, 5, 7, 8, 9, 10]);
+    }
+
+    /// Resuming with the records gone (metrics.jsonl deleted or emptied) is refused while the tables
+    /// hold rows, which it would have discarded; the tables are left as they were.
+    #[test]
+    fn resuming_without_the_records_is_refused_while_the_tables_hold_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = MetricsWriter::open(dir.path(), None).unwrap();
+        for s in 1..=3 {
+            w.write(&train(s)).unwrap();
+        }
+        drop(w);
+        let csv = std::fs::read_to_string(dir.path().join("train.csv")).unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), "").unwrap();
+        let err = MetricsWriter::open(dir.path(), Some(3))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("train.csv holds 3 rows"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("train.csv")).unwrap(),
+            csv
+        );
+        std::fs::remove_file(dir.path().join("metrics.jsonl")).unwrap();
+        assert!(MetricsWriter::open(dir.path(), Some(3)).is_err());
+        // Moving the tables aside, as the message says, resumes.
+        std::fs::remove_file(dir.path().join("train.csv")).unwrap();
+        assert!(MetricsWriter::open(dir.path(), Some(3)).is_ok());
     }
 
     /// Bytes that are not UTF-8 lose only their line (they refused the whole resume, without a line
