@@ -39,6 +39,28 @@ fn a_group_that_selects_no_parameter_is_named() {
     );
 }
 
+/// A name selector with a typo is pointed at, with the name it was probably meant to be; it used to
+/// be reported as the parameter it failed to pick ("parameter `embed` matches no group").
+#[test]
+fn a_name_selector_that_matches_nothing_is_pointed_at_with_the_likely_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = write_cycle_corpus(dir.path());
+    let groups = format!(
+        r#"{MUON_SOFT_CAP}
+        (name: "embeddings", params: [Name("embedd")], optimizer: (type: "Muon", cfg: (lr: 0.1)))"#
+    );
+    let err = train_error_in_file(
+        dir.path(),
+        &gpt_config(&corpus, &dir.path().join("o"), &groups, 5, ""),
+    );
+    assert!(
+        err.contains("group `embeddings` matches no parameter: no parameter's name is `embedd`"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `embed`?"), "{err}");
+    assert!(err.contains("cfg.ron:"), "{err}");
+}
+
 #[test]
 fn a_parameter_no_group_takes_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -79,6 +79,27 @@ pub fn route_params(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // A name pattern that matches nothing is a typo to point at before the parameter it failed to
+    // pick is reported (which names the parameter, not the pattern).
+    for g in groups {
+        for s in &g.params {
+            if let ParamSelector::Name(pattern) = s {
+                if !params.iter().any(|(n, _)| glob_match(pattern, n)) {
+                    let names = params.iter().map(|(n, _)| n.as_str());
+                    let help = match spectra_core::suggest::closest(pattern, names) {
+                        Some(best) => format!("did you mean `{best}`?"),
+                        None => format!("the model's parameters are: {}", all_names()),
+                    };
+                    return Err(Invalid::new(format!(
+                        "group `{}` matches no parameter: no parameter's name is `{pattern}`",
+                        g.name
+                    ))
+                    .near(format!("{pattern:?}"))
+                    .help(help));
+                }
+            }
+        }
+    }
     let mut routed = Vec::with_capacity(params.len());
     for (name, role) in params {
         let group = groups
