@@ -464,3 +464,57 @@ fn a_damaged_last_checkpoint_says_how_to_start_afresh_and_that_works() {
         String::from_utf8_lossy(&fresh.stderr)
     );
 }
+
+/// A reader that goes away (`spectra train … | head -1`) stops training as a signal does: the next
+/// step ends with a checkpoint and a message, and the summary goes to stderr. It used to end the
+/// process by SIGPIPE with no checkpoint and no word.
+#[test]
+fn a_closed_stdout_stops_training_with_a_checkpoint() {
+    use std::io::BufRead;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let groups = r#"[(name: "all", params: [All], optimizer: (type: "Sgd", cfg: (lr: 0.1)))]"#;
+    let config = tiny_gpt_config(&dir, groups)
+        .replace("steps: 10", "steps: 1000000")
+        .replace("every: 5", "every: 20");
+    let file = write_config(&dir, "long.ron", &config);
+    let output = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .args(["train", &file, "--output", output.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spectra runs");
+    // The first line (the evaluation at step 0), read on a thread so that the wait is bounded.
+    let stdout = child.stdout.take().unwrap();
+    let (sent, first) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = sent.send(line);
+        // The reader is dropped here: the pipe closes, as when `head -1` exits.
+    });
+    let line = first.recv_timeout(Duration::from_secs(120));
+    if line.is_err() {
+        let _ = child.kill();
+    }
+    assert!(line.is_ok(), "no line on stdout within 2 minutes");
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if waited.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("training went on for 2 minutes after its reader left");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(stderr.contains("standard output was closed"), "{stderr}");
+    assert!(stderr.contains("continue with:"), "{stderr}");
+    assert!(output.join("checkpoint.safetensors").exists());
+}

@@ -1,5 +1,6 @@
 //! `spectra train CONFIG.ron`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,6 +31,13 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<(), Error> {
+    // A closed standard output is noticed by the writes that fail, and stops the run with a
+    // checkpoint (train::Progress), instead of ending the process by SIGPIPE mid-step.
+    #[cfg(unix)]
+    // SAFETY: changing a signal's disposition; no other thread handles SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     // Ctrl-C, and SIGTERM and SIGHUP (what `timeout`, schedulers and container stops send): a
@@ -53,8 +61,14 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
         stop_at: args.stop_at,
     };
     let summary = train_file(&args.config, &options)?;
+    // The summary on stdout, or on stderr once stdout is closed.
+    let say = |text: String| {
+        if writeln!(std::io::stdout(), "{text}").is_err() {
+            eprintln!("{text}");
+        }
+    };
     if let Some(e) = &summary.final_eval {
-        println!(
+        say(format!(
             "{} after {} of {} steps: validation accuracy {:.2}%, validation loss {:.4}, certified Lipschitz bound {:.4}{}",
             match summary.outcome {
                 Outcome::Finished => "finished",
@@ -66,18 +80,18 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
             e.val_loss,
             e.lipschitz_bound,
             e.certified_summary()
-        );
+        ));
     }
-    println!(
+    say(format!(
         "results in {} (report.md, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors)",
         summary.output.display()
-    );
+    ));
     if summary.outcome == Outcome::Stopped {
-        println!(
+        say(format!(
             "continue with: spectra train {} --resume --output {}",
             args.config.display(),
             summary.output.display()
-        );
+        ));
     }
     Ok(())
 }

@@ -247,7 +247,7 @@ impl Run {
         } else {
             "images"
         };
-        let progress = Progress::new(steps, self.step, options.quiet, unit);
+        let progress = Progress::new(steps, self.step, options.quiet, unit, options.stop.clone());
         let batch_size = self.cfg.data.batch_size();
         let checkpoint_every = self
             .cfg
