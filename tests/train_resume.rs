@@ -159,6 +159,26 @@ fn a_changed_seed_is_refused_on_resume() {
     assert!(err.contains("seed"), "{err}");
 }
 
+/// Resuming a checkpoint past the steps asked for is refused, naming both; it used to print
+/// "finished after 2 of 1 steps" with the first evaluation's numbers as the result.
+#[test]
+fn resuming_past_the_steps_asked_for_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, _) = stopped_after_two_steps(dir.path());
+    let resume = TrainOptions {
+        resume: true,
+        steps: Some(1),
+        ..quiet()
+    };
+    let err = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the checkpoint is at step 2, past the 1 steps"),
+        "{err}"
+    );
+}
+
 /// A save interrupted between its two renames leaves only the checkpoint before it: `--resume`
 /// names it rather than saying there is nothing.
 #[test]

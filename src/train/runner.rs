@@ -239,6 +239,17 @@ impl Run {
 
     fn train(mut self, options: &TrainOptions) -> Result<TrainSummary> {
         let steps = self.cfg.steps;
+        if self.step > steps {
+            // The summary would read "finished after 5 of 3 steps", with no evaluation of its own.
+            return Err(Error::invalid(
+                "steps",
+                format!(
+                    "the checkpoint is at step {}, past the {steps} steps this run asks for (--steps, \
+                     or the config's steps); resume with more than {} steps, or leave --steps out",
+                    self.step, self.step
+                ),
+            ));
+        }
         let resumed_at = options.resume.then_some(self.step);
         let (mut metrics, kept) = MetricsWriter::open(&self.output, resumed_at)?;
         let mut history = kept;
