@@ -318,6 +318,14 @@ fn generate_refuses_to_run_past_the_context_and_a_folder_as_policy() {
     );
 }
 
+/// `spectra COMMAND FILE` (`check` or `kv` on a config).
+fn spectra_on(command: &str, file: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
+        .args([command, file.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
 /// A KV evaluation of one Decode task of `text` on `model`, StreamingLLM at budget 16.
 fn decode_config(model: &Path, text: &Path, out: &Path) -> String {
     format!(
@@ -348,10 +356,7 @@ fn an_unwritable_output_is_refused_before_the_evaluation() {
     )
     .unwrap();
     for command in ["check", "kv"] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
-            .args([command, file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = spectra_on(command, &file);
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
@@ -435,10 +440,7 @@ fn check_names_a_missing_model_or_text_and_how_to_get_it() {
     let config = |model: &Path, text: &Path| {
         let file = dir.path().join("kv.ron");
         std::fs::write(&file, decode_config(model, text, &dir.path().join("out"))).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
-            .args(["check", file.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = spectra_on("check", &file);
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -469,10 +471,7 @@ fn a_length_beyond_the_models_context_names_the_setting_and_the_limit() {
     );
     let file = dir.path().join("kv.ron");
     std::fs::write(&file, config.replace("TEXT", &format!("{text:?}"))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spectra"))
-        .args(["kv", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = spectra_on("kv", &file);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -104,6 +104,22 @@ pub enum KvTask {
     },
 }
 
+impl KvTask {
+    /// The most positions the task fills in one sequence, and the setting that asks for them.
+    /// Passkey's question and answer come on top of its lengths; it checks those itself.
+    pub fn positions(&self) -> (usize, &'static str) {
+        let max = |values: &[usize]| values.iter().copied().max().unwrap_or(0);
+        match self {
+            KvTask::LanguageModelling { context, .. } => (*context, "LanguageModelling.context"),
+            KvTask::Passkey { lengths, .. } => (max(lengths), "Passkey.lengths"),
+            KvTask::Ruler { lengths, .. } => (max(lengths), "Ruler.lengths"),
+            KvTask::Decode {
+                contexts, tokens, ..
+            } => (max(contexts).saturating_add(*tokens), "Decode.contexts"),
+        }
+    }
+}
+
 impl Validate for KvEvalConfig {
     fn validate(&self) -> Result<(), Invalid> {
         if self.policies.is_empty() {

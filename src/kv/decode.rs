@@ -13,7 +13,7 @@ use spectra_core::{Budget, Error, Result};
 use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 
-use super::{budget_tokens, check_context, read_tokens, Bench, FULL};
+use super::{budget_tokens, read_tokens, Bench, FULL};
 
 #[derive(Debug, Serialize)]
 pub struct DecodeRow {
@@ -57,7 +57,6 @@ pub fn run(
                 ),
             ));
         }
-        check_context(&bench.model, context + tokens, "Decode.contexts")?;
         let prompt = &all[..context];
         let full = Session::new(
             bench.model.clone(),

@@ -11,7 +11,7 @@ use spectra_inference::{Logits, Session};
 use spectra_models::llama::score_targets;
 use spectra_models::llama::Llama;
 
-use super::{budget_tokens, check_context, read_tokens, Bench, FULL};
+use super::{budget_tokens, read_tokens, Bench, FULL};
 
 pub struct Setup<'a> {
     pub text: &'a Path,
@@ -97,7 +97,6 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
             ),
         ));
     }
-    check_context(&bench.model, setup.context, "LanguageModelling.context")?;
     let prompt_len = setup.context - setup.scored;
     let mut full = Tally::default();
     let mut arms: Vec<Tally> = bench.arms.iter().map(|_| Tally::default()).collect();

@@ -97,14 +97,7 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
     // Every task's lengths against the model's context before the first task runs, so that a late
     // task's impossible length does not cost the earlier tasks' work.
     for task in &config.tasks {
-        let (needed, what) = match task {
-            KvTask::LanguageModelling { context, .. } => (*context, "LanguageModelling.context"),
-            KvTask::Passkey { lengths, .. } => (max(lengths), "Passkey.lengths"),
-            KvTask::Ruler { lengths, .. } => (max(lengths), "Ruler.lengths"),
-            KvTask::Decode {
-                contexts, tokens, ..
-            } => (max(contexts).saturating_add(*tokens), "Decode.contexts"),
-        };
+        let (needed, what) = task.positions();
         check_context(&model, needed, what)?;
     }
     let bench = Bench {
@@ -225,6 +218,9 @@ fn inner_policy(policy: &dyn KvEvictionPolicy) -> Option<String> {
     Some(name[..name.find('"')?].to_string())
 }
 
+/// How to get a missing evaluation text.
+const GET_DATA: &str = "scripts/get-data.sh puts the evaluation texts in data/";
+
 /// The model and the texts the tasks read exist, or an error naming the first missing one and the
 /// script that fetches it (so that `spectra check` finds them missing before a run does).
 pub fn check_files(config: &KvEvalConfig) -> Result<()> {
@@ -239,10 +235,7 @@ pub fn check_files(config: &KvEvalConfig) -> Result<()> {
     for task in &config.tasks {
         if let KvTask::LanguageModelling { text, .. } | KvTask::Decode { text, .. } = task {
             if !text.is_file() {
-                return Err(Error::file(
-                    text,
-                    "not found; scripts/get-data.sh puts the evaluation texts in data/",
-                ));
+                return Err(Error::file(text, format!("not found; {GET_DATA}")));
             }
         }
     }
@@ -251,12 +244,8 @@ pub fn check_files(config: &KvEvalConfig) -> Result<()> {
 
 /// The tokens of a text file, with a message saying what to do when it is missing.
 pub fn read_tokens(tokenizer: &TextTokenizer, path: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::file(
-            path,
-            format!("cannot read ({e}); scripts/get-data.sh puts the evaluation texts in data/"),
-        )
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read ({e}); {GET_DATA}")))?;
     tokenizer.encode(&text)
 }
 
@@ -272,11 +261,6 @@ pub fn reread_prompt(tokenizer: &TextTokenizer, turn: &Turn) -> Result<RereadPro
             &turn.close
         })?,
     })
-}
-
-/// The largest of `values`, 0 for none.
-fn max(values: &[usize]) -> usize {
-    values.iter().copied().max().unwrap_or(0)
 }
 
 /// Checks that `needed` tokens fit the model's context.

@@ -100,13 +100,13 @@ impl BlockFormat {
     }
 
     /// The first unit of `data` (whole units of this format) whose scale or offset is NaN or
-    /// infinite (an f16 whose exponent bits are all set). Such a unit makes its products NaN, or,
-    /// where activations are rounded to bytes, silently wrong.
+    /// infinite. Such a unit makes its products NaN, or, where activations are rounded to bytes,
+    /// silently wrong.
     pub fn first_non_finite_unit(self, data: &[u8]) -> Option<usize> {
         data.chunks_exact(self.unit_bytes()).position(|unit| {
             self.half_fields()
                 .iter()
-                .any(|&at| u16::from_le_bytes([unit[at], unit[at + 1]]) & 0x7C00 == 0x7C00)
+                .any(|&at| !f16_at(unit, at).is_finite())
         })
     }
 

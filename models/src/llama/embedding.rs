@@ -2,6 +2,8 @@
 //! read stays in its blocks on the CPU, and each looked-up row is expanded alone: Qwen2.5-Coder's
 //! 151,936 × 896 Q5_0 table holds 94 MB so, against 545 MB expanded to f32 at load.
 
+use std::sync::Arc;
+
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use spectra_core::Result;
@@ -10,8 +12,8 @@ use spectra_kernels::quantized_matmul::QuantizedMatrix;
 pub enum Embedding {
     /// `[vocab, hidden]` as a tensor (f32, or the Hugging Face file's own type).
     Dense(Tensor),
-    /// `[vocab, hidden]` in GGUF blocks.
-    Blocks(QuantizedMatrix),
+    /// `[vocab, hidden]` in GGUF blocks (shared with a tied output head).
+    Blocks(Arc<QuantizedMatrix>),
 }
 
 impl Embedding {
@@ -20,7 +22,7 @@ impl Embedding {
     pub fn from_qtensor(t: &QTensor, device: &Device) -> Result<Self> {
         if device.is_cpu() {
             if let Some(m) = QuantizedMatrix::from_qtensor(t)? {
-                return Ok(Embedding::Blocks(m));
+                return Ok(Embedding::Blocks(Arc::new(m)));
             }
         }
         Ok(Embedding::Dense(t.dequantize(device)?))

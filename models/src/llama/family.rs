@@ -1,8 +1,17 @@
 //! The decoder families spectra runs, as llama.cpp's `src/models/` tells them apart: one block
 //! (RMSNorm, grouped-query attention with RoPE, SwiGLU) and what each family adds to it.
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::rope::RopePairing;
+use spectra_core::Result;
+
+/// What [`Family::layer_extras`] reads: the fields of [`super::weights::LayerWeights`] of the same
+/// names.
+pub(super) struct LayerExtras {
+    pub qkv_bias: Option<[Tensor; 3]>,
+    pub qk_norm: Option<[Tensor; 2]>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Family {
@@ -42,6 +51,28 @@ impl Family {
 
     pub fn qk_norm(self) -> bool {
         self == Family::Qwen3
+    }
+
+    /// A layer's tensors this family adds, where it has them: the q, k and v biases (`bias`, by the
+    /// file's names) and the query and key norms (`norm`), each read by `read`.
+    pub(super) fn layer_extras(
+        self,
+        bias: [&str; 3],
+        norm: [&str; 2],
+        mut read: impl FnMut(&str) -> Result<Tensor>,
+    ) -> Result<LayerExtras> {
+        Ok(LayerExtras {
+            qkv_bias: if self.qkv_bias() {
+                Some([read(bias[0])?, read(bias[1])?, read(bias[2])?])
+            } else {
+                None
+            },
+            qk_norm: if self.qk_norm() {
+                Some([read(norm[0])?, read(norm[1])?])
+            } else {
+                None
+            },
+        })
     }
 
     /// How a GGUF file's query and key rows pair RoPE's coordinates: llama.cpp's converter permutes

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -11,7 +12,7 @@ use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
 use super::embedding::Embedding;
-use super::family::Family;
+use super::family::{Family, LayerExtras};
 use super::weights::{LayerWeights, Linear, LlamaWeights, WeightFormat};
 use spectra_kernels::quantized_matmul::BlockFormat;
 
@@ -274,20 +275,11 @@ impl GgufFile {
                     .tensor(&format!("blk.{l}.{name}"), device)?
                     .dequantize(device)?)
             };
-            let qkv_bias = if config.family.qkv_bias() {
-                Some([
-                    vector("attn_q.bias")?,
-                    vector("attn_k.bias")?,
-                    vector("attn_v.bias")?,
-                ])
-            } else {
-                None
-            };
-            let qk_norm = if config.family.qk_norm() {
-                Some([vector("attn_q_norm.weight")?, vector("attn_k_norm.weight")?])
-            } else {
-                None
-            };
+            let LayerExtras { qkv_bias, qk_norm } = config.family.layer_extras(
+                ["attn_q.bias", "attn_k.bias", "attn_v.bias"],
+                ["attn_q_norm.weight", "attn_k_norm.weight"],
+                &mut vector,
+            )?;
             layers.push(LayerWeights {
                 attn_norm: vector("attn_norm.weight")?,
                 q,
@@ -302,10 +294,11 @@ impl GgufFile {
                 down,
             });
         }
-        let head = if config.tied_embeddings {
-            format.matmul(embed_q, device)?
-        } else {
-            format.matmul(self.tensor("output.weight", device)?, device)?
+        let head = match (&embed, config.tied_embeddings, format) {
+            // A tied head multiplies the very blocks the embedding looks its rows up in.
+            (Embedding::Blocks(m), true, WeightFormat::Quantized) => Linear::Blocks(Arc::clone(m)),
+            (_, true, _) => format.matmul(embed_q, device)?,
+            (_, false, _) => format.matmul(self.tensor("output.weight", device)?, device)?,
         };
         let norm = self
             .tensor("output_norm.weight", device)?
@@ -335,8 +328,8 @@ fn non_finite(t: &QTensor) -> Result<Option<String>> {
         GgmlDType::F32 => element(4, &|b| {
             !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()
         }),
-        GgmlDType::F16 => element(2, &|b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 == 0x7C00),
-        GgmlDType::BF16 => element(2, &|b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 == 0x7F80),
+        GgmlDType::F16 => element(2, &|b| !half::f16::from_le_bytes([b[0], b[1]]).is_finite()),
+        GgmlDType::BF16 => element(2, &|b| !half::bf16::from_le_bytes([b[0], b[1]]).is_finite()),
         dtype => BlockFormat::of(dtype).and_then(|f| {
             f.first_non_finite_unit(&data)
                 .map(|u| format!("the scales of block {u} of {f:?}"))

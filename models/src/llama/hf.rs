@@ -9,6 +9,7 @@ use spectra_core::{Error, Result};
 
 use super::config::LlamaConfig;
 use super::embedding::Embedding;
+use super::family::LayerExtras;
 use super::weights::{LayerWeights, Linear, LlamaWeights};
 
 pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> {
@@ -64,24 +65,15 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
             matrix("mlp.up_proj")?,
             matrix("mlp.down_proj")?,
         );
-        let mut vector = |name: &str| take(&format!("model.layers.{l}.{name}"));
-        let qkv_bias = if config.family.qkv_bias() {
-            Some([
-                vector("self_attn.q_proj.bias")?,
-                vector("self_attn.k_proj.bias")?,
-                vector("self_attn.v_proj.bias")?,
-            ])
-        } else {
-            None
-        };
-        let qk_norm = if config.family.qk_norm() {
-            Some([
-                vector("self_attn.q_norm.weight")?,
-                vector("self_attn.k_norm.weight")?,
-            ])
-        } else {
-            None
-        };
+        let LayerExtras { qkv_bias, qk_norm } = config.family.layer_extras(
+            [
+                "self_attn.q_proj.bias",
+                "self_attn.k_proj.bias",
+                "self_attn.v_proj.bias",
+            ],
+            ["self_attn.q_norm.weight", "self_attn.k_norm.weight"],
+            &mut tensor,
+        )?;
         layers.push(LayerWeights {
             attn_norm: take(&format!("model.layers.{l}.input_layernorm.weight"))?,
             q,

@@ -1,6 +1,7 @@
 //! A Llama decoder's weights, however they were loaded.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -30,7 +31,7 @@ impl WeightFormat {
         Ok(match self {
             WeightFormat::Quantized if device.is_cpu() => {
                 match QuantizedMatrix::from_qtensor(&t)? {
-                    Some(blocks) => Linear::Blocks(blocks),
+                    Some(blocks) => Linear::Blocks(Arc::new(blocks)),
                     None => Linear::Candle(QMatMul::from_qtensor(t)?),
                 }
             }
@@ -42,8 +43,8 @@ impl WeightFormat {
 
 /// A weight matrix `W: [out, in]` as the decoder applies it, `x ↦ x·Wᵀ`.
 pub(crate) enum Linear {
-    /// GGUF blocks, multiplied by spectra's kernels.
-    Blocks(QuantizedMatrix),
+    /// GGUF blocks, multiplied by spectra's kernels (shared with the embedding where they are tied).
+    Blocks(Arc<QuantizedMatrix>),
     /// candle's matmul: f32 or f16 tensors, or quantized formats spectra's kernels do not cover.
     Candle(QMatMul),
 }
@@ -91,7 +92,7 @@ impl Linear {
         let blocks: Option<Vec<&QuantizedMatrix>> = linears
             .iter()
             .map(|l| match l {
-                Linear::Blocks(m) => Some(m),
+                Linear::Blocks(m) => Some(&**m),
                 Linear::Candle(_) => None,
             })
             .collect();
@@ -101,7 +102,7 @@ impl Linear {
         linears
             .iter()
             .map(|l| match l {
-                Linear::Blocks(m) => Ok(blocks_by_kind(&[m], x, kinds)?.remove(0)),
+                Linear::Blocks(m) => Ok(blocks_by_kind(&[&**m], x, kinds)?.remove(0)),
                 Linear::Candle(m) => Ok(m.forward(x)?),
             })
             .collect()
@@ -308,11 +309,11 @@ mod tests {
     #[test]
     fn every_sequence_of_a_batch_gets_the_products_it_gets_alone() {
         let w = Tensor::randn(0f32, 0.1, (64, 96), &Device::Cpu).unwrap();
-        let linear = Linear::Blocks(
+        let linear = Linear::Blocks(Arc::new(
             QuantizedMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
                 .unwrap()
                 .unwrap(),
-        );
+        ));
         let counts = [1usize, 20, 3];
         let x = Tensor::randn(0f32, 1.0, (24, 96), &Device::Cpu).unwrap();
         let batch = linear.forward(&x, &RowKinds::of(counts)).unwrap();

@@ -33,7 +33,7 @@ pub use tasks::RulerTask;
 use tasks::{string_match_all, Sample};
 use text::RulerText;
 
-use super::{budget_tokens, check_context, reread_prompt, Bench, FULL};
+use super::{budget_tokens, reread_prompt, Bench, FULL};
 
 /// The least `Full` must score on a task for the policies to be judged on it.
 pub const PASS: f64 = 50.0;
@@ -217,7 +217,6 @@ fn run_length(
     text: &RulerText,
     length: usize,
 ) -> Result<RulerResult> {
-    check_context(&bench.model, length, "Ruler.lengths")?;
     let arms = &bench.arms;
     let tasks = setup.tasks;
     let turn = setup.format.turn(&bench.tokenizer)?;
