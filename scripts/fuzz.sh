@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes every reader of untrusted input (RON configs, GGUF models, checkpoints, KV query stats) with
 # CASES mutated inputs each (default 250000: a million in all), and `spectra serve` with REQUESTS
-# mutated requests (default 20000) over localhost, and prints each reader's count, time and outcome.
+# mutated requests (default 20000) over localhost, and the generation API with as many hostile
+# requests, and prints each reader's count, time and outcome.
 # A panic or a 5xx fails the run; an abort ends it with the signal.
 set -euo pipefail
 cd "$(dirname "$0")/.."

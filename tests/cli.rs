@@ -277,12 +277,23 @@ fn sigterm_stops_training_with_a_checkpoint_that_resumes_and_a_second_writer_is_
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // A stop has its own status, is not reported as a result, and promises no report.
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(spectra::train::STOPPED_EXIT_STATUS)),
+        "{stdout}\n{stderr}"
+    );
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(
         stdout.contains("continue with:") && stdout.contains("--resume"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("not finished; the last evaluation, at step ")
+            && stdout.contains("report.md comes when the run finishes"),
+        "{stdout}"
+    );
+    assert!(!dir.path().join("run/report.md").exists());
     assert!(dir.path().join("run/checkpoint.safetensors").exists());
     // The resumed run continues from the checkpoint's step: one more step, then it stops again.
     let done = |dir: &std::path::Path| -> u64 {
@@ -304,8 +315,9 @@ fn sigterm_stops_training_with_a_checkpoint_that_resumes_and_a_second_writer_is_
         &stop_at,
         "--quiet",
     ]);
-    assert!(
-        resumed.status.success(),
+    assert_eq!(
+        resumed.status.code(),
+        Some(i32::from(spectra::train::STOPPED_EXIT_STATUS)),
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
@@ -513,7 +525,11 @@ fn a_closed_stdout_stops_training_with_a_checkpoint() {
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{status:?}: {stderr}");
+    assert_eq!(
+        status.code(),
+        Some(i32::from(spectra::train::STOPPED_EXIT_STATUS)),
+        "{stderr}"
+    );
     assert!(stderr.contains("standard output was closed"), "{stderr}");
     assert!(stderr.contains("continue with:"), "{stderr}");
     assert!(output.join("checkpoint.safetensors").exists());

@@ -247,3 +247,25 @@ fn an_empty_output_and_checkpoints_every_0_steps_are_refused_at_their_place() {
     assert!(err.to_string().contains("output is empty"), "{err}");
     assert_eq!(located(&err).0, 6, "{err}");
 }
+
+/// A constraint that needs the optimizer's bound on each update (SpectralSoftCap) in a group whose
+/// optimizer gives none (AdamW) is refused when read, at the constraint in that group (not the first
+/// mention of its name), naming the optimizers that pair; it used to pass `check` and fail at step 0.
+#[test]
+fn a_constraint_that_needs_an_update_bound_after_an_optimizer_without_one_is_refused() {
+    let groups = r#"        (name: "hidden", params: [Role(Hidden)], optimizer: (type: "Muon", cfg: (lr: 0.1)),
+         constraints: [(type: "SpectralSoftCap", cfg: (w_max: 1.0))]),
+        (name: "head", params: [Role(Head)], optimizer: (type: "AdamW", cfg: (lr: 0.01)),
+         constraints: [(type: "SpectralSoftCap", cfg: (w_max: 1.0))]),"#;
+    let err = parse_train(&train_config(groups)).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(located(&err), (8, 32), "{msg}");
+    assert!(
+        msg.contains("group `head`: SpectralSoftCap needs an optimizer that bounds")
+            && msg.contains("AdamW does not")
+            && msg.contains("use an optimizer that does (Muon)")
+            && msg.contains("SpectralNormalize"),
+        "{msg}"
+    );
+    assert!(parse_train(&train_config(&groups.replace("AdamW", "Muon"))).is_ok());
+}

@@ -3,24 +3,33 @@
 //! requests. Each gets valid inputs mutated at random (bits flipped, bytes and machine words
 //! overwritten with boundary values, ranges cut, repeated or spliced between inputs, text tokens
 //! swapped) and must answer every one with a value or an error: a panic fails the test, an abort
-//! fails the process, and the server must answer each request below 500 and keep answering.
+//! fails the process, and the server must answer each request below 500 and keep answering. The
+//! generation API gets hostile requests (arbitrary prompt bytes and token ids, settings out of
+//! range, stop strings) and must refuse each or stream exactly its tokens' text.
 //!
 //! `cargo test` runs a bounded count; `SPECTRA_FUZZ_CASES=N` sets the count per file reader and
-//! `SPECTRA_FUZZ_REQUESTS=N` the server's (scripts/fuzz.sh runs a million files and 20,000 requests).
+//! `SPECTRA_FUZZ_REQUESTS=N` the generation API's and the server's (scripts/fuzz.sh runs a million
+//! files and 20,000 requests to each).
 
 mod llama_support;
 mod serve_support;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use llama_support::Tiny;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use spectra::core::{Budget, KvEvictionPolicy};
+use spectra::inference::{
+    CausalDecoder, Engine, EngineConfig, Event, FinishReason, GenerationParams, Request,
+    RereadPrompt, SamplingParams, SchedulerConfig, StepPriority,
+};
 use spectra::kv::KvEvalConfig;
-use spectra::models::llama::{Llama, WeightFormat};
+use spectra::models::llama::{Llama, TextTokenizer, WeightFormat};
 use spectra::train::checkpoint::{self, Checkpoint};
 use spectra::train::sweep::SweepConfig;
 use spectra::train::TrainConfig;
@@ -32,7 +41,15 @@ use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMet
 const DEFAULT_CASES: usize = 300;
 
 fn cases() -> usize {
-    std::env::var("SPECTRA_FUZZ_CASES")
+    count_from("SPECTRA_FUZZ_CASES")
+}
+
+fn requests() -> usize {
+    count_from("SPECTRA_FUZZ_REQUESTS")
+}
+
+fn count_from(variable: &str) -> usize {
+    std::env::var(variable)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_CASES)
@@ -239,6 +256,10 @@ fn checkpoints_never_panic() {
         .collect(),
         rng: spectra_core::rng::derived_rng(3, 1),
         fingerprint: "model".into(),
+        plan: Some(checkpoint::RunPlan {
+            steps: 100,
+            eval_windows: Some(8),
+        }),
     };
     checkpoint::save(&path, &ck).unwrap();
     let seed = std::fs::read(&path).unwrap();
@@ -442,10 +463,7 @@ fn the_server_answers_every_mutated_request() {
     .unwrap();
     let server =
         serve_support::Server::start(&tiny.gguf_path(), &["--config", config.to_str().unwrap()]);
-    let n = std::env::var("SPECTRA_FUZZ_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
+    let n = requests();
     let seeds = request_seeds();
     let bodies: Vec<Vec<u8>> = seeds.iter().map(|(_, b)| b.clone()).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(30);
@@ -479,4 +497,328 @@ fn the_server_answers_every_mutated_request() {
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(by_status.contains_key(&200) && by_status.contains_key(&400));
+}
+
+/// Settings a hostile or careless caller of the generation API passes.
+struct Hostile {
+    rng: ChaCha8Rng,
+    policies: Vec<Option<Arc<dyn KvEvictionPolicy>>>,
+    texts: Vec<Vec<u8>>,
+}
+
+impl Hostile {
+    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
+        items[self.rng.random_range(0..items.len())].clone()
+    }
+
+    /// Mostly a usable value, one time in eight one that should be refused.
+    fn odd<T: Clone>(&mut self, usable: &[T], hostile: &[T]) -> T {
+        if self.rng.random_ratio(1, 8) {
+            self.pick(hostile)
+        } else {
+            self.pick(usable)
+        }
+    }
+
+    /// A prompt of arbitrary bytes (through the tokenizer, as the server reads a string) or of
+    /// arbitrary token ids, the vocabulary's edge and the empty prompt among them.
+    fn prompt(&mut self, tokenizer: &TextTokenizer, vocab: u32) -> Vec<u32> {
+        match self.rng.random_range(0..8) {
+            0..=3 => {
+                let seed = self.pick(&self.texts.clone());
+                let bytes = mutate(&seed, &self.texts, &mut self.rng, true);
+                let text = String::from_utf8_lossy(&bytes);
+                let tokens = tokenizer.encode(&text).unwrap();
+                // Byte-level tokens: every string comes back whole.
+                assert_eq!(tokenizer.decode(&tokens).unwrap(), text);
+                tokens
+            }
+            4..=6 => {
+                let len = self.odd(&[1, 2, 5, 17, 64, 300], &[0]);
+                (0..len).map(|_| self.rng.random_range(0..vocab)).collect()
+            }
+            _ => {
+                let mut tokens: Vec<u32> =
+                    (0..4).map(|_| self.rng.random_range(0..vocab)).collect();
+                let at = self.rng.random_range(0..tokens.len());
+                tokens[at] = self.pick(&[vocab, vocab + 1, u32::MAX]);
+                tokens
+            }
+        }
+    }
+
+    fn sampling(&mut self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.odd(
+                &[0.0, 0.0, 0.7, 1.0, 100.0, 1e-30],
+                &[-1.0, f32::NAN, f32::INFINITY],
+            ),
+            top_k: self.pick(&[0, 0, 1, 3, usize::MAX]),
+            top_p: self.odd(&[1.0, 1.0, 0.5, 1e-9], &[0.0, 1.5, f32::NAN]),
+            min_p: self.odd(&[0.0, 0.0, 0.1, 0.999], &[1.0, -0.5, f32::NAN]),
+            seed: self.pick(&[None, Some(0), Some(u64::MAX)]),
+        }
+    }
+
+    /// Stop strings: pieces of a text the model may say (most), arbitrary bytes, the empty string.
+    fn stops(&mut self, said: &str) -> Vec<String> {
+        let n = self.rng.random_range(0..4);
+        (0..n)
+            .map(|_| match self.rng.random_range(0..5) {
+                0 => String::new(),
+                1 => {
+                    let n = self.rng.random_range(1..6);
+                    let bytes: Vec<u8> = (0..n).map(|_| self.rng.random()).collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                _ => {
+                    let chars: Vec<char> = said.chars().collect();
+                    if chars.is_empty() {
+                        return "\u{FFFD}".to_string();
+                    }
+                    let from = self.rng.random_range(0..chars.len());
+                    let len = self.rng.random_range(1..=3).min(chars.len() - from);
+                    chars[from..from + len].iter().collect()
+                }
+            })
+            .collect()
+    }
+
+    fn request(&mut self, tokenizer: &TextTokenizer, vocab: u32, said: &str) -> Request {
+        let max_tokens = self.odd(&[0, 1, 2, 3, 8, 20, 40], &[1000, usize::MAX]);
+        let stop_tokens = (0..self.rng.random_range(0..3))
+            .map(|_| {
+                let inside = self.rng.random_range(0..vocab);
+                self.pick(&[inside, vocab, u32::MAX])
+            })
+            .collect();
+        Request {
+            prompt: self.prompt(tokenizer, vocab),
+            params: GenerationParams {
+                max_tokens,
+                sampling: self.sampling(),
+                stop: self.stops(said),
+                stop_tokens,
+                ignore_stop_tokens: self.rng.random_ratio(1, 4),
+            },
+            policy: self.pick(&self.policies.clone()),
+            budget: self.odd(
+                &[
+                    Budget::Tokens(1),
+                    Budget::Tokens(4),
+                    Budget::Tokens(usize::MAX),
+                    Budget::Ratio(0.5),
+                    Budget::PerLayer(vec![3; 5]),
+                ],
+                &[
+                    Budget::Tokens(0),
+                    Budget::Ratio(0.0),
+                    Budget::Ratio(f64::NAN),
+                    Budget::Ratio(1.5),
+                    Budget::PerLayer(vec![]),
+                    Budget::PerLayer(vec![2, 0]),
+                ],
+            ),
+            seed: self.rng.random(),
+        }
+    }
+}
+
+/// What a sequence streamed: its tokens, its text, and how it ended.
+#[derive(Default)]
+struct Streamed {
+    tokens: Vec<u32>,
+    text: String,
+    end: Option<FinishReason>,
+}
+
+/// A sequence's stream is its tokens' text, cut just before the first stop string, ended by the
+/// token that completed it (or by a stop token, or at `max_tokens`); a cancelled one streamed a
+/// prefix of that.
+fn check_stream(request: &Request, got: &Streamed, tokenizer: &TextTokenizer) {
+    let params = &request.params;
+    let n = got.tokens.len();
+    assert!(
+        n <= params.max_tokens,
+        "{n} tokens past max_tokens {}",
+        params.max_tokens
+    );
+    let is_stop = |t: &u32| !params.ignore_stop_tokens && params.stop_tokens.contains(t);
+    let by_token = got.tokens.last().is_some_and(is_stop);
+    let text_tokens = &got.tokens[..n - usize::from(by_token)];
+    assert!(
+        !text_tokens.iter().any(is_stop),
+        "went on past a stop token"
+    );
+    let first_stop = |text: &str| {
+        params
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| text.find(s.as_str()))
+            .min()
+    };
+    let full = tokenizer.decode(text_tokens).unwrap();
+    let expected = &full[..first_stop(&full).unwrap_or(full.len())];
+    let context = || format!("tokens {:?}, stops {:?}", got.tokens, params.stop);
+    let reason = got.end.expect("every sequence ends");
+    if reason == FinishReason::Cancelled {
+        assert!(expected.starts_with(&got.text), "{}", context());
+        return;
+    }
+    assert_eq!(got.text, expected, "{}", context());
+    if by_token || first_stop(&full).is_some() {
+        assert_eq!(reason, FinishReason::Stop, "{}", context());
+    } else {
+        assert_eq!(
+            (reason, n),
+            (FinishReason::Length, params.max_tokens),
+            "{}",
+            context()
+        );
+    }
+    if !by_token && n > 0 {
+        // Without an unfinished character the text before the last token was all seen: a stop
+        // string in it should have ended the sequence a token earlier.
+        let before = tokenizer.decode(&text_tokens[..n - 1]).unwrap();
+        if !before.contains('\u{FFFD}') {
+            assert_eq!(first_stop(&before), None, "stopped late: {}", context());
+        }
+    }
+}
+
+/// The generation API under hostile requests: prompts of arbitrary bytes and token ids, any
+/// `max_tokens`, sampling settings, budgets, policies and stop strings, some cancelled midway.
+/// Each request is refused with an error or runs to its end with exactly its tokens' text (as
+/// [`check_stream`] says); nothing panics or fails after admission. A second pass asks each
+/// request again with stop strings cut from what the first pass said, so that most stops are met.
+#[test]
+fn generation_requests_are_refused_or_stream_exactly_their_text() {
+    let tiny = Tiny::byte_level();
+    let (model, tokenizer) =
+        Llama::from_gguf(&tiny.gguf_path(), &Device::Cpu, WeightFormat::Quantized).unwrap();
+    let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
+    let vocab = model.vocab() as u32;
+    let policy = |text: &str| Some(config::parse_ron(text, Path::new("fuzz.ron")).unwrap());
+    let mut hostile = Hostile {
+        rng: ChaCha8Rng::seed_from_u64(33),
+        policies: vec![
+            None,
+            policy(r#"(type: "StreamingLlm", cfg: (sinks: 2))"#),
+            policy(r#"(type: "SnapKv", cfg: (window: 4, kernel: 1, pooling: Avg, gqa: Mean))"#),
+            policy(r#"(type: "H2o", cfg: (recent_window: 2))"#),
+            policy(r#"(type: "TriAttention", cfg: (stats: ObservationWindow(8), slack: 4))"#),
+            policy(r#"(type: "KvZip", cfg: ())"#),
+        ],
+        texts: [
+            "The capital of France is",
+            "日本の首都は東京です。中国の首都は",
+            "emoji 😀👍🏽 and é, tab\tnewline\n",
+        ]
+        .iter()
+        .map(|t| t.as_bytes().to_vec())
+        .chain([b"\xe6\x97 cut \xff\xfe\x00".to_vec()])
+        .collect(),
+    };
+    let (mut refused, mut streamed, mut stopped, mut cancelled) = (0, 0, 0, 0);
+    let started = Instant::now();
+    let rounds = requests() / 10;
+    for round in 0..rounds {
+        let mut engine = Engine::new(
+            model.clone(),
+            EngineConfig {
+                scheduler: SchedulerConfig {
+                    kv_memory: hostile.pick(&[usize::MAX, 1 << 20, 40_000]),
+                    max_sequences: 4,
+                    step_tokens: 48,
+                    chunk: hostile.pick(&[1, 7, 16]),
+                    priority: hostile
+                        .pick(&[StepPriority::DecodeFirst, StepPriority::PrefillFirst]),
+                },
+                reread: Some(RereadPrompt::default()),
+            },
+            Some(tokenizer.clone()),
+        )
+        .unwrap();
+        // The second half of each round repeats the first half's requests with stops from their text.
+        let mut said: Vec<(Request, String)> = Vec::new();
+        for half in 0..2 {
+            let requests: Vec<Request> = (0..5)
+                .map(|i| match (half, said.get(i)) {
+                    (1, Some((request, text))) => Request {
+                        params: GenerationParams {
+                            stop: hostile.stops(text),
+                            ..request.params.clone()
+                        },
+                        ..request.clone()
+                    },
+                    _ => hostile.request(&tokenizer, vocab, ""),
+                })
+                .collect();
+            let mut ids = Vec::new();
+            for request in requests {
+                match engine.submit(request.clone()) {
+                    Ok(id) => ids.push((id, request)),
+                    Err(e) => {
+                        assert!(!e.to_string().is_empty());
+                        refused += 1;
+                    }
+                }
+            }
+            let mut got: std::collections::HashMap<_, Streamed> = ids
+                .iter()
+                .map(|(id, _)| (*id, Streamed::default()))
+                .collect();
+            let cancel_at = hostile.rng.random_range(0..60);
+            for step in 0.. {
+                assert!(step < 100_000, "round {round}: the engine did not finish");
+                if !engine.has_work() {
+                    break;
+                }
+                if step == cancel_at && !ids.is_empty() {
+                    let (id, _) = &ids[hostile.rng.random_range(0..ids.len())];
+                    engine.cancel(*id);
+                }
+                for event in engine.step().unwrap() {
+                    match event {
+                        Event::Token {
+                            id, token, text, ..
+                        } => {
+                            let g = got.get_mut(&id).unwrap();
+                            g.tokens.push(token);
+                            g.text.push_str(&text);
+                        }
+                        Event::Finished {
+                            id, reason, text, ..
+                        } => {
+                            let g = got.get_mut(&id).unwrap();
+                            assert!(g.end.is_none(), "sequence {id} ended twice");
+                            g.end = Some(reason);
+                            g.text.push_str(&text);
+                        }
+                        Event::Failed { id, error } => {
+                            panic!("round {round}: sequence {id} failed after admission: {error}")
+                        }
+                    }
+                }
+            }
+            assert_eq!(engine.reserved_kv_bytes(), 0);
+            said.clear();
+            for (id, request) in ids {
+                let g = &got[&id];
+                check_stream(&request, g, &tokenizer);
+                streamed += 1;
+                stopped += usize::from(g.end == Some(FinishReason::Stop));
+                cancelled += usize::from(g.end == Some(FinishReason::Cancelled));
+                said.push((request, g.text.clone()));
+            }
+        }
+    }
+    eprintln!(
+        "fuzz generation: {} requests in {:.1} s, {refused} refused, {streamed} streamed \
+         ({stopped} stopped, {cancelled} cancelled)",
+        rounds * 10,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(refused > 0 && stopped > 0 && streamed > refused / 4);
 }

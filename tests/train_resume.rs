@@ -174,9 +174,47 @@ fn resuming_past_the_steps_asked_for_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("the checkpoint is at step 2, past the 1 steps"),
+        err.contains("spans 4 steps") && err.contains("asks for 1"),
         "{err}"
     );
+}
+
+/// Resuming with other steps would change the learning-rate schedule mid-run, and with other
+/// evaluation windows make evaluations before and after incomparable: both are refused, naming what
+/// the checkpoint's run had. Both used to be spliced in silently.
+#[test]
+fn a_changed_plan_is_refused_on_resume_naming_the_one_to_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, _) = stopped_after_two_steps(dir.path());
+    let resume = TrainOptions {
+        resume: true,
+        steps: Some(8),
+        ..quiet()
+    };
+    let err = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`steps`") && err.contains("spans 4 steps") && err.contains("--steps 4"),
+        "{err}"
+    );
+    let err = resume_error(&text.replace("windows: 8", "windows: 5"));
+    assert!(
+        err.contains("`eval.windows`")
+            && err.contains("8 validation windows, and this config on 5")
+            && err.contains("set eval.windows to 8"),
+        "{err}"
+    );
+    let err = resume_error(&text.replace(", windows: 8", ""));
+    assert!(err.contains("on the whole validation split"), "{err}");
+    // The plan kept, the run resumes.
+    let resume = TrainOptions {
+        resume: true,
+        steps: Some(4),
+        ..quiet()
+    };
+    let s = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume).unwrap();
+    assert_eq!((s.outcome, s.steps_done), (Outcome::Finished, 4));
 }
 
 /// A save interrupted between its two renames leaves only the checkpoint before it: `--resume`

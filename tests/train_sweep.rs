@@ -42,7 +42,13 @@ fn a_two_method_grid_runs_in_parallel_and_is_summarised() {
     );
     let cfg: SweepConfig =
         config::parse(&text, Path::new("sweep.ron")).unwrap_or_else(|e| panic!("{e}"));
-    let rows = sweep::run(&cfg, Path::new(env!("CARGO_BIN_EXE_spectra")), true).unwrap();
+    let rows = sweep::run(
+        &cfg,
+        (Path::new("sweep.ron"), &text),
+        Path::new(env!("CARGO_BIN_EXE_spectra")),
+        true,
+    )
+    .unwrap();
     assert_eq!(rows.len(), 5);
     for r in &rows {
         assert_eq!(
@@ -71,7 +77,13 @@ fn a_two_method_grid_runs_in_parallel_and_is_summarised() {
     let svg = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
     assert!(svg.contains(">Muon + soft cap<") && svg.contains(">AdamW + wd<"));
     // Everything finished: a second invocation starts nothing and writes the same table.
-    let again = sweep::run(&cfg, Path::new(env!("CARGO_BIN_EXE_spectra")), true).unwrap();
+    let again = sweep::run(
+        &cfg,
+        (Path::new("sweep.ron"), &text),
+        Path::new(env!("CARGO_BIN_EXE_spectra")),
+        true,
+    )
+    .unwrap();
     assert_eq!(again.len(), 5);
     assert_eq!(
         std::fs::read_to_string(out.join("summary.md")).unwrap(),
@@ -96,10 +108,50 @@ fn a_grid_field_missing_from_the_config_is_an_error_before_anything_runs() {
         cfg_path.display()
     );
     let cfg: SweepConfig = config::parse(&text, Path::new("sweep.ron")).unwrap();
-    let err = sweep::plan(&cfg).unwrap_err().to_string();
+    let err = sweep::plan(&cfg, (Path::new("sweep.ron"), &text))
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("grid field `w_max` is not a field with a number"),
+        err.starts_with("sweep.ron:1:")
+            && err.contains("grid field `w_max` is not a field with a number"),
         "{err}"
     );
     assert!(!dir.path().join("s").exists());
+}
+
+/// A grid value that a run's config refuses is an error at the grid field in the sweep file, naming
+/// the run; it used to point at the run's config, a generated file that does not exist.
+#[test]
+fn a_grid_value_a_run_refuses_is_an_error_at_the_grid_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_idx_set(dir.path(), 16);
+    let cfg_path = dir.path().join("m.ron");
+    let groups = r#"(name: "all", params: [All], optimizer: (type: "Muon", cfg: (lr: 0.3)),
+                     constraints: [(type: "SpectralSoftCap", cfg: (w_max: 2.0))])"#;
+    std::fs::write(
+        &cfg_path,
+        mlp_config(&data, &dir.path().join("unused"), groups, 5, 8),
+    )
+    .unwrap();
+    let text = format!(
+        "(output: \"{}\", methods: [\n  (name: \"a\", config: \"{}\", grid: {{\"w_max\": [1.0]}}),\n  \
+         (name: \"b\", config: \"{}\", grid: {{\"lr\": [0.1], \"w_max\": [2.0, -1.0]}}),\n])",
+        dir.path().join("s").display(),
+        cfg_path.display(),
+        cfg_path.display()
+    );
+    let cfg: SweepConfig = config::parse(&text, Path::new("sweep.ron")).unwrap();
+    let err = sweep::plan(&cfg, (Path::new("sweep.ron"), &text))
+        .unwrap_err()
+        .to_string();
+    // Method b's `"w_max"` on line 3, not method a's on line 2.
+    let col = text.lines().nth(2).unwrap().find("\"w_max\"").unwrap() + 1;
+    assert!(
+        err.starts_with(&format!(
+            "sweep.ron:3:{col}: method `b`: the run `lr=0.1,w_max=-1`"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("w_max must be a positive number"), "{err}");
+    assert!(!err.contains("config.ron"), "{err}");
 }

@@ -21,6 +21,8 @@ pub trait Validate {
 pub struct Invalid {
     /// Text to look for in the file to find the line: a plugin name or a field name.
     pub near: Option<String>,
+    /// Looked for first, then `near` after it: a group's name, for a plugin several groups name.
+    pub within: Option<String>,
     pub message: String,
     pub help: Option<String>,
 }
@@ -29,6 +31,7 @@ impl Invalid {
     pub fn new(message: impl Into<String>) -> Self {
         Invalid {
             near: None,
+            within: None,
             message: message.into(),
             help: None,
         }
@@ -37,6 +40,21 @@ impl Invalid {
     pub fn near(mut self, text: impl Into<String>) -> Self {
         self.near = Some(text.into());
         self
+    }
+
+    /// `near` is looked for after the first `"anchor"` (quoted, as names are written).
+    pub fn within(mut self, anchor: impl Into<String>) -> Self {
+        self.within = Some(anchor.into());
+        self
+    }
+
+    /// Where the problem is in config `text`.
+    fn location(&self, text: &str) -> Option<Location> {
+        let needle = self.near.as_deref()?;
+        self.within
+            .as_deref()
+            .and_then(|anchor| locate_after(text, &format!("\"{anchor}\""), needle))
+            .or_else(|| locate(text, needle))
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Self {
@@ -48,7 +66,7 @@ impl Invalid {
     pub fn in_file(self, text: &str, file: &Path) -> ConfigError {
         ConfigError {
             file: file.to_path_buf(),
-            location: self.near.as_deref().and_then(|needle| locate(text, needle)),
+            location: self.location(text),
             message: self.message,
             help: self.help,
         }
@@ -73,15 +91,9 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
 /// Parses and validates config text; `file` is used in messages.
 pub fn parse<T: DeserializeOwned + Validate>(text: &str, file: &Path) -> Result<T, ConfigError> {
     let value: T = parse_ron(text, file)?;
-    value.validate().map_err(|invalid| ConfigError {
-        file: file.to_path_buf(),
-        location: invalid
-            .near
-            .as_deref()
-            .and_then(|needle| locate(text, needle)),
-        message: invalid.message,
-        help: invalid.help,
-    })?;
+    value
+        .validate()
+        .map_err(|invalid| invalid.in_file(text, file))?;
     Ok(value)
 }
 
@@ -304,10 +316,22 @@ fn text_before(text: &str, at: Location) -> &str {
 fn locate(text: &str, needle: &str) -> Option<Location> {
     let quoted = format!("\"{needle}\"");
     let offset = text.find(&quoted).or_else(|| text.find(needle))?;
+    Some(location_of(text, offset))
+}
+
+/// The 1-based line:col of the first `needle` after the first `anchor`: a sweep's grid field within
+/// its method, where several methods have fields of that name.
+pub fn locate_after(text: &str, anchor: &str, needle: &str) -> Option<Location> {
+    let start = text.find(anchor)?;
+    let offset = start + text[start..].find(needle)?;
+    Some(location_of(text, offset))
+}
+
+fn location_of(text: &str, offset: usize) -> Location {
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
-    Some(Location { line, col })
+    Location { line, col }
 }
 
 #[cfg(test)]
@@ -320,6 +344,12 @@ mod tests {
         assert_eq!(locate(text, "Muon"), Some(Location { line: 3, col: 9 }));
         assert_eq!(locate(text, "a:"), Some(Location { line: 2, col: 3 }));
         assert_eq!(locate(text, "zzz"), None);
+        let two = "(name: \"a\", lr: 1),\n(name: \"b\", lr: 2)";
+        assert_eq!(
+            locate_after(two, "\"b\"", "lr"),
+            Some(Location { line: 2, col: 13 })
+        );
+        assert_eq!(locate_after(two, "\"c\"", "lr"), None);
     }
 
     #[test]

@@ -56,5 +56,13 @@ pub trait WeightConstraint: std::fmt::Debug + Send + Sync {
         role != ParamRole::Vector
     }
 
+    /// Whether the constraint needs the optimizer's bound on each update
+    /// ([`ConstraintContext::update_norm_bound`]); only optimizers that say they give one
+    /// ([`Optimizer::bounds_updates`](crate::Optimizer::bounds_updates)) are paired with it, and the
+    /// conformance suite applies a constraint that says no without a bound.
+    fn needs_update_bound(&self) -> bool {
+        false
+    }
+
     fn apply(&self, weight: &Var, ctx: &mut ConstraintContext<'_>) -> Result<ConstraintReport>;
 }

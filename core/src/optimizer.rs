@@ -37,6 +37,15 @@ pub trait Optimizer: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// Whether [`update_norm_bound`](Self::update_norm_bound) gives a bound for every matrix
+    /// parameter, so that a constraint that needs one
+    /// ([`WeightConstraint::needs_update_bound`](crate::WeightConstraint::needs_update_bound)) can be
+    /// paired with this optimizer: a config pairing it with one that says no is refused when read.
+    /// The conformance suite holds the two methods to agree.
+    fn bounds_updates(&self) -> bool {
+        false
+    }
+
     /// The optimizer's state as named tensors (names start with the parameter's name), for checkpoints.
     fn state(&self) -> Vec<(String, Tensor)>;
 

@@ -494,16 +494,19 @@ impl<D> Active<D> {
         let end = if stopped && !stop_token {
             Some((FinishReason::Stop, String::new()))
         } else if stopped || self.stats.generated_tokens >= params.max_tokens {
-            let reason = if stopped {
+            let mut reason = if stopped {
                 FinishReason::Stop
             } else {
                 FinishReason::Length
             };
             let mut rest = String::new();
             if let Some(d) = detokenizer {
+                // Text held for an unfinished character comes out now and may complete a stop string.
                 let (released, hit) = self.stops.push(&self.text.finish(d)?);
                 rest = released;
-                if !hit {
+                if hit {
+                    reason = FinishReason::Stop;
+                } else {
                     rest.push_str(&self.stops.finish());
                 }
             }

@@ -20,7 +20,7 @@ pub fn run(file: &Path) -> Result<(), Error> {
         print_kv(file, &cfg)
     } else if has("methods") && !has("groups") {
         let cfg: SweepConfig = config::parse(&text, file)?;
-        print_sweep(file, &cfg)
+        print_sweep((file, &text), &cfg)
     } else {
         let cfg: TrainConfig = config::parse(&text, file)?;
         print_train(file, &cfg)?;
@@ -45,8 +45,8 @@ fn top_level_fields(text: &str, file: &Path) -> Vec<String> {
 }
 
 /// Every run of the grid, each config with its grid values set and validated as `spectra sweep` would.
-fn print_sweep(file: &Path, cfg: &SweepConfig) -> Result<(), Error> {
-    let runs = sweep::plan(cfg)?;
+fn print_sweep((file, text): (&Path, &str), cfg: &SweepConfig) -> Result<(), Error> {
+    let runs = sweep::plan(cfg, (file, text))?;
     println!("{}: a sweep of {} runs", file.display(), runs.len());
     spectra::output::check(&cfg.output)?;
     println!("  output:   {}", cfg.output.display());

@@ -16,6 +16,7 @@ mod train;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use spectra_core::Error;
 
 #[derive(Parser)]
 #[command(
@@ -70,26 +71,24 @@ pub fn run() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    let done = |result: Result<(), Error>| result.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::List { family } => list::run(family.as_deref()),
-        Command::Check { file } => check::run(&file),
+        Command::List { family } => done(list::run(family.as_deref())),
+        Command::Check { file } => done(check::run(&file)),
         Command::Train(args) => train::run(args),
-        Command::Sweep(args) => sweep::run(args),
-        Command::Generate(args) => rayon::scope(|_| generate::run(args)),
-        Command::Calibrate(args) => calibrate::run(args),
-        Command::Kv(args) => rayon::scope(|_| kv::run(args)),
-        Command::Perplexity(args) => rayon::scope(|_| perplexity::run(args)),
-        Command::Bench(args) => rayon::scope(|_| bench::run(args)),
-        Command::Serve(args) => serve::run(args),
-        Command::Tokenize(args) => tokenize::run(args),
+        Command::Sweep(args) => done(sweep::run(args)),
+        Command::Generate(args) => done(rayon::scope(|_| generate::run(args))),
+        Command::Calibrate(args) => done(calibrate::run(args)),
+        Command::Kv(args) => done(rayon::scope(|_| kv::run(args))),
+        Command::Perplexity(args) => done(rayon::scope(|_| perplexity::run(args))),
+        Command::Bench(args) => done(rayon::scope(|_| bench::run(args))),
+        Command::Serve(args) => done(serve::run(args)),
+        Command::Tokenize(args) => done(tokenize::run(args)),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Rust ignores SIGPIPE, so `spectra list | head` would panic on the first print after `head` exits;

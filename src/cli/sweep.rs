@@ -15,13 +15,14 @@ pub struct SweepArgs {
 }
 
 pub fn run(args: SweepArgs) -> Result<(), Error> {
-    let mut cfg: SweepConfig = config::load(&args.config)?;
+    let text = config::read(&args.config)?;
+    let mut cfg: SweepConfig = config::parse(&text, &args.config)?;
     if let Some(p) = args.parallel {
         cfg.parallel = p.max(1);
     }
     let exe = std::env::current_exe()
         .map_err(|e| Error::invalid("sweep", format!("cannot find the spectra binary: {e}")))?;
-    let rows = sweep::run(&cfg, &exe, false)?;
+    let rows = sweep::run(&cfg, (&args.config, &text), &exe, false)?;
     let failed = rows.iter().filter(|r| r.val_accuracy.is_none()).count();
     println!(
         "summary: {} (and summary.csv, pareto.svg)",

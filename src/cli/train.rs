@@ -2,10 +2,11 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use spectra::train::{train_file, Outcome, TrainOptions};
+use spectra::train::{train_file, Outcome, TrainOptions, STOPPED_EXIT_STATUS};
 use spectra_core::Error;
 
 #[derive(clap::Args)]
@@ -30,7 +31,8 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
-pub fn run(args: TrainArgs) -> Result<(), Error> {
+/// Exits 0 when the run finished, [`STOPPED_EXIT_STATUS`] when it stopped with a checkpoint.
+pub fn run(args: TrainArgs) -> Result<ExitCode, Error> {
     // A closed standard output is noticed by the writes that fail, and stops the run with a
     // checkpoint (train::Progress), instead of ending the process by SIGPIPE mid-step.
     #[cfg(unix)]
@@ -67,31 +69,43 @@ pub fn run(args: TrainArgs) -> Result<(), Error> {
             eprintln!("{text}");
         }
     };
+    let stopped = summary.outcome == Outcome::Stopped;
     if let Some(e) = &summary.final_eval {
-        say(format!(
-            "{} after {} of {} steps: validation accuracy {:.2}%, validation loss {:.4}, certified Lipschitz bound {:.4}{}",
-            match summary.outcome {
-                Outcome::Finished => "finished",
-                Outcome::Stopped => "stopped",
-            },
-            summary.steps_done,
-            summary.steps,
+        let numbers = format!(
+            "validation accuracy {:.2}%, validation loss {:.4}, certified Lipschitz bound {:.4}{}",
             100.0 * e.val_accuracy,
             e.val_loss,
             e.lipschitz_bound,
             e.certified_summary()
-        ));
+        );
+        say(if stopped {
+            // Not the run's result: the last evaluation may be from long before the stop.
+            format!(
+                "stopped after {} of {} steps, not finished; the last evaluation, at step {}: {numbers}",
+                summary.steps_done, summary.steps, e.step
+            )
+        } else {
+            format!("finished after {} steps: {numbers}", summary.steps_done)
+        });
     }
+    let files = if stopped {
+        "summary.json, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors; report.md comes \
+         when the run finishes"
+    } else {
+        "report.md, summary.json, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors"
+    };
+    say(format!("results in {} ({files})", summary.output.display()));
+    if !stopped {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A resumed run keeps the steps its checkpoint was written with.
+    let steps = args
+        .steps
+        .map_or(String::new(), |s| format!(" --steps {s}"));
     say(format!(
-        "results in {} (report.md, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors)",
+        "continue with: spectra train {} --resume --output {}{steps}",
+        args.config.display(),
         summary.output.display()
     ));
-    if summary.outcome == Outcome::Stopped {
-        say(format!(
-            "continue with: spectra train {} --resume --output {}",
-            args.config.display(),
-            summary.output.display()
-        ));
-    }
-    Ok(())
+    Ok(ExitCode::from(STOPPED_EXIT_STATUS))
 }

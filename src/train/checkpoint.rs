@@ -34,6 +34,16 @@ pub struct Checkpoint {
     pub rng: SpectraRng,
     /// What the run must agree with to resume from it (model, data and groups, as RON).
     pub fingerprint: String,
+    /// What the run was set to do; `None` in checkpoints written before it was recorded.
+    pub plan: Option<RunPlan>,
+}
+
+/// What a run was set to do, so that a resumed run does the same: its learning-rate schedule spans
+/// `steps`, and its evaluations read `eval_windows` validation windows (all of them when `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPlan {
+    pub steps: u64,
+    pub eval_windows: Option<usize>,
 }
 
 /// The key of parameter `name`'s values.
@@ -102,6 +112,14 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         ("rng_word_pos".to_string(), rng.get_word_pos().to_string()),
         ("fingerprint".to_string(), checkpoint.fingerprint.clone()),
     ]);
+    if let Some(plan) = checkpoint.plan {
+        metadata.insert("plan_steps".to_string(), plan.steps.to_string());
+        metadata.insert(
+            "plan_eval_windows".to_string(),
+            plan.eval_windows
+                .map_or_else(|| "all".to_string(), |w| w.to_string()),
+        );
+    }
     let mut sorted: Vec<(&String, &Tensor)> = checkpoint.tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (name, t) in &sorted {
@@ -149,7 +167,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             format!("cannot read the checkpoint ({e}); {}", afresh(path)),
         )
     })?;
-    let bad = |what: &str| {
+    from_bytes(&bytes, device).map_err(|what| {
         Error::file(
             path,
             format!(
@@ -157,10 +175,15 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
                 previous_hint(path)
             ),
         )
-    };
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e.to_string()))?;
+    })
+}
+
+/// A checkpoint from a file's bytes, or what is wrong with them.
+fn from_bytes(bytes: &[u8], device: &Device) -> std::result::Result<Checkpoint, String> {
+    let bad = |what: &str| what.to_string();
+    let file = safetensors::SafeTensors::deserialize(bytes).map_err(|e| bad(&e.to_string()))?;
     let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e.to_string()))?;
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(&e.to_string()))?;
     let meta = header
         .metadata()
         .clone()
@@ -201,12 +224,29 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
             .parse()
             .map_err(|_| bad("rng_word_pos is not a number"))?,
     );
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let plan = match meta.get("plan_steps") {
+        None => None,
+        Some(steps) => Some(RunPlan {
+            steps: steps
+                .parse()
+                .map_err(|_| bad("plan_steps is not a number"))?,
+            eval_windows: match get("plan_eval_windows")?.as_str() {
+                "all" => None,
+                w => Some(
+                    w.parse()
+                        .map_err(|_| bad("plan_eval_windows is not a number"))?,
+                ),
+            },
+        }),
+    };
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(&e.to_string()))?;
     Ok(Checkpoint {
         step,
         tensors,
         rng,
         fingerprint: get("fingerprint")?.clone(),
+        plan,
     })
 }
 
@@ -239,14 +279,24 @@ fn verify(
 /// What to do about a damaged checkpoint at `path`: use the previous one, if it is there.
 fn previous_hint(path: &Path) -> String {
     let previous = previous_of(path);
-    if previous.exists() {
-        format!(
+    if !previous.exists() {
+        return format!("no earlier checkpoint is kept; {}", afresh(path));
+    }
+    // Advice to move a damaged file into place would only lead to the same error.
+    let intact = std::fs::read(&previous)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| from_bytes(&bytes, &Device::Cpu).map(drop));
+    match intact {
+        Ok(()) => format!(
             "the checkpoint before it is {}: move it to {} to resume from it",
             previous.display(),
             path.display()
-        )
-    } else {
-        format!("no earlier checkpoint is kept; {}", afresh(path))
+        ),
+        Err(what) => format!(
+            "the checkpoint before it, {}, is damaged too ({what}); {}",
+            previous.display(),
+            afresh(path)
+        ),
     }
 }
 
@@ -280,11 +330,16 @@ mod tests {
             tensors: HashMap::from([("param/w".to_string(), t.clone())]),
             rng: rng.clone(),
             fingerprint: "model".into(),
+            plan: Some(RunPlan {
+                steps: 40,
+                eval_windows: Some(3),
+            }),
         };
         save(&path, &ck).unwrap();
         let back = load(&path, &Device::Cpu).unwrap();
         assert_eq!(back.step, 17);
         assert_eq!(back.fingerprint, "model");
+        assert_eq!(back.plan, ck.plan);
         assert_eq!(
             back.tensors["param/w"].to_vec2::<f32>().unwrap(),
             t.to_vec2::<f32>().unwrap()
@@ -334,6 +389,7 @@ mod tests {
                 ),
             ]),
             rng: spectra_core::rng::derived_rng(3, 1),
+            plan: None,
             fingerprint: "model".into(),
         }
     }
@@ -380,6 +436,22 @@ mod tests {
         });
         let err = load(&path, &Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("fails its checksum"), "{err}");
+    }
+
+    /// With the checkpoint before it damaged too, the advice is to start afresh, not to move a
+    /// damaged file into place (which used to be offered, and led to the same error).
+    #[test]
+    fn both_damaged_advises_starting_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_in(dir.path());
+        save(&path, &checkpoint_at(100)).unwrap();
+        save(&path, &checkpoint_at(200)).unwrap();
+        damage(&previous_of(&path), |b| b.truncate(b.len() / 2));
+        damage(&path, |b| b[12] = b'#');
+        let err = load(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("is damaged too"), "{err}");
+        assert!(err.contains("to start afresh"), "{err}");
+        assert!(!err.contains("to resume from it"), "{err}");
     }
 
     /// A metadata value changed in place (the step, same length, so the header still parses) is

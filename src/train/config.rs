@@ -1,10 +1,12 @@
 //! The training experiment config.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use spectra_core::config::{Invalid, Validate};
+use spectra_core::config::{self, Invalid, Validate};
+use spectra_core::registry::{self, Family};
 use spectra_core::{DeviceSpec, Optimizer, Schedule, WeightConstraint};
 use spectra_models::{DataConfig, ModelConfig};
 
@@ -138,7 +140,46 @@ impl Validate for TrainConfig {
                 c.validate()
                     .map_err(|m| Invalid::new(format!("{name}: {m}")).near(name))?;
             }
+            if let Some(c) = g.constraints.iter().find(|c| c.needs_update_bound()) {
+                if !g.optimizer.bounds_updates() {
+                    return Err(unbounded_updates(g, c.typetag_name()));
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Group `group` pairs `constraint`, which needs a bound on each update, with an optimizer that gives
+/// none (it used to fail at step 0 without a location); the help names the plugins that pair.
+fn unbounded_updates(group: &ParamGroupConfig, constraint: &str) -> Invalid {
+    let optimizers = registered::<Box<dyn Optimizer>>(Family::Optimizer, |o| o.bounds_updates());
+    let constraints = registered::<Box<dyn WeightConstraint>>(Family::WeightConstraint, |c| {
+        !c.needs_update_bound()
+    });
+    Invalid::new(format!(
+        "group `{}`: {constraint} needs an optimizer that bounds the norm of each update, and {} \
+         does not",
+        group.name,
+        group.optimizer.typetag_name()
+    ))
+    .near(constraint)
+    .within(group.name.clone())
+    .help(format!(
+        "use an optimizer that does ({}), or a constraint that needs no bound ({})",
+        optimizers.join(", "),
+        constraints.join(", ")
+    ))
+}
+
+/// The registered plugins of `family` whose default configuration satisfies `keep`.
+fn registered<T: DeserializeOwned>(family: Family, keep: impl Fn(&T) -> bool) -> Vec<&'static str> {
+    registry::plugins()
+        .into_iter()
+        .filter(|p| p.family == family)
+        .filter(|p| {
+            config::parse_ron::<T>(&(p.default_config)(), Path::new(p.name)).is_ok_and(|t| keep(&t))
+        })
+        .map(|p| p.name)
+        .collect()
 }

@@ -17,4 +17,4 @@ mod sweep_grid;
 
 pub use config::{EvalConfig, ParamGroupConfig, TrainConfig};
 pub use runner::{train, train_file, TrainOptions};
-pub use summary::{Outcome, TrainSummary};
+pub use summary::{Outcome, TrainSummary, STOPPED_EXIT_STATUS};

@@ -14,7 +14,7 @@ use spectra_core::rng::derived_rng;
 use spectra_core::{Error, OptimizerStep, Result, SpectraRng};
 use spectra_models::{Dataset, Model, ModelConfig};
 
-use super::checkpoint::{self, Checkpoint};
+use super::checkpoint::{self, Checkpoint, RunPlan};
 use super::config::TrainConfig;
 use super::eval::{correct_count, evaluate};
 use super::groups::{assemble, update, Group};
@@ -179,9 +179,58 @@ impl Run {
             tensors,
             rng: self.rng.clone(),
             fingerprint: self.fingerprint.clone(),
+            plan: Some(self.plan()),
         };
         checkpoint::save(&self.checkpoint_path(), &ck)?;
         self.last_checkpoint = Some(self.step);
+        Ok(())
+    }
+
+    fn plan(&self) -> RunPlan {
+        RunPlan {
+            steps: self.cfg.steps,
+            eval_windows: self.cfg.eval.windows,
+        }
+    }
+
+    /// A resumed run keeps the plan its checkpoint was written under: with other steps the
+    /// learning-rate schedule would change mid-run, with other evaluation windows the evaluations
+    /// before and after would not compare, and the report would describe neither run.
+    fn same_plan(&self, written: RunPlan) -> Result<()> {
+        let now = self.plan();
+        if written.steps != now.steps {
+            return Err(Error::invalid(
+                "steps",
+                format!(
+                    "the checkpoint's run spans {} steps (its learning-rate schedule and report), and \
+                     this run asks for {} (--steps, or the config's steps); resume with --steps {}, or \
+                     train {} steps afresh in another output folder (--output DIR)",
+                    written.steps, now.steps, written.steps, now.steps
+                ),
+            ));
+        }
+        if written.eval_windows != now.eval_windows {
+            let windows = |w: Option<usize>| {
+                w.map_or("the whole validation split".to_string(), |w| {
+                    format!("{w} validation windows")
+                })
+            };
+            let keep = written
+                .eval_windows
+                .map_or("leave eval.windows out".to_string(), |w| {
+                    format!("set eval.windows to {w}")
+                });
+            return Err(Error::invalid(
+                "eval.windows",
+                format!(
+                    "the checkpoint's run evaluates on {}, and this config on {}: \
+                     the evaluations before and after would not compare; to resume, {keep}, or start \
+                     afresh in another output folder (--output DIR)",
+                    windows(written.eval_windows),
+                    windows(now.eval_windows),
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -194,6 +243,9 @@ impl Run {
                 "this checkpoint was written with a different model, data, parameter groups or seed than \
                  the config has now; resume with the config that wrote it, or start afresh in another output folder",
             ));
+        }
+        if let Some(plan) = ck.plan {
+            self.same_plan(plan)?;
         }
         let missing = |name: &str| Error::file(&path, format!("the checkpoint has no `{name}`"));
         for p in self.model.params() {

@@ -13,6 +13,11 @@ pub enum Outcome {
     Stopped,
 }
 
+/// `spectra train`'s exit status when a run stopped with a checkpoint before its last step
+/// (sysexits' EX_TEMPFAIL: not done, try again), so that a script tells it from a finished run (0)
+/// and from a failure (1).
+pub const STOPPED_EXIT_STATUS: u8 = 75;
+
 /// What a run did; also written to `summary.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainSummary {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use spectra_core::config::{self, Invalid, Validate};
 
 use super::config::TrainConfig;
-use spectra_core::{Error, Result};
+use spectra_core::{ConfigError, Error, Result};
 use spectra_models::certificate::ROBUST_RADII;
 
 use super::metrics::{certified_at_radii, certified_columns, EvalRecord};
@@ -137,8 +137,30 @@ pub struct SweepRow {
     pub certified_accuracy: Vec<(f64, f64)>,
 }
 
-/// Every run of the sweep, with its config text (checked to parse and validate).
-pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
+/// An error in method `method`'s grid, at its field `field` in the sweep file `file` (its text
+/// `text`), or at the method when no field is named.
+fn grid_error(
+    (file, text): (&Path, &str),
+    method: &SweepMethod,
+    field: Option<&str>,
+    message: String,
+    help: Option<String>,
+) -> Error {
+    let anchor = format!("\"{}\"", method.name);
+    let location = field
+        .and_then(|f| config::locate_after(text, &anchor, &format!("\"{f}\"")))
+        .or_else(|| config::locate_after(text, &anchor, &anchor));
+    Error::Config(ConfigError {
+        file: file.to_path_buf(),
+        location,
+        message: format!("method `{}`: {message}", method.name),
+        help: Some(help.unwrap_or_else(|| "change the grid's values".to_string())),
+    })
+}
+
+/// Every run of the sweep, with its config text (checked to parse and validate); `at` is the sweep
+/// file and its text, where a grid value a run's config refuses is an error at its grid field.
+pub fn plan(sweep: &SweepConfig, at: (&Path, &str)) -> Result<Vec<PlannedRun>> {
     let mut runs = Vec::new();
     for m in &sweep.methods {
         let text = std::fs::read_to_string(&m.config).map_err(|e| {
@@ -157,7 +179,7 @@ pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
                 let value = values[index % values.len()];
                 index /= values.len();
                 let set = set_field(run_config.as_ref().unwrap_or(&base), field, value)
-                    .map_err(|msg| Error::file(&m.config, format!("method `{}`: {msg}", m.name)))?;
+                    .map_err(|msg| grid_error(at, m, Some(field), msg, None))?;
                 run_config = Some(set);
                 settings.push(((*field).clone(), value));
             }
@@ -170,7 +192,7 @@ pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            let folder = sweep.output.join(slug(&m.name)).join(name);
+            let folder = sweep.output.join(slug(&m.name)).join(&name);
             let config_text = match run_config {
                 Some(c) => config::ron_options()
                     .to_string_pretty(&c, PrettyConfig::default())
@@ -179,7 +201,21 @@ pub fn plan(sweep: &SweepConfig) -> Result<Vec<PlannedRun>> {
                     })?,
                 None => text.clone(),
             };
-            let _: TrainConfig = config::parse(&config_text, &folder.join("config.ron"))?;
+            config::parse::<TrainConfig>(&config_text, &folder.join("config.ron")).map_err(
+                |e| {
+                    let field = settings
+                        .iter()
+                        .map(|(f, _)| f.as_str())
+                        .find(|f| e.message.contains(f));
+                    grid_error(
+                        at,
+                        m,
+                        field,
+                        format!("the run `{name}`: {}", e.message),
+                        e.help,
+                    )
+                },
+            )?;
             runs.push(PlannedRun {
                 method: m.name.clone(),
                 settings,
@@ -208,10 +244,15 @@ fn slug(name: &str) -> String {
         .join("-")
 }
 
-/// Runs the sweep with `exe` (the `spectra` binary), skipping runs that already finished, then writes
+/// Runs the sweep read from `at` (file and text) with `exe` (the `spectra` binary), skipping runs that already finished, then writes
 /// `summary.md`, `summary.csv` and `pareto.svg` into the sweep's output folder.
-pub fn run(sweep: &SweepConfig, exe: &Path, quiet: bool) -> Result<Vec<SweepRow>> {
-    let runs = plan(sweep)?;
+pub fn run(
+    sweep: &SweepConfig,
+    at: (&Path, &str),
+    exe: &Path,
+    quiet: bool,
+) -> Result<Vec<SweepRow>> {
+    let runs = plan(sweep, at)?;
     crate::output::prepare(&sweep.output)?;
     let _writing = crate::output::lock(&sweep.output)?;
     let todo: Vec<&PlannedRun> = runs.iter().filter(|r| !finished(&r.folder)).collect();
@@ -245,6 +286,8 @@ pub fn run(sweep: &SweepConfig, exe: &Path, quiet: bool) -> Result<Vec<SweepRow>
                     if !quiet {
                         let how = if status.success() {
                             "finished"
+                        } else if status.code() == Some(super::STOPPED_EXIT_STATUS.into()) {
+                            "stopped "
                         } else {
                             "FAILED  "
                         };

@@ -23,6 +23,27 @@ impl WeightConstraint for HalvesBlindly {
     }
 }
 
+/// Scales the weight by the optimizer's update bound, without saying it needs one: after AdamW,
+/// which has none, it fails at the first step.
+#[derive(Debug, Serialize, Deserialize)]
+struct NeedsABoundQuietly;
+
+#[typetag::serde]
+impl WeightConstraint for NeedsABoundQuietly {
+    fn apply(&self, weight: &Var, ctx: &mut ConstraintContext<'_>) -> Result<ConstraintReport> {
+        let eta = ctx
+            .update_norm_bound
+            .ok_or_else(|| crate::Error::invalid(ctx.name, "no update bound"))?;
+        crate::linalg::ensure_finite(weight.as_tensor(), ctx.name, "weight")?;
+        weight.set(&weight.as_tensor().affine(1.0 / (1.0 + eta), 0.0)?)?;
+        Ok(ConstraintReport::default())
+    }
+}
+
+/// Plain gradient descent that says it bounds its updates and reports no bound.
+#[derive(Debug, Serialize, Deserialize)]
+struct SaysItBounds;
+
 /// Plain gradient descent that claims its update is bounded by lr, whatever the gradient.
 #[derive(Debug, Serialize, Deserialize)]
 struct Overclaims {
@@ -52,6 +73,25 @@ fn descend(
 }
 
 #[typetag::serde]
+impl Optimizer for SaysItBounds {
+    fn lr(&self, at: &OptimizerStep) -> f64 {
+        0.1 * at.lr_factor
+    }
+    fn step(&mut self, params: &[Param], grads: &GradStore, _at: &OptimizerStep) -> Result<()> {
+        descend(params, grads, |_, g| Ok(g.clone()))
+    }
+    fn bounds_updates(&self) -> bool {
+        true
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+    fn load_state(&mut self, _state: &HashMap<String, Tensor>, _params: &[Param]) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[typetag::serde]
 impl Optimizer for Overclaims {
     fn lr(&self, at: &OptimizerStep) -> f64 {
         self.lr * at.lr_factor
@@ -61,6 +101,9 @@ impl Optimizer for Overclaims {
     }
     fn update_norm_bound(&self, _param: &Param, at: &OptimizerStep) -> Option<f64> {
         Some(self.lr(at))
+    }
+    fn bounds_updates(&self) -> bool {
+        true
     }
     fn state(&self) -> Vec<(String, Tensor)> {
         Vec::new()
@@ -110,4 +153,16 @@ fn an_optimizer_exceeding_its_reported_bound_is_caught() {
 #[should_panic(expected = "does not continue identically")]
 fn an_optimizer_that_loses_its_momentum_on_resume_is_caught() {
     check_optimizer(&|| Box::new(Forgetful::default()));
+}
+
+#[test]
+#[should_panic(expected = "applied without an optimizer's update bound")]
+fn a_constraint_that_needs_an_update_bound_without_saying_so_is_caught() {
+    check_weight_constraint(&NeedsABoundQuietly);
+}
+
+#[test]
+#[should_panic(expected = "bounds_updates() is true but update_norm_bound")]
+fn an_optimizer_that_says_it_bounds_updates_and_reports_none_is_caught() {
+    check_optimizer(&|| Box::new(SaysItBounds));
 }

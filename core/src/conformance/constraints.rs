@@ -26,6 +26,7 @@ const SCALES: [f64; 4] = [1e-3, 0.3, 1.0, 30.0];
 ///   twice with its state: it succeeds, keeps shape and dtype, writes only finite values, keeps its
 ///   state finite, and is deterministic given the seed;
 /// - a zero matrix is never turned into NaN;
+/// - it works without an optimizer's update bound unless `needs_update_bound()` says it needs one;
 /// - NaN or Inf in the weight is an error and leaves the weight unchanged;
 /// - for matrix constraints, a 1-D or 3-D tensor is an error (weight unchanged) or a finite no-op,
 ///   never a panic.
@@ -107,7 +108,8 @@ fn apply(
         step,
         lr: LR,
         target_norm: 1.0,
-        update_norm_bound: Some(LR),
+        // As an optimizer without a bound (AdamW) gives it, unless the constraint asks for one.
+        update_norm_bound: constraint.needs_update_bound().then_some(LR),
         role,
         name: NAME,
         rng: &mut rng,
@@ -136,8 +138,14 @@ fn two_steps(
             &mut state,
         )
         .map_err(|e| {
+            let without = if constraint.needs_update_bound() {
+                ""
+            } else {
+                " (applied without an optimizer's update bound, as after AdamW: a constraint that \
+                 needs one says so in needs_update_bound)"
+            };
             TestCaseError::fail(format!(
-                "step {step} on a valid {:?} matrix failed: {e}",
+                "step {step} on a valid {:?} matrix failed{without}: {e}",
                 w0.dims()
             ))
         })?;

@@ -101,6 +101,16 @@ fn run(
             .iter()
             .map(|p| opt.update_norm_bound(p, &at(step)))
             .collect();
+        for (p, bound) in params.iter().zip(&bounds) {
+            prop_assert!(
+                bound.is_some() == opt.bounds_updates(),
+                "bounds_updates() is {} but update_norm_bound for matrix {} is {:?}: configs pair \
+                 constraints that need a bound (SpectralSoftCap) with optimizers by bounds_updates()",
+                opt.bounds_updates(),
+                p.name,
+                bound
+            );
+        }
         opt.step(params, &grads(params, seed, step), &at(step))
             .map_err(|e| fail(format!("step {step} with finite gradients failed: {e}")))?;
         for ((p, w0), bound) in params.iter().zip(&before).zip(bounds) {
@@ -153,6 +163,7 @@ fn state_map(opt: &dyn Optimizer) -> HashMap<String, Tensor> {
 /// - the config round-trips through RON and validates;
 /// - every step succeeds, writes only finite values, keeps shapes, leaves the parameter without a
 ///   gradient untouched, and keeps each update within the bound the optimizer reports, if any;
+/// - it reports a bound for every matrix exactly when `bounds_updates()` says it does;
 /// - runs are deterministic; saving the state mid-run and loading it into a fresh instance continues
 ///   bit for bit; state entries are finite and named `<param>.<...>`;
 /// - a NaN or Inf gradient is an error naming the parameter, and changes neither weights nor state;

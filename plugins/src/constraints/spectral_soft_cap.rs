@@ -87,6 +87,10 @@ impl WeightConstraint for SpectralSoftCap {
         is_linear_map(role)
     }
 
+    fn needs_update_bound(&self) -> bool {
+        true
+    }
+
     fn apply(&self, weight: &Var, ctx: &mut ConstraintContext<'_>) -> Result<ConstraintReport> {
         let m = CheckedMatrix::load(self, weight, ctx)?;
         let eta = match ctx.update_norm_bound {

@@ -245,6 +245,10 @@ impl Optimizer for Muon {
         Ok(())
     }
 
+    fn bounds_updates(&self) -> bool {
+        true
+    }
+
     fn update_norm_bound(&self, param: &Param, at: &OptimizerStep) -> Option<f64> {
         let lr_t = self.lr(at) * param.target_norm;
         match param.role {
