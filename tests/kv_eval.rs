@@ -47,7 +47,7 @@ fn the_report_holds_what_must_hold_for_any_weights() {
     let tiny = Tiny::byte_level();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&tiny, dir.path());
-    let report = run(&cfg).unwrap();
+    let report = run(&cfg, dir.path()).unwrap();
 
     let lm = &report.language_modelling[0];
     assert_eq!(lm.rows.len(), 3 * 2);
@@ -126,7 +126,7 @@ fn missing_files_and_impossible_tasks_are_clear_errors() {
     cfg.model = DecoderConfig::Gguf {
         path: dir.path().join("missing.gguf"),
     };
-    let err = run(&cfg).err().unwrap().to_string();
+    let err = run(&cfg, dir.path()).err().unwrap().to_string();
     assert!(err.contains("scripts/get-model.sh"), "{err}");
 
     let mut cfg = config(&tiny, dir.path());
@@ -137,7 +137,7 @@ fn missing_files_and_impossible_tasks_are_clear_errors() {
         passages: 2,
         chunk: 8,
     }];
-    let err = run(&cfg).err().unwrap().to_string();
+    let err = run(&cfg, dir.path()).err().unwrap().to_string();
     assert!(err.contains("fewer passages"), "{err}");
 
     let mut cfg = config(&tiny, dir.path());
@@ -146,7 +146,7 @@ fn missing_files_and_impossible_tasks_are_clear_errors() {
         depths: vec![0.5],
         trials: 1,
     }];
-    let err = run(&cfg).err().unwrap().to_string();
+    let err = run(&cfg, dir.path()).err().unwrap().to_string();
     assert!(err.contains("trained on 1024"), "{err}");
 }
 
@@ -211,7 +211,10 @@ fn a_ruler_task_without_its_text_says_how_to_get_it() {
         max_new_tokens: Some(4),
         format: PromptFormat::Plain,
     }];
-    let err = spectra::kv::run(&cfg).err().unwrap().to_string();
+    let err = spectra::kv::run(&cfg, dir.path())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("scripts/get-ruler-data.sh"), "{err}");
 }
 
@@ -222,13 +225,10 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
     let tiny = Tiny::byte_level();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("ruler");
-    std::fs::create_dir_all(data.join("essays")).unwrap();
+    std::fs::create_dir_all(data.join("json")).unwrap();
     std::fs::create_dir_all(data.join("words")).unwrap();
-    std::fs::write(
-        data.join("essays/a.txt"),
-        "It was the best of times. It was the worst of times. ".repeat(20),
-    )
-    .unwrap();
+    let essays = serde_json::json!({"text": "It was the best of times. It was the worst of times. ".repeat(20)});
+    std::fs::write(data.join("json/PaulGrahamEssays.json"), essays.to_string()).unwrap();
     for (file, words) in [
         (
             "adjectivelist.txt",
@@ -253,7 +253,8 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
         max_new_tokens: Some(4),
         format: PromptFormat::Plain,
     }];
-    let report = spectra::kv::run(&cfg).unwrap();
+    let out = dir.path().join("report");
+    let report = spectra::kv::run(&cfg, &out).unwrap();
     let r = &report.ruler[0];
     assert_eq!(r.length, 1000);
     assert_eq!(r.tasks, ["niah_single_1", "niah_single_2"]);
@@ -267,11 +268,35 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
     // Two samples per task, Full alone.
     assert_eq!(r.answers.len(), 4);
     assert!(r.compressed_tokens > 800.0 && r.compressed_tokens < 1000.0);
-    let out = dir.path().join("report");
+    assert!(r.full.intervals.iter().all(|i| i.is_some()));
     spectra::kv::write_report(&out, Path::new("kv.ron"), &report).unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("1000 tokens, **query-aware**"), "{md}");
     assert!(out.join("ruler.svg").exists());
+
+    // Run again: every answer is read back, none asked again; a third sample is the only new work.
+    let stored = out.join("ruler-answers.jsonl");
+    let lines = || std::fs::read_to_string(&stored).unwrap().lines().count();
+    assert_eq!(lines(), 1 + 4);
+    let again = spectra::kv::run(&cfg, &out).unwrap();
+    assert_eq!(lines(), 1 + 4);
+    let said = |r: &spectra::kv::RulerResult| {
+        r.answers
+            .iter()
+            .map(|a| (a.task.clone(), a.sample, a.answer.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(said(&again.ruler[0]), said(r));
+    if let KvTask::Ruler { samples, .. } = &mut cfg.tasks[0] {
+        *samples = 3;
+    }
+    let more = spectra::kv::run(&cfg, &out).unwrap();
+    assert_eq!(lines(), 1 + 6);
+    assert_eq!(said(&more.ruler[0])[..2], said(r)[..2]);
+    // Other settings are refused rather than mixed in.
+    cfg.seed += 1;
+    let err = spectra::kv::run(&cfg, &out).err().unwrap().to_string();
+    assert!(err.contains("other settings"), "{err}");
 }
 
 /// `generate` refuses a prompt and generation that run past the model's trained context, as `kv`

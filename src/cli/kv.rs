@@ -20,7 +20,7 @@ pub fn run(args: KvArgs) -> Result<(), Error> {
     let output = args.output.unwrap_or_else(|| cfg.output.clone());
     spectra::output::prepare(&output)?;
     let _writing = spectra::output::lock(&output)?;
-    let report = spectra::kv::run(&cfg)?;
+    let report = spectra::kv::run(&cfg, &output)?;
     spectra::kv::write_report(&output, &args.config, &report)?;
     println!(
         "{}\nwritten to {}",

@@ -89,8 +89,9 @@ pub struct KvReport {
     pub ruler: Vec<RulerResult>,
 }
 
-/// Runs every task of `config`; progress goes to stderr.
-pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
+/// Runs every task of `config`; progress goes to stderr, and the RULER suite's answers to
+/// `output` as they complete (a run killed there continues where it stopped).
+pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
     let device = config.device.resolve()?;
     check_files(config)?;
     let (model, tokenizer) = Llama::load(config.model.path(), &device, config.weights)?;
@@ -160,6 +161,8 @@ pub fn run(config: &KvEvalConfig) -> Result<KvReport> {
                     data,
                     max_new_tokens: *max_new_tokens,
                     format: *format,
+                    model: &config.model.path().display().to_string(),
+                    output,
                 },
             )?),
             KvTask::Decode {

@@ -10,6 +10,14 @@ fn score(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.1}"))
 }
 
+/// A score and its 95% interval, `72.3 (64.0–80.1)`.
+fn with_interval(v: Option<f64>, interval: Option<[f64; 2]>, digits: usize) -> String {
+    match (v, interval) {
+        (Some(v), Some([lo, hi])) => format!("{v:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+        (v, _) => v.map_or("—".into(), |v| format!("{v:.digits$}")),
+    }
+}
+
 /// A budget's column heading: kvpress's compression ratio where the budget is a ratio.
 fn heading(row: &RulerRow) -> String {
     match row.compression {
@@ -38,20 +46,21 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
         used_tasks(r)
     );
     let budgets: Vec<String> = distinct(r.rows.iter().map(heading));
-    let mut policies: Vec<(String, Vec<Option<f64>>, Option<f64>)> =
+    type Cell = (Option<f64>, Option<[f64; 2]>);
+    let mut policies: Vec<(String, Vec<Cell>, Option<f64>)> =
         distinct(r.rows.iter().map(|row| row.policy.clone()))
             .into_iter()
             .map(|policy| {
-                let cells: Vec<Option<f64>> = budgets
+                let cells: Vec<Cell> = budgets
                     .iter()
                     .map(|b| {
                         r.rows
                             .iter()
                             .find(|row| row.policy == policy && heading(row) == *b)
-                            .and_then(|row| row.average)
+                            .map_or((None, None), |row| (row.average, row.average_interval))
                     })
                     .collect();
-                let known: Vec<f64> = cells.iter().flatten().copied().collect();
+                let known: Vec<f64> = cells.iter().filter_map(|c| c.0).collect();
                 let mean =
                     (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
                 (policy, cells, mean)
@@ -68,14 +77,15 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
         budgets.join(" | "),
         "---|".repeat(budgets.len())
     );
+    let full = with_interval(r.full.average, r.full.average_interval, 1);
     let _ = writeln!(
         md,
         "| | {FULL} (no compression) | {} | {} |",
-        vec![score(r.full.average); budgets.len()].join(" | "),
+        vec![full; budgets.len()].join(" | "),
         score(r.full.average)
     );
     for (i, (policy, cells, mean)) in policies.iter().enumerate() {
-        let cells: Vec<String> = cells.iter().map(|c| score(*c)).collect();
+        let cells: Vec<String> = cells.iter().map(|c| with_interval(c.0, c.1, 1)).collect();
         let _ = writeln!(
             md,
             "| {} | {policy} | {} | {} |",
@@ -96,9 +106,10 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
         let scores: Vec<String> = row
             .scores
             .iter()
+            .zip(&row.intervals)
             .zip(&r.used)
-            .map(|(s, used)| match (s, used) {
-                (Some(s), true) => format!("{s:.0}"),
+            .map(|((s, i), used)| match (s, used) {
+                (Some(_), true) => with_interval(*s, *i, 0),
                 (Some(s), false) => format!("({s:.0})"),
                 (None, _) => "—".into(),
             })
@@ -109,14 +120,16 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
             row.policy,
             row.budget,
             scores.join(" | "),
-            score(row.average),
+            with_interval(row.average, row.average_interval, 1),
             mib(row.peak_kv_bytes)
         );
     }
     let _ = writeln!(
         md,
-        "\nIn parentheses: {FULL}'s score on a task it fails (under {PASS}); the policies are not run \
-         there (—) and the task is left out of the averages."
+        "\nAfter each score, its 95% interval (percentile bootstrap over the samples, 2,000 \
+         resamples; an average's resamples each task's samples). In parentheses alone: {FULL}'s score \
+         on a task it fails (under {PASS}); the policies are not run there (—) and the task is left \
+         out of the averages."
     );
 }
 

@@ -11,8 +11,11 @@
 //! are not run on them and they are left out of the averages: a policy cannot be judged on what the
 //! model cannot do uncompressed.
 
+mod interval;
 pub mod leaderboard;
 mod niah;
+mod progress;
+mod qa;
 mod tasks;
 mod text;
 mod variable_tracking;
@@ -23,14 +26,16 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
+use spectra_core::registry;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Budget, Error, Result, SpectraRng};
 use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
+use progress::{Progress, Settings};
 pub use tasks::RulerTask;
-use tasks::{string_match_all, Sample};
+use tasks::Sample;
 use text::RulerText;
 
 use super::{budget_tokens, reread_prompt, Bench, FULL};
@@ -100,7 +105,7 @@ pub struct Turn {
     pub close: String,
 }
 
-/// The task's settings, as the config gives them.
+/// The suite's settings, as the config gives them.
 pub struct Setup<'a> {
     pub tasks: &'a [RulerTask],
     pub lengths: &'a [usize],
@@ -109,6 +114,10 @@ pub struct Setup<'a> {
     pub data: &'a Path,
     pub max_new_tokens: Option<usize>,
     pub format: PromptFormat,
+    /// The model file, as the stored answers name it.
+    pub model: &'a str,
+    /// Where the answers are stored as they complete (`ruler-answers.jsonl`).
+    pub output: &'a Path,
 }
 
 /// One policy at one budget (or `Full`) over the tasks.
@@ -123,22 +132,32 @@ pub struct RulerRow {
     /// Mean score per task, in the result's task order, in percent; `None` where the policy was not
     /// run (the tasks `Full` fails).
     pub scores: Vec<Option<f64>>,
+    /// Each score's 95% bootstrap interval over the samples.
+    pub intervals: Vec<Option<[f64; 2]>>,
     /// Over the tasks `Full` passes; `None` when it passes none.
     pub average: Option<f64>,
+    pub average_interval: Option<[f64; 2]>,
     /// The largest KV allocation while answering (the compressed context, then the question and
     /// the answer), bytes.
     pub peak_kv_bytes: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// One answer of one arm to one sample, as stored when it completes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RulerAnswer {
+    pub length: usize,
     pub task: String,
     pub sample: usize,
+    /// `Full`, or the policy as RON at its budget: what the stored answer is looked up by.
+    pub arm: String,
     pub policy: String,
     pub budget: String,
     pub answer: String,
     pub references: Vec<String>,
     pub score: f64,
+    pub peak_kv_bytes: usize,
+    /// Tokens prefilled and compressed before the question.
+    pub compressed_tokens: usize,
 }
 
 /// The suite at one length.
@@ -201,14 +220,47 @@ impl Prompt {
     }
 }
 
-/// Runs the suite at every length.
+/// Runs the suite at every length, continuing from the answers stored in the output folder.
 pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<RulerResult>> {
     let text = RulerText::read(setup.data)?;
+    let mut progress = Progress::open(
+        setup.output,
+        &Settings {
+            model: setup.model.to_string(),
+            seed: bench.seed,
+            format: setup.format,
+            query_aware: setup.query_aware,
+            max_new_tokens: setup.max_new_tokens,
+        },
+    )?;
     setup
         .lengths
         .iter()
-        .map(|&length| run_length(bench, setup, &text, length))
+        .map(|&length| run_length(bench, setup, &text, length, &mut progress))
         .collect()
+}
+
+/// Bytes of prefilled caches kept from `Full`'s pass for the policies' (the rest are prefilled
+/// again): at 4K tokens, a few dozen samples of a 0.5B model.
+const KEPT_PREFILLS: usize = 4 << 30;
+
+/// The answers counted so far: per task and arm (0 is `Full`) each sample's score.
+struct Tally {
+    scores: Vec<Vec<Vec<f64>>>,
+    peaks: Vec<usize>,
+    compressed_tokens: usize,
+    answers: Vec<RulerAnswer>,
+}
+
+impl Tally {
+    fn add(&mut self, task: usize, arm: usize, answer: RulerAnswer) {
+        self.scores[task][arm].push(answer.score);
+        self.peaks[arm] = self.peaks[arm].max(answer.peak_kv_bytes);
+        if arm == 0 {
+            self.compressed_tokens += answer.compressed_tokens;
+        }
+        self.answers.push(answer);
+    }
 }
 
 fn run_length(
@@ -216,66 +268,88 @@ fn run_length(
     setup: &Setup<'_>,
     text: &RulerText,
     length: usize,
+    progress: &mut Progress,
 ) -> Result<RulerResult> {
     let arms = &bench.arms;
     let tasks = setup.tasks;
     let turn = setup.format.turn(&bench.tokenizer)?;
     let reread = reread_prompt(&bench.tokenizer, &turn)?;
-    // [task][arm] score sums; arm 0 is Full.
-    let mut sums = vec![vec![0.0; arms.len() + 1]; tasks.len()];
-    let mut peaks = vec![0usize; arms.len() + 1];
-    let mut answers = Vec::new();
-    let mut compressed_tokens = 0usize;
+    let keys: Vec<String> = std::iter::once(FULL.to_string())
+        .chain(
+            arms.iter()
+                .map(|a| format!("{} at {}", registry::to_ron(&*a.policy), a.budget_label())),
+        )
+        .collect();
+    let mut tally = Tally {
+        scores: vec![vec![Vec::new(); arms.len() + 1]; tasks.len()],
+        peaks: vec![0; arms.len() + 1],
+        compressed_tokens: 0,
+        answers: Vec::new(),
+    };
     // Whether the policies ran on each task: only where Full passes.
     let mut ran = vec![false; tasks.len()];
     for (t, &task) in tasks.iter().enumerate() {
         let max_new = setup.max_new_tokens.unwrap_or(task.max_new_tokens());
-        let stream = sample_stream(task, length);
-        let mut rng = derived_rng(bench.seed, stream);
-        let mut record = |arm: usize, sample: usize, prompt: &Prompt, said: (String, usize)| {
-            let (said, peak) = said;
-            let score = string_match_all(&said, &prompt.sample.references);
-            sums[t][arm] += score;
-            peaks[arm] = peaks[arm].max(peak);
+        let mut rng = derived_rng(bench.seed, sample_stream(task, length));
+        // Drawn in order whether or not a sample's answers are stored: sample i is always the same.
+        let seeds: Vec<u64> = (0..setup.samples).map(|_| rng.random()).collect();
+        let prefill = |seed: u64| -> Result<(Prompt, Session<Llama>)> {
+            let prompt = fit(bench, setup, text, task, length, max_new, seed)?;
+            let mut shared =
+                Session::recording(bench.model.clone(), bench.needs)?.with_reread(reread.clone());
+            shared.prefill(&prompt.compressed, bench.prefill_chunk, Logits::Last)?;
+            Ok((prompt, shared))
+        };
+        let ask = |arm: usize, sample: usize, prompt: &Prompt, session: Session<Llama>| {
+            let (said, peak_kv_bytes) = answer(bench, session, &prompt.asked, max_new)?;
             let (policy, budget) = match arm.checked_sub(1).map(|i| &arms[i]) {
                 Some(a) => (a.label.clone(), a.budget_label()),
                 None => (FULL.to_string(), "—".to_string()),
             };
-            answers.push(RulerAnswer {
+            Ok::<_, Error>(RulerAnswer {
+                length,
                 task: task.name().into(),
                 sample,
+                arm: keys[arm].clone(),
                 policy,
                 budget,
+                score: task.score(&said, &prompt.sample.references),
                 answer: said,
                 references: prompt.sample.references.clone(),
-                score,
-            });
-            score
+                peak_kv_bytes,
+                compressed_tokens: prompt.compressed.len(),
+            })
         };
         // Full first, on every sample; the policies only where it passes, from the same prefills.
-        let mut prefilled = Vec::with_capacity(setup.samples);
-        let mut full_sum = 0.0;
-        for sample in 0..setup.samples {
+        let mut prefilled: Vec<Option<(Prompt, Session<Llama>)>> = Vec::new();
+        let mut kept = 0;
+        for (sample, &seed) in seeds.iter().enumerate() {
+            if let Some(stored) = progress.get(length, task.name(), sample, FULL) {
+                tally.add(t, 0, stored.clone());
+                prefilled.push(None);
+                continue;
+            }
             let started = Instant::now();
-            let prompt = fit(bench, setup, text, task, length, max_new, rng.random())?;
-            compressed_tokens += prompt.compressed.len();
-            let mut shared =
-                Session::recording(bench.model.clone(), bench.needs)?.with_reread(reread.clone());
-            shared.prefill(&prompt.compressed, bench.prefill_chunk, Logits::Last)?;
-            let said = answer(bench, shared.fork_uncompressed()?, &prompt.asked, max_new)?;
-            let full = record(0, sample, &prompt, said);
-            full_sum += full;
+            let (prompt, shared) = prefill(seed)?;
+            let full = ask(0, sample, &prompt, shared.fork_uncompressed()?)?;
             eprintln!(
-                "ruler {length}, {} sample {}: {FULL} scores {full:.0} ({} + {} tokens, {:.0}s)",
+                "ruler {length}, {} sample {}: {FULL} scores {:.0} ({} + {} tokens, {:.0}s)",
                 task.name(),
                 sample + 1,
+                full.score,
                 prompt.compressed.len(),
                 prompt.asked.len(),
                 started.elapsed().as_secs_f64()
             );
-            prefilled.push((prompt, shared));
+            progress.record(full.clone())?;
+            tally.add(t, 0, full);
+            let bytes = shared.cache().bytes();
+            prefilled.push((kept + bytes <= KEPT_PREFILLS).then(|| {
+                kept += bytes;
+                (prompt, shared)
+            }));
         }
-        let full = full_sum / setup.samples as f64;
+        let full = mean(&tally.scores[t][0]);
         if full < PASS {
             eprintln!(
                 "ruler {length}, {}: {FULL} scores {full:.0}, under {PASS}: the policies are not run",
@@ -284,38 +358,59 @@ fn run_length(
             continue;
         }
         ran[t] = true;
-        for (sample, (prompt, shared)) in prefilled.iter().enumerate() {
+        for (sample, &seed) in seeds.iter().enumerate() {
+            let mut missing = Vec::new();
+            for (arm, key) in keys.iter().enumerate().skip(1) {
+                match progress.get(length, task.name(), sample, key) {
+                    Some(stored) => tally.add(t, arm, stored.clone()),
+                    None => missing.push(arm),
+                }
+            }
+            if missing.is_empty() {
+                continue;
+            }
             let started = Instant::now();
-            for (i, arm) in arms.iter().enumerate() {
-                let session =
-                    shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
-                let said = answer(bench, session, &prompt.asked, max_new)?;
-                record(i + 1, sample, prompt, said);
+            let (prompt, shared) = match prefilled[sample].take() {
+                Some(p) => p,
+                None => prefill(seed)?,
+            };
+            for &arm in &missing {
+                let policy = &arms[arm - 1];
+                let session = shared.fork(
+                    Some(policy.policy.clone()),
+                    policy.budget.clone(),
+                    bench.seed,
+                )?;
+                let said = ask(arm, sample, &prompt, session)?;
+                progress.record(said.clone())?;
+                tally.add(t, arm, said);
             }
             eprintln!(
                 "ruler {length}, {} sample {}: {} arms in {:.0}s",
                 task.name(),
                 sample + 1,
-                arms.len(),
+                missing.len(),
                 started.elapsed().as_secs_f64()
             );
         }
     }
-    let n = setup.samples as f64;
     let used = ran;
-    let mean_compressed = compressed_tokens as f64 / (n * tasks.len() as f64);
+    let mean_compressed = tally.compressed_tokens as f64 / (setup.samples * tasks.len()) as f64;
     let layers = bench.model.config.layers;
     let row = |arm: usize, policy: String, budget: Option<&Budget>| {
-        let scores: Vec<Option<f64>> = sums
+        let per_task: Vec<Option<&[f64]>> = tally
+            .scores
             .iter()
             .zip(&used)
-            .map(|(s, &u)| (arm == 0 || u).then(|| s[arm] / n))
+            .map(|(s, &u)| (arm == 0 || u).then_some(s[arm].as_slice()))
             .collect();
-        let counted: Vec<f64> = scores
+        let counted: Vec<&[f64]> = per_task
             .iter()
             .zip(&used)
             .filter_map(|(s, &u)| s.filter(|_| u))
             .collect();
+        // Each interval from its own stream, so that adding a policy changes no other's.
+        let seed = |task: usize| bench.seed ^ ((arm as u64) << 32) ^ task as u64;
         RulerRow {
             policy,
             budget: budget.map_or("—".into(), super::budget_label),
@@ -326,10 +421,16 @@ fn run_length(
             budget_tokens: budget.map_or(mean_compressed, |b| {
                 budget_tokens(b, layers, mean_compressed.round() as usize)
             }),
+            scores: per_task.iter().map(|s| s.map(mean)).collect(),
+            intervals: per_task
+                .iter()
+                .enumerate()
+                .map(|(t, s)| s.and_then(|s| interval::bootstrap(&[s], seed(t))))
+                .collect(),
             average: (!counted.is_empty())
-                .then(|| counted.iter().sum::<f64>() / counted.len() as f64),
-            scores,
-            peak_kv_bytes: peaks[arm],
+                .then(|| counted.iter().map(|s| mean(s)).sum::<f64>() / counted.len() as f64),
+            average_interval: interval::bootstrap(&counted, seed(tasks.len())),
+            peak_kv_bytes: tally.peaks[arm],
         }
     };
     let rows = arms
@@ -348,8 +449,12 @@ fn run_length(
         compressed_tokens: mean_compressed,
         full,
         rows,
-        answers,
+        answers: tally.answers,
     })
+}
+
+fn mean(scores: &[f64]) -> f64 {
+    scores.iter().sum::<f64>() / scores.len().max(1) as f64
 }
 
 /// The random stream of a task's samples at a length: distinct for every task and length below 2²⁴
@@ -372,7 +477,7 @@ fn fit(
 ) -> Result<Prompt> {
     let turn = setup.format.turn(&bench.tokenizer)?;
     let build = |units: usize| {
-        let sample = task.sample(units, length, &mut SpectraRng::seed_from_u64(seed), text);
+        let sample = task.sample(units, length, &mut SpectraRng::seed_from_u64(seed), text)?;
         Prompt::new(sample, &bench.tokenizer, &turn, setup.query_aware)
     };
     let fits = |p: &Prompt| p.compressed.len() + p.asked.len() + max_new <= length;

@@ -1,11 +1,13 @@
-//! The suite's tasks (RULER's synthetic thirteen but the two that need QA data sets) and what a
-//! generated sample is.
+//! The suite's tasks (RULER's thirteen) and what a generated sample is.
 
 use rand::seq::index;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use spectra_core::{Error, Result};
+
 use super::niah::{self, Haystack, Kind, Niah};
+use super::qa::QaSet;
 use super::text::RulerText;
 use super::{variable_tracking, word_counts};
 
@@ -49,11 +51,17 @@ pub enum RulerTask {
     /// The three most frequent coded words of a Zipf-distributed text.
     #[serde(rename = "fwe")]
     FrequentWords,
+    /// A SQuAD question among its article's paragraphs and others.
+    #[serde(rename = "qa_1")]
+    QaSquad,
+    /// A HotpotQA question (two hops) among its documents and others.
+    #[serde(rename = "qa_2")]
+    QaHotpot,
 }
 
 impl RulerTask {
     #[cfg(test)]
-    pub const ALL: [RulerTask; 11] = [
+    pub const ALL: [RulerTask; 13] = [
         RulerTask::NiahSingle1,
         RulerTask::NiahSingle2,
         RulerTask::NiahSingle3,
@@ -65,6 +73,8 @@ impl RulerTask {
         RulerTask::VariableTracking,
         RulerTask::CommonWords,
         RulerTask::FrequentWords,
+        RulerTask::QaSquad,
+        RulerTask::QaHotpot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +90,8 @@ impl RulerTask {
             RulerTask::VariableTracking => "vt",
             RulerTask::CommonWords => "cwe",
             RulerTask::FrequentWords => "fwe",
+            RulerTask::QaSquad => "qa_1",
+            RulerTask::QaHotpot => "qa_2",
         }
     }
 
@@ -89,6 +101,7 @@ impl RulerTask {
             RulerTask::VariableTracking => 30,
             RulerTask::CommonWords => 120,
             RulerTask::FrequentWords => 50,
+            RulerTask::QaSquad | RulerTask::QaHotpot => 32,
             _ => 128,
         }
     }
@@ -98,6 +111,8 @@ impl RulerTask {
         match self {
             RulerTask::CommonWords => 11,
             RulerTask::FrequentWords => 100,
+            // A question's own documents, whatever the count asked.
+            RulerTask::QaSquad | RulerTask::QaHotpot => 1,
             _ => 4,
         }
     }
@@ -126,23 +141,49 @@ impl RulerTask {
         })
     }
 
-    /// A sample of `units` haystack units (lines or words) for a prompt of about `length` tokens
-    /// (the common- and frequent-words tasks scale their repetitions and vocabulary with it).
+    /// A sample of `units` haystack units (lines, words or documents) for a prompt of about
+    /// `length` tokens (the common- and frequent-words tasks scale their repetitions and vocabulary
+    /// with it).
     pub fn sample(
         self,
         units: usize,
         length: usize,
         rng: &mut impl Rng,
         text: &RulerText,
-    ) -> Sample {
+    ) -> Result<Sample> {
         let units = units.max(self.min_units());
         if let Some(spec) = self.niah() {
-            return niah::sample(&spec, units, rng, text);
+            return Ok(niah::sample(&spec, units, rng, text));
         }
-        match self {
+        Ok(match self {
             RulerTask::VariableTracking => variable_tracking::sample(units, rng),
             RulerTask::CommonWords => word_counts::common_words(units, length, rng, text),
+            RulerTask::QaSquad => self.qa_set(&text.squad, "squad.json")?.sample(units, rng),
+            RulerTask::QaHotpot => self
+                .qa_set(&text.hotpot, "hotpotqa.json")?
+                .sample(units, rng),
             _ => word_counts::frequent_words(units, length, rng),
+        })
+    }
+
+    fn qa_set<'a>(self, set: &'a Option<QaSet>, file: &str) -> Result<&'a QaSet> {
+        set.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "Ruler.tasks",
+                format!(
+                    "{} needs data/kv/ruler/json/{file}; scripts/get-ruler-data.sh fetches it",
+                    self.name()
+                ),
+            )
+        })
+    }
+
+    /// RULER's metric for the task, in percent: for QA whether any reference answer is in the
+    /// answer (`string_match_part`), otherwise the share of the references found.
+    pub fn score(self, answer: &str, references: &[String]) -> f64 {
+        match self {
+            RulerTask::QaSquad | RulerTask::QaHotpot => string_match_part(answer, references),
+            _ => string_match_all(answer, references),
         }
     }
 }
@@ -169,8 +210,21 @@ pub fn render_lines(mut lines: Vec<String>, inserted: Vec<String>, rng: &mut imp
     lines.join("\n")
 }
 
-/// RULER's metric: the share of the references found in the answer, case aside, in percent.
-pub fn string_match_all(answer: &str, references: &[String]) -> f64 {
+/// 100 when any reference is in the answer, case aside; else 0.
+fn string_match_part(answer: &str, references: &[String]) -> f64 {
+    let answer = answer.to_lowercase();
+    if references
+        .iter()
+        .any(|r| answer.contains(&r.to_lowercase()))
+    {
+        100.0
+    } else {
+        0.0
+    }
+}
+
+/// The share of the references found in the answer, case aside, in percent.
+fn string_match_all(answer: &str, references: &[String]) -> f64 {
     let answer = answer.to_lowercase();
     let found = references
         .iter()
@@ -203,6 +257,8 @@ pub(super) mod tests {
                 "ant bee brave calm cat cow dog eager eel elk fox gentle gnu happy hen jolly kind \
                  lazy lively owl quick yak apple river stone cloud",
             ),
+            squad: Some(QaSet::tiny()),
+            hotpot: Some(QaSet::tiny()),
         }
     }
 
@@ -221,6 +277,10 @@ pub(super) mod tests {
         assert_eq!(string_match_all("b and c", &refs), 100.0);
         assert_eq!(string_match_all("A, B", &refs), 100.0);
         assert_eq!(string_match_all("", &refs), 0.0);
+        // QA scores whether any reference answer is there.
+        assert_eq!(RulerTask::QaSquad.score("b or c", &refs), 100.0);
+        assert_eq!(RulerTask::QaHotpot.score("c", &refs), 0.0);
+        assert_eq!(RulerTask::NiahSingle1.score("b or c", &refs), 50.0);
     }
 
     #[test]
@@ -236,9 +296,10 @@ pub(super) mod tests {
     fn the_same_seed_gives_the_same_sample_and_another_seed_another() {
         let text = tiny_text();
         for task in RulerTask::ALL {
-            let a = task.sample(40, 4096, &mut rng(9), &text);
-            assert_eq!(a, task.sample(40, 4096, &mut rng(9), &text), "{task:?}");
-            assert_ne!(a, task.sample(40, 4096, &mut rng(10), &text), "{task:?}");
+            let sample = |seed| task.sample(40, 4096, &mut rng(seed), &text).unwrap();
+            let a = sample(9);
+            assert_eq!(a, sample(9), "{task:?}");
+            assert_ne!(a, sample(10), "{task:?}");
             assert!(!a.references.is_empty(), "{task:?}");
             assert!(a.answer_prefix.starts_with(' '), "{task:?}");
         }

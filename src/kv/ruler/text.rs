@@ -1,48 +1,49 @@
-//! The suite's source text: essays for the haystacks and English words for keys and word lists, read
-//! from the folder `scripts/get-ruler-data.sh` fills.
+//! The suite's source text: essays for the haystacks, English words for keys and word lists, and
+//! the QA sets, read from the folder `scripts/get-ruler-data.sh` fills.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use spectra_core::{Error, Result};
 
+use super::qa::QaSet;
+
 /// Essays and words, as the generators use them.
 pub struct RulerText {
-    /// Every essay, in file-name order, whitespace runs made single spaces, split into words.
+    /// The essays of NVIDIA's `PaulGrahamEssays.json`, split at whitespace as RULER splits them.
     pub essay_words: Vec<String>,
     /// Lower-case single words: adjectives, then nouns (for `adjective-noun` keys).
     pub adjectives: Vec<String>,
     pub nouns: Vec<String>,
     /// Nouns, adjectives and verbs together, each once, sorted (the common-words pool).
     pub vocabulary: Vec<String>,
+    /// qa_1's and qa_2's questions and documents, where their files are there.
+    pub squad: Option<QaSet>,
+    pub hotpot: Option<QaSet>,
 }
 
 /// The fewest adjectives and nouns the key pairs are drawn from.
 const MIN_WORDS: usize = 10;
 
 const HOW_TO_GET: &str =
-    "scripts/get-ruler-data.sh downloads the essays and word lists into data/kv/ruler";
+    "scripts/get-ruler-data.sh downloads the essays, QA sets and word lists into data/kv/ruler";
 
 impl RulerText {
-    /// Reads `dir/essays/*.txt` and `dir/words/{adjective,noun,verb,profanity}list.txt`.
+    /// Reads `dir/json/PaulGrahamEssays.json`, `dir/words/{adjective,noun,verb,profanity}list.txt`
+    /// and, where they are, `dir/json/{squad,hotpotqa}.json`.
     pub fn read(dir: &Path) -> Result<Self> {
-        let essays = dir.join("essays");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&essays)
-            .map_err(|e| Error::file(&essays, format!("cannot read ({e}); {HOW_TO_GET}")))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
+        let essays = dir.join("json/PaulGrahamEssays.json");
+        let json: serde_json::Value = serde_json::from_str(&read_lossy(&essays)?)
+            .map_err(|e| Error::file(&essays, format!("not JSON ({e}); {HOW_TO_GET}")))?;
+        let text = json["text"]
+            .as_str()
+            .ok_or_else(|| Error::file(&essays, format!("has no `text` string; {HOW_TO_GET}")))?;
+        let essay_words: Vec<String> = clean(text).split_whitespace().map(str::to_string).collect();
+        if essay_words.is_empty() {
             return Err(Error::file(
                 &essays,
-                format!("holds no .txt essays; {HOW_TO_GET}"),
+                format!("holds no essays; {HOW_TO_GET}"),
             ));
-        }
-        let mut essay_words = Vec::new();
-        for file in &files {
-            let text = read_lossy(file)?;
-            essay_words.extend(clean(&text).split_whitespace().map(str::to_string));
         }
         let words = dir.join("words");
         let profane: HashSet<String> = word_list(&words.join("profanitylist.txt"))?
@@ -79,11 +80,17 @@ impl RulerText {
             .collect();
         vocabulary.sort();
         vocabulary.dedup();
+        let qa = |name: &str, read: fn(&Path) -> Result<QaSet>| {
+            let path = dir.join("json").join(name);
+            path.exists().then(|| read(&path)).transpose()
+        };
         Ok(RulerText {
             essay_words,
             adjectives,
             nouns,
             vocabulary,
+            squad: qa("squad.json", QaSet::squad)?,
+            hotpot: qa("hotpotqa.json", QaSet::hotpot)?,
         })
     }
 }
@@ -105,7 +112,7 @@ fn word_list(path: &Path) -> Result<Vec<String>> {
 }
 
 /// The essays carry a few Windows-1252 punctuation marks decoded as C1 controls: made the marks
-/// they stand for.
+/// they stand for (RULER keeps the controls, which tokenize as noise).
 fn clean(text: &str) -> String {
     text.chars()
         .map(|c| match c {
@@ -124,12 +131,15 @@ mod tests {
     #[test]
     fn words_are_plain_lower_case_and_not_profane() {
         let dir = tempfile::tempdir().unwrap();
-        let essays = dir.path().join("essays");
+        let json = dir.path().join("json");
         let words = dir.path().join("words");
-        std::fs::create_dir_all(&essays).unwrap();
+        std::fs::create_dir_all(&json).unwrap();
         std::fs::create_dir_all(&words).unwrap();
-        std::fs::write(essays.join("b.txt"), "second  essay").unwrap();
-        std::fs::write(essays.join("a.txt"), "First\u{0097}one\n\nhere").unwrap();
+        std::fs::write(
+            json.join("PaulGrahamEssays.json"),
+            r#"{"text": "First\u0097one\n\nhere second  essay"}"#,
+        )
+        .unwrap();
         let ten = |first: &str| {
             format!(
                 "{first}\n{}",
@@ -152,6 +162,7 @@ mod tests {
         assert_eq!(text.vocabulary.len(), 12);
         assert!(text.vocabulary.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(text.vocabulary[9..], ["ii", "jump", "quick"]);
+        assert!(text.squad.is_none() && text.hotpot.is_none());
         std::fs::write(words.join("nounlist.txt"), "fox\n").unwrap();
         let err = RulerText::read(dir.path()).err().unwrap().to_string();
         assert!(
