@@ -505,3 +505,69 @@ fn a_length_beyond_the_models_context_names_the_setting_and_the_limit() {
     );
     assert!(!err.contains("longer text"), "{err}");
 }
+
+/// The reasoning task end to end on the tiny random model (which cannot solve anything): every arm
+/// answers every problem through the batching engine, the answers are stored and read back on a
+/// second run without generating again, the budget bounds the cache during generation, and the
+/// report has the table and the chart.
+#[test]
+fn the_reasoning_task_answers_every_problem_per_arm_and_continues_from_the_stored_answers() {
+    let tiny = Tiny::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("reasoning");
+    std::fs::create_dir_all(data.join("gsm8k")).unwrap();
+    let problems: String = (0..3)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"question": format!("What is {i} + {i}?"), "answer": format!("so\n#### {}", 2 * i)})
+            )
+        })
+        .collect();
+    std::fs::write(data.join("gsm8k/test.jsonl"), problems).unwrap();
+    let mut cfg = config(&tiny, dir.path());
+    cfg.tasks = vec![KvTask::Reasoning {
+        sets: vec![spectra::kv::ProblemSet::Gsm8k],
+        problems: 3,
+        max_new_tokens: 40,
+        budgets: Some(vec![spectra::core::Budget::Tokens(24)]),
+        data,
+        batch: 2,
+    }];
+    let out = dir.path().join("report");
+    let report = run(&cfg, &out).unwrap();
+    let r = &report.reasoning[0];
+    assert_eq!(r.problems, 3);
+    // Full and the three evicting policies at the one budget.
+    assert_eq!(r.rows.len(), 4);
+    assert_eq!(r.answers.len(), 12);
+    let full = &r.rows[0];
+    assert_eq!(full.policy, FULL);
+    assert!(full.tokens_per_second.is_some());
+    for row in &r.rows[1..] {
+        assert_eq!(row.budget, "24");
+        // The bounded caches hold less than Full's at its largest: 24 entries and a chunk's headroom
+        // against a prompt of over 100 bytes and its answer.
+        assert!(row.peak_kv_bytes < full.peak_kv_bytes, "{row:?} {full:?}");
+    }
+    assert!(r
+        .answers
+        .iter()
+        .all(|a| a.tokens <= 40 && a.reference.parse::<u32>().is_ok()));
+    write_report(&out, Path::new("kv.ron"), &report).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Reasoning under decode-time compression: gsm8k"),
+        "{md}"
+    );
+    assert!(out.join("reasoning-gsm8k.svg").exists());
+    let again = run(&cfg, &out).unwrap();
+    let texts = |r: &spectra::kv::ReasoningResult| {
+        r.answers.iter().map(|a| a.text.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&again.reasoning[0]), texts(r));
+    assert!(again.reasoning[0]
+        .rows
+        .iter()
+        .all(|row| row.tokens_per_second.is_none()));
+}

@@ -10,6 +10,7 @@ use spectra_core::{registry, Budget, DeviceSpec, KvEvictionPolicy};
 use spectra_models::llama::WeightFormat;
 use spectra_models::DecoderConfig;
 
+use super::reasoning::ProblemSet;
 use super::ruler::{PromptFormat, RulerTask};
 
 /// `spectra kv` reads this: every policy at every budget, on every task, against `Full`.
@@ -46,6 +47,15 @@ fn one() -> usize {
 fn ruler_data() -> PathBuf {
     PathBuf::from("data/kv/ruler")
 }
+fn reasoning_data() -> PathBuf {
+    PathBuf::from("data/kv/reasoning")
+}
+
+/// llama.cpp's 8 parallel sequences, where batching has paid off on this machine.
+fn reasoning_batch() -> usize {
+    8
+}
+
 fn scoring_chunk() -> usize {
     32
 }
@@ -95,6 +105,23 @@ pub enum KvTask {
         #[serde(default)]
         format: PromptFormat,
     },
+    /// Chain-of-thought answers to math problems with the cache bounded *during* generation
+    /// (decode-time compression, TriAttention's setting): each set's first `problems` problems
+    /// (from `data`, `scripts/get-reasoning-data.sh`), in the model's chat template, generated
+    /// greedily up to `max_new_tokens` tokens by `Full` and by every policy at each of `budgets`
+    /// (the config's `budgets` when absent), `batch` sequences at a time through the batching
+    /// engine. Each answer is stored as it completes: a stopped run continues.
+    Reasoning {
+        sets: Vec<ProblemSet>,
+        problems: usize,
+        max_new_tokens: usize,
+        #[serde(default)]
+        budgets: Option<Vec<Budget>>,
+        #[serde(default = "reasoning_data")]
+        data: PathBuf,
+        #[serde(default = "reasoning_batch")]
+        batch: usize,
+    },
     /// Greedy decoding of `tokens` tokens after the first `context` tokens of `text`, for each context:
     /// tokens per second, eviction's share of the time, and the KV cache's peak bytes.
     Decode {
@@ -113,6 +140,10 @@ impl KvTask {
             KvTask::LanguageModelling { context, .. } => (*context, "LanguageModelling.context"),
             KvTask::Passkey { lengths, .. } => (max(lengths), "Passkey.lengths"),
             KvTask::Ruler { lengths, .. } => (max(lengths), "Ruler.lengths"),
+            // The prompts' lengths come on top; the engine refuses one that does not fit.
+            KvTask::Reasoning { max_new_tokens, .. } => {
+                (*max_new_tokens, "Reasoning.max_new_tokens")
+            }
             KvTask::Decode {
                 contexts, tokens, ..
             } => (max(contexts).saturating_add(*tokens), "Decode.contexts"),
@@ -132,19 +163,7 @@ impl Validate for KvEvalConfig {
                 .near("budgets")
                 .help("add e.g. `Tokens(512)`"));
         }
-        for budget in &self.budgets {
-            budget
-                .validate()
-                .map_err(|m| Invalid::new(m).near("budgets"))?;
-            for p in &self.policies {
-                let name = p.typetag_name();
-                p.validate(budget).map_err(|m| {
-                    // Not every error is the budget's (a missing stats file is not): name it as
-                    // the setting under which it arose.
-                    Invalid::new(format!("{name} at budget {budget:?}: {m}")).near(name)
-                })?;
-            }
-        }
+        self.validate_budgets(&self.budgets)?;
         if self.output.as_os_str().is_empty() {
             return Err(Invalid::new(
                 "output is empty: the report's files would land in the current folder",
@@ -177,6 +196,35 @@ impl Validate for KvEvalConfig {
             }
         }
         self.tasks.iter().try_for_each(validate_task)?;
+        for task in &self.tasks {
+            if let KvTask::Reasoning {
+                budgets: Some(budgets),
+                ..
+            } = task
+            {
+                self.validate_budgets(budgets)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KvEvalConfig {
+    /// Each budget is valid and every policy takes it.
+    fn validate_budgets(&self, budgets: &[Budget]) -> Result<(), Invalid> {
+        for budget in budgets {
+            budget
+                .validate()
+                .map_err(|m| Invalid::new(m).near("budgets"))?;
+            for p in &self.policies {
+                let name = p.typetag_name();
+                p.validate(budget).map_err(|m| {
+                    // Not every error is the budget's (a missing stats file is not): name it as
+                    // the setting under which it arose.
+                    Invalid::new(format!("{name} at budget {budget:?}: {m}")).near(name)
+                })?;
+            }
+        }
         Ok(())
     }
 }
@@ -267,6 +315,28 @@ fn validate_task(task: &KvTask) -> Result<(), Invalid> {
                             .near(t.name()),
                     );
                 }
+            }
+        }
+        KvTask::Reasoning {
+            sets,
+            problems,
+            max_new_tokens,
+            budgets,
+            batch,
+            ..
+        } => {
+            at_least_one("problems", *problems)?;
+            at_least_one("max_new_tokens", *max_new_tokens)?;
+            at_least_one("batch", *batch)?;
+            if sets.is_empty() {
+                return Err(Invalid::new("Reasoning needs at least one problem set")
+                    .near("Reasoning")
+                    .help("e.g. `sets: [gsm8k, aime2025]`"));
+            }
+            if budgets.as_ref().is_some_and(Vec::is_empty) {
+                return Err(Invalid::new("Reasoning.budgets is empty")
+                    .near("Reasoning")
+                    .help("give budgets, e.g. `budgets: Some([Tokens(256), Tokens(512)])`, or leave it out for the config's"));
             }
         }
         KvTask::Decode {

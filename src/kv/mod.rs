@@ -11,8 +11,11 @@
 
 mod config;
 mod decode;
+mod interval;
 mod language_modelling;
 mod passkey;
+mod progress;
+mod reasoning;
 mod report;
 mod ruler;
 
@@ -28,6 +31,7 @@ pub use config::{KvEvalConfig, KvTask};
 pub use decode::{DecodeRow, DecodeTaskResult};
 pub use language_modelling::{LanguageModellingResult, LanguageModellingRow};
 pub use passkey::{PasskeyAnswer, PasskeyLength, PasskeyResult, PasskeyRow};
+pub use reasoning::{ProblemSet, ReasoningAnswer, ReasoningResult, ReasoningRow};
 pub use report::write_report;
 pub use ruler::{PromptFormat, RulerAnswer, RulerResult, RulerRow, RulerTask, Turn};
 
@@ -45,6 +49,16 @@ pub struct Arm<'c> {
 impl Arm<'_> {
     pub fn budget_label(&self) -> String {
         budget_label(self.budget)
+    }
+
+    /// The policy as RON at its budget: what a stored answer of this arm is looked up by (its
+    /// label may change with the other policies in the config; this does not).
+    pub fn key(&self) -> String {
+        format!(
+            "{} at {}",
+            spectra_core::registry::to_ron(&*self.policy),
+            self.budget_label()
+        )
     }
 }
 
@@ -87,6 +101,8 @@ pub struct KvReport {
     pub decode: Vec<DecodeTaskResult>,
     /// One per task and length.
     pub ruler: Vec<RulerResult>,
+    /// One per problem set.
+    pub reasoning: Vec<ReasoningResult>,
 }
 
 /// Runs every task of `config`; progress goes to stderr, and the RULER suite's answers to
@@ -165,6 +181,29 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                     output,
                 },
             )?),
+            KvTask::Reasoning {
+                sets,
+                problems,
+                max_new_tokens,
+                budgets,
+                data,
+                batch,
+            } => report.reasoning.extend(reasoning::run(
+                &bench,
+                &reasoning::Setup {
+                    sets,
+                    problems: *problems,
+                    max_new_tokens: *max_new_tokens,
+                    arms: &arms(
+                        &config.policies,
+                        budgets.as_deref().unwrap_or(&config.budgets),
+                    ),
+                    data,
+                    batch: *batch,
+                    model: &config.model.path().display().to_string(),
+                    output,
+                },
+            )?),
             KvTask::Decode {
                 text,
                 contexts,
@@ -239,6 +278,11 @@ pub fn check_files(config: &KvEvalConfig) -> Result<()> {
         if let KvTask::LanguageModelling { text, .. } | KvTask::Decode { text, .. } = task {
             if !text.is_file() {
                 return Err(Error::file(text, format!("not found; {GET_DATA}")));
+            }
+        }
+        if let KvTask::Reasoning { sets, data, .. } = task {
+            for set in sets {
+                set.load(data, 1)?;
             }
         }
     }

@@ -70,6 +70,16 @@ pub fn write_report(dir: &Path, config_file: &Path, report: &KvReport) -> Result
             ),
         ));
     }
+    for r in &report.reasoning {
+        files.push((
+            format!("reasoning-{}.svg", r.set),
+            chart(
+                &format!("{} accuracy, at most {} tokens", r.set, r.max_new_tokens),
+                "accuracy (%)",
+                super::reasoning::table::points(r),
+            ),
+        ));
+    }
     for (name, body) in files {
         let path = dir.join(name);
         std::fs::write(&path, body)
@@ -231,6 +241,9 @@ fn markdown(config_file: &Path, report: &KvReport) -> String {
                 r.compressions
             );
         }
+    }
+    for r in &report.reasoning {
+        super::reasoning::table::markdown(&mut md, r);
     }
     for r in &report.ruler {
         ruler::markdown(&mut md, r);

@@ -84,12 +84,10 @@ pub fn train(
     if let Some(out) = &options.output {
         cfg.output = out.clone();
     }
-    // Before anything is built or made: a missing checkpoint is a mistyped folder, which must not
-    // be left behind empty.
     let latest = checkpoint::path_in(&cfg.output);
     let previous = checkpoint::previous_of(&latest);
-    if options.resume && !latest.exists() {
-        return Err(Error::file(
+    let nothing_to_resume = || {
+        Error::file(
             &latest,
             if previous.exists() {
                 format!(
@@ -103,9 +101,20 @@ pub fn train(
                  run without --resume to start afresh"
                     .to_string()
             },
-        ));
+        )
+    };
+    // Where the folder is there, its lock first: a second process on it is refused whatever it
+    // holds yet. One that is not there is made after the setup, so that a mistyped folder or a
+    // config that cannot run leaves nothing behind.
+    let early_lock = cfg
+        .output
+        .is_dir()
+        .then(|| crate::output::lock(&cfg.output))
+        .transpose()?;
+    if options.resume && !latest.exists() {
+        return Err(nothing_to_resume());
     }
-    let mut run = Run::new(cfg, config_file)?;
+    let mut run = Run::new(cfg, config_file, early_lock)?;
     if options.resume {
         run.restore()?;
     } else if let Some(earlier) = [&latest, &previous].into_iter().find(|p| p.exists()) {
@@ -119,7 +128,11 @@ pub fn train(
 }
 
 impl Run {
-    fn new(mut cfg: TrainConfig, config_file: &Path) -> Result<Run> {
+    fn new(
+        mut cfg: TrainConfig,
+        config_file: &Path,
+        early_lock: Option<crate::output::OutputLock>,
+    ) -> Result<Run> {
         let device = cfg.device.resolve()?;
         let Setup {
             data,
@@ -130,7 +143,10 @@ impl Run {
         let groups = assemble(model.params(), std::mem::take(&mut cfg.groups), &routed);
         let output = cfg.output.clone();
         crate::output::prepare(&output)?;
-        let _output_lock = crate::output::lock(&output)?;
+        let _output_lock = match early_lock {
+            Some(held) => held,
+            None => crate::output::lock(&output)?,
+        };
         Ok(Run {
             _output_lock,
             rng: derived_rng(cfg.seed, CONSTRAINT_STREAM),

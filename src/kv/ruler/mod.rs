@@ -11,10 +11,8 @@
 //! are not run on them and they are left out of the averages: a policy cannot be judged on what the
 //! model cannot do uncompressed.
 
-mod interval;
 pub mod leaderboard;
 mod niah;
-mod progress;
 mod qa;
 mod tasks;
 mod text;
@@ -26,19 +24,42 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use spectra_core::registry;
 use spectra_core::rng::derived_rng;
 use spectra_core::{Budget, Error, Result, SpectraRng};
 use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
-use progress::{Progress, Settings};
 pub use tasks::RulerTask;
 use tasks::Sample;
 use text::RulerText;
 
-use super::{budget_tokens, reread_prompt, Bench, FULL};
+use super::interval;
+use super::progress::{Progress, Stored};
+use super::{budget_tokens, reread_prompt, Arm, Bench, FULL};
+
+/// Where the answers are stored as they complete.
+const ANSWERS: &str = "ruler-answers.jsonl";
+
+/// What every stored answer depends on besides its task, length, sample and arm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    model: String,
+    seed: u64,
+    format: PromptFormat,
+    query_aware: bool,
+    max_new_tokens: Option<usize>,
+}
+
+impl Stored for RulerAnswer {
+    fn key(&self) -> String {
+        answer_key(self.length, &self.task, self.sample, &self.arm)
+    }
+}
+
+fn answer_key(length: usize, task: &str, sample: usize, arm: &str) -> String {
+    format!("{length} {task} {sample} {arm}")
+}
 
 /// The least `Full` must score on a task for the policies to be judged on it.
 pub const PASS: f64 = 50.0;
@@ -116,7 +137,7 @@ pub struct Setup<'a> {
     pub format: PromptFormat,
     /// The model file, as the stored answers name it.
     pub model: &'a str,
-    /// Where the answers are stored as they complete (`ruler-answers.jsonl`).
+    /// Where the answers are stored as they complete ([`ANSWERS`]).
     pub output: &'a Path,
 }
 
@@ -225,6 +246,7 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<RulerResult>> {
     let text = RulerText::read(setup.data)?;
     let mut progress = Progress::open(
         setup.output,
+        ANSWERS,
         &Settings {
             model: setup.model.to_string(),
             seed: bench.seed,
@@ -268,17 +290,14 @@ fn run_length(
     setup: &Setup<'_>,
     text: &RulerText,
     length: usize,
-    progress: &mut Progress,
+    progress: &mut Progress<RulerAnswer>,
 ) -> Result<RulerResult> {
     let arms = &bench.arms;
     let tasks = setup.tasks;
     let turn = setup.format.turn(&bench.tokenizer)?;
     let reread = reread_prompt(&bench.tokenizer, &turn)?;
     let keys: Vec<String> = std::iter::once(FULL.to_string())
-        .chain(
-            arms.iter()
-                .map(|a| format!("{} at {}", registry::to_ron(&*a.policy), a.budget_label())),
-        )
+        .chain(arms.iter().map(Arm::key))
         .collect();
     let mut tally = Tally {
         scores: vec![vec![Vec::new(); arms.len() + 1]; tasks.len()],
@@ -324,7 +343,7 @@ fn run_length(
         let mut prefilled: Vec<Option<(Prompt, Session<Llama>)>> = Vec::new();
         let mut kept = 0;
         for (sample, &seed) in seeds.iter().enumerate() {
-            if let Some(stored) = progress.get(length, task.name(), sample, FULL) {
+            if let Some(stored) = progress.get(&answer_key(length, task.name(), sample, FULL)) {
                 tally.add(t, 0, stored.clone());
                 prefilled.push(None);
                 continue;
@@ -361,7 +380,7 @@ fn run_length(
         for (sample, &seed) in seeds.iter().enumerate() {
             let mut missing = Vec::new();
             for (arm, key) in keys.iter().enumerate().skip(1) {
-                match progress.get(length, task.name(), sample, key) {
+                match progress.get(&answer_key(length, task.name(), sample, key)) {
                     Some(stored) => tally.add(t, arm, stored.clone()),
                     None => missing.push(arm),
                 }
