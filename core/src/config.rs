@@ -2,12 +2,11 @@
 
 use std::path::Path;
 
-use ron::extensions::Extensions;
-use ron::Options;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ConfigError, Location};
 use crate::registry::{self, Family};
+pub use crate::ron_dialect::ron_options;
 use crate::suggest::closest;
 
 /// A config file that checks itself after parsing (values in range, plugins valid for their budgets).
@@ -95,13 +94,6 @@ pub fn parse<T: DeserializeOwned + Validate>(text: &str, file: &Path) -> Result<
         .validate()
         .map_err(|invalid| invalid.in_file(text, file))?;
     Ok(value)
-}
-
-/// spectra's RON dialect, for reading and writing: `Some` may be omitted, and a variant holding a
-/// struct reads `LipschitzGpt(d_model: 256)` rather than `LipschitzGpt((d_model: 256))`.
-pub fn ron_options() -> Options {
-    Options::default()
-        .with_default_extension(Extensions::IMPLICIT_SOME | Extensions::UNWRAP_VARIANT_NEWTYPES)
 }
 
 /// Parses RON with spectra's options (`Some` may be omitted), mapping errors to file:line:col with help.

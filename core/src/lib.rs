@@ -14,6 +14,7 @@ pub mod optimizer;
 pub mod param;
 pub mod registry;
 pub mod rng;
+pub mod ron_dialect;
 pub mod rope;
 pub mod schedule;
 pub mod suggest;

@@ -103,7 +103,7 @@ macro_rules! register_plugin {
 
 /// One-line RON, the form configs use.
 pub fn to_ron<T: serde::Serialize + ?Sized>(value: &T) -> String {
-    crate::config::ron_options()
+    crate::ron_dialect::ron_options()
         .to_string(value)
         .unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
 }

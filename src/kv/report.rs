@@ -144,8 +144,9 @@ fn markdown(config_file: &Path, report: &KvReport) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# KV-cache evaluation\n\nModel `{}` on {}; config `{}`. Every policy × budget continues from \
-         the same prefill as `{FULL}` (the uncompressed cache).\n",
+        "# KV-cache evaluation\n\nModel `{}` on {}; config `{}`. In language modelling, passkey \
+         retrieval and RULER every policy × budget continues from the same prefill as `{FULL}` (the \
+         uncompressed cache); decoding and reasoning run every arm from its own prompt.\n",
         report.model,
         report.device,
         config_file.display()

@@ -10,7 +10,7 @@ use spectra_core::registry::{self, Family};
 use spectra_core::{DeviceSpec, Optimizer, Schedule, WeightConstraint};
 use spectra_models::{DataConfig, ModelConfig};
 
-use super::routing::ParamSelector;
+use super::param_selector::ParamSelector;
 
 /// `spectra train` reads this.
 #[derive(Debug, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod config_error;
 mod eval;
 pub mod groups;
 pub mod metrics;
+mod param_selector;
 mod progress;
 mod report;
 pub mod routing;

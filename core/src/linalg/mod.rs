@@ -8,6 +8,7 @@
 
 pub mod checks;
 pub mod msign;
+mod odd_step;
 pub mod orthogonalize;
 pub mod polynomial;
 mod polynomial_cpu;

@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use spectra_kernels::sgemm::{sgemm, Operand, Threads};
 use spectra_kernels::transpose::transpose;
 
-use super::polynomial::OddStep;
+use super::odd_step::OddStep;
 use crate::Result;
 
 /// The steps applied to the 2-D f32 CPU tensor `x`, the Gram matrix on its smaller side.

@@ -11,7 +11,6 @@ use spectra_inference::SequenceRows;
 use spectra_kv::KvCache;
 
 use super::config::LlamaConfig;
-use super::decoder::rows_of;
 use spectra_kernels::chunk_attention;
 use spectra_kernels::decode_attention::{self, HeadEntries};
 
@@ -280,6 +279,11 @@ fn attend_one_token(
         (caches.len(), c.heads * c.head_dim),
         q.device(),
     )?)
+}
+
+/// Rows `range` (along dim 1) of `[heads, rows, head_dim]`, contiguous.
+pub(super) fn rows_of(x: &Tensor, range: &std::ops::Range<usize>) -> Result<Tensor> {
+    Ok(x.narrow(1, range.start, range.len())?.contiguous()?)
 }
 
 /// `[t, t]`: 0 on and below the diagonal, −∞ above.

@@ -8,7 +8,7 @@ use spectra_core::{Error, Result};
 use spectra_inference::{CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows};
 use spectra_kv::{KvCache, KvCacheShape};
 
-use super::attention::{attend, causal_mask, BatchRows};
+use super::attention::{attend, causal_mask, rows_of, BatchRows};
 use super::rotary::Rotary;
 use super::weights::{Linear, RowKinds};
 use super::Llama;
@@ -176,11 +176,6 @@ impl Llama {
             })
             .collect()
     }
-}
-
-/// Rows `range` (along dim 1) of `[heads, rows, head_dim]`, contiguous.
-pub(super) fn rows_of(x: &Tensor, range: &std::ops::Range<usize>) -> Result<Tensor> {
-    Ok(x.narrow(1, range.start, range.len())?.contiguous()?)
 }
 
 /// The last `window` rows (along dim 1) of `previous` followed by `new`.

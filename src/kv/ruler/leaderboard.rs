@@ -73,22 +73,27 @@ pub fn markdown(md: &mut String, r: &RulerResult) {
     });
     let _ = writeln!(
         md,
-        "### Leaderboard\n\n| rank | policy | {} | mean |\n|---|---|{}---|",
+        "### Leaderboard\n\n| rank | policy | {} | mean | behind the best |\n|---|---|{}---|---|",
         budgets.join(" | "),
         "---|".repeat(budgets.len())
     );
     let full = with_interval(r.full.average, r.full.average_interval, 1);
     let _ = writeln!(
         md,
-        "| | {FULL} (no compression) | {} | {} |",
+        "| | {FULL} (no compression) | {} | {} | |",
         vec![full; budgets.len()].join(" | "),
         score(r.full.average)
     );
+    let best = policies.first().and_then(|p| p.2);
     for (i, (policy, cells, mean)) in policies.iter().enumerate() {
         let cells: Vec<String> = cells.iter().map(|c| with_interval(c.0, c.1, 1)).collect();
+        let behind = match (best, mean) {
+            (Some(b), Some(m)) if i > 0 => format!("{:.1}", b - m),
+            _ => String::new(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {policy} | {} | {} |",
+            "| {} | {policy} | {} | {} | {behind} |",
             i + 1,
             cells.join(" | "),
             score(*mean)

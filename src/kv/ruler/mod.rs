@@ -14,7 +14,10 @@
 pub mod leaderboard;
 mod niah;
 mod qa;
+mod sample;
 mod tasks;
+#[cfg(test)]
+mod testing;
 mod text;
 mod variable_tracking;
 mod word_counts;
@@ -30,8 +33,8 @@ use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
+use sample::Sample;
 pub use tasks::RulerTask;
-use tasks::Sample;
 use text::RulerText;
 
 use super::interval;

@@ -8,7 +8,7 @@ use rand::seq::index;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use super::tasks::{render_lines, Sample, NOISE};
+use super::sample::{render_lines, Sample, NOISE};
 use super::text::RulerText;
 
 /// Where the needles are hidden.
@@ -216,7 +216,7 @@ fn uuid4(bits: u128) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tasks::tests::{rng, tiny_text};
+    use super::super::testing::{rng, tiny_text};
     use super::*;
 
     fn spec(haystack: Haystack, num_keys: usize, values_per_key: usize, queries: usize) -> Niah {

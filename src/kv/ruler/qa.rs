@@ -9,7 +9,7 @@ use rand::Rng;
 use serde_json::Value;
 use spectra_core::{Error, Result};
 
-use super::tasks::Sample;
+use super::sample::Sample;
 
 const INSTRUCTION: &str = "Answer the question based on the given documents. Only give me the \
                            answer and do not output any other words.";
@@ -219,7 +219,7 @@ fn read_json(path: &Path) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::ruler::tasks::tests::rng;
+    use crate::kv::ruler::testing::rng;
 
     fn squad_file(dir: &Path) -> std::path::PathBuf {
         let path = dir.join("squad.json");

@@ -1,6 +1,5 @@
 //! The suite's tasks (RULER's thirteen) and what a generated sample is.
 
-use rand::seq::index;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -8,12 +7,9 @@ use spectra_core::{Error, Result};
 
 use super::niah::{self, Haystack, Kind, Niah};
 use super::qa::QaSet;
+use super::sample::Sample;
 use super::text::RulerText;
 use super::{variable_tracking, word_counts};
-
-/// RULER's filler line.
-pub const NOISE: &str =
-    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
 
 /// A task, by RULER's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,28 +184,6 @@ impl RulerTask {
     }
 }
 
-/// One generated prompt, split where the question begins: what is compressed without knowing the
-/// question, the question, and the start of the answer; and the strings a correct answer contains.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sample {
-    pub context: String,
-    pub question: String,
-    /// Starts with a space, as RULER's.
-    pub answer_prefix: String,
-    pub references: Vec<String>,
-}
-
-/// `lines` with `inserted` placed among them at random, in their order, joined by newlines.
-pub fn render_lines(mut lines: Vec<String>, inserted: Vec<String>, rng: &mut impl Rng) -> String {
-    let n = inserted.len().min(lines.len() + 1);
-    let mut at: Vec<usize> = index::sample(rng, lines.len() + 1, n).into_vec();
-    at.sort_unstable();
-    for (j, (position, line)) in at.into_iter().zip(inserted).enumerate() {
-        lines.insert(position + j, line);
-    }
-    lines.join("\n")
-}
-
 /// 100 when any reference is in the answer, case aside; else 0.
 fn string_match_part(answer: &str, references: &[String]) -> f64 {
     let answer = answer.to_lowercase();
@@ -234,33 +208,9 @@ fn string_match_all(answer: &str, references: &[String]) -> f64 {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
-    use spectra_core::SpectraRng;
-
-    pub fn rng(seed: u64) -> SpectraRng {
-        use rand::SeedableRng;
-        SpectraRng::seed_from_u64(seed)
-    }
-
-    pub fn tiny_text() -> RulerText {
-        let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        RulerText {
-            essay_words: words(
-                "The best way to get startup ideas is not to try to think of them. Instead look for \
-                 problems, preferably problems you have yourself. Why? Because ideas that come from \
-                 working on problems tend to be good ones. Many of the best ideas seem bad at first.",
-            ),
-            adjectives: words("quick lazy brave calm eager gentle happy jolly kind lively"),
-            nouns: words("fox dog cat owl ant bee cow elk gnu hen yak eel"),
-            vocabulary: words(
-                "ant bee brave calm cat cow dog eager eel elk fox gentle gnu happy hen jolly kind \
-                 lazy lively owl quick yak apple river stone cloud",
-            ),
-            squad: Some(QaSet::tiny()),
-            hotpot: Some(QaSet::tiny()),
-        }
-    }
+    use crate::kv::ruler::testing::{rng, tiny_text};
 
     #[test]
     fn names_are_those_configs_use() {
@@ -281,15 +231,6 @@ pub(super) mod tests {
         assert_eq!(RulerTask::QaSquad.score("b or c", &refs), 100.0);
         assert_eq!(RulerTask::QaHotpot.score("c", &refs), 0.0);
         assert_eq!(RulerTask::NiahSingle1.score("b or c", &refs), 50.0);
-    }
-
-    #[test]
-    fn inserted_lines_keep_their_order() {
-        let lines = vec!["x".to_string(); 5];
-        let out = render_lines(lines, vec!["1".into(), "2".into(), "3".into()], &mut rng(7));
-        let kept: Vec<&str> = out.lines().filter(|l| *l != "x").collect();
-        assert_eq!(kept, ["1", "2", "3"]);
-        assert_eq!(out.lines().count(), 8);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use rand::Rng;
 
-use super::tasks::{render_lines, Sample, NOISE};
+use super::sample::{render_lines, Sample, NOISE};
 
 /// Assignments after the first, as RULER's default.
 const HOPS: usize = 4;
@@ -67,7 +67,7 @@ fn task(lines: usize, rng: &mut impl Rng) -> (Sample, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tasks::tests::rng;
+    use super::super::testing::rng;
     use super::*;
 
     #[test]

@@ -5,7 +5,7 @@
 use rand::seq::{index, SliceRandom};
 use rand::Rng;
 
-use super::tasks::Sample;
+use super::sample::Sample;
 use super::text::RulerText;
 
 /// The common words asked for.
@@ -119,7 +119,7 @@ pub fn frequent_words(words: usize, length: usize, rng: &mut impl Rng) -> Sample
 
 #[cfg(test)]
 mod tests {
-    use super::super::tasks::tests::{rng, tiny_text};
+    use super::super::testing::{rng, tiny_text};
     use super::*;
 
     fn count(text: &str, word: &str) -> usize {
