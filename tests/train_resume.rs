@@ -142,8 +142,14 @@ fn stopped_after_two_steps(dir: &std::path::Path) -> (String, std::path::PathBuf
 }
 
 fn resume_error(text: &str) -> String {
+    resume_error_with(text, None)
+}
+
+/// Resuming `text`'s run with `steps` in place of the config's: the error.
+fn resume_error_with(text: &str, steps: Option<u64>) -> String {
     let resume = TrainOptions {
         resume: true,
+        steps,
         ..quiet()
     };
     spectra::train::train(parse(text), std::path::Path::new("test.ron"), &resume)
@@ -165,14 +171,7 @@ fn a_changed_seed_is_refused_on_resume() {
 fn resuming_past_the_steps_asked_for_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (text, _) = stopped_after_two_steps(dir.path());
-    let resume = TrainOptions {
-        resume: true,
-        steps: Some(1),
-        ..quiet()
-    };
-    let err = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume)
-        .unwrap_err()
-        .to_string();
+    let err = resume_error_with(&text, Some(1));
     assert!(
         err.contains("spans 4 steps") && err.contains("asks for 1"),
         "{err}"
@@ -186,14 +185,7 @@ fn resuming_past_the_steps_asked_for_is_refused() {
 fn a_changed_plan_is_refused_on_resume_naming_the_one_to_keep() {
     let dir = tempfile::tempdir().unwrap();
     let (text, _) = stopped_after_two_steps(dir.path());
-    let resume = TrainOptions {
-        resume: true,
-        steps: Some(8),
-        ..quiet()
-    };
-    let err = spectra::train::train(parse(&text), std::path::Path::new("test.ron"), &resume)
-        .unwrap_err()
-        .to_string();
+    let err = resume_error_with(&text, Some(8));
     assert!(
         err.contains("`steps`") && err.contains("spans 4 steps") && err.contains("--steps 4"),
         "{err}"

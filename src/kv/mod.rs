@@ -129,8 +129,9 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
         seed: config.seed,
         prefill_chunk: config.prefill_chunk,
     };
+    let model_name = config.model.path().display().to_string();
     let mut report = KvReport {
-        model: config.model.path().display().to_string(),
+        model: model_name.clone(),
         device: format!("{device:?}"),
         ..KvReport::default()
     };
@@ -177,7 +178,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                     data,
                     max_new_tokens: *max_new_tokens,
                     format: *format,
-                    model: &config.model.path().display().to_string(),
+                    model: &model_name,
                     output,
                 },
             )?),
@@ -200,7 +201,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                     ),
                     data,
                     batch: *batch,
-                    model: &config.model.path().display().to_string(),
+                    model: &model_name,
                     output,
                 },
             )?),

@@ -51,6 +51,9 @@ impl ProblemSet {
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
             {
+                if problems.len() == count {
+                    return Ok(problems);
+                }
                 let bad = |what: &str| {
                     Error::file(&path, format!("line {}: {what}; {HOW_TO_GET}", line + 1))
                 };
@@ -77,7 +80,6 @@ impl ProblemSet {
                 });
             }
         }
-        problems.truncate(count);
         Ok(problems)
     }
 }

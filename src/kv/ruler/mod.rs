@@ -246,7 +246,7 @@ impl Prompt {
 
 /// Runs the suite at every length, continuing from the answers stored in the output folder.
 pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<RulerResult>> {
-    let text = RulerText::read(setup.data)?;
+    let text = RulerText::read(setup.data, setup.tasks)?;
     let mut progress = Progress::open(
         setup.output,
         ANSWERS,
@@ -316,7 +316,7 @@ fn run_length(
         // Drawn in order whether or not a sample's answers are stored: sample i is always the same.
         let seeds: Vec<u64> = (0..setup.samples).map(|_| rng.random()).collect();
         let prefill = |seed: u64| -> Result<(Prompt, Session<Llama>)> {
-            let prompt = fit(bench, setup, text, task, length, max_new, seed)?;
+            let prompt = fit(bench, (setup, &turn), text, task, length, max_new, seed)?;
             let mut shared =
                 Session::recording(bench.model.clone(), bench.needs)?.with_reread(reread.clone());
             shared.prefill(&prompt.compressed, bench.prefill_chunk, Logits::Last)?;
@@ -490,17 +490,16 @@ fn sample_stream(task: RulerTask, length: usize) -> u64 {
 /// (RULER's rule), found by bisection on the haystack's size.
 fn fit(
     bench: &Bench<'_>,
-    setup: &Setup<'_>,
+    (setup, turn): (&Setup<'_>, &Turn),
     text: &RulerText,
     task: RulerTask,
     length: usize,
     max_new: usize,
     seed: u64,
 ) -> Result<Prompt> {
-    let turn = setup.format.turn(&bench.tokenizer)?;
     let build = |units: usize| {
         let sample = task.sample(units, length, &mut SpectraRng::seed_from_u64(seed), text)?;
-        Prompt::new(sample, &bench.tokenizer, &turn, setup.query_aware)
+        Prompt::new(sample, &bench.tokenizer, turn, setup.query_aware)
     };
     let fits = |p: &Prompt| p.compressed.len() + p.asked.len() + max_new <= length;
     let mut low = task.min_units();

@@ -7,6 +7,7 @@ use std::path::Path;
 use spectra_core::{Error, Result};
 
 use super::qa::QaSet;
+use super::tasks::RulerTask;
 
 /// Essays and words, as the generators use them.
 pub struct RulerText {
@@ -30,8 +31,9 @@ const HOW_TO_GET: &str =
 
 impl RulerText {
     /// Reads `dir/json/PaulGrahamEssays.json`, `dir/words/{adjective,noun,verb,profanity}list.txt`
-    /// and, where they are, `dir/json/{squad,hotpotqa}.json`.
-    pub fn read(dir: &Path) -> Result<Self> {
+    /// and, where `tasks` ask for them and they are there, `dir/json/{squad,hotpotqa}.json` (46 MB of
+    /// JSON for HotpotQA, not read for a suite without qa_2).
+    pub fn read(dir: &Path, tasks: &[RulerTask]) -> Result<Self> {
         let essays = dir.join("json/PaulGrahamEssays.json");
         let json: serde_json::Value = serde_json::from_str(&read_lossy(&essays)?)
             .map_err(|e| Error::file(&essays, format!("not JSON ({e}); {HOW_TO_GET}")))?;
@@ -80,17 +82,19 @@ impl RulerText {
             .collect();
         vocabulary.sort();
         vocabulary.dedup();
-        let qa = |name: &str, read: fn(&Path) -> Result<QaSet>| {
+        let qa = |task: RulerTask, name: &str, read: fn(&Path) -> Result<QaSet>| {
             let path = dir.join("json").join(name);
-            path.exists().then(|| read(&path)).transpose()
+            (tasks.contains(&task) && path.exists())
+                .then(|| read(&path))
+                .transpose()
         };
         Ok(RulerText {
             essay_words,
             adjectives,
             nouns,
             vocabulary,
-            squad: qa("squad.json", QaSet::squad)?,
-            hotpot: qa("hotpotqa.json", QaSet::hotpot)?,
+            squad: qa(RulerTask::QaSquad, "squad.json", QaSet::squad)?,
+            hotpot: qa(RulerTask::QaHotpot, "hotpotqa.json", QaSet::hotpot)?,
         })
     }
 }
@@ -153,7 +157,7 @@ mod tests {
         std::fs::write(words.join("nounlist.txt"), ten("fox\nATM\nice cream\nbad")).unwrap();
         std::fs::write(words.join("verblist.txt"), "jump\n").unwrap();
         std::fs::write(words.join("profanitylist.txt"), "bad\n").unwrap();
-        let text = RulerText::read(dir.path()).unwrap();
+        let text = RulerText::read(dir.path(), &[RulerTask::QaSquad]).unwrap();
         assert_eq!(text.essay_words, ["First—one", "here", "second", "essay"]);
         assert_eq!(text.adjectives[..2], ["quick", "aa"]);
         assert_eq!(text.adjectives.len(), 10);
@@ -164,7 +168,7 @@ mod tests {
         assert_eq!(text.vocabulary[9..], ["ii", "jump", "quick"]);
         assert!(text.squad.is_none() && text.hotpot.is_none());
         std::fs::write(words.join("nounlist.txt"), "fox\n").unwrap();
-        let err = RulerText::read(dir.path()).err().unwrap().to_string();
+        let err = RulerText::read(dir.path(), &[]).err().unwrap().to_string();
         assert!(
             err.contains("nounlist.txt") && err.contains("at least 10"),
             "{err}"
@@ -173,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_missing_folder_says_how_to_get_it() {
-        let err = RulerText::read(Path::new("/nonexistent/ruler"))
+        let err = RulerText::read(Path::new("/nonexistent/ruler"), &[])
             .err()
             .unwrap()
             .to_string();
