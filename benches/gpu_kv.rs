@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use rand::Rng;
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::rng::derived_rng;
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
@@ -45,17 +44,8 @@ fn time(device: &Device, mut f: impl FnMut()) -> f64 {
 }
 
 fn stats(rope: &RopeSpec) -> QueryBandStats {
-    let heads = KV_HEADS * GROUP;
-    let n = heads * rope.bands();
-    let mut rng = derived_rng(1, 0);
-    let re: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let im: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let abs = re
-        .iter()
-        .zip(&im)
-        .map(|(a, b)| a.hypot(*b) + rng.random_range(0.0..0.25))
-        .collect();
-    QueryBandStats::new(QueryStatsMeta::for_rope(rope, 1, heads), re, im, abs).unwrap()
+    let meta = QueryStatsMeta::for_rope(rope, 1, KV_HEADS * GROUP);
+    QueryBandStats::random(meta, 0.25, &mut derived_rng(1, 0)).unwrap()
 }
 
 struct Row<'a> {

@@ -9,17 +9,22 @@ use rand::Rng;
 use spectra_core::ops::top_k::keep_top_k_rows;
 use spectra_core::registry::{plugins, Family};
 use spectra_core::rng::{derived_rng, SpectraRng};
-use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
+use spectra_core::rope::{RopePairing, RopeSpec};
 use spectra_core::{
     GqaAggregation, KeepPlan, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext,
 };
 use spectra_kv::{KvCache, KvCacheShape};
-use spectra_policies::tri_attention::key_scores::{key_scores, KeyScoreInputs};
+use spectra_policies::tri_attention::key_scores::key_scores;
 use spectra_policies::tri_attention::normalize::{tie_noise, Finish};
-use spectra_policies::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
-use spectra_policies::tri_attention::{OffsetTable, ScoreOptions};
+use spectra_policies::tri_attention::query_stats::QueryBandStats;
 use spectra_policies::{OffsetAggregation, Pooling, SnapKv, TriAttention, TriAttentionMode};
 use third_party_plugin as _;
+
+mod kernel_cases_support;
+use kernel_cases_support::{
+    band_stats, check_key_scores, close, finish_cases, for_each_key_score_case, top_k_cases,
+    yarn_rope, FinishCase, TopKCase, FINISH_TOLERANCE,
+};
 
 /// The first GPU, or `None` after saying why there is none.
 fn gpu() -> Option<Device> {
@@ -69,13 +74,7 @@ struct Built {
 
 impl Case {
     fn rope(&self) -> RopeSpec {
-        let scaling = RopeScaling::Yarn {
-            factor: 4.0,
-            original_max_position: 4096.0,
-            beta_fast: 32.0,
-            beta_slow: 1.0,
-        };
-        RopeSpec::new(self.head_dim, 10000.0, self.pairing, scaling)
+        yarn_rope(self.head_dim, self.pairing)
     }
 
     fn universe(&self) -> usize {
@@ -198,25 +197,14 @@ impl Case {
     }
 }
 
-/// Calibrated statistics for the case's model shape (random centres with m ≥ |q̄|).
+/// Calibrated statistics for the case's model shape.
 fn stats(case: &Case) -> QueryBandStats {
-    let heads = case.kv_heads * case.group;
-    let n = case.layers * heads * case.head_dim / 2;
-    let mut rng = derived_rng(case.seed, 1 << 44);
-    let re: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let im: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let abs: Vec<f32> = re
-        .iter()
-        .zip(&im)
-        .map(|(a, b)| a.hypot(*b) + rng.random_range(0.0..0.5))
-        .collect();
-    QueryBandStats::new(
-        QueryStatsMeta::for_rope(&case.rope(), case.layers, heads),
-        re,
-        im,
-        abs,
+    band_stats(
+        &case.rope(),
+        case.layers,
+        case.kv_heads * case.group,
+        case.seed,
     )
-    .unwrap()
 }
 
 /// Selections and scores of one policy on one device.
@@ -256,17 +244,6 @@ fn run(policy: &dyn KvEvictionPolicy, case: &Case, device: &Device) -> Run {
         })
         .collect();
     Run { plans, scores }
-}
-
-/// `a` and `b` agree within `tolerance · max(1, |a|)`, or are the same non-finite value class.
-fn close(a: f32, b: f32, tolerance: f32) -> bool {
-    if a.is_nan() || b.is_nan() {
-        return a.is_nan() && b.is_nan();
-    }
-    if a.is_infinite() || b.is_infinite() {
-        return a == b;
-    }
-    (a - b).abs() <= tolerance * a.abs().max(1.0)
 }
 
 /// Relative tolerance between the devices' scores. TriAttention's are bit-identical but for a
@@ -446,114 +423,42 @@ fn every_policy_selects_the_same_on_gpu_and_cpu() {
     eprintln!("gpu_kv: {checked} (policy, case) pairs select the same on both devices");
 }
 
-/// Scale of the scores in a row, for tolerances relative to it.
-fn scale(v: &[f32]) -> f32 {
-    v.iter()
-        .filter(|x| x.is_finite())
-        .fold(1.0f32, |m, x| m.max(x.abs()))
-}
-
-fn host(t: &Tensor) -> Vec<Vec<f32>> {
-    t.to_device(&Device::Cpu).unwrap().to_vec2().unwrap()
-}
-
-/// The key score kernel against the CPU path, on more keys than its blocks cover at once (so that
-/// blocks loop), in every mode, both pairings, three head sizes and three key dtypes. The paths
-/// perform the same correctly rounded operations in the same order from the same f64 weights; only
-/// CUDA's double `sincos` may differ from the C library's in the last bit, which reaches an f32
-/// weight with probability ~2⁻²⁹. So nearly all scores must be bit-identical, and any other within
-/// 1e-5 of the row's scale (one f32 ulp of a weight times at most d key coordinates of size ≤ 2).
+/// The key score kernel against the CPU path, in every mode, both pairings, four head sizes and
+/// three key dtypes (see `check_key_scores`).
 #[test]
 fn key_score_kernel_matches_the_cpu_path() {
     let Some(gpu) = gpu() else { return };
-    let mut rng = derived_rng(77, 0);
-    for (d, pairing, group, n) in [
-        (128, RopePairing::Half, 4, 200_003),
-        (64, RopePairing::Interleaved, 3, 5_000),
-        (256, RopePairing::Half, 2, 3_001),
-        (80, RopePairing::Interleaved, 8, 777),
-    ] {
-        let case = Case {
-            layers: 1,
-            kv_heads: 1,
-            group,
-            head_dim: d,
-            lens: vec![n],
-            budget: 1,
-            pairing,
-            values: Values::Random,
-            phase: KvPhase::Decode,
-            seed: d as u64,
-        };
-        let rope = case.rope();
-        let stats = stats(&case);
-        let centers: Vec<_> = (0..group).map(|h| stats.head(0, h).unwrap()).collect();
-        let keys: Vec<f32> = (0..n * d).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let keys = Tensor::from_vec(keys, (n, d), &Device::Cpu).unwrap();
-        let table = OffsetTable::new(&rope, 131_072 + 7, 1 << 16);
-        for options in [
-            (OffsetAggregation::Mean, false, false),
-            (OffsetAggregation::Max, false, true),
-            (OffsetAggregation::Mean, true, false),
-        ]
-        .map(|(aggregation, disable_trig, disable_mlr)| ScoreOptions {
-            max_offset: 1 << 16,
-            aggregation,
-            disable_mlr,
-            disable_trig,
-        }) {
-            let inputs = KeyScoreInputs {
-                centers: &centers,
-                rope: &rope,
-                table: &table,
-                options: &options,
-            };
-            for dtype in [DType::F32, DType::BF16, DType::F16] {
-                let k = keys.to_dtype(dtype).unwrap();
-                let cpu = host(&key_scores(&k, &inputs).unwrap());
-                let on_gpu = host(&key_scores(&k.to_device(&gpu).unwrap(), &inputs).unwrap());
-                let (mut same, mut total) = (0usize, 0usize);
-                for (c, g) in cpu.iter().zip(&on_gpu) {
-                    let s = scale(c);
-                    for (a, b) in c.iter().zip(g) {
-                        total += 1;
-                        if a.to_bits() == b.to_bits() {
-                            same += 1;
-                        } else {
-                            assert!(
-                                close(*a / s, *b / s, 1e-5),
-                                "d {d} {pairing:?} {options:?} {dtype:?}: CPU {a}, GPU {b}"
-                            );
-                        }
-                    }
-                }
-                assert!(
-                    same * 1000 >= total * 999,
-                    "d {d} {pairing:?} {options:?} {dtype:?}: only {same} of {total} scores bit-identical"
-                );
-            }
-        }
-    }
+    for_each_key_score_case(|inputs, keys, what| {
+        let cpu: Vec<f32> = key_scores(keys, inputs)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let on_gpu: Vec<f32> = key_scores(&keys.to_device(&gpu).unwrap(), inputs)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        check_key_scores(&cpu, &on_gpu, keys.dims()[0], what);
+    });
 }
 
-/// z-normalisation, group reduction and noise: the kernel sums the f64 statistics in another order,
-/// which moves a z-score by ~1e-16 relative before rounding to f32; results are bit-identical but
-/// for rare roundings at an f32 boundary, off by one ulp (≤ 1.2e-7 relative).
+/// z-normalisation, group reduction and noise (see `FINISH_TOLERANCE`).
 #[test]
 fn finish_kernel_matches_the_cpu_path() {
     let Some(gpu) = gpu() else { return };
-    let mut rng = derived_rng(78, 0);
-    for (group, n, candidates, reduce) in [
-        (4, 131_072, 0..131_072, GqaAggregation::Max),
-        (3, 10_000, 100..9_000, GqaAggregation::Mean),
-        (1, 50, 0..0, GqaAggregation::Max),
-    ] {
-        let mut raw: Vec<f32> = (0..group * n)
-            .map(|_| rng.random_range(-5.0..5.0))
-            .collect();
-        for x in raw.iter_mut().step_by(101) {
-            *x = f32::NAN;
-        }
+    for case in finish_cases() {
+        let FinishCase {
+            group,
+            n,
+            candidates,
+            reduce,
+            raw,
+        } = case;
         let raw = Tensor::from_vec(raw, (group, n), &Device::Cpu).unwrap();
         for normalize in [true, false] {
             let finish = Finish {
@@ -575,7 +480,7 @@ fn finish_kernel_matches_the_cpu_path() {
                 .unwrap();
             for (j, (a, b)) in cpu.iter().zip(&on_gpu).enumerate() {
                 assert!(
-                    close(*a, *b, 2.5e-7),
+                    close(*a, *b, FINISH_TOLERANCE),
                     "group {group} n {n} entry {j}: CPU {a}, GPU {b}"
                 );
             }
@@ -584,33 +489,19 @@ fn finish_kernel_matches_the_cpu_path() {
 }
 
 /// Top-k on the GPU keeps exactly what the CPU path (and `keep_top_k`) keeps: the selection is
-/// integer logic on the same f32 scores, so no tolerance. Scores with heavy ties, NaN, ±inf and ±0,
-/// and concentrated z-score-like values that share their leading bits.
+/// integer logic on the same f32 scores, so no tolerance.
 #[test]
 fn top_k_kernel_matches_the_cpu_path() {
     let Some(gpu) = gpu() else { return };
-    let mut rng = derived_rng(79, 0);
-    for (heads, n, sinks, window, budget, kind) in [
-        (8, 131_072, 4, 128, 4_096, 0),
-        (8, 32_768, 0, 0, 1_024, 1),
-        (3, 5_000, 16, 32, 48, 2),
-        (2, 1_000, 0, 8, 999, 1),
-        (1, 70_000, 100, 100, 50_000, 0),
-    ] {
-        let scores: Vec<f32> = (0..heads * n)
-            .map(|_| match kind {
-                0 => 1.0 + rng.random_range(-1.0f32..1.0) * 1e-3,
-                1 => rng.random_range(0..7) as f32 * 0.25,
-                _ => match rng.random_range(0..8) {
-                    0 => f32::NAN,
-                    1 => f32::INFINITY,
-                    2 => f32::NEG_INFINITY,
-                    3 => -0.0,
-                    4 => 0.0,
-                    _ => rng.random_range(-1.0..1.0),
-                },
-            })
-            .collect();
+    for case in top_k_cases() {
+        let TopKCase {
+            heads,
+            n,
+            sinks,
+            window,
+            budget,
+            scores,
+        } = case;
         let scores = Tensor::from_vec(scores, (heads, n), &Device::Cpu).unwrap();
         let cpu: Vec<Vec<u32>> = keep_top_k_rows(&scores, sinks, window, budget)
             .unwrap()

@@ -2,7 +2,8 @@
 //! (`spectra_core::ops::nvrtc`). NVRTC is given no include path, so each module's source is the
 //! shared prelude (`cuda/prelude.cuh`: correctly rounded arithmetic, `u64`, the grid-stride loop)
 //! followed by its own file. `scripts/check-cuda.sh` compiles every module with nvcc, so that a
-//! mistake in one is found without a GPU.
+//! mistake in one is found without a GPU, and tests/emulated_kernels.rs runs every module on the CPU
+//! (HIP-CPU) against the ops' CPU paths.
 
 macro_rules! module {
     ($file:literal) => {

@@ -6,14 +6,14 @@
 //!   ([`cpu_op`]) and the spinning thread pool decoding runs on ([`spin_pool`]);
 //! - the fused CPU ops of training, as candle custom ops on those: the linear layer, the MLP, the
 //!   scaled GELU, the residual and causal attention with RoPE;
-//! - (feature `cuda`) the CUDA C of every fused GPU kernel; the GPU ops that launch them sit beside
-//!   their CPU paths, in the crates that use them.
+//! - the CUDA C of every fused GPU kernel ([`cuda`]), launched under the `cuda` feature by the GPU
+//!   ops beside their CPU paths in the crates that use them, and run on the CPU under emulation by
+//!   the tests (tests/emulated_kernels.rs).
 
 pub mod activations;
 pub mod causal_attention;
 pub mod chunk_attention;
 pub mod cpu_op;
-#[cfg(any(feature = "cuda", test))]
 pub mod cuda;
 pub mod decode_attention;
 pub mod linear;

@@ -1,7 +1,6 @@
 //! Every policy, in its default and its main alternative configurations, through the conformance suite.
 
 use crate::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
-use rand::Rng;
 use spectra_core::{GqaAggregation, KvEvictionPolicy, TriggerSchedule};
 use spectra_kv::conformance::{check_kv_policy, check_kv_policy_with, KvModelShape, KvSuiteInputs};
 
@@ -126,23 +125,15 @@ fn tri_attention_estimating_centres_from_the_window() {
 fn calibrated(config: TriAttention) -> impl Fn(&KvModelShape) -> Box<dyn KvEvictionPolicy> {
     move |shape: &KvModelShape| {
         let heads = shape.kv_heads * shape.group_size;
-        let n = shape.layers * heads * shape.head_dim / 2;
         let mut rng = spectra_core::rng::derived_rng(
             shape.head_dim as u64,
             (shape.layers * 64 + heads) as u64,
         );
-        let re: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let im: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let abs: Vec<f32> = re
-            .iter()
-            .zip(&im)
-            .map(|(a, b)| a.hypot(*b) + rng.random_range(0.0..0.5))
-            .collect();
         let meta = QueryStatsMeta::for_rope(&shape.rope, shape.layers, heads);
         Box::new(
             config
                 .clone()
-                .with_stats(QueryBandStats::new(meta, re, im, abs).unwrap()),
+                .with_stats(QueryBandStats::random(meta, 0.5, &mut rng).unwrap()),
         )
     }
 }

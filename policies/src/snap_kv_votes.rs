@@ -13,6 +13,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use spectra_core::ops::contiguous_cpu;
+use spectra_core::ops::grid::{blocks_of, grid_stride, Grid};
 use spectra_core::{Error, GqaAggregation, Result};
 
 use crate::window_attention::{pool1d, reduce_group, Pooling};
@@ -60,6 +61,21 @@ impl VotePool {
             ));
         }
         Ok(logits.contiguous()?.apply_op1_no_bwd(self)?)
+    }
+
+    /// The CUDA path's kernels in launch order, each with its grid, for `n` entries: the row
+    /// statistics (a block per window row), the votes (a thread per prefix entry), the pooling (a
+    /// thread per entry). 256 threads a block, the kernels' `THREADS`.
+    pub fn kernel_grids(&self, n: usize) -> [(&'static str, Grid); 3] {
+        const THREADS: u32 = 256;
+        [
+            (
+                "snap_row_stats",
+                blocks_of(self.group * self.visible.len(), THREADS),
+            ),
+            ("snap_votes", grid_stride(self.prefix, THREADS)),
+            ("snap_pool", grid_stride(n, THREADS)),
+        ]
     }
 
     /// The host path.
@@ -130,16 +146,13 @@ impl CustomOp1 for VotePool {
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, CustomOp1, Layout};
-    use spectra_core::ops::cuda::{blocks_of, contiguous_cuda, grid_stride};
+    use spectra_core::ops::cuda::contiguous_cuda;
     use spectra_core::ops::kernel_int;
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::GqaAggregation;
 
     use super::VotePool;
     use crate::window_attention::Pooling;
-
-    /// Threads per block of every kernel (the kernels' `THREADS`, a power of two).
-    const THREADS: u32 = 256;
 
     const MODULE: KernelModule = KernelModule::new(
         "spectra_snap_kv_votes",
@@ -177,7 +190,7 @@ mod cuda {
         let avg = i32::from(op.pooling == Pooling::Avg);
         let kernel = |name: &str| cuda_function(device, &MODULE, name);
         let failed = |name: &'static str| move |e| launch_error(&MODULE, name, e);
-        let elementwise = |count: usize| grid_stride(count, THREADS);
+        let [(_, per_row), (_, per_prefix_entry), (_, per_entry)] = op.kernel_grids(n);
 
         let row_stats = kernel("snap_row_stats")?;
         let mut launch = row_stats.builder();
@@ -187,11 +200,10 @@ mod cuda {
             .arg(&stats)
             .arg(&n_arg)
             .arg(&window);
-        let per_row = blocks_of(rows, THREADS);
         // SAFETY (all three launches): arguments in the kernels' order and types; `logits` holds
         // rows·n floats, `visible` window counts ≤ n, `stats` 2·rows floats, `votes` prefix floats
         // (at least one), `out` n floats.
-        unsafe { launch.launch(per_row) }.map_err(failed("snap_row_stats"))?;
+        unsafe { launch.launch(per_row.config()) }.map_err(failed("snap_row_stats"))?;
 
         let vote = kernel("snap_votes")?;
         let mut launch = vote.builder();
@@ -205,7 +217,7 @@ mod cuda {
             .arg(&group)
             .arg(&prefix)
             .arg(&mean);
-        unsafe { launch.launch(elementwise(op.prefix)) }.map_err(failed("snap_votes"))?;
+        unsafe { launch.launch(per_prefix_entry.config()) }.map_err(failed("snap_votes"))?;
 
         let pool = kernel("snap_pool")?;
         let mut launch = pool.builder();
@@ -216,7 +228,7 @@ mod cuda {
             .arg(&prefix)
             .arg(&kernel_size)
             .arg(&avg);
-        unsafe { launch.launch(elementwise(n)) }.map_err(failed("snap_pool"))?;
+        unsafe { launch.launch(per_entry.config()) }.map_err(failed("snap_pool"))?;
         Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
     }
 }

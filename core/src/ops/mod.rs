@@ -13,6 +13,7 @@
 //! the same order (the CUDA code uses `__fmul_rn`-style intrinsics, which the compiler never fuses
 //! into an FMA), so the two devices agree bit for bit.
 
+pub mod grid;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
 pub mod top_k;
@@ -114,7 +115,7 @@ pub fn cpu_tensor<T: WithDType>(data: Vec<T>, shape: &Shape) -> Tensor {
 #[cfg(feature = "cuda")]
 pub mod cuda {
     //! What the CUDA paths of the fused ops share: typed views of input storage, output allocation
-    //! and the launch geometry.
+    //! and the launch configuration of a [`Grid`](super::grid::Grid).
 
     use candle_core::cuda_backend::cudarc::driver::{
         CudaSlice, CudaView, DeviceRepr, LaunchConfig,
@@ -125,32 +126,14 @@ pub mod cuda {
     use super::{op_error, tensor_from};
     use crate::{Error, Result};
 
-    /// Threads per block of every fused kernel; the reductions' shared arrays are sized for it.
-    pub const BLOCK: u32 = 256;
-    /// At most this many blocks: the kernels loop over the rest (grid-stride), and a reduction's
-    /// per-block partial sums stay few enough to add up in one more pass.
-    pub const MAX_BLOCKS: u32 = 1024;
-
-    /// One thread per element up to [`MAX_BLOCKS`] blocks of [`BLOCK`].
-    pub fn launch_config(n: usize) -> LaunchConfig {
-        grid_stride(n, BLOCK)
-    }
-
-    /// One thread per element up to [`MAX_BLOCKS`] blocks of `threads`; the kernel loops over the
-    /// rest.
-    pub fn grid_stride(n: usize, threads: u32) -> LaunchConfig {
-        blocks_of(
-            n.div_ceil(threads as usize).clamp(1, MAX_BLOCKS as usize),
-            threads,
-        )
-    }
-
-    /// `blocks` blocks of `threads` each (one per row, head or tile).
-    pub fn blocks_of(blocks: usize, threads: u32) -> LaunchConfig {
-        LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: 0,
+    impl super::grid::Grid {
+        /// The launch configuration cudarc takes.
+        pub fn config(self) -> LaunchConfig {
+            LaunchConfig {
+                grid_dim: (self.blocks, 1, 1),
+                block_dim: (self.threads, 1, 1),
+                shared_mem_bytes: 0,
+            }
         }
     }
 

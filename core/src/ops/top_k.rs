@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
 use crate::ops::contiguous_cpu;
+use crate::ops::grid::{blocks_of, Grid};
 use crate::{Error, Result};
 
 /// Per row of `scores` (`[heads, n]`, f32, any device): the indices [`keep_top_k`](crate::keep_top_k)
@@ -57,6 +58,11 @@ pub fn keep_top_k_rows(
         budget,
     };
     Ok(scores.contiguous()?.apply_op1_no_bwd(&op)?)
+}
+
+/// The CUDA kernel's launch: one block per head, of 1024 threads (the kernel's `THREADS`).
+pub fn keep_top_k_grid(heads: usize) -> Grid {
+    blocks_of(heads, 1024)
 }
 
 /// One selection's geometry, already clamped as `keep_top_k` clamps it: `sinks + window ≤ budget < n`.
@@ -190,13 +196,10 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, Layout};
 
-    use super::TopK;
-    use crate::ops::cuda::{blocks_of, contiguous_cuda};
+    use super::{keep_top_k_grid, TopK};
+    use crate::ops::cuda::contiguous_cuda;
     use crate::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use candle_core::CustomOp1;
-
-    /// Threads per block, one block per head (the kernel's `THREADS`).
-    const THREADS: u32 = 1024;
 
     const MODULE: KernelModule =
         KernelModule::new("spectra_keep_top_k", spectra_kernels::cuda::KEEP_TOP_K);
@@ -219,7 +222,7 @@ mod cuda {
         for i in &ints {
             launch.arg(i);
         }
-        let config = blocks_of(heads, THREADS);
+        let config = keep_top_k_grid(heads).config();
         // SAFETY: arguments in the kernel's order and types; `scores` holds heads·n floats, `out`
         // heads·budget indices, and sinks + window ≤ budget < n.
         unsafe { launch.launch(config) }.map_err(|e| launch_error(&MODULE, "keep_top_k", e))?;

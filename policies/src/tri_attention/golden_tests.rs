@@ -30,22 +30,14 @@ fn vector(rng: &mut SpectraRng, d: usize) -> Vec<f64> {
     (0..d).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
-/// Random centres with `m ≥ |q̄|`, for `heads` query heads of one layer.
+/// Random centres with `m ≥ |q̄|`, for `heads` query heads of `layers` layers.
 fn random_stats(
     rng: &mut SpectraRng,
     rope: &RopeSpec,
     layers: usize,
     heads: usize,
 ) -> QueryBandStats {
-    let n = layers * heads * rope.bands();
-    let re: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let im: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let abs: Vec<f32> = re
-        .iter()
-        .zip(&im)
-        .map(|(a, b)| a.hypot(*b) + rng.random_range(0.0..0.5))
-        .collect();
-    QueryBandStats::new(QueryStatsMeta::for_rope(rope, layers, heads), re, im, abs).unwrap()
+    QueryBandStats::random(QueryStatsMeta::for_rope(rope, layers, heads), 0.5, rng).unwrap()
 }
 
 /// Pre-RoPE keys rotated at their positions, rounded to f32 as a cache stores them.

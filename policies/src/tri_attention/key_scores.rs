@@ -369,38 +369,27 @@ fn form_sums(
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::{bf16, f16};
-    use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, LaunchConfig, PushKernelArg,
-    };
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, PushKernelArg};
     use candle_core::cuda_backend::CudaStorageSlice;
     use candle_core::{CudaDevice, CudaStorage, Layout};
-    use spectra_core::ops::cuda::{blocks_of, contiguous_cuda, MAX_BLOCKS};
+    use spectra_core::ops::cuda::contiguous_cuda;
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
-    use spectra_core::ops::{kernel_int, op_error};
-    use spectra_core::rope::RopePairing;
+    use spectra_core::ops::op_error;
 
-    use super::super::scoring::{norm_weight, OffsetAggregation};
+    use super::super::key_score_launch::KeyScoreLaunch;
     use super::{KeyScoreInputs, OP};
-
-    /// Keys per block (one thread each); the kernel's `TILE`.
-    const TILE: usize = 128;
-    /// The kernel's `MAX_BANDS`: head_dim up to 256.
-    const MAX_BANDS: usize = 128;
 
     const MODULE: KernelModule = KernelModule::new(
         "spectra_tri_attention_key_scores",
         spectra_kernels::cuda::TRI_ATTENTION_KEY_SCORES,
     );
 
-    /// Everything a launch passes besides the keys, in the kernel's argument order.
+    /// A launch's arguments besides the keys, on the device.
     struct Launch<'a> {
         device: &'a CudaDevice,
         params: CudaSlice<f64>,
         out: CudaSlice<f32>,
-        ints: [i32; 6],
-        scaling: f64,
-        position: u64,
-        config: LaunchConfig,
+        host: KeyScoreLaunch,
     }
 
     impl Launch<'_> {
@@ -408,14 +397,14 @@ mod cuda {
             let kernel = cuda_function(self.device, &MODULE, function)?;
             let mut builder = kernel.builder();
             builder.arg(keys).arg(&self.params).arg(&self.out);
-            for i in &self.ints {
+            for i in &self.host.ints {
                 builder.arg(i);
             }
-            builder.arg(&self.scaling).arg(&self.position);
+            builder.arg(&self.host.scaling).arg(&self.host.position);
             // SAFETY: the arguments follow the kernel's signature in order and type; the keys hold
             // n·head_dim elements, `params` F + 3·group·F doubles laid out as the kernel reads them,
             // `out` group·n floats.
-            unsafe { builder.launch(self.config) }
+            unsafe { builder.launch(self.host.grid.config()) }
                 .map(|_| ())
                 .map_err(|e| launch_error(&MODULE, function, e).into())
         }
@@ -427,62 +416,13 @@ mod cuda {
         inputs: &KeyScoreInputs<'_>,
         n: usize,
     ) -> candle_core::Result<CudaStorage> {
-        let rope = inputs.rope;
-        let (bands, group) = (rope.bands(), inputs.centers.len());
-        if bands > MAX_BANDS {
-            return Err(op_error(
-                OP,
-                format!(
-                    "the CUDA kernel handles head_dim up to {}, the keys have {}",
-                    2 * MAX_BANDS,
-                    rope.head_dim
-                ),
-            ));
-        }
-        let as_i32 = |x: usize, what: &str| kernel_int(OP, what, x);
-        as_i32(n * rope.head_dim, "key element count")?;
-        let mode = match (inputs.options.disable_trig, inputs.options.aggregation) {
-            (false, OffsetAggregation::Mean) => 0,
-            (false, OffsetAggregation::Max) => 1,
-            (true, _) => 2,
-        };
-        let ints = [
-            as_i32(n, "entry count")?,
-            as_i32(bands, "band count")?,
-            as_i32(group, "group size")?,
-            as_i32(inputs.table.offsets.len(), "offset count")?,
-            mode,
-            i32::from(rope.pairing == RopePairing::Interleaved),
-        ];
-        // [ω_f][Re q̄ per head][Im q̄ per head][a·c_f per head], f64.
-        let a = rope.attention_scaling;
-        let mut params = rope.inv_freq.clone();
-        for part in 0..3 {
-            for c in inputs.centers {
-                params.extend((0..bands).map(|f| match part {
-                    0 => c.mean_re[f] as f64,
-                    1 => c.mean_im[f] as f64,
-                    _ => norm_weight(c, f, a, inputs.options.disable_mlr),
-                }));
-            }
-        }
+        let host = inputs.kernel_launch(n)?;
         let device = &storage.device;
-        // Blocks per query head at most; each loops over the remaining tiles.
-        let tile_blocks = n.div_ceil(TILE).min(MAX_BLOCKS as usize);
-        // Max: one block per (tile, query head), the heads of a tile adjacent.
-        let blocks = if mode == 1 {
-            tile_blocks * group
-        } else {
-            tile_blocks
-        };
         let launch = Launch {
             device,
-            params: device.clone_htod(&params)?,
-            out: device.alloc_zeros::<f32>(group * n)?,
-            ints,
-            scaling: a,
-            position: inputs.table.position,
-            config: blocks_of(blocks, TILE as u32),
+            params: device.clone_htod(&host.params)?,
+            out: device.alloc_zeros::<f32>(inputs.centers.len() * n)?,
+            host,
         };
         match &storage.slice {
             CudaStorageSlice::F32(_) => launch.run(

@@ -6,6 +6,7 @@
 //! prompt entries are protected, one keep set per KV head is chosen from all layers together, and the
 //! cache is compressed back to the budget whenever it reaches budget + 128.
 
+pub mod key_score_launch;
 pub mod key_scores;
 pub mod normalize;
 pub mod query_stats;

@@ -7,6 +7,7 @@ use std::ops::Range;
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
 use rand::Rng;
 use spectra_core::ops::contiguous_cpu;
+use spectra_core::ops::grid::{blocks_of, grid_stride, Grid};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Error, GqaAggregation, Result};
 
@@ -69,6 +70,17 @@ impl Finish {
     }
 
     /// The host path, on rows `[group][n]`.
+    /// The CUDA path's kernels in launch order, each with its grid, for `group` rows of `n`
+    /// entries: the row statistics (a block per row), the reduction (a thread per entry). 256
+    /// threads a block, the kernels' `THREADS`.
+    pub fn kernel_grids(group: usize, n: usize) -> [(&'static str, Grid); 2] {
+        const THREADS: u32 = 256;
+        [
+            ("tri_row_stats", blocks_of(group, THREADS)),
+            ("tri_finish", grid_stride(n, THREADS)),
+        ]
+    }
+
     fn host(&self, raw: &[f32], group: usize, noise: &[f32]) -> Vec<f32> {
         let n = noise.len();
         let z: Vec<Vec<f32>> = raw
@@ -150,15 +162,12 @@ impl CustomOp2 for Finish {
 mod cuda {
     use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
     use candle_core::{CudaStorage, CustomOp2, Layout};
-    use spectra_core::ops::cuda::{blocks_of, contiguous_cuda, grid_stride};
+    use spectra_core::ops::cuda::contiguous_cuda;
     use spectra_core::ops::kernel_int;
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::GqaAggregation;
 
     use super::Finish;
-
-    /// Threads per block of both kernels (the kernels' `THREADS`, a power of two).
-    const THREADS: u32 = 256;
 
     const MODULE: KernelModule = KernelModule::new(
         "spectra_tri_attention_finish",
@@ -192,10 +201,10 @@ mod cuda {
             .arg(&n_arg)
             .arg(&first)
             .arg(&last);
-        let config = blocks_of(group, THREADS);
+        let [(_, per_row), (_, per_entry)] = Finish::kernel_grids(group, n);
         // SAFETY: arguments in the kernel's order and types; `raw` holds group·n floats, `stats`
         // 3·group doubles.
-        unsafe { launch.launch(config) }.map_err(failed("tri_row_stats"))?;
+        unsafe { launch.launch(per_row.config()) }.map_err(failed("tri_row_stats"))?;
 
         let (normalize, mean) = (
             i32::from(op.normalize),
@@ -212,9 +221,8 @@ mod cuda {
             .arg(&group_arg)
             .arg(&normalize)
             .arg(&mean);
-        let config = grid_stride(n, THREADS);
         // SAFETY: as above; `noise` and `out` hold n floats.
-        unsafe { launch.launch(config) }.map_err(failed("tri_finish"))?;
+        unsafe { launch.launch(per_entry.config()) }.map_err(failed("tri_finish"))?;
         Ok(CudaStorage::wrap_cuda_slice(out, device.clone()))
     }
 }

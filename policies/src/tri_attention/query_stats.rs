@@ -88,6 +88,21 @@ pub struct QueryBandStats {
 }
 
 impl QueryBandStats {
+    /// Statistics of random centres, for scoring tests and benchmarks without a calibrated model:
+    /// each coordinate of q̄ uniform in [-1, 1), and m_f = |q̄_f| + a uniform draw from [0, spread)
+    /// (a negative spread gives m_f < |q̄_f|, which [`new`](Self::new) refuses).
+    pub fn random(meta: QueryStatsMeta, spread: f32, rng: &mut impl rand::Rng) -> Result<Self> {
+        let n = meta.num_layers * meta.num_query_heads * meta.head_dim / 2;
+        let re: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let im: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let abs = re
+            .iter()
+            .zip(&im)
+            .map(|(a, b)| a.hypot(*b) + rng.random::<f32>() * spread)
+            .collect();
+        Self::new(meta, re, im, abs)
+    }
+
     /// Checks that the numbers can be statistics of the described shape: right lengths, finite, and
     /// `|q̄_f| ≤ m_f` (the modulus of a mean never exceeds the mean modulus).
     pub fn new(

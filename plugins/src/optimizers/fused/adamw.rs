@@ -38,7 +38,7 @@ impl AdamWScalars {
 
     /// The scalars in the tensors' element type, in kernel argument order. Differences such as
     /// 1 − β₁ are formed in f64 and rounded once, as candle's `affine` does with its f64 factors.
-    fn in_dtype<T: Float>(&self) -> [T; 9] {
+    pub fn kernel_scalars<T: Float>(&self) -> [T; 9] {
         [
             self.beta1,
             1.0 - self.beta1,
@@ -95,7 +95,7 @@ pub fn adamw_update(
 }
 
 fn cpu<T: Float>(operands: [&Tensor; 4], scalars: &AdamWScalars) -> Result<AdamWUpdate> {
-    let [b1, one_minus_b1, b2, one_minus_b2, cm, cv, eps, lr, ws] = scalars.in_dtype::<T>();
+    let [b1, one_minus_b1, b2, one_minus_b2, cm, cv, eps, lr, ws] = scalars.kernel_scalars::<T>();
     let locked = operands.map(|t| t.storage_and_layout());
     let [w, g, m, v] = [0, 1, 2, 3].map(|i| cpu_slice::<T>(&locked[i].0, locked[i].1, "AdamW"));
     let (w, g, m, v) = (w?, g?, m?, v?);
@@ -133,7 +133,8 @@ mod cuda {
     use candle_core::Tensor;
 
     use super::{AdamWScalars, AdamWUpdate};
-    use spectra_core::ops::cuda::{launch_config, output, tensor, view};
+    use spectra_core::ops::cuda::{output, tensor, view};
+    use spectra_core::ops::grid::elementwise;
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::ops::Float;
     use spectra_core::Result;
@@ -155,7 +156,7 @@ mod cuda {
             output::<T>(device, n)?,
             output::<T>(device, n)?,
         );
-        let args = scalars.in_dtype::<T>();
+        let args = scalars.kernel_scalars::<T>();
         let n_arg = n as u64;
         let mut launch = func.builder();
         launch.arg(&n_arg);
@@ -166,7 +167,7 @@ mod cuda {
         }
         // SAFETY: the arguments match the kernel's signature in order and type; every view and
         // output holds n elements of T.
-        unsafe { launch.launch(launch_config(n)) }
+        unsafe { launch.launch(elementwise(n).config()) }
             .map_err(|e| launch_error(&MODULE, function, e))?;
         let shape = operands[0].shape();
         Ok(AdamWUpdate {

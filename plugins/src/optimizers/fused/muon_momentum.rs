@@ -109,7 +109,8 @@ mod cuda {
     use candle_core::{Shape, Tensor};
 
     use super::MomentumUpdate;
-    use spectra_core::ops::cuda::{launch_config, output, tensor, view, BLOCK};
+    use spectra_core::ops::cuda::{output, tensor, view};
+    use spectra_core::ops::grid::{elementwise, BLOCK};
     use spectra_core::ops::nvrtc::{cuda_function, launch_error, KernelModule};
     use spectra_core::ops::Float;
     use spectra_core::Result;
@@ -132,8 +133,8 @@ mod cuda {
         let (g, _) = view::<T>(&locked[1].0, locked[1].1, "Muon momentum")?;
         let n = b.len();
         let func = cuda_function(device, &MODULE, function)?;
-        let config = launch_config(n);
-        let blocks = config.grid_dim.0 as usize;
+        let grid = elementwise(n);
+        let blocks = grid.blocks as usize;
         let b_out = output::<T>(device, n)?;
         // Without Nesterov the direction is b' itself; the kernel never touches d_out then.
         let d_out = output::<T>(device, if nesterov { n } else { 1 })?;
@@ -150,7 +151,7 @@ mod cuda {
         launch.arg(&mu).arg(&one_minus_mu).arg(&nesterov_arg);
         // SAFETY: the arguments match the kernel's signature in order and type; b, g and b_out
         // hold n elements, d_out n when the kernel writes it, partial one per block.
-        unsafe { launch.launch(config) }.map_err(|e| launch_error(&MODULE, function, e))?;
+        unsafe { launch.launch(grid.config()) }.map_err(|e| launch_error(&MODULE, function, e))?;
         let shape = operands[0].shape();
         let buffer = tensor(b_out, device, shape);
         let direction = if nesterov {
