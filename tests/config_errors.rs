@@ -4,7 +4,7 @@ use std::path::Path;
 
 use spectra::core::config;
 use spectra::core::error::ConfigError;
-use spectra::kv::KvEvalConfig;
+use spectra::kv_eval::KvEvalConfig;
 use spectra::train::TrainConfig;
 use third_party_plugin as _;
 

@@ -28,7 +28,7 @@ use spectra::inference::{
     CausalDecoder, Engine, EngineConfig, Event, FinishReason, GenerationParams, Request,
     RereadPrompt, SamplingParams, SchedulerConfig, StepPriority,
 };
-use spectra::kv::KvEvalConfig;
+use spectra::kv_eval::KvEvalConfig;
 use spectra::models::llama::{Llama, TextTokenizer, WeightFormat};
 use spectra::train::checkpoint::{self, Checkpoint};
 use spectra::train::sweep::SweepConfig;
@@ -230,7 +230,7 @@ fn gguf_models_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     fuzz("GGUF models", &[seed], false, |bytes| {
         through_file(dir.path(), bytes, |p| {
-            Llama::from_gguf(p, &Device::Cpu, WeightFormat::Quantized).is_ok()
+            Llama::from_gguf(p, &Device::Cpu, WeightFormat::AsStored).is_ok()
         })
     });
 }
@@ -332,7 +332,7 @@ fn a_gguf_tensor_shape_past_the_file_is_refused() {
     bytes[at + 4..at + 12].copy_from_slice(&((1u64 << 62) + 1).to_le_bytes());
     let dir = tempfile::tempdir().unwrap();
     let err = through_file(dir.path(), &bytes, |p| {
-        Llama::from_gguf(p, &Device::Cpu, WeightFormat::Quantized)
+        Llama::from_gguf(p, &Device::Cpu, WeightFormat::AsStored)
             .err()
             .expect("a corrupt shape is refused")
             .to_string()
@@ -696,7 +696,7 @@ fn check_stream(request: &Request, got: &Streamed, tokenizer: &TextTokenizer) {
 fn generation_requests_are_refused_or_stream_exactly_their_text() {
     let tiny = Tiny::byte_level();
     let (model, tokenizer) =
-        Llama::from_gguf(&tiny.gguf_path(), &Device::Cpu, WeightFormat::Quantized).unwrap();
+        Llama::from_gguf(&tiny.gguf_path(), &Device::Cpu, WeightFormat::AsStored).unwrap();
     let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
     let vocab = model.vocab() as u32;
     let policy = |text: &str| Some(config::parse_ron(text, Path::new("fuzz.ron")).unwrap());

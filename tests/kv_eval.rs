@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use spectra::core::config;
-use spectra::kv::{run, write_report, FULL};
-use spectra::kv::{KvEvalConfig, KvTask, PromptFormat, RulerTask};
+use spectra::kv_eval::{run, write_report, FULL};
+use spectra::kv_eval::{KvEvalConfig, KvTask, PromptFormat, RulerTask};
 use spectra::models::DecoderConfig;
 
 mod llama_support;
@@ -211,7 +211,7 @@ fn a_ruler_task_without_its_text_says_how_to_get_it() {
         max_new_tokens: Some(4),
         format: PromptFormat::Plain,
     }];
-    let err = spectra::kv::run(&cfg, dir.path())
+    let err = spectra::kv_eval::run(&cfg, dir.path())
         .err()
         .unwrap()
         .to_string();
@@ -254,7 +254,7 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
         format: PromptFormat::Plain,
     }];
     let out = dir.path().join("report");
-    let report = spectra::kv::run(&cfg, &out).unwrap();
+    let report = spectra::kv_eval::run(&cfg, &out).unwrap();
     let r = &report.ruler[0];
     assert_eq!(r.length, 1000);
     assert_eq!(r.tasks, ["niah_single_1", "niah_single_2"]);
@@ -269,7 +269,7 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
     assert_eq!(r.answers.len(), 4);
     assert!(r.compressed_tokens > 800.0 && r.compressed_tokens < 1000.0);
     assert!(r.full.intervals.iter().all(|i| i.is_some()));
-    spectra::kv::write_report(&out, Path::new("kv.ron"), &report).unwrap();
+    spectra::kv_eval::write_report(&out, Path::new("kv.ron"), &report).unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("1000 tokens, **query-aware**"), "{md}");
     assert!(out.join("ruler.svg").exists());
@@ -278,9 +278,9 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
     let stored = out.join("ruler-answers.jsonl");
     let lines = || std::fs::read_to_string(&stored).unwrap().lines().count();
     assert_eq!(lines(), 1 + 4);
-    let again = spectra::kv::run(&cfg, &out).unwrap();
+    let again = spectra::kv_eval::run(&cfg, &out).unwrap();
     assert_eq!(lines(), 1 + 4);
-    let said = |r: &spectra::kv::RulerResult| {
+    let said = |r: &spectra::kv_eval::RulerResult| {
         r.answers
             .iter()
             .map(|a| (a.task.clone(), a.sample, a.answer.clone()))
@@ -290,12 +290,12 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
     if let KvTask::Ruler { samples, .. } = &mut cfg.tasks[0] {
         *samples = 3;
     }
-    let more = spectra::kv::run(&cfg, &out).unwrap();
+    let more = spectra::kv_eval::run(&cfg, &out).unwrap();
     assert_eq!(lines(), 1 + 6);
     assert_eq!(said(&more.ruler[0])[..2], said(r)[..2]);
     // Other settings are refused rather than mixed in.
     cfg.seed += 1;
-    let err = spectra::kv::run(&cfg, &out).err().unwrap().to_string();
+    let err = spectra::kv_eval::run(&cfg, &out).err().unwrap().to_string();
     assert!(err.contains("other settings"), "{err}");
 }
 
@@ -427,7 +427,7 @@ fn the_template_format_is_the_files_chat_template_around_the_message() {
     let (_, mut tokenizer) = spectra::models::llama::Llama::from_gguf(
         &tiny.gguf_path(),
         &candle_core::Device::Cpu,
-        spectra::models::llama::WeightFormat::Quantized,
+        spectra::models::llama::WeightFormat::AsStored,
     )
     .unwrap();
     let chatml = PromptFormat::ChatMl.turn(&tokenizer).unwrap();
@@ -527,7 +527,7 @@ fn the_reasoning_task_answers_every_problem_per_arm_and_continues_from_the_store
     std::fs::write(data.join("gsm8k/test.jsonl"), problems).unwrap();
     let mut cfg = config(&tiny, dir.path());
     cfg.tasks = vec![KvTask::Reasoning {
-        sets: vec![spectra::kv::ProblemSet::Gsm8k],
+        sets: vec![spectra::kv_eval::ProblemSet::Gsm8k],
         problems: 3,
         max_new_tokens: 40,
         budgets: Some(vec![spectra::core::Budget::Tokens(24)]),
@@ -562,7 +562,7 @@ fn the_reasoning_task_answers_every_problem_per_arm_and_continues_from_the_store
     );
     assert!(out.join("reasoning-gsm8k.svg").exists());
     let again = run(&cfg, &out).unwrap();
-    let texts = |r: &spectra::kv::ReasoningResult| {
+    let texts = |r: &spectra::kv_eval::ReasoningResult| {
         r.answers.iter().map(|a| a.text.clone()).collect::<Vec<_>>()
     };
     assert_eq!(texts(&again.reasoning[0]), texts(r));

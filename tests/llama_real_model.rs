@@ -23,7 +23,7 @@ fn model_path() -> Option<&'static Path> {
 #[test]
 fn the_capital_of_france_is_paris() {
     let Some(path) = model_path() else { return };
-    for format in [WeightFormat::Quantized, WeightFormat::Dequantized] {
+    for format in [WeightFormat::AsStored, WeightFormat::F32] {
         let (model, tokenizer) = Llama::from_gguf(path, &Device::Cpu, format).unwrap();
         let tokens = tokenizer.encode("The capital of France is").unwrap();
         let mut cache = model.new_cache(false).unwrap();
@@ -44,7 +44,7 @@ fn the_capital_of_france_is_paris() {
 #[test]
 fn chat_template_markers_are_single_tokens() {
     let Some(path) = model_path() else { return };
-    let (_, tokenizer) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::Quantized).unwrap();
+    let (_, tokenizer) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::AsStored).unwrap();
     let ids = tokenizer.encode("<|im_start|>user\nHi<|im_end|>").unwrap();
     // <|im_start|> is id 1 and <|im_end|> id 2 in SmolLM2's vocabulary (and its end-of-sequence).
     assert_eq!(ids.first(), Some(&1), "{ids:?}");
@@ -62,8 +62,7 @@ fn full_policy_on_a_short_prompt_equals_plain_decoding() {
     use spectra::core::{Budget, KvEvictionPolicy};
 
     let Some(path) = model_path() else { return };
-    let (model, tokenizer) =
-        Llama::from_gguf(path, &Device::Cpu, WeightFormat::Dequantized).unwrap();
+    let (model, tokenizer) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::F32).unwrap();
     let tokens = tokenizer
         .encode("Once upon a time, a small fox lived near the river and")
         .unwrap();

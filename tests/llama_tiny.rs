@@ -360,7 +360,7 @@ fn corrupt_or_truncated_files_are_errors() {
     ] {
         let path = tiny.dir.path().join(name);
         std::fs::write(&path, data).unwrap();
-        let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::Quantized)
+        let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored)
             .err()
             .expect("an error");
         assert!(err.to_string().contains(name), "{err}");
@@ -375,7 +375,7 @@ fn corrupt_or_truncated_files_are_errors() {
     let missing = Llama::from_gguf(
         Path::new("no/such.gguf"),
         &Device::Cpu,
-        WeightFormat::Quantized,
+        WeightFormat::AsStored,
     )
     .err()
     .unwrap();

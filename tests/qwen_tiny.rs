@@ -283,7 +283,7 @@ fn rope_neox(head: &mut [f64], pos: usize) {
 }
 
 fn spectra_logits(path: &std::path::Path, tokens: &[u32]) -> Vec<Vec<f32>> {
-    let (model, _) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::Quantized).unwrap();
+    let (model, _) = Llama::from_gguf(path, &Device::Cpu, WeightFormat::AsStored).unwrap();
     llama_support::all_logits(&model, tokens)
 }
 
@@ -356,7 +356,7 @@ fn an_unknown_architecture_is_refused_naming_it_and_the_known_ones() {
     let mut renamed = bytes.clone();
     renamed[at..at + 5].copy_from_slice(b"gemma");
     std::fs::write(&path, renamed).unwrap();
-    let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::Quantized)
+    let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored)
         .err()
         .expect("an unknown architecture is refused")
         .to_string();
@@ -454,7 +454,7 @@ fn a_nan_in_a_weight_is_refused_at_load_naming_the_tensor() {
         .unwrap();
     norm.2[3] = f64::NAN;
     weights.write(&path, &[GgmlDType::Q8_0]);
-    let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::Quantized)
+    let err = Llama::from_gguf(&path, &Device::Cpu, WeightFormat::AsStored)
         .err()
         .expect("a NaN weight is refused")
         .to_string();

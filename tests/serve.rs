@@ -23,8 +23,7 @@ fn greedy(tiny: &Tiny, text: &str, max_tokens: usize) -> String {
 }
 
 fn greedy_on(model: &Path, text: &str, max_tokens: usize) -> String {
-    let (model, tokenizer) =
-        Llama::from_gguf(model, &Device::Cpu, WeightFormat::Quantized).unwrap();
+    let (model, tokenizer) = Llama::from_gguf(model, &Device::Cpu, WeightFormat::AsStored).unwrap();
     let prompt = tokenizer.encode(text).unwrap();
     let mut session = Session::new(
         Arc::new(model),

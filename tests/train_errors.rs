@@ -6,8 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, Var};
 use spectra::plugins::{Muon, SpectralSoftCap};
-use spectra::train::groups::route;
-use spectra::train::routing::ParamSelector;
+use spectra::train::routing::{route, ParamSelector};
 use spectra::train::ParamGroupConfig;
 use spectra::train::{train, TrainOptions};
 use spectra_core::{Param, ParamRole};
@@ -93,9 +92,8 @@ fn a_matrix_constraint_on_a_1d_parameter_is_refused_before_training() {
             ..SpectralSoftCap::default()
         })],
     }];
-    let err = route(&[gain], groups, Path::new("exp.ron"))
-        .err()
-        .expect("refused")
+    let err = route(&[gain], &groups, Path::new("exp.ron"))
+        .expect_err("refused")
         .to_string();
     assert!(
         err.contains("SpectralSoftCap") && err.contains("norm.gain") && err.contains("Vector"),

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use spectra::models::{GptShape, LipschitzGpt, Model};
 use spectra::plugins::{EmbeddingColumnCap, Muon, SpectralSoftCap};
-use spectra::train::groups::{route, Group};
+use spectra::train::groups::{assemble, Group};
+use spectra::train::routing::route;
 use spectra::train::routing::ParamSelector;
 use spectra::train::ParamGroupConfig;
 use spectra_core::ParamRole;
@@ -50,5 +51,6 @@ pub fn groups(model: &LipschitzGpt, origin: &Path) -> Vec<Group> {
             constraints: vec![Box::new(EmbeddingColumnCap { max_rms: 1.0 })],
         },
     ];
-    route(model.params(), configs, origin).unwrap()
+    let routed = route(model.params(), &configs, origin).unwrap();
+    assemble(model.params(), configs, &routed)
 }

@@ -305,26 +305,43 @@ pub fn keep_top_k(scores: &[f32], sinks: usize, window: usize, budget: usize) ->
 pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
     fn contract(&self) -> PolicyContract;
 
+    /// The policy this one wraps (AdaKV and PyramidKV wrap a scoring policy), if any. A wrapper gets
+    /// by default its inner policy's needs, validation, layer budgets, compression trigger and
+    /// scores, and overrides what it changes; it selects itself (the default [`select`](Self::select)
+    /// ranks the scores under the wrapper's own contract). Reports name the inner policy beside it.
+    fn inner(&self) -> Option<&dyn KvEvictionPolicy> {
+        None
+    }
+
     fn needs(&self) -> SideInfoNeeds {
-        SideInfoNeeds::default()
+        self.inner().map(|p| p.needs()).unwrap_or_default()
     }
 
     /// Checks the configuration against a budget when the config is read: a window that does not fit,
     /// sinks plus window over budget, and so on. The message says what to change.
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
-        budget.validate()
+        match self.inner() {
+            Some(inner) => inner.validate(budget),
+            None => budget.validate(),
+        }
     }
 
     /// Every layer's budget for this compression, from the configured ones (`budgets[l]`, one per
     /// layer) and the context length. A policy that spreads the cache unevenly over the layers
     /// (PyramidKV) returns its own split of the same total; the default keeps the configured ones.
-    fn layer_budgets(&self, budgets: Vec<usize>, _context_len: usize) -> Vec<usize> {
-        budgets
+    fn layer_budgets(&self, budgets: Vec<usize>, context_len: usize) -> Vec<usize> {
+        match self.inner() {
+            Some(inner) => inner.layer_budgets(budgets, context_len),
+            None => budgets,
+        }
     }
 
     /// Whether to compress a layer holding `cache_len` entries (the longest head; with
     /// [`PolicyContract::heads_share_budget`] the mean per head, rounded up) now.
     fn should_compress(&self, cache_len: usize, ctx: &KvStepContext) -> bool {
+        if let Some(inner) = self.inner() {
+            return inner.should_compress(cache_len, ctx);
+        }
         let over = cache_len > ctx.budget;
         match (self.contract().trigger, ctx.phase) {
             (TriggerSchedule::Never, _) => false,
@@ -344,11 +361,14 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
     /// scores on their device. The conformance suite checks that selection keeps the best-scored entries.
     fn score(
         &self,
-        _layer: &KvLayerView<'_>,
-        _side: &KvSideInfo<'_>,
-        _ctx: &KvStepContext,
+        layer: &KvLayerView<'_>,
+        side: &KvSideInfo<'_>,
+        ctx: &KvStepContext,
     ) -> Result<Option<Vec<Tensor>>> {
-        Ok(None)
+        match self.inner() {
+            Some(inner) => inner.score(layer, side, ctx),
+            None => Ok(None),
+        }
     }
 
     /// The keep plan for one layer. The default keeps the contract's protected entries and fills the

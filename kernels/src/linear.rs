@@ -18,15 +18,15 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         candle_core::bail!("linear: x is [{n}, {fan_in}] but W is [{fan_out}, {w_in}]");
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 {
-        x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+        x.contiguous()?.apply_op2(&w.contiguous()?, LinearOp)
     } else {
         x.matmul(&w.t()?)
     }
 }
 
-struct Linear;
+struct LinearOp;
 
-impl CustomOp2 for Linear {
+impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "linear"
     }

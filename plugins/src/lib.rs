@@ -1,5 +1,5 @@
 //! spectra's built-in weight constraints and optimizers: every method of "Training Transformers with
-//! Enforced Lipschitz Constants" (spec /shared/docs/lipschitz.md §2–§3), plus AdamW, Muon and SGD.
+//! Enforced Lipschitz Constants" (docs/lipschitz.md §2–§3), plus AdamW, Muon and SGD.
 //!
 //! Constraints work in RMS→RMS units: a weight W of shape (fan_out, fan_in) is seen as
 //! N = W/scale with scale = sqrt(fan_out/fan_in), so that σ_max(N) = ‖W‖_RMS→RMS. Every plugin

@@ -6,11 +6,10 @@
 //! The cache really holds different lengths per head, so the memory of the evicted entries is freed;
 //! kvpress's AdaKV only masks them.
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
     check_scores, scores_to_host, Budget, Error, KeepPlan, KvEvictionPolicy, KvLayerView,
-    KvSideInfo, KvStepContext, PolicyContract, Result, SideInfoNeeds,
+    KvSideInfo, KvStepContext, PolicyContract, Result,
 };
 
 use crate::SnapKv;
@@ -81,6 +80,10 @@ impl AdaKv {
 
 #[typetag::serde]
 impl KvEvictionPolicy for AdaKv {
+    fn inner(&self) -> Option<&dyn KvEvictionPolicy> {
+        Some(self.policy.as_ref())
+    }
+
     fn contract(&self) -> PolicyContract {
         PolicyContract {
             fills_budget: true,
@@ -88,10 +91,6 @@ impl KvEvictionPolicy for AdaKv {
             heads_share_budget: true,
             ..self.policy.contract()
         }
-    }
-
-    fn needs(&self) -> SideInfoNeeds {
-        self.policy.needs()
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
@@ -110,23 +109,6 @@ impl KvEvictionPolicy for AdaKv {
             ));
         }
         self.policy.validate(budget)
-    }
-
-    fn layer_budgets(&self, budgets: Vec<usize>, context_len: usize) -> Vec<usize> {
-        self.policy.layer_budgets(budgets, context_len)
-    }
-
-    fn should_compress(&self, cache_len: usize, ctx: &KvStepContext) -> bool {
-        self.policy.should_compress(cache_len, ctx)
-    }
-
-    fn score(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Tensor>>> {
-        self.policy.score(layer, side, ctx)
     }
 
     /// Everything when the layer fits `kv_heads × B`; otherwise each head's protected entries and

@@ -7,11 +7,10 @@
 //! `n − w`; where that pyramid would keep less than the window in a layer, every layer keeps `B`
 //! (kvpress falls back to SnapKV there too). The split is rounded so that the budgets sum to `L·B`.
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
     Budget, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
-    Result, SideInfoNeeds,
+    Result,
 };
 
 use crate::window_attention::Pooling;
@@ -77,12 +76,12 @@ fn round_keeping_the_sum(real: &[f64]) -> Vec<usize> {
 
 #[typetag::serde]
 impl KvEvictionPolicy for PyramidKv {
-    fn contract(&self) -> PolicyContract {
-        self.policy.contract()
+    fn inner(&self) -> Option<&dyn KvEvictionPolicy> {
+        Some(self.policy.as_ref())
     }
 
-    fn needs(&self) -> SideInfoNeeds {
-        self.policy.needs()
+    fn contract(&self) -> PolicyContract {
+        self.policy.contract()
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
@@ -121,19 +120,7 @@ impl KvEvictionPolicy for PyramidKv {
         }
     }
 
-    fn should_compress(&self, cache_len: usize, ctx: &KvStepContext) -> bool {
-        self.policy.should_compress(cache_len, ctx)
-    }
-
-    fn score(
-        &self,
-        layer: &KvLayerView<'_>,
-        side: &KvSideInfo<'_>,
-        ctx: &KvStepContext,
-    ) -> Result<Option<Vec<Tensor>>> {
-        self.policy.score(layer, side, ctx)
-    }
-
+    /// The inner policy's own selection, per layer and across layers.
     fn select(
         &self,
         layer: &KvLayerView<'_>,

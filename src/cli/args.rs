@@ -38,9 +38,9 @@ impl ModelArgs {
         let device: DeviceSpec = parse_ron(&self.device, Path::new("--device"))?;
         let device = device.resolve()?;
         let format = if self.f32_weights {
-            WeightFormat::Dequantized
+            WeightFormat::F32
         } else {
-            WeightFormat::Quantized
+            WeightFormat::AsStored
         };
         let (model, tokenizer) = Llama::load(&self.model, &device, format)?;
         let model = model.with_kv_dtype(match self.kv_dtype {

@@ -9,7 +9,7 @@ use spectra_core::Error;
 use spectra_inference::StepPriority;
 
 use super::args::{parse_bytes, ModelArgs, PolicyArgs};
-use super::generate::human_bytes;
+use spectra::units::human_bytes;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -58,7 +58,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         )
     })?;
     let text = tokenizer.encode(&text)?;
-    let reread = spectra::kv::reread_prompt(&tokenizer, &spectra::kv::Turn::default())?;
+    let reread = spectra::kv_eval::reread_prompt(&tokenizer, &spectra::kv_eval::Turn::default())?;
     for (name, values) in [
         ("--prompt-tokens", &args.prompt_tokens),
         ("--parallel", &args.parallel),

@@ -42,7 +42,7 @@ pub fn run(args: CalibrateArgs) -> Result<(), Error> {
         folder.unwrap_or(std::path::Path::new(".")),
         "; choose another path for --out",
     )?;
-    let (model, tokenizer) = Llama::load(&args.model, &device, WeightFormat::Dequantized)?;
+    let (model, tokenizer) = Llama::load(&args.model, &device, WeightFormat::F32)?;
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
     let mut tokens = tokenizer.encode(&text)?;

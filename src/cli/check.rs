@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use spectra::kv::KvEvalConfig;
+use spectra::kv_eval::KvEvalConfig;
 use spectra::train::sweep::{self, SweepConfig};
 use spectra::train::TrainConfig;
 use spectra_core::config;
@@ -124,7 +124,7 @@ fn print_kv(file: &Path, cfg: &KvEvalConfig) -> Result<(), Error> {
     for t in &cfg.tasks {
         println!("    {}", to_ron(t));
     }
-    spectra::kv::check_files(cfg)?;
+    spectra::kv_eval::check_files(cfg)?;
     spectra::output::check(&cfg.output)?;
     println!("  output:   {}", cfg.output.display());
     Ok(())

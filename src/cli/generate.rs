@@ -16,6 +16,7 @@ use spectra_inference::{
 };
 
 use super::args::{at_least_one, ModelArgs, PolicyArgs};
+use spectra::units::human_bytes;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -112,7 +113,7 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         stop_tokens: tokenizer.eos.into_iter().collect(),
         ignore_stop_tokens: args.ignore_eos,
     };
-    let reread = spectra::kv::reread_prompt(&tokenizer, &spectra::kv::Turn::default())?;
+    let reread = spectra::kv_eval::reread_prompt(&tokenizer, &spectra::kv_eval::Turn::default())?;
     let prompt_text = tokenizer.decode(&prompt)?;
     let tokenizer = Arc::new(tokenizer);
     let mut engine = Engine::new(
@@ -205,12 +206,4 @@ pub fn run(args: GenerateArgs) -> Result<(), Error> {
         100.0 * stats.eviction_time.as_secs_f64() / started.elapsed().as_secs_f64().max(1e-9),
     );
     Ok(())
-}
-
-pub fn human_bytes(bytes: usize) -> String {
-    if bytes >= 1 << 20 {
-        format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-    } else {
-        format!("{:.1} KiB", bytes as f64 / 1024.0)
-    }
 }

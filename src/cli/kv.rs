@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use spectra::kv::KvEvalConfig;
+use spectra::kv_eval::KvEvalConfig;
 use spectra_core::config;
 use spectra_core::Error;
 
@@ -20,8 +20,8 @@ pub fn run(args: KvArgs) -> Result<(), Error> {
     let output = args.output.unwrap_or_else(|| cfg.output.clone());
     spectra::output::prepare(&output)?;
     let _writing = spectra::output::lock(&output)?;
-    let report = spectra::kv::run(&cfg, &output)?;
-    spectra::kv::write_report(&output, &args.config, &report)?;
+    let report = spectra::kv_eval::run(&cfg, &output)?;
+    spectra::kv_eval::write_report(&output, &args.config, &report)?;
     println!(
         "{}\nwritten to {}",
         std::fs::read_to_string(output.join("report.md")).unwrap_or_default(),

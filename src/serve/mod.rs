@@ -72,7 +72,7 @@ pub fn run(serve: Serve) -> Result<()> {
 async fn serve_until_signal(serve: Serve) -> Result<()> {
     let config = serve.config;
     let tokenizer = Arc::new(serve.tokenizer);
-    let reread = crate::kv::reread_prompt(&tokenizer, &crate::kv::Turn::default())?;
+    let reread = crate::kv_eval::reread_prompt(&tokenizer, &crate::kv_eval::Turn::default())?;
     let engine = Engine::new(
         serve.model.clone(),
         EngineConfig {

@@ -1,18 +1,15 @@
 //! Parameter groups: the config's optimizer and constraints with the model parameters routed to them.
 
-use std::path::Path;
-
-use super::config_error::config_error;
-
-use super::config::ParamGroupConfig;
-use super::routing::{route_params, RoutedParam};
 use std::time::Instant;
 
 use candle_core::backprop::GradStore;
 use spectra_core::{
-    ConstraintContext, ConstraintState, Error, Optimizer, OptimizerStep, Param, Result, SpectraRng,
+    ConstraintContext, ConstraintState, Optimizer, OptimizerStep, Param, Result, SpectraRng,
     WeightConstraint,
 };
+
+use super::config::ParamGroupConfig;
+use super::routing::RoutedParam;
 
 pub struct Group {
     pub name: String,
@@ -23,42 +20,8 @@ pub struct Group {
     pub states: Vec<Vec<ConstraintState>>,
 }
 
-/// Routes the model's parameters to the groups (first matching group wins) and builds the groups. A
-/// parameter no group takes, a group that takes nothing, and a matrix constraint on a 1-D parameter
-/// are config errors.
-pub fn route(
-    params: &[Param],
-    configs: Vec<ParamGroupConfig>,
-    config_file: &Path,
-) -> Result<Vec<Group>> {
-    let routed = routing(params, &configs, config_file)?;
-    Ok(assemble(params, configs, &routed))
-}
-
-/// Which group takes each parameter, as [`route`] decides it, errors placed in `config_file`.
-pub fn routing(
-    params: &[Param],
-    configs: &[ParamGroupConfig],
-    config_file: &Path,
-) -> Result<Vec<RoutedParam>> {
-    let named: Vec<_> = params.iter().map(|p| (p.name.clone(), p.role)).collect();
-    let routed = route_params(&named, configs).map_err(|e| config_error(config_file, e))?;
-    for p in params {
-        if p.role != spectra_core::ParamRole::Vector && p.var.as_tensor().rank() != 2 {
-            return Err(Error::invalid(
-                &p.name,
-                format!(
-                    "a parameter with role {} must be a 2-D matrix; this one has shape {:?}",
-                    p.role,
-                    p.var.shape()
-                ),
-            ));
-        }
-    }
-    Ok(routed)
-}
-
-/// The groups, each with the parameters `routed` gives it and fresh constraint states.
+/// The groups, each with the parameters `routed` (from [`route`](super::routing::route)) gives it
+/// and fresh constraint states.
 pub fn assemble(
     params: &[Param],
     configs: Vec<ParamGroupConfig>,

@@ -1,9 +1,12 @@
 //! Parameter-group routing: which parameters a group's optimizer and constraints apply to.
 
+use std::path::Path;
+
 use spectra_core::config::Invalid;
-use spectra_core::ParamRole;
+use spectra_core::{Error, Param, ParamRole, Result};
 
 use super::config::ParamGroupConfig;
+use super::config_error::config_error;
 use super::param_selector::glob_match;
 pub use super::param_selector::ParamSelector;
 
@@ -16,11 +19,35 @@ pub struct RoutedParam {
 }
 
 /// Routes each parameter to the first group with a matching selector. Every parameter must land in a
-/// group, every group must receive a parameter, and no matrix constraint may land on a 1-D parameter.
-pub fn route_params(
+/// group, every group must receive a parameter, no matrix constraint may land on a 1-D parameter and
+/// every parameter but a gain must be a matrix; config errors are placed in `config_file`.
+pub fn route(
+    params: &[Param],
+    groups: &[ParamGroupConfig],
+    config_file: &Path,
+) -> Result<Vec<RoutedParam>> {
+    let named: Vec<_> = params.iter().map(|p| (p.name.clone(), p.role)).collect();
+    let routed = assign(&named, groups).map_err(|e| config_error(config_file, e))?;
+    for p in params {
+        if p.role != ParamRole::Vector && p.var.as_tensor().rank() != 2 {
+            return Err(Error::invalid(
+                &p.name,
+                format!(
+                    "a parameter with role {} must be a 2-D matrix; this one has shape {:?}",
+                    p.role,
+                    p.var.shape()
+                ),
+            ));
+        }
+    }
+    Ok(routed)
+}
+
+/// The group of each named parameter, or what in the config is wrong.
+fn assign(
     params: &[(String, ParamRole)],
     groups: &[ParamGroupConfig],
-) -> Result<Vec<RoutedParam>, Invalid> {
+) -> std::result::Result<Vec<RoutedParam>, Invalid> {
     let all_names = || {
         params
             .iter()

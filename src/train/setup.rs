@@ -12,8 +12,7 @@ use spectra_models::{data, Dataset, Model};
 
 use super::config::TrainConfig;
 use super::config_error::{config_error, model_error};
-use super::groups::routing;
-use super::routing::RoutedParam;
+use super::routing::{route, RoutedParam};
 
 /// The seed stream of the model's initialisation.
 pub const INIT_STREAM: u64 = 1;
@@ -41,7 +40,7 @@ pub fn build(cfg: &TrainConfig, config_file: &Path, device: &Device) -> Result<S
     let mut init_rng = derived_rng(cfg.seed, INIT_STREAM);
     let model = spectra_models::build(&cfg.model, &input, device, &mut init_rng)
         .map_err(|e| model_error(config_file, e))?;
-    let routed = routing(model.params(), &cfg.groups, config_file)?;
+    let routed = route(model.params(), &cfg.groups, config_file)?;
     Ok(Setup {
         data,
         model,

@@ -208,7 +208,7 @@ impl Tiny {
     }
 
     pub fn gguf(&self) -> Llama {
-        Llama::from_gguf(&self.gguf_path(), &Device::Cpu, WeightFormat::Quantized)
+        Llama::from_gguf(&self.gguf_path(), &Device::Cpu, WeightFormat::AsStored)
             .unwrap()
             .0
     }

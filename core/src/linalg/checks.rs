@@ -95,7 +95,7 @@ pub fn column_rms(t: &Tensor) -> Result<Tensor> {
 }
 
 /// `sqrt(fan_out/fan_in)` for a weight of shape `(fan_out, fan_in)`: the factor between the spectral
-/// norm and the RMS→RMS operator norm, `‖W‖_RMS→RMS = σ_max(W)/scale` (spec §1).
+/// norm and the RMS→RMS operator norm, `‖W‖_RMS→RMS = σ_max(W)/scale` (docs/lipschitz.md §1).
 pub fn rms_scale(rows: usize, cols: usize) -> f64 {
     (rows as f64 / cols as f64).sqrt()
 }

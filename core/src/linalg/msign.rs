@@ -40,8 +40,8 @@ pub fn msign(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The exact clip U·min(Σ, 1)·Vᵀ, from `min(σ, 1) = (σ + 1 − |1 − σ|)/2` lifted to matrices:
-/// `clip(W) = ½[W + O − (O − W)·msign(O − W)ᵀ·O]` with O = msign(W) (spec §2.5). Two msigns and two
-/// products.
+/// `clip(W) = ½[W + O − (O − W)·msign(O − W)ᵀ·O]` with O = msign(W) (docs/lipschitz.md §4.4).
+/// Two msigns and two products.
 pub fn clip_singular_values(w: &Tensor) -> Result<Tensor> {
     let o = msign(w)?;
     let d = (&o - w)?;

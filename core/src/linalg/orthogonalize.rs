@@ -163,8 +163,8 @@ mod tests {
 
     #[test]
     fn matrix_path_reproduces_the_scalar_test_vectors() {
-        // Singular values chosen so that after Frobenius normalization they are exactly the §9 table's σ
-        // values: scale them so that ‖X‖_F = 1.
+        // Singular values chosen so that after Frobenius normalization they are exactly the σ
+        // values of the table in docs/lipschitz.md §5: scale them so that ‖X‖_F = 1.
         let sig = [1.0, 0.8, 0.5, 0.3, 0.1, 0.01, 0.001];
         let fro = sig.iter().map(|s| s * s).sum::<f64>().sqrt();
         let mut rng = SpectraRng::seed_from_u64(21);

@@ -12,10 +12,10 @@ use crate::Result;
 
 pub use super::odd_step::OddStep;
 
-/// Keller Jordan's Muon: five steps of (3.4445, −4.7750, 2.0315) (spec §3.5).
+/// Keller Jordan's Muon: five steps of (3.4445, −4.7750, 2.0315) (docs/lipschitz.md §4.2).
 pub const NS5_KELLER: [OddStep; 5] = [OddStep::new(3.4445, -4.7750, 2.0315); 5];
 
-/// The six steps of the Lipschitz paper's JAX Muon, coefficients ×1/1024 (spec §3.1).
+/// The six steps of the Lipschitz paper's JAX Muon, coefficients ×1/1024 (docs/lipschitz.md §4.2).
 pub const NS6_JAX: [OddStep; 6] = [
     OddStep::new(3955.0 / 1024.0, -8306.0 / 1024.0, 5008.0 / 1024.0),
     OddStep::new(3735.0 / 1024.0, -6681.0 / 1024.0, 3463.0 / 1024.0),
@@ -25,7 +25,7 @@ pub const NS6_JAX: [OddStep; 6] = [
     OddStep::new(2172.0 / 1024.0, -1833.0 / 1024.0, 682.0 / 1024.0),
 ];
 
-/// The five steps of the NanoGPT-Lipschitz script's `orthogonalize_torch` (spec §3.4).
+/// The five steps of the NanoGPT-Lipschitz script's `orthogonalize_torch` (docs/lipschitz.md §4.2).
 pub const NS5_LIPSCHITZ: [OddStep; 5] = [
     OddStep::new(4.0848, -6.8946, 2.9270),
     OddStep::new(3.9505, -6.3029, 2.6377),
@@ -34,8 +34,8 @@ pub const NS5_LIPSCHITZ: [OddStep; 5] = [
     OddStep::new(2.8366, -3.0525, 1.2012),
 ];
 
-/// Cesista's four-step approximation of min(1, σ) used by the spectral hard cap (spec §2.5). It
-/// diverges for σ ≳ 3.6: see [`HARD_CAP_SAFE_SIGMA`].
+/// Cesista's four-step approximation of min(1, σ) used by the spectral hard cap
+/// (docs/lipschitz.md §4.3, §2.5). It diverges for σ ≳ 3.6: see [`HARD_CAP_SAFE_SIGMA`].
 pub const HARD_CAP: [OddStep; 4] = [
     OddStep::new(0.805032, 0.206361, -0.019763),
     OddStep::new(0.649867, 0.162935, -0.011150),
@@ -135,12 +135,12 @@ pub fn apply_odd_steps(x: &Tensor, steps: &[OddStep]) -> Result<Tensor> {
 mod tests {
     use super::*;
 
-    /// The spec's values are printed to 6 decimals.
+    /// The values of docs/lipschitz.md §5 are printed to 6 decimals.
     const SPEC_DIGITS: f64 = 5e-6;
 
     #[test]
     fn composites_match_the_spec_test_vectors() {
-        // §9: σ, NS6 (JAX), NS5 (NanoGPT-Lipschitz), NS5 Keller.
+        // docs/lipschitz.md §5: σ, NS6 (JAX), NS5 (NanoGPT-Lipschitz), NS5 Keller.
         let table = [
             (0.001, 0.866304, 0.474982, 0.470544),
             (0.01, 0.998782, 1.018025, 0.698917),
@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn hard_cap_composite_matches_the_spec() {
-        // §9 prints these to 4 decimals.
+        // docs/lipschitz.md §5 prints these to 4 decimals.
         let table = [
             (0.1, 0.0953),
             (0.5, 0.4979),

@@ -9,7 +9,8 @@ use crate::{Error, Result};
 
 /// Where the iteration starts.
 pub enum StartVector<'a> {
-    /// A fresh Gaussian vector drawn from the generator (the reference code's behaviour, spec §2.3).
+    /// A fresh Gaussian vector drawn from the generator (the reference code's behaviour,
+    /// docs/lipschitz.md §4.5).
     Random(&'a mut SpectraRng),
     /// A given vector of length [`iterate_len`], e.g. the previous step's [`TopSingular::iterate`].
     Given(&'a Tensor),

@@ -1,5 +1,5 @@
 //! The spectral soft cap's two cubic steps and the coupling of their strength α to w_max, the weight
-//! decay and the optimizer's update bound (spec §2.4).
+//! decay and the optimizer's update bound (docs/lipschitz.md §2.4).
 
 use super::polynomial::OddStep;
 
@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn alpha_matches_the_spec_test_vectors() {
-        // §9: (w_max, η, α); the spec prints 6 significant digits.
+        // docs/lipschitz.md §5: (w_max, η, α), printed to 6 significant digits.
         let table = [
             (1.0, 0.1, 0.158864),
             (1.0, 0.05, 0.122439),
@@ -90,7 +90,7 @@ mod tests {
         // f(k) = w_max is the defining equation: exact up to f64 rounding.
         assert!((f(1.1) - 1.0).abs() < 1e-12);
         assert!((f(1.0) - 0.935678).abs() < 5e-7 && (f(0.5) - 0.497727).abs() < 5e-7);
-        // §9's fixed-α values.
+        // The fixed-α values of docs/lipschitz.md §5.
         assert!((composite(&soft_cap_steps(0.05), 1.0) - 0.992869).abs() < 5e-7);
         assert!((composite(&soft_cap_steps(0.05), 2.0) - 1.804800).abs() < 5e-7);
         assert!((composite(&soft_cap_steps(0.01), 1.0) - 0.999703).abs() < 5e-7);

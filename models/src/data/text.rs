@@ -62,10 +62,6 @@ impl TextCorpus {
         &self.vocab
     }
 
-    pub fn split_lengths(&self) -> (usize, usize) {
-        (self.train.len(), self.validation.len())
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -147,7 +143,7 @@ mod tests {
     fn vocabulary_is_sorted_and_split_is_ninety_ten() {
         let c = corpus();
         assert_eq!(c.vocab(), &['\n', 'a', 'b', 'c', 'd']);
-        assert_eq!(c.split_lengths(), (180, 20));
+        assert_eq!((c.train.len(), c.validation.len()), (180, 20));
         assert_eq!(c.validation_items(), 2);
     }
 

@@ -10,7 +10,7 @@ use spectra_kv::{KvCache, KvCacheShape};
 
 use super::attention::{attend, causal_mask, rows_of, BatchRows};
 use super::rotary::Rotary;
-use super::weights::{Linear, RowKinds};
+use super::weights::{RowKinds, WeightMatrix};
 use super::Llama;
 
 impl CausalDecoder for Llama {
@@ -70,7 +70,7 @@ impl CausalDecoder for Llama {
                     .transpose(0, 1)?
                     .contiguous()?)
             };
-            let mut projected = Linear::forward_all(&[&w.q, &w.k, &w.v], &h, &kinds)?;
+            let mut projected = WeightMatrix::forward_all(&[&w.q, &w.k, &w.v], &h, &kinds)?;
             if let Some(biases) = &w.qkv_bias {
                 for (p, b) in projected.iter_mut().zip(biases) {
                     *p = p.broadcast_add(b)?;
@@ -109,7 +109,7 @@ impl CausalDecoder for Llama {
             let attended = attend(c, l, &q, batch, &rows)?;
             x = (x + w.o.forward(&attended, &kinds)?)?;
             let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, c.rms_eps as f32)?;
-            let gate_up = Linear::forward_all(&[&w.gate, &w.up], &h, &kinds)?;
+            let gate_up = WeightMatrix::forward_all(&[&w.gate, &w.up], &h, &kinds)?;
             let gated = (candle_nn::ops::silu(&gate_up[0])? * &gate_up[1])?;
             x = (x + w.down.forward(&gated, &kinds)?)?;
         }

@@ -13,7 +13,7 @@ use spectra_core::{Error, Result};
 use super::config::LlamaConfig;
 use super::embedding::Embedding;
 use super::family::{Family, LayerExtras};
-use super::weights::{LayerWeights, Linear, LlamaWeights, WeightFormat};
+use super::weights::{LayerWeights, LlamaWeights, WeightFormat, WeightMatrix};
 use spectra_kernels::quantized_matmul::BlockFormat;
 
 /// An open GGUF file: its metadata and tensor index, read once.
@@ -259,7 +259,7 @@ impl GgufFile {
         let embed = Embedding::from_qtensor(&embed_q, device)?;
         let mut layers = Vec::new();
         for l in 0..config.layers {
-            let mut matrix = |name: &str| -> Result<Linear> {
+            let mut matrix = |name: &str| -> Result<WeightMatrix> {
                 let t = self.tensor(&format!("blk.{l}.{name}.weight"), device)?;
                 format.matmul(t, device)
             };
@@ -296,7 +296,9 @@ impl GgufFile {
         }
         let head = match (&embed, config.tied_embeddings, format) {
             // A tied head multiplies the very blocks the embedding looks its rows up in.
-            (Embedding::Blocks(m), true, WeightFormat::Quantized) => Linear::Blocks(Arc::clone(m)),
+            (Embedding::Blocks(m), true, WeightFormat::AsStored) => {
+                WeightMatrix::Blocks(Arc::clone(m))
+            }
             (_, true, _) => format.matmul(embed_q, device)?,
             (_, false, _) => format.matmul(self.tensor("output.weight", device)?, device)?,
         };

@@ -10,7 +10,7 @@ use spectra_core::{Error, Result};
 use super::config::LlamaConfig;
 use super::embedding::Embedding;
 use super::family::LayerExtras;
-use super::weights::{LayerWeights, Linear, LlamaWeights};
+use super::weights::{LayerWeights, LlamaWeights, WeightMatrix};
 
 pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> {
     let config_path = dir.join("config.json");
@@ -49,8 +49,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
     let mut layers = Vec::with_capacity(config.layers);
     for l in 0..config.layers {
         let mut tensor = |name: &str| take(&format!("model.layers.{l}.{name}"));
-        let mut matrix = |name: &str| -> Result<Linear> {
-            Ok(Linear::Candle(QMatMul::Tensor(tensor(&format!(
+        let mut matrix = |name: &str| -> Result<WeightMatrix> {
+            Ok(WeightMatrix::Candle(QMatMul::Tensor(tensor(&format!(
                 "{name}.weight"
             ))?)))
         };
@@ -90,8 +90,8 @@ pub fn load(dir: &Path, device: &Device) -> Result<(LlamaConfig, LlamaWeights)> 
     }
     let norm = take("model.norm.weight")?;
     let head = match take("lm_head.weight") {
-        Ok(t) => Linear::Candle(QMatMul::Tensor(t)),
-        Err(_) if config.tied_embeddings => Linear::Candle(QMatMul::Tensor(embed.clone())),
+        Ok(t) => WeightMatrix::Candle(QMatMul::Tensor(t)),
+        Err(_) if config.tied_embeddings => WeightMatrix::Candle(QMatMul::Tensor(embed.clone())),
         Err(e) => return Err(e),
     };
     let weights = LlamaWeights {

@@ -12,37 +12,33 @@ use super::config::LlamaConfig;
 use super::embedding::Embedding;
 use spectra_kernels::quantized_matmul::{QuantizedMatrix, PREFILL_ROWS};
 
-/// How quantized matrices are held; a config names them `AsStored` and `F32`.
+/// How quantized matrices are held.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WeightFormat {
     /// As stored. On the CPU, Q4_0, Q4_1 and Q8_0 are multiplied by spectra's integer block kernels
     /// (activations quantized to 8 bits per block of 32, as llama.cpp does); other formats, and every
     /// format on a GPU, by candle's quantized kernels.
     #[default]
-    #[serde(rename = "AsStored")]
-    Quantized,
+    AsStored,
     /// Expanded to f32 when loaded: the exact products, at 4–7× the memory.
-    #[serde(rename = "F32")]
-    Dequantized,
+    F32,
 }
 
 impl WeightFormat {
-    pub(crate) fn matmul(self, t: QTensor, device: &Device) -> Result<Linear> {
+    pub(crate) fn matmul(self, t: QTensor, device: &Device) -> Result<WeightMatrix> {
         Ok(match self {
-            WeightFormat::Quantized if device.is_cpu() => {
-                match QuantizedMatrix::from_qtensor(&t)? {
-                    Some(blocks) => Linear::Blocks(Arc::new(blocks)),
-                    None => Linear::Candle(QMatMul::from_qtensor(t)?),
-                }
-            }
-            WeightFormat::Quantized => Linear::Candle(QMatMul::from_qtensor(t)?),
-            WeightFormat::Dequantized => Linear::Candle(QMatMul::Tensor(t.dequantize(device)?)),
+            WeightFormat::AsStored if device.is_cpu() => match QuantizedMatrix::from_qtensor(&t)? {
+                Some(blocks) => WeightMatrix::Blocks(Arc::new(blocks)),
+                None => WeightMatrix::Candle(QMatMul::from_qtensor(t)?),
+            },
+            WeightFormat::AsStored => WeightMatrix::Candle(QMatMul::from_qtensor(t)?),
+            WeightFormat::F32 => WeightMatrix::Candle(QMatMul::Tensor(t.dequantize(device)?)),
         })
     }
 }
 
 /// A weight matrix `W: [out, in]` as the decoder applies it, `x ↦ x·Wᵀ`.
-pub(crate) enum Linear {
+pub(crate) enum WeightMatrix {
     /// GGUF blocks, multiplied by spectra's kernels (shared with the embedding where they are tied).
     Blocks(Arc<QuantizedMatrix>),
     /// candle's matmul: f32 or f16 tensors, or quantized formats spectra's kernels do not cover.
@@ -77,33 +73,33 @@ impl RowKinds {
     }
 }
 
-impl Linear {
+impl WeightMatrix {
     pub(crate) fn forward(&self, x: &Tensor, kinds: &RowKinds) -> Result<Tensor> {
-        Ok(Linear::forward_all(&[self], x, kinds)?.remove(0))
+        Ok(WeightMatrix::forward_all(&[self], x, kinds)?.remove(0))
     }
 
-    /// Each linear applied to `x`, its rows multiplied as `kinds` says: GGUF blocks in one parallel
-    /// section per kind of row when every linear is in blocks.
+    /// Each matrix applied to `x`, its rows multiplied as `kinds` says: GGUF blocks in one parallel
+    /// section per kind of row when every matrix is in blocks.
     pub(crate) fn forward_all(
-        linears: &[&Linear],
+        matrices: &[&WeightMatrix],
         x: &Tensor,
         kinds: &RowKinds,
     ) -> Result<Vec<Tensor>> {
-        let blocks: Option<Vec<&QuantizedMatrix>> = linears
+        let blocks: Option<Vec<&QuantizedMatrix>> = matrices
             .iter()
             .map(|l| match l {
-                Linear::Blocks(m) => Some(&**m),
-                Linear::Candle(_) => None,
+                WeightMatrix::Blocks(m) => Some(&**m),
+                WeightMatrix::Candle(_) => None,
             })
             .collect();
         if let Some(blocks) = blocks {
             return blocks_by_kind(&blocks, x, kinds);
         }
-        linears
+        matrices
             .iter()
             .map(|l| match l {
-                Linear::Blocks(m) => Ok(blocks_by_kind(&[&**m], x, kinds)?.remove(0)),
-                Linear::Candle(m) => Ok(m.forward(x)?),
+                WeightMatrix::Blocks(m) => Ok(blocks_by_kind(&[&**m], x, kinds)?.remove(0)),
+                WeightMatrix::Candle(m) => Ok(m.forward(x)?),
             })
             .collect()
     }
@@ -111,9 +107,9 @@ impl Linear {
     /// Bytes held, as stored.
     fn bytes(&self) -> usize {
         match self {
-            Linear::Blocks(m) => m.bytes(),
-            Linear::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
-            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+            WeightMatrix::Blocks(m) => m.bytes(),
+            WeightMatrix::Candle(QMatMul::QTensor(t)) => t.storage_size_in_bytes(),
+            WeightMatrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
                 t.elem_count() * t.dtype().size_in_bytes()
             }
         }
@@ -121,12 +117,12 @@ impl Linear {
 
     fn dims(&self) -> Vec<usize> {
         match self {
-            Linear::Blocks(m) => {
+            WeightMatrix::Blocks(m) => {
                 let (rows, cols) = m.dims();
                 vec![rows, cols]
             }
-            Linear::Candle(QMatMul::QTensor(t)) => t.shape().dims().to_vec(),
-            Linear::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims().to_vec(),
+            WeightMatrix::Candle(QMatMul::QTensor(t)) => t.shape().dims().to_vec(),
+            WeightMatrix::Candle(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.dims().to_vec(),
         }
     }
 }
@@ -163,18 +159,18 @@ fn blocks_by_kind(
 
 pub(crate) struct LayerWeights {
     pub attn_norm: Tensor,
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
+    pub q: WeightMatrix,
+    pub k: WeightMatrix,
+    pub v: WeightMatrix,
     /// Qwen2's biases of the q, k and v projections.
     pub qkv_bias: Option<[Tensor; 3]>,
     /// Qwen3's RMSNorm weights of each query head and each key head (`[head_dim]`).
     pub qk_norm: Option<[Tensor; 2]>,
-    pub o: Linear,
+    pub o: WeightMatrix,
     pub ffn_norm: Tensor,
-    pub gate: Linear,
-    pub up: Linear,
-    pub down: Linear,
+    pub gate: WeightMatrix,
+    pub up: WeightMatrix,
+    pub down: WeightMatrix,
 }
 
 pub struct LlamaWeights {
@@ -183,7 +179,7 @@ pub struct LlamaWeights {
     pub(crate) layers: Vec<LayerWeights>,
     pub(crate) norm: Tensor,
     /// `[vocab, hidden]`, the embedding itself when tied.
-    pub(crate) head: Linear,
+    pub(crate) head: WeightMatrix,
 }
 
 impl LlamaWeights {
@@ -194,7 +190,7 @@ impl LlamaWeights {
             .layers
             .iter()
             .flat_map(|w| [&w.q, &w.k, &w.v, &w.o, &w.gate, &w.up, &w.down])
-            .map(Linear::bytes)
+            .map(WeightMatrix::bytes)
             .sum();
         layers + self.head.bytes()
     }
@@ -309,7 +305,7 @@ mod tests {
     #[test]
     fn every_sequence_of_a_batch_gets_the_products_it_gets_alone() {
         let w = Tensor::randn(0f32, 0.1, (64, 96), &Device::Cpu).unwrap();
-        let linear = Linear::Blocks(Arc::new(
+        let linear = WeightMatrix::Blocks(Arc::new(
             QuantizedMatrix::from_qtensor(&QTensor::quantize(&w, GgmlDType::Q4_1).unwrap())
                 .unwrap()
                 .unwrap(),

@@ -1,4 +1,4 @@
-//! `EmbeddingColumnCap`: caps the RMS of every embedding column (spec §2.9).
+//! `EmbeddingColumnCap`: caps the RMS of every embedding column (docs/lipschitz.md §2.9).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

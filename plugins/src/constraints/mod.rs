@@ -29,7 +29,7 @@ pub use weight_decay::WeightDecay;
 use crate::field_checks::{in_range, nonnegative, positive};
 
 /// The roles spectral constraints apply to: hidden matrices and the output layer. Embeddings are
-/// column-normalised instead (spec §2.9) and 1-D gains have no spectrum.
+/// column-normalised instead (docs/lipschitz.md §2.9) and 1-D gains have no spectrum.
 fn is_linear_map(role: ParamRole) -> bool {
     matches!(role, ParamRole::Hidden | ParamRole::Head)
 }

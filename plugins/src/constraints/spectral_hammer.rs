@@ -1,4 +1,4 @@
-//! `SpectralHammer`: sets the top singular value to exactly w_max (spec §2.6).
+//! `SpectralHammer`: sets the top singular value to exactly w_max (docs/lipschitz.md §2.6).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

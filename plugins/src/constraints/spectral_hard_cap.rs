@@ -1,5 +1,5 @@
 //! `SpectralHardCap`: caps every singular value at w_max, by Cesista's quintic or by an exact
-//! msign-based clip (spec §2.5).
+//! msign-based clip (docs/lipschitz.md §2.5).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! `SpectralNormalize`: scales the weight down to w_max when power iteration finds it above (spec §2.3).
+//! `SpectralNormalize`: scales the weight down to w_max when power iteration finds it above
+//! (docs/lipschitz.md §2.3).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

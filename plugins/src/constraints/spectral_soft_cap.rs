@@ -1,5 +1,5 @@
 //! `SpectralSoftCap`: the paper's co-designed constraint, two odd cubic steps whose strength is coupled
-//! to w_max, the weight decay and the optimizer's update bound (spec §2.4).
+//! to w_max, the weight decay and the optimizer's update bound (docs/lipschitz.md §2.4).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
@@ -39,10 +39,11 @@ pub struct SpectralSoftCap {
     /// JAX code couples to lr_t·t itself, 1/0.99934 = 1.00067 times the bound Muon's six steps report.
     #[serde(default = "one")]
     pub bound_margin: f64,
-    /// Reproduce the JAX code's coupling exactly: it passes η/scale instead of η (spec §2.0). Square
-    /// matrices are unaffected; for an up-projection (fan_out = 4·fan_in, scale 2) the coupling then
-    /// assumes an update half as large as it can be, so σ_max can exceed w_max after the step; for a
-    /// down-projection (scale ½) it assumes one twice as large and caps harder than needed.
+    /// Reproduce the JAX code's coupling exactly: it passes η/scale instead of η
+    /// (docs/lipschitz.md §2.4). Square matrices are unaffected; for an up-projection
+    /// (fan_out = 4·fan_in, scale 2) the coupling then assumes an update half as large as it can
+    /// be, so σ_max can exceed w_max after the step; for a down-projection (scale ½) it assumes one
+    /// twice as large and caps harder than needed.
     #[serde(default)]
     pub reference_coupling: bool,
 }
@@ -148,16 +149,16 @@ mod tests {
     #[test]
     fn coupling_uses_eta_margin_decay_and_optionally_the_reference_quirk() {
         let cap = SpectralSoftCap::default();
-        // §9: w_max 1, η 0.1 → α = 0.158864, k = 1.1.
+        // docs/lipschitz.md §5: w_max 1, η 0.1 → α = 0.158864, k = 1.1.
         let (alpha, k) = cap.coupling(0.1, 2.0, 0.01, 1.0);
         assert!((alpha - 0.158864).abs() < 1e-6 && (k - 1.1).abs() < 1e-15);
-        // The quirk divides η by the scale: η/2 = 0.05 → α = 0.122439 (§9).
+        // The quirk divides η by the scale: η/2 = 0.05 → α = 0.122439 (docs/lipschitz.md §5).
         let quirk = SpectralSoftCap {
             reference_coupling: true,
             ..cap.clone()
         };
         assert!((quirk.coupling(0.1, 2.0, 0.01, 1.0).0 - 0.122439).abs() < 1e-6);
-        // NanoGPT: η = 0.05·1.14502 with margin 1.05 → α = 0.131992 (§9).
+        // NanoGPT: η = 0.05·1.14502 with margin 1.05 → α = 0.131992 (docs/lipschitz.md §5).
         let nanogpt = SpectralSoftCap {
             bound_margin: 1.05,
             ..cap.clone()

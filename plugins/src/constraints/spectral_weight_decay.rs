@@ -1,4 +1,5 @@
-//! `SpectralWeightDecay`: shrinks the top singular value by a fixed fraction per step (spec §2.2).
+//! `SpectralWeightDecay`: shrinks the top singular value by a fixed fraction per step
+//! (docs/lipschitz.md §2.2).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,5 @@
-//! `Stiefel`: projects the weight onto the Stiefel manifold scaled to w_max (spec §2.7).
+//! `Stiefel`: projects the weight onto the Stiefel manifold scaled to w_max
+//! (docs/lipschitz.md §2.7).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! `SvdClip`: the exact clip min(σ, w_max) by a full SVD, the reference the fast methods are measured
-//! against (spec §2.8).
+//! against (docs/lipschitz.md §2.8).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

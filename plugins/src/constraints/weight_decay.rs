@@ -1,4 +1,4 @@
-//! `WeightDecay`: decoupled weight decay W ← W·(1 − wd·lr_t·t) (spec §2.1).
+//! `WeightDecay`: decoupled weight decay W ← W·(1 − wd·lr_t·t) (docs/lipschitz.md §2.1).
 
 use candle_core::Var;
 use serde::{Deserialize, Serialize};

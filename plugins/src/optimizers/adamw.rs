@@ -1,4 +1,5 @@
-//! `AdamW`: Adam with decoupled weight decay; a switch selects the Lipschitz paper's JAX variant (spec §3.3).
+//! `AdamW`: Adam with decoupled weight decay; a switch selects the Lipschitz paper's JAX variant
+//! (docs/lipschitz.md §3.3).
 
 use std::collections::HashMap;
 

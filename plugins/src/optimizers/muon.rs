@@ -1,5 +1,5 @@
 //! `Muon`: momentum, then orthogonalization, scaled so that every update has a known RMS→RMS norm
-//! (spec §3.1, §3.4, §3.5).
+//! (docs/lipschitz.md §3.1, §3.4, §3.5).
 
 use std::collections::HashMap;
 
@@ -49,7 +49,7 @@ pub struct MomentumWarmup {
 ///   parameter's target norm and s the [`UpdateScale`];
 /// - embeddings (shape (d_embed, vocab)): each column divided by max(rms(col), 1/max_inflation), so a
 ///   column's update has RMS exactly lr_t·t unless its gradient is tiny, which is amplified at most
-///   `max_inflation`× (spec §2.9). No orthogonalization.
+///   `max_inflation`× (docs/lipschitz.md §2.9). No orthogonalization.
 ///
 /// 1-D parameters are an error: give them their own group with AdamW or Sgd.
 ///

@@ -10,7 +10,8 @@ pub mod key_score_launch;
 pub mod key_scores;
 pub mod normalize;
 pub mod query_stats;
-pub mod reference;
+#[cfg(test)]
+mod reference;
 pub mod scoring;
 mod window_centers;
 

@@ -13,7 +13,7 @@ use spectra_core::{Budget, Error, Result};
 use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 
-use super::{budget_tokens, read_tokens, Bench, FULL};
+use super::{budget_tokens, read_tokens, Evaluation, FULL};
 
 #[derive(Debug, Serialize)]
 pub struct DecodeRow {
@@ -40,12 +40,12 @@ pub struct DecodeTaskResult {
 }
 
 pub fn run(
-    bench: &Bench<'_>,
+    eval: &Evaluation<'_>,
     text: &Path,
     contexts: &[usize],
     tokens: usize,
 ) -> Result<DecodeTaskResult> {
-    let all = read_tokens(&bench.tokenizer, text)?;
+    let all = read_tokens(&eval.tokenizer, text)?;
     let mut rows = Vec::new();
     for &context in contexts {
         if all.len() < context {
@@ -59,34 +59,34 @@ pub fn run(
         }
         let prompt = &all[..context];
         let full = Session::new(
-            bench.model.clone(),
+            eval.model.clone(),
             None,
             Budget::Tokens(usize::MAX),
-            bench.seed,
+            eval.seed,
         )?;
         rows.push(decode(
             full,
-            (prompt, bench.prefill_chunk),
+            (prompt, eval.prefill_chunk),
             tokens,
             FULL,
             "—".into(),
             context as f64,
         )?);
-        for arm in &bench.arms {
+        for arm in &eval.arms {
             let session = Session::new(
-                bench.model.clone(),
+                eval.model.clone(),
                 Some(arm.policy.clone()),
                 arm.budget.clone(),
-                bench.seed,
+                eval.seed,
             )?
-            .with_reread(bench.reread.clone());
+            .with_reread(eval.reread.clone());
             rows.push(decode(
                 session,
-                (prompt, bench.prefill_chunk),
+                (prompt, eval.prefill_chunk),
                 tokens,
                 &arm.label,
                 arm.budget_label(),
-                budget_tokens(arm.budget, bench.model.config.layers, context),
+                budget_tokens(arm.budget, eval.model.config.layers, context),
             )?);
         }
     }
@@ -140,7 +140,7 @@ fn decode(
         row.prefill_tokens_per_second,
         row.tokens_per_second,
         100.0 * row.eviction_share,
-        super::mib(row.peak_kv_bytes)
+        crate::units::mib(row.peak_kv_bytes)
     );
     Ok(row)
 }

@@ -26,7 +26,7 @@ use problems::Problem;
 pub use problems::ProblemSet;
 
 use super::progress::{Progress, Stored};
-use super::{interval, Arm, Bench, FULL};
+use super::{interval, Arm, Evaluation, FULL};
 use crate::chat_template::{ChatTemplate, Message};
 
 /// Where the answers are stored as they complete.
@@ -36,7 +36,7 @@ const ANSWERS: &str = "reasoning-answers.jsonl";
 const INSTRUCTION: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
 
 /// The task's settings, as the config gives them.
-pub struct Setup<'a> {
+pub struct ReasoningSettings<'a> {
     pub sets: &'a [ProblemSet],
     pub problems: usize,
     pub max_new_tokens: usize,
@@ -129,17 +129,20 @@ struct Runner<'a> {
 const UNBOUNDED: Budget = Budget::Tokens(usize::MAX);
 
 /// Runs every set, continuing from the answers stored in the output folder.
-pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>> {
+pub fn run(
+    eval: &Evaluation<'_>,
+    settings: &ReasoningSettings<'_>,
+) -> Result<Vec<ReasoningResult>> {
     let mut progress = Progress::open(
-        setup.output,
+        settings.output,
         ANSWERS,
         &Settings {
-            model: setup.model.to_string(),
-            seed: bench.seed,
+            model: settings.model.to_string(),
+            seed: eval.seed,
             instruction: INSTRUCTION.to_string(),
         },
     )?;
-    let template = ChatTemplate::of(&bench.tokenizer)?;
+    let template = ChatTemplate::of(&eval.tokenizer)?;
     let runners: Vec<Runner> = std::iter::once(Runner {
         label: FULL.into(),
         budget_label: "—".into(),
@@ -147,7 +150,7 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>>
         policy: None,
         budget: &UNBOUNDED,
     })
-    .chain(setup.arms.iter().map(|a| Runner {
+    .chain(settings.arms.iter().map(|a| Runner {
         label: a.label.clone(),
         budget_label: a.budget_label(),
         key: a.key(),
@@ -156,8 +159,8 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>>
     }))
     .collect();
     let mut results = Vec::new();
-    for &set in setup.sets {
-        let problems = set.load(setup.data, setup.problems)?;
+    for &set in settings.sets {
+        let problems = set.load(settings.data, settings.problems)?;
         let prompts = problems
             .iter()
             .map(|p| {
@@ -165,13 +168,13 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>>
                     role: "user".into(),
                     content: format!("{}\n{INSTRUCTION}", p.question),
                 }])?;
-                bench.tokenizer.encode(&text)
+                eval.tokenizer.encode(&text)
             })
             .collect::<Result<Vec<_>>>()?;
         let mut rows = Vec::new();
         let mut answers = Vec::new();
         for runner in &runners {
-            let key = |p: &Problem| answer_key(&p.id, setup.max_new_tokens, &runner.key);
+            let key = |p: &Problem| answer_key(&p.id, settings.max_new_tokens, &runner.key);
             let missing: Vec<usize> = (0..problems.len())
                 .filter(|&i| progress.get(&key(&problems[i])).is_none())
                 .collect();
@@ -179,8 +182,8 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>>
                 None
             } else {
                 Some(generate(
-                    bench,
-                    setup,
+                    eval,
+                    settings,
                     runner,
                     (&problems, &prompts),
                     &missing,
@@ -191,14 +194,14 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>>
                 .iter()
                 .filter_map(|p| progress.get(&key(p)).cloned())
                 .collect();
-            rows.push(row(runner, &mine, rate, bench.seed));
+            rows.push(row(runner, &mine, rate, eval.seed));
             answers.extend(mine);
         }
         results.push(ReasoningResult {
             set: set.name().into(),
             problems: problems.len(),
-            max_new_tokens: setup.max_new_tokens,
-            batch: setup.batch,
+            max_new_tokens: settings.max_new_tokens,
+            batch: settings.batch,
             rows,
             answers,
         });
@@ -209,24 +212,24 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<ReasoningResult>>
 /// Answers the `missing` problems with `runner`'s policy and budget through the engine, storing
 /// each answer as its sequence finishes; the tokens generated per second.
 fn generate(
-    bench: &Bench<'_>,
-    setup: &Setup<'_>,
+    eval: &Evaluation<'_>,
+    settings: &ReasoningSettings<'_>,
     runner: &Runner<'_>,
     (problems, prompts): (&[Problem], &[Vec<u32>]),
     missing: &[usize],
     progress: &mut Progress<ReasoningAnswer>,
 ) -> Result<f64> {
     let mut engine = Engine::new(
-        bench.model.clone(),
+        eval.model.clone(),
         EngineConfig {
             scheduler: SchedulerConfig {
                 kv_memory: usize::MAX,
-                max_sequences: setup.batch,
-                step_tokens: setup.batch * (bench.prefill_chunk + 1),
-                chunk: bench.prefill_chunk,
+                max_sequences: settings.batch,
+                step_tokens: settings.batch * (eval.prefill_chunk + 1),
+                chunk: eval.prefill_chunk,
                 priority: StepPriority::DecodeFirst,
             },
-            reread: Some(bench.reread.clone()),
+            reread: Some(eval.reread.clone()),
         },
         None,
     )?;
@@ -235,13 +238,13 @@ fn generate(
         let id = engine.submit(Request {
             prompt: prompts[i].clone(),
             params: GenerationParams {
-                max_tokens: setup.max_new_tokens,
-                stop_tokens: bench.tokenizer.eos.into_iter().collect(),
+                max_tokens: settings.max_new_tokens,
+                stop_tokens: eval.tokenizer.eos.into_iter().collect(),
                 ..GenerationParams::default()
             },
             policy: runner.policy.clone(),
             budget: runner.budget.clone(),
-            seed: bench.seed,
+            seed: eval.seed,
         })?;
         of.insert(id, (i, Vec::new()));
     }
@@ -264,10 +267,10 @@ fn generate(
                         continue;
                     };
                     if reason == FinishReason::Stop {
-                        tokens.pop_if(|t| bench.tokenizer.eos == Some(*t));
+                        tokens.pop_if(|t| eval.tokenizer.eos == Some(*t));
                     }
                     let problem = &problems[i];
-                    let text = bench.tokenizer.decode(&tokens)?;
+                    let text = eval.tokenizer.decode(&tokens)?;
                     let extracted = answer::extract(&text);
                     done += 1;
                     eprintln!(
@@ -282,7 +285,7 @@ fn generate(
                     );
                     progress.record(ReasoningAnswer {
                         problem: problem.id.clone(),
-                        max_new_tokens: setup.max_new_tokens,
+                        max_new_tokens: settings.max_new_tokens,
                         arm: runner.key.clone(),
                         policy: runner.label.clone(),
                         budget: runner.budget_label.clone(),

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::ReasoningResult;
-use crate::kv::mib;
+use crate::units::mib;
 
 /// The Markdown section for one problem set.
 pub fn markdown(md: &mut String, r: &ReasoningResult) {

@@ -21,7 +21,7 @@ use spectra_inference::{continue_session, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
-use super::{budget_tokens, check_context, Bench, FULL};
+use super::{budget_tokens, check_context, Evaluation, FULL};
 
 const INSTRUCTION: &str =
     "There is an important info hidden inside a lot of irrelevant text. Find it and \
@@ -127,13 +127,13 @@ impl Pieces {
 }
 
 pub fn run(
-    bench: &Bench<'_>,
+    eval: &Evaluation<'_>,
     lengths: &[usize],
     depths: &[f64],
     trials: usize,
 ) -> Result<PasskeyResult> {
-    let pieces = Pieces::new(&bench.tokenizer)?;
-    let mut rng = derived_rng(bench.seed, 0x5041_5353);
+    let pieces = Pieces::new(&eval.tokenizer)?;
+    let mut rng = derived_rng(eval.seed, 0x5041_5353);
     let mut result = PasskeyResult {
         lengths: Vec::new(),
         depths: depths.to_vec(),
@@ -142,10 +142,10 @@ pub fn run(
         answers: Vec::new(),
     };
     // Per arm: (correct, total) over the samples Full answers at the lengths used.
-    let mut tally = vec![(0usize, 0usize); bench.arms.len()];
+    let mut tally = vec![(0usize, 0usize); eval.arms.len()];
     for &length in lengths {
         check_context(
-            &bench.model,
+            &eval.model,
             length + pieces.question.len() + ANSWER_TOKENS,
             "Passkey.lengths",
         )?;
@@ -154,16 +154,16 @@ pub fn run(
         for &depth in depths {
             for trial in 0..trials {
                 let key = rng.random_range(10_000..100_000u32).to_string();
-                let sentence = bench
+                let sentence = eval
                     .tokenizer
                     .encode(&format!(" The pass key is {key}. Remember it."))?;
                 let context = pieces.context(&sentence, length, depth)?;
                 let started = Instant::now();
-                let mut shared = Session::recording(bench.model.clone(), bench.needs)?
-                    .with_reread(bench.reread.clone());
-                shared.prefill(&context, bench.prefill_chunk, Logits::Last)?;
+                let mut shared = Session::recording(eval.model.clone(), eval.needs)?
+                    .with_reread(eval.reread.clone());
+                shared.prefill(&context, eval.prefill_chunk, Logits::Last)?;
                 let reference = shared.fork_uncompressed()?;
-                let said = answer(bench, reference, &pieces.question)?;
+                let said = answer(eval, reference, &pieces.question)?;
                 let solved = digits(&said) == key;
                 eprintln!(
                     "passkey {length} tokens, depth {depth}, trial {}: {FULL} says {said:?} (key {key}, {:.0}s)",
@@ -185,10 +185,10 @@ pub fn run(
                     continue;
                 }
                 full_correct += 1;
-                for (i, arm) in bench.arms.iter().enumerate() {
+                for (i, arm) in eval.arms.iter().enumerate() {
                     let session =
-                        shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
-                    let said = answer(bench, session, &pieces.question)?;
+                        shared.fork(Some(arm.policy.clone()), arm.budget.clone(), eval.seed)?;
+                    let said = answer(eval, session, &pieces.question)?;
                     answers.push((Some(i), sample(arm.label.clone(), arm.budget_label(), said)));
                 }
             }
@@ -214,8 +214,8 @@ pub fn run(
         }
     }
     let shortest = result.lengths_used().into_iter().min().unwrap_or(0);
-    let layers = bench.model.config.layers;
-    result.rows = bench
+    let layers = eval.model.config.layers;
+    result.rows = eval
         .arms
         .iter()
         .zip(&tally)
@@ -239,20 +239,20 @@ pub fn run(
 }
 
 /// Asks the question and decodes the answer greedily, until the first number has ended.
-fn answer(bench: &Bench<'_>, mut session: Session<Llama>, question: &[u32]) -> Result<String> {
+fn answer(eval: &Evaluation<'_>, mut session: Session<Llama>, question: &[u32]) -> Result<String> {
     let logits = session.extend(question, Logits::Last)?;
     let params = GenerationParams {
         max_tokens: ANSWER_TOKENS,
-        stop_tokens: bench.tokenizer.eos.into_iter().collect(),
+        stop_tokens: eval.tokenizer.eos.into_iter().collect(),
         ..GenerationParams::default()
     };
     let said = continue_session(&mut session, &logits, &params, |said| {
-        let text = bench.tokenizer.decode(said)?;
+        let text = eval.tokenizer.decode(said)?;
         let text = text.trim_start();
         Ok(text.starts_with(|c: char| c.is_ascii_digit())
             && text.contains(|c: char| !c.is_ascii_digit()))
     })?;
-    bench.tokenizer.decode(&said)
+    eval.tokenizer.decode(&said)
 }
 
 /// The first run of digits in `text`.

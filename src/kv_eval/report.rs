@@ -8,8 +8,9 @@ use std::path::Path;
 use spectra_core::{Error, Result};
 
 use super::ruler::leaderboard as ruler;
-use super::{mib, KvReport, FULL};
+use super::{KvReport, FULL};
 use crate::plots::{Chart, Series, Style};
+use crate::units::mib;
 
 /// Writes the report files into `dir` (created if needed).
 pub fn write_report(dir: &Path, config_file: &Path, report: &KvReport) -> Result<()> {

@@ -32,7 +32,7 @@ pub fn render_lines(mut lines: Vec<String>, inserted: Vec<String>, rng: &mut imp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::ruler::testing::rng;
+    use crate::kv_eval::ruler::testing::rng;
 
     #[test]
     fn inserted_lines_keep_their_order() {

@@ -219,7 +219,7 @@ fn read_json(path: &Path) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::ruler::testing::rng;
+    use crate::kv_eval::ruler::testing::rng;
 
     fn squad_file(dir: &Path) -> std::path::PathBuf {
         let path = dir.join("squad.json");

@@ -39,7 +39,7 @@ use text::RulerText;
 
 use super::interval;
 use super::progress::{Progress, Stored};
-use super::{budget_tokens, reread_prompt, Arm, Bench, FULL};
+use super::{budget_tokens, reread_prompt, Arm, Evaluation, FULL};
 
 /// Where the answers are stored as they complete.
 const ANSWERS: &str = "ruler-answers.jsonl";
@@ -130,7 +130,7 @@ pub struct Turn {
 }
 
 /// The suite's settings, as the config gives them.
-pub struct Setup<'a> {
+pub struct RulerSettings<'a> {
     pub tasks: &'a [RulerTask],
     pub lengths: &'a [usize],
     pub samples: usize,
@@ -245,23 +245,23 @@ impl Prompt {
 }
 
 /// Runs the suite at every length, continuing from the answers stored in the output folder.
-pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<Vec<RulerResult>> {
-    let text = RulerText::read(setup.data, setup.tasks)?;
+pub fn run(eval: &Evaluation<'_>, settings: &RulerSettings<'_>) -> Result<Vec<RulerResult>> {
+    let text = RulerText::read(settings.data, settings.tasks)?;
     let mut progress = Progress::open(
-        setup.output,
+        settings.output,
         ANSWERS,
         &Settings {
-            model: setup.model.to_string(),
-            seed: bench.seed,
-            format: setup.format,
-            query_aware: setup.query_aware,
-            max_new_tokens: setup.max_new_tokens,
+            model: settings.model.to_string(),
+            seed: eval.seed,
+            format: settings.format,
+            query_aware: settings.query_aware,
+            max_new_tokens: settings.max_new_tokens,
         },
     )?;
-    setup
+    settings
         .lengths
         .iter()
-        .map(|&length| run_length(bench, setup, &text, length, &mut progress))
+        .map(|&length| run_length(eval, settings, &text, length, &mut progress))
         .collect()
 }
 
@@ -289,16 +289,16 @@ impl Tally {
 }
 
 fn run_length(
-    bench: &Bench<'_>,
-    setup: &Setup<'_>,
+    eval: &Evaluation<'_>,
+    settings: &RulerSettings<'_>,
     text: &RulerText,
     length: usize,
     progress: &mut Progress<RulerAnswer>,
 ) -> Result<RulerResult> {
-    let arms = &bench.arms;
-    let tasks = setup.tasks;
-    let turn = setup.format.turn(&bench.tokenizer)?;
-    let reread = reread_prompt(&bench.tokenizer, &turn)?;
+    let arms = &eval.arms;
+    let tasks = settings.tasks;
+    let turn = settings.format.turn(&eval.tokenizer)?;
+    let reread = reread_prompt(&eval.tokenizer, &turn)?;
     let keys: Vec<String> = std::iter::once(FULL.to_string())
         .chain(arms.iter().map(Arm::key))
         .collect();
@@ -311,19 +311,19 @@ fn run_length(
     // Whether the policies ran on each task: only where Full passes.
     let mut ran = vec![false; tasks.len()];
     for (t, &task) in tasks.iter().enumerate() {
-        let max_new = setup.max_new_tokens.unwrap_or(task.max_new_tokens());
-        let mut rng = derived_rng(bench.seed, sample_stream(task, length));
+        let max_new = settings.max_new_tokens.unwrap_or(task.max_new_tokens());
+        let mut rng = derived_rng(eval.seed, sample_stream(task, length));
         // Drawn in order whether or not a sample's answers are stored: sample i is always the same.
-        let seeds: Vec<u64> = (0..setup.samples).map(|_| rng.random()).collect();
+        let seeds: Vec<u64> = (0..settings.samples).map(|_| rng.random()).collect();
         let prefill = |seed: u64| -> Result<(Prompt, Session<Llama>)> {
-            let prompt = fit(bench, (setup, &turn), text, task, length, max_new, seed)?;
+            let prompt = fit(eval, (settings, &turn), text, task, length, max_new, seed)?;
             let mut shared =
-                Session::recording(bench.model.clone(), bench.needs)?.with_reread(reread.clone());
-            shared.prefill(&prompt.compressed, bench.prefill_chunk, Logits::Last)?;
+                Session::recording(eval.model.clone(), eval.needs)?.with_reread(reread.clone());
+            shared.prefill(&prompt.compressed, eval.prefill_chunk, Logits::Last)?;
             Ok((prompt, shared))
         };
         let ask = |arm: usize, sample: usize, prompt: &Prompt, session: Session<Llama>| {
-            let (said, peak_kv_bytes) = answer(bench, session, &prompt.asked, max_new)?;
+            let (said, peak_kv_bytes) = answer(eval, session, &prompt.asked, max_new)?;
             let (policy, budget) = match arm.checked_sub(1).map(|i| &arms[i]) {
                 Some(a) => (a.label.clone(), a.budget_label()),
                 None => (FULL.to_string(), "—".to_string()),
@@ -401,7 +401,7 @@ fn run_length(
                 let session = shared.fork(
                     Some(policy.policy.clone()),
                     policy.budget.clone(),
-                    bench.seed,
+                    eval.seed,
                 )?;
                 let said = ask(arm, sample, &prompt, session)?;
                 progress.record(said.clone())?;
@@ -417,8 +417,8 @@ fn run_length(
         }
     }
     let used = ran;
-    let mean_compressed = tally.compressed_tokens as f64 / (setup.samples * tasks.len()) as f64;
-    let layers = bench.model.config.layers;
+    let mean_compressed = tally.compressed_tokens as f64 / (settings.samples * tasks.len()) as f64;
+    let layers = eval.model.config.layers;
     let row = |arm: usize, policy: String, budget: Option<&Budget>| {
         let per_task: Vec<Option<&[f64]>> = tally
             .scores
@@ -432,7 +432,7 @@ fn run_length(
             .filter_map(|(s, &u)| s.filter(|_| u))
             .collect();
         // Each interval from its own stream, so that adding a policy changes no other's.
-        let seed = |task: usize| bench.seed ^ ((arm as u64) << 32) ^ task as u64;
+        let seed = |task: usize| eval.seed ^ ((arm as u64) << 32) ^ task as u64;
         RulerRow {
             policy,
             budget: budget.map_or("—".into(), super::budget_label),
@@ -463,9 +463,9 @@ fn run_length(
     let full = row(0, FULL.into(), None);
     Ok(RulerResult {
         length,
-        samples: setup.samples,
-        query_aware: setup.query_aware,
-        format: setup.format,
+        samples: settings.samples,
+        query_aware: settings.query_aware,
+        format: settings.format,
         tasks: tasks.iter().map(|t| t.name().to_string()).collect(),
         used,
         compressed_tokens: mean_compressed,
@@ -489,8 +489,8 @@ fn sample_stream(task: RulerTask, length: usize) -> u64 {
 /// The sample drawn from `seed` with the most haystack that fits `length` tokens with its answer
 /// (RULER's rule), found by bisection on the haystack's size.
 fn fit(
-    bench: &Bench<'_>,
-    (setup, turn): (&Setup<'_>, &Turn),
+    eval: &Evaluation<'_>,
+    (settings, turn): (&RulerSettings<'_>, &Turn),
     text: &RulerText,
     task: RulerTask,
     length: usize,
@@ -499,7 +499,7 @@ fn fit(
 ) -> Result<Prompt> {
     let build = |units: usize| {
         let sample = task.sample(units, length, &mut SpectraRng::seed_from_u64(seed), text)?;
-        Prompt::new(sample, &bench.tokenizer, turn, setup.query_aware)
+        Prompt::new(sample, &eval.tokenizer, turn, settings.query_aware)
     };
     let fits = |p: &Prompt| p.compressed.len() + p.asked.len() + max_new <= length;
     let mut low = task.min_units();
@@ -533,7 +533,7 @@ fn fit(
 /// Feeds the question and decodes greedily until the end of the turn or `max_new` tokens; the
 /// answer and the session's peak KV bytes.
 fn answer(
-    bench: &Bench<'_>,
+    eval: &Evaluation<'_>,
     mut session: Session<Llama>,
     asked: &[u32],
     max_new: usize,
@@ -541,14 +541,11 @@ fn answer(
     let logits = session.extend(asked, Logits::Last)?;
     let params = GenerationParams {
         max_tokens: max_new,
-        stop_tokens: bench.tokenizer.eos.into_iter().collect(),
+        stop_tokens: eval.tokenizer.eos.into_iter().collect(),
         ..GenerationParams::default()
     };
     let said = continue_session(&mut session, &logits, &params, |_| Ok(false))?;
-    Ok((
-        bench.tokenizer.decode(&said)?,
-        session.stats().peak_kv_bytes,
-    ))
+    Ok((eval.tokenizer.decode(&said)?, session.stats().peak_kv_bytes))
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ pub struct KvEvalConfig {
 }
 
 fn exact_products() -> WeightFormat {
-    WeightFormat::Dequantized
+    WeightFormat::F32
 }
 fn prefill_chunk() -> usize {
     256

@@ -78,8 +78,8 @@ pub fn budget_tokens(budget: &Budget, layers: usize, context_len: usize) -> f64 
         / layers.max(1) as f64
 }
 
-/// What every task needs: the model, its tokenizer and the arms.
-pub struct Bench<'c> {
+/// What every task of an evaluation shares: the model, its tokenizer and the arms.
+pub struct Evaluation<'c> {
     pub model: Arc<Llama>,
     pub tokenizer: TextTokenizer,
     pub arms: Vec<Arm<'c>>,
@@ -117,7 +117,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
         let (needed, what) = task.positions();
         check_context(&model, needed, what)?;
     }
-    let bench = Bench {
+    let eval = Evaluation {
         arms: arms(&config.policies, &config.budgets),
         needs: config
             .policies
@@ -144,8 +144,8 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                 passages,
                 chunk,
             } => report.language_modelling.push(language_modelling::run(
-                &bench,
-                &language_modelling::Setup {
+                &eval,
+                &language_modelling::LanguageModellingSettings {
                     text,
                     context: *context,
                     scored: *scored,
@@ -159,7 +159,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                 trials,
             } => report
                 .passkey
-                .push(passkey::run(&bench, lengths, depths, *trials)?),
+                .push(passkey::run(&eval, lengths, depths, *trials)?),
             KvTask::Ruler {
                 tasks,
                 lengths,
@@ -169,8 +169,8 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                 max_new_tokens,
                 format,
             } => report.ruler.extend(ruler::run(
-                &bench,
-                &ruler::Setup {
+                &eval,
+                &ruler::RulerSettings {
                     tasks,
                     lengths,
                     samples: *samples,
@@ -190,8 +190,8 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                 data,
                 batch,
             } => report.reasoning.extend(reasoning::run(
-                &bench,
-                &reasoning::Setup {
+                &eval,
+                &reasoning::ReasoningSettings {
                     sets,
                     problems: *problems,
                     max_new_tokens: *max_new_tokens,
@@ -211,7 +211,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                 tokens,
             } => report
                 .decode
-                .push(decode::run(&bench, text, contexts, *tokens)?),
+                .push(decode::run(&eval, text, contexts, *tokens)?),
         }
     }
     Ok(report)
@@ -229,8 +229,11 @@ fn arms<'c>(policies: &[Arc<dyn KvEvictionPolicy>], budgets: &'c [Budget]) -> Ve
         let same: Vec<usize> = (0..evicting.len())
             .filter(|&j| evicting[j].typetag_name() == name)
             .collect();
-        let wrapped =
-            |j: usize| inner_policy(evicting[j].as_ref()).map(|inner| format!("{name}({inner})"));
+        let wrapped = |j: usize| {
+            evicting[j]
+                .inner()
+                .map(|inner| format!("{name}({})", inner.typetag_name()))
+        };
         let label = if same.len() == 1 {
             name.to_string()
         } else if same.iter().all(|&j| wrapped(j).is_some())
@@ -250,15 +253,6 @@ fn arms<'c>(policies: &[Arc<dyn KvEvictionPolicy>], budgets: &'c [Budget]) -> Ve
         }));
     }
     arms
-}
-
-/// The policy a wrapper (`AdaKv`, `PyramidKv`) applies, read from its settings, so that two
-/// wrappers of different policies are told apart in tables.
-fn inner_policy(policy: &dyn KvEvictionPolicy) -> Option<String> {
-    let ron = spectra_core::registry::to_ron(&policy);
-    let nested = ron.match_indices("type:\"").nth(1)?.0 + "type:\"".len();
-    let name = &ron[nested..];
-    Some(name[..name.find('"')?].to_string())
 }
 
 /// How to get a missing evaluation text.
@@ -323,11 +317,6 @@ pub fn check_context(model: &Llama, needed: usize, what: &str) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-/// Bytes in MiB, as the reports print KV memory.
-pub fn mib(bytes: usize) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
 }
 
 #[cfg(test)]

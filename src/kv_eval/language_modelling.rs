@@ -11,9 +11,9 @@ use spectra_inference::{Logits, Session};
 use spectra_models::llama::score_targets;
 use spectra_models::llama::Llama;
 
-use super::{budget_tokens, read_tokens, Bench, FULL};
+use super::{budget_tokens, read_tokens, Evaluation, FULL};
 
-pub struct Setup<'a> {
+pub struct LanguageModellingSettings<'a> {
     pub text: &'a Path,
     pub context: usize,
     pub scored: usize,
@@ -82,52 +82,62 @@ impl Tally {
     }
 }
 
-pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResult> {
-    let tokens = read_tokens(&bench.tokenizer, setup.text)?;
-    let needed = setup.passages.saturating_mul(setup.context);
+pub fn run(
+    eval: &Evaluation<'_>,
+    settings: &LanguageModellingSettings<'_>,
+) -> Result<LanguageModellingResult> {
+    let tokens = read_tokens(&eval.tokenizer, settings.text)?;
+    let needed = settings.passages.saturating_mul(settings.context);
     if tokens.len() < needed {
         return Err(Error::file(
-            setup.text,
+            settings.text,
             format!(
                 "holds {} tokens; {} passages of {} tokens need {needed}: give a longer text or ask for \
                  fewer passages",
                 tokens.len(),
-                setup.passages,
-                setup.context
+                settings.passages,
+                settings.context
             ),
         ));
     }
-    let prompt_len = setup.context - setup.scored;
+    let prompt_len = settings.context - settings.scored;
     let mut full = Tally::default();
-    let mut arms: Vec<Tally> = bench.arms.iter().map(|_| Tally::default()).collect();
+    let mut arms: Vec<Tally> = eval.arms.iter().map(|_| Tally::default()).collect();
     for (p, passage) in tokens
-        .chunks_exact(setup.context)
-        .take(setup.passages)
+        .chunks_exact(settings.context)
+        .take(settings.passages)
         .enumerate()
     {
         let started = Instant::now();
         let (prompt, scored) = passage.split_at(prompt_len);
         let mut shared =
-            Session::recording(bench.model.clone(), bench.needs)?.with_reread(bench.reread.clone());
-        let first = shared.prefill(prompt, bench.prefill_chunk, Logits::Last)?;
+            Session::recording(eval.model.clone(), eval.needs)?.with_reread(eval.reread.clone());
+        let first = shared.prefill(prompt, eval.prefill_chunk, Logits::Last)?;
         let mut reference = shared.fork_uncompressed()?;
-        let full_top = score(&mut reference, &first, scored, setup.chunk, None, &mut full)?;
+        let full_top = score(
+            &mut reference,
+            &first,
+            scored,
+            settings.chunk,
+            None,
+            &mut full,
+        )?;
         eprintln!(
             "language modelling, passage {}/{}: {FULL} NLL {:.4} ({:.0}s)",
             p + 1,
-            setup.passages,
+            settings.passages,
             full.nll / full.count as f64,
             started.elapsed().as_secs_f64()
         );
-        for (arm, tally) in bench.arms.iter().zip(&mut arms) {
+        for (arm, tally) in eval.arms.iter().zip(&mut arms) {
             let started = Instant::now();
             let mut session =
-                shared.fork(Some(arm.policy.clone()), arm.budget.clone(), bench.seed)?;
+                shared.fork(Some(arm.policy.clone()), arm.budget.clone(), eval.seed)?;
             score(
                 &mut session,
                 &first,
                 scored,
-                setup.chunk,
+                settings.chunk,
                 Some(&full_top),
                 tally,
             )?;
@@ -142,15 +152,15 @@ pub fn run(bench: &Bench<'_>, setup: &Setup<'_>) -> Result<LanguageModellingResu
         }
     }
     let full_nll = full.nll / full.count.max(1) as f64;
-    let layers = bench.model.config.layers;
+    let layers = eval.model.config.layers;
     Ok(LanguageModellingResult {
-        text: setup.text.display().to_string(),
-        context: setup.context,
-        scored: setup.scored,
-        passages: setup.passages,
-        chunk: setup.chunk,
-        full: full.row(FULL, "—".into(), setup.context as f64, full_nll),
-        rows: bench
+        text: settings.text.display().to_string(),
+        context: settings.context,
+        scored: settings.scored,
+        passages: settings.passages,
+        chunk: settings.chunk,
+        full: full.row(FULL, "—".into(), settings.context as f64, full_nll),
+        rows: eval
             .arms
             .iter()
             .zip(&arms)

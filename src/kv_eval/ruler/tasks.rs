@@ -210,7 +210,7 @@ fn string_match_all(answer: &str, references: &[String]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::ruler::testing::{rng, tiny_text};
+    use crate::kv_eval::ruler::testing::{rng, tiny_text};
 
     #[test]
     fn names_are_those_configs_use() {

@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use super::{RulerResult, RulerRow, PASS};
-use crate::kv::{mib, FULL};
+use crate::kv_eval::FULL;
+use crate::units::mib;
 
 fn score(v: Option<f64>) -> String {
     v.map_or("—".into(), |v| format!("{v:.1}"))
