@@ -1,16 +1,13 @@
 //! `AdamW`: Adam with decoupled weight decay; a switch selects the Lipschitz paper's JAX variant
 //! (docs/lipschitz.md §3.3).
 
-use std::collections::HashMap;
-
 use super::fused::adamw::{adamw_update, AdamWScalars};
-use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{Optimizer, OptimizerStep, Param, Result};
 
 use super::state::{zeros_like, Layout, OptimizerState, ParamState};
-use super::{apply_updates, decay_rate, for_param, nonnegative, positive};
+use super::{decay_rate, for_param, nonnegative, positive};
 
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², d = m̂/(√v̂ + eps), W ← W(1 − wd·lr_t·c) − lr_t·d, with
 /// m̂, v̂ bias-corrected by the parameter's own update count (c = 1).
@@ -100,7 +97,8 @@ impl AdamW {
     }
 
     /// One fused pass over the weight, gradient and both moments (`fused::adamw`).
-    fn update(&self, p: &Param, g: &Tensor, lr: f64) -> Result<(Tensor, ParamState)> {
+    fn update(&self, p: &Param, g: &Tensor, at: &OptimizerStep) -> Result<(Tensor, ParamState)> {
+        let lr = self.lr(at);
         let (beta2, eps, bias_correction) = self.effective();
         let (count, m, v) = match self.state.get(&p.name) {
             Some(s) => (s.count, s.tensors[0].clone(), s.tensors[1].clone()),
@@ -149,25 +147,7 @@ impl Optimizer for AdamW {
         Ok(())
     }
 
-    fn lr(&self, at: &OptimizerStep) -> f64 {
-        self.lr * at.lr_factor
-    }
-
-    fn step(&mut self, params: &[Param], grads: &GradStore, at: &OptimizerStep) -> Result<()> {
-        let lr = self.lr(at);
-        let updated = apply_updates(params, grads, |p, g| self.update(p, g, lr))?;
-        self.state.commit(updated);
-        Ok(())
-    }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.state.export(&LAYOUT)
-    }
-
-    fn load_state(&mut self, state: &HashMap<String, Tensor>, params: &[Param]) -> Result<()> {
-        self.state = OptimizerState::import(state, params, &LAYOUT)?;
-        Ok(())
-    }
+    super::per_parameter_optimizer_methods!();
 }
 
 spectra_core::register_plugin!(

@@ -113,6 +113,44 @@ fn apply_updates<'a>(
     Ok(states)
 }
 
+/// The [`Optimizer`](spectra_core::Optimizer) methods AdamW, Muon and Sgd share, written inside
+/// their `impl Optimizer` blocks: the learning rate (`lr` times the schedule's factor), a step that
+/// updates every parameter with a gradient from its state, all or nothing ([`apply_updates`] with
+/// the type's `update(&self, param, gradient, at)`), and the state's export and import under the
+/// file's `LAYOUT`. The type holds `lr: f64` and `state: OptimizerState`.
+macro_rules! per_parameter_optimizer_methods {
+    () => {
+        fn lr(&self, at: &spectra_core::OptimizerStep) -> f64 {
+            self.lr * at.lr_factor
+        }
+
+        fn step(
+            &mut self,
+            params: &[spectra_core::Param],
+            grads: &candle_core::backprop::GradStore,
+            at: &spectra_core::OptimizerStep,
+        ) -> spectra_core::Result<()> {
+            let updated = super::apply_updates(params, grads, |p, g| self.update(p, g, at))?;
+            self.state.commit(updated);
+            Ok(())
+        }
+
+        fn state(&self) -> Vec<(String, candle_core::Tensor)> {
+            self.state.export(&LAYOUT)
+        }
+
+        fn load_state(
+            &mut self,
+            state: &std::collections::HashMap<String, candle_core::Tensor>,
+            params: &[spectra_core::Param],
+        ) -> spectra_core::Result<()> {
+            self.state = super::state::OptimizerState::import(state, params, &LAYOUT)?;
+            Ok(())
+        }
+    };
+}
+use per_parameter_optimizer_methods;
+
 /// Maps a fused op's complaint about its operands (it knows them as "weight", "gradient", ...) to an
 /// error naming the parameter and the optimizer.
 fn for_param<'a>(p: &'a Param, optimizer: &'a str) -> impl Fn(Error) -> Error + 'a {

@@ -1,10 +1,7 @@
 //! `Muon`: momentum, then orthogonalization, scaled so that every update has a known RMS→RMS norm
 //! (docs/lipschitz.md §3.1, §3.4, §3.5).
 
-use std::collections::HashMap;
-
 use super::fused::muon_momentum::muon_momentum;
-use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::linalg::{
@@ -14,7 +11,7 @@ use spectra_core::linalg::{
 use spectra_core::{Error, Optimizer, OptimizerStep, Param, ParamRole, Result};
 
 use super::state::{zeros_like, Layout, OptimizerState, ParamState};
-use super::{apply_updates, decay_rate, for_param, positive};
+use super::{decay_rate, for_param, positive};
 
 /// How the orthogonalized direction O is scaled before the learning rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,7 +158,8 @@ impl Muon {
         }
     }
 
-    fn update(&self, p: &Param, g: &Tensor, lr: f64, mu: f64) -> Result<(Tensor, ParamState)> {
+    fn update(&self, p: &Param, g: &Tensor, at: &OptimizerStep) -> Result<(Tensor, ParamState)> {
+        let (lr, mu) = (self.lr(at), self.momentum_at(at.step));
         if p.role == ParamRole::Vector {
             return Err(Error::invalid(
                 &p.name,
@@ -234,16 +232,7 @@ impl Optimizer for Muon {
         Ok(())
     }
 
-    fn lr(&self, at: &OptimizerStep) -> f64 {
-        self.lr * at.lr_factor
-    }
-
-    fn step(&mut self, params: &[Param], grads: &GradStore, at: &OptimizerStep) -> Result<()> {
-        let (lr, mu) = (self.lr(at), self.momentum_at(at.step));
-        let updated = apply_updates(params, grads, |p, g| self.update(p, g, lr, mu))?;
-        self.state.commit(updated);
-        Ok(())
-    }
+    super::per_parameter_optimizer_methods!();
 
     fn bounds_updates(&self) -> bool {
         true
@@ -264,15 +253,6 @@ impl Optimizer for Muon {
             }
         }
     }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.state.export(&LAYOUT)
-    }
-
-    fn load_state(&mut self, state: &HashMap<String, Tensor>, params: &[Param]) -> Result<()> {
-        self.state = OptimizerState::import(state, params, &LAYOUT)?;
-        Ok(())
-    }
 }
 
 spectra_core::register_plugin!(
@@ -283,6 +263,7 @@ spectra_core::register_plugin!(
 
 #[cfg(test)]
 mod tests {
+    use candle_core::backprop::GradStore;
     use candle_core::{Device, Var};
     use spectra_core::linalg::frobenius_norm;
     use spectra_core::linalg::orthogonalize;

@@ -1,14 +1,11 @@
 //! `Sgd`: stochastic gradient descent with (Nesterov) momentum, the simplest baseline.
 
-use std::collections::HashMap;
-
-use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{Optimizer, OptimizerStep, Param, Result};
 
 use super::state::{zeros_like, Layout, OptimizerState, ParamState};
-use super::{apply_updates, decay_rate, nonnegative, positive};
+use super::{decay_rate, nonnegative, positive};
 
 /// b ← μb + g; d = b, or g + μb with `nesterov`; W ← W(1 − wd·lr_t) − lr_t·d (PyTorch's momentum
 /// convention, with the decay decoupled from the gradient). Every role is accepted.
@@ -48,7 +45,8 @@ impl Sgd {
         }
     }
 
-    fn update(&self, p: &Param, g: &Tensor, lr: f64) -> Result<(Tensor, ParamState)> {
+    fn update(&self, p: &Param, g: &Tensor, at: &OptimizerStep) -> Result<(Tensor, ParamState)> {
+        let lr = self.lr(at);
         let (count, buf) = match self.state.get(&p.name) {
             Some(s) => (s.count, s.tensors[0].clone()),
             None => (0, zeros_like(p)?),
@@ -82,25 +80,7 @@ impl Optimizer for Sgd {
         nonnegative("weight_decay", self.weight_decay)
     }
 
-    fn lr(&self, at: &OptimizerStep) -> f64 {
-        self.lr * at.lr_factor
-    }
-
-    fn step(&mut self, params: &[Param], grads: &GradStore, at: &OptimizerStep) -> Result<()> {
-        let lr = self.lr(at);
-        let updated = apply_updates(params, grads, |p, g| self.update(p, g, lr))?;
-        self.state.commit(updated);
-        Ok(())
-    }
-
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.state.export(&LAYOUT)
-    }
-
-    fn load_state(&mut self, state: &HashMap<String, Tensor>, params: &[Param]) -> Result<()> {
-        self.state = OptimizerState::import(state, params, &LAYOUT)?;
-        Ok(())
-    }
+    super::per_parameter_optimizer_methods!();
 }
 
 spectra_core::register_plugin!(
