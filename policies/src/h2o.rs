@@ -1,8 +1,8 @@
-//! `H2o` (Zhang et al. 2023): keeps the recent window plus the "heavy hitters", the entries that have
-//! received the most attention so far (kv-eviction.md §2.2). The model adds each step's attention
-//! probabilities to the cache (`KvCache::add_attention`, summed over the step's queries and the GQA
-//! group); the cache keeps the sums on its device and gathers them with the entries when it compacts,
-//! and they are the scores as they stand.
+//! `H2o` (Zhang et al. 2023): keeps the recent window plus the "heavy hitters", the entries that
+//! have received the most attention so far (docs/kv-policies.md §2.3). The model adds each step's
+//! attention probabilities to the cache (`KvCache::add_attention`, summed over the step's queries
+//! and the GQA group); the cache keeps the sums on its device and gathers them with the entries
+//! when it compacts, and they are the scores as they stand.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

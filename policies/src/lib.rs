@@ -1,6 +1,6 @@
-//! spectra's KV-cache eviction policies, each a registered `KvEvictionPolicy` (kv-eviction.md §1–2):
-//! `Full`, `StreamingLlm`, `H2o`, `SnapKv`, `RKv`, `KNorm`, `KeyDiff`, `Tova`, `ExpectedAttention`,
-//! `PyramidKv`, `AdaKv`, `KvZip`, `Random` and `TriAttention`.
+//! spectra's KV-cache eviction policies, each a registered `KvEvictionPolicy`
+//! (docs/kv-policies.md §2–4): `Full`, `StreamingLlm`, `H2o`, `SnapKv`, `RKv`, `KNorm`, `KeyDiff`,
+//! `Tova`, `ExpectedAttention`, `PyramidKv`, `AdaKv`, `KvZip`, `Random` and `TriAttention`.
 
 mod ada_kv;
 mod expected_attention;

@@ -1,6 +1,6 @@
-//! `RKv` (Cai et al. 2025): scores entries by the attention of the last `window` queries minus their
-//! redundancy with the other keys, so that repeated content in long reasoning traces is dropped first
-//! (kv-eviction.md §2.4, reference `rkv/compression/r1_kv.py`, `rkv/utils.py`).
+//! `RKv` (Cai et al. 2025): scores entries by the attention of the last `window` queries minus
+//! their redundancy with the other keys, so that repeated content in long reasoning traces is
+//! dropped first (docs/kv-policies.md §2.5, reference `rkv/compression/r1_kv.py`, `rkv/utils.py`).
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
 //! `SnapKv` (Li et al. 2024): the last `window` queries vote for the keys they attend to; votes are
 //! pooled over neighbours and the best-voted prefix entries are kept with the window
-//! (kv-eviction.md §2.1). Runs once, after the prompt.
+//! (docs/kv-policies.md §2.4). Runs once, after the prompt.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,5 @@
 //! `StreamingLlm` (Xiao et al. 2023): the first `sinks` entries plus the most recent ones
-//! (kv-eviction.md §2.3). Positions stay the original ones (no re-rotation), as in kvpress.
+//! (docs/kv-policies.md §2.2). Positions stay the original ones (no re-rotation), as in kvpress.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};

@@ -96,7 +96,6 @@ pub fn group_logits(
     Ok((q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?)
 }
 
-/// Softmax in place, shifted by the maximum for stability. Entries set to `-inf` get zero weight; a row
 /// Combines per-member score rows into one (mean or max over the group).
 pub fn reduce_group(rows: &[Vec<f32>], how: GqaAggregation) -> Vec<f32> {
     let n = rows.first().map_or(0, Vec::len);
@@ -110,6 +109,7 @@ pub fn reduce_group(rows: &[Vec<f32>], how: GqaAggregation) -> Vec<f32> {
         .collect()
 }
 
+/// Softmax in place, shifted by the maximum for stability. Entries set to `-inf` get zero weight; a row
 /// containing NaN becomes all NaN.
 pub fn softmax_in_place(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);

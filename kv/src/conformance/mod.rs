@@ -1,7 +1,8 @@
-//! Conformance of KV eviction policies (kv-eviction.md §5): every property the policy's declared
-//! contract makes checkable, as proptest properties over random caches (0 to 4× the budget entries per
-//! head, head dims 64 and 128, GQA groups 1–8, per-head lengths that differ, random window queries and
-//! RoPE when asked for), plus all-equal, few-distinct and NaN/Inf keys, and the config checks.
+//! Conformance of KV eviction policies (docs/kv-policies.md §5): every property the policy's
+//! declared contract makes checkable, as proptest properties over random caches (0 to 4× the budget
+//! entries per head, head dims 64 and 128, GQA groups 1–8, per-head lengths that differ, random
+//! window queries and RoPE when asked for), plus all-equal, few-distinct and NaN/Inf keys, and the
+//! config checks.
 
 use proptest::test_runner::TestCaseError;
 use spectra_core::conformance::run_cases;

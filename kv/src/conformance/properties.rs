@@ -1,5 +1,5 @@
-//! The properties of kv-eviction.md §5 that a policy's declared contract makes checkable, each a
-//! function of one random case that names the violated property.
+//! The properties of docs/kv-policies.md §5.1 that a policy's declared contract makes checkable,
+//! each a function of one random case that names the violated property.
 
 use candle_core::{Device, Tensor};
 use proptest::prelude::*;

@@ -26,7 +26,7 @@ impl Default for SpectralHammer {
     fn default() -> Self {
         SpectralHammer {
             w_max: 1.0,
-            iters: 16,
+            iters: sixteen(),
             persistent_vector: false,
         }
     }

@@ -51,7 +51,7 @@ impl Default for SpectralHardCap {
     fn default() -> Self {
         SpectralHardCap {
             w_max: 1.0,
-            mode: HardCapMode::Quintic,
+            mode: quintic(),
         }
     }
 }

@@ -28,7 +28,7 @@ impl Default for SpectralNormalize {
     fn default() -> Self {
         SpectralNormalize {
             w_max: 1.0,
-            iters: 16,
+            iters: sixteen(),
             persistent_vector: false,
         }
     }

@@ -57,7 +57,7 @@ impl Default for SpectralSoftCap {
         SpectralSoftCap {
             w_max: 1.0,
             decay: 0.0,
-            bound_margin: 1.0,
+            bound_margin: one(),
             reference_coupling: false,
         }
     }

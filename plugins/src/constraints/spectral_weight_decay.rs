@@ -30,7 +30,7 @@ impl Default for SpectralWeightDecay {
     fn default() -> Self {
         SpectralWeightDecay {
             spectral_wd: 0.1,
-            iters: 16,
+            iters: sixteen(),
             persistent_vector: false,
         }
     }

@@ -31,7 +31,7 @@ impl Default for Stiefel {
     fn default() -> Self {
         Stiefel {
             w_max: 1.0,
-            method: Orthogonalizer::JaxNs6,
+            method: jax_ns6(),
         }
     }
 }

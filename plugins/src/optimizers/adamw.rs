@@ -72,7 +72,7 @@ impl AdamW {
             beta2: beta2(),
             eps: eps(),
             weight_decay: 0.0,
-            bias_correction: true,
+            bias_correction: yes(),
             jax_variant: false,
             state: OptimizerState::default(),
         }

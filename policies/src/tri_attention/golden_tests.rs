@@ -1,4 +1,4 @@
-//! TriAttention against independent references (kv-eviction.md §5 H.26).
+//! TriAttention against independent references (docs/kv-policies.md §5.2, property H26).
 
 use crate::testing::HostScores;
 use crate::tri_attention::query_stats::{HeadBandStats, QueryBandStats, QueryStatsMeta};

@@ -1,10 +1,11 @@
-//! `TriAttention` (Mao et al. 2026, kv-eviction.md §1): pre-RoPE queries of a head cluster around a
-//! fixed centre per frequency band, so the logit a future query will give a cached key is a
-//! trigonometric series in their distance. Keys are scored by that series averaged over future offsets
-//! 2^0..2^16, plus a norm term for bands whose queries are spread out; scores are z-normalised per query
-//! head, reduced over the GQA group, and the best are kept. By default (the paper's Hugging Face path)
-//! prompt entries are protected, one keep set per KV head is chosen from all layers together, and the
-//! cache is compressed back to the budget whenever it reaches budget + 128.
+//! `TriAttention` (Mao et al. 2026, docs/kv-policies.md §4): pre-RoPE queries of a head cluster
+//! around a fixed centre per frequency band, so the logit a future query will give a cached key is
+//! a trigonometric series in their distance. Keys are scored by that series averaged over future
+//! offsets 2^0..2^16, plus a norm term for bands whose queries are spread out; scores are
+//! z-normalised per query head, reduced over the GQA group, and the best are kept. By default (the
+//! paper's Hugging Face path) prompt entries are protected, one keep set per KV head is chosen from
+//! all layers together, and the cache is compressed back to the budget whenever it reaches
+//! budget + 128.
 
 pub mod key_score_launch;
 pub mod key_scores;

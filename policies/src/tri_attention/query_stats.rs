@@ -1,7 +1,8 @@
-//! Calibration statistics of pre-RoPE queries, per (layer, query head, frequency band): the complex mean
-//! `q̄_f = E[q_f]` and the mean modulus `m_f = E[|q_f|]` (kv-eviction.md §1.2, §1.7). TriAttention scores
-//! keys with them. They are measured once per model (`spectra calibrate`) and stored as safetensors
-//! with the RoPE description in the metadata, so that stats of another model are refused.
+//! Calibration statistics of pre-RoPE queries, per (layer, query head, frequency band): the complex
+//! mean `q̄_f = E[q_f]` and the mean modulus `m_f = E[|q_f|]` (docs/kv-policies.md §4.2, §4.8).
+//! TriAttention scores keys with them. They are measured once per model (`spectra calibrate`) and
+//! stored as safetensors with the RoPE description in the metadata, so that stats of another model
+//! are refused.
 
 use std::collections::HashMap;
 use std::path::Path;

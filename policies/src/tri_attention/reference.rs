@@ -1,6 +1,7 @@
-//! TriAttention's key score in its defining form (kv-eviction.md §1.3): RoPE is inverted at each key's
-//! position to get the pre-RoPE key, then amplitude, phase and the cosine series over future distances
-//! are evaluated directly, in f64. Slow; the reference the post-RoPE form is tested against.
+//! TriAttention's key score in its defining form (docs/kv-policies.md §4.3): RoPE is inverted at
+//! each key's position to get the pre-RoPE key, then amplitude, phase and the cosine series over
+//! future distances are evaluated directly, in f64. Slow; the reference the post-RoPE form is
+//! tested against.
 
 use crate::tri_attention::query_stats::HeadBandStats;
 use spectra_core::rope::RopeSpec;

@@ -1,5 +1,5 @@
-//! TriAttention's key score computed straight from post-RoPE keys (kv-eviction.md §1.4), the form used
-//! when compressing.
+//! TriAttention's key score computed straight from post-RoPE keys (docs/kv-policies.md §4.4), the
+//! form used when compressing.
 //!
 //! For a query head with calibrated centre `q̄_f` and a cached key `k̃` (post-RoPE), band by band
 //! `A_f = Re(q̄_f conj k̃_f)`, `B_f = Im(q̄_f conj k̃_f)` and
