@@ -61,6 +61,23 @@ pub struct PolicyContract {
 }
 
 impl PolicyContract {
+    /// The contract most policies make, adjusted with struct-update syntax where one differs: every
+    /// entry ranked by the policy's score alone, the budget filled, nothing protected, each head of
+    /// each layer on its own (keys scored per KV head), compressing as `trigger` says.
+    pub fn ranking(trigger: TriggerSchedule) -> Self {
+        PolicyContract {
+            sinks: 0,
+            recent_window: 0,
+            protects_prompt: false,
+            fills_budget: true,
+            trigger,
+            gqa: GqaAggregation::NotApplicable,
+            shares_across_layers: false,
+            top_k_by_score: true,
+            heads_share_budget: false,
+        }
+    }
+
     /// The entries of one head (at `positions`) kept whatever they score, as `(prefix, window)`: the
     /// first `max(sinks, prompt entries)` (prompt entries where protected), then the newest
     /// `recent_window`, cut to the budget in that order.

@@ -208,7 +208,7 @@ mod tests {
     use crate::KvCacheShape;
     use candle_core::{DType, Device};
     use serde::{Deserialize, Serialize};
-    use spectra_core::{scores_from_host, GqaAggregation, KvLayerView, PolicyContract};
+    use spectra_core::{scores_from_host, KvLayerView, PolicyContract};
 
     /// Keeps the newest entries; fires when a layer is over budget; optionally one selection for all
     /// layers; optionally a wrong number of layer budgets.
@@ -222,15 +222,8 @@ mod tests {
     impl KvEvictionPolicy for Newest {
         fn contract(&self) -> PolicyContract {
             PolicyContract {
-                sinks: 0,
-                recent_window: 0,
-                protects_prompt: false,
-                fills_budget: true,
-                trigger: TriggerSchedule::EveryStep,
-                gqa: GqaAggregation::NotApplicable,
                 shares_across_layers: self.shared,
-                top_k_by_score: true,
-                heads_share_budget: false,
+                ..PolicyContract::ranking(TriggerSchedule::EveryStep)
             }
         }
 

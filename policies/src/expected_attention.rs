@@ -231,14 +231,8 @@ impl KvEvictionPolicy for ExpectedAttention {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
             sinks: self.sinks,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: self.trigger,
             gqa: GqaAggregation::Mean,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(self.trigger)
         }
     }
 

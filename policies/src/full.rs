@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, TriggerSchedule,
+    KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract, Result,
+    TriggerSchedule,
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -14,15 +14,10 @@ pub struct Full {}
 impl KvEvictionPolicy for Full {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
-            recent_window: 0,
             protects_prompt: true,
             fills_budget: false,
-            trigger: TriggerSchedule::Never,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
             top_k_by_score: false,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::Never)
         }
     }
 

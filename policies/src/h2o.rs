@@ -7,8 +7,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    Budget, Error, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
+    Result, SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
@@ -31,15 +31,8 @@ impl Default for H2o {
 impl KvEvictionPolicy for H2o {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
             recent_window: self.recent_window,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: TriggerSchedule::EveryStep,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::EveryStep)
         }
     }
 

@@ -7,7 +7,7 @@ use spectra_core::{
     TriggerSchedule,
 };
 
-use crate::selection::{score_only_contract, validate_score_only};
+use crate::selection::validate_score_only;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,7 +27,7 @@ impl Default for KNorm {
 #[typetag::serde]
 impl KvEvictionPolicy for KNorm {
     fn contract(&self) -> PolicyContract {
-        score_only_contract(self.trigger)
+        PolicyContract::ranking(self.trigger)
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {

@@ -9,7 +9,7 @@ use spectra_core::{
     PolicyContract, Result, TriggerSchedule,
 };
 
-use crate::selection::{score_only_contract, validate_score_only};
+use crate::selection::validate_score_only;
 
 /// Below this norm a key or the anchor counts as zero (PyTorch's `normalize` eps is 1e-12 and
 /// `cosine_similarity`'s 1e-8; the anchor is at most 1 long, so 1e-8 is the one that matters).
@@ -65,7 +65,7 @@ fn scores(keys: &Tensor) -> Result<Vec<f32>> {
 #[typetag::serde]
 impl KvEvictionPolicy for KeyDiff {
     fn contract(&self) -> PolicyContract {
-        score_only_contract(self.trigger)
+        PolicyContract::ranking(self.trigger)
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {

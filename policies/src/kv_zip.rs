@@ -36,15 +36,9 @@ impl KvEvictionPolicy for KvZip {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
             sinks: self.sinks,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            // Only a whole prompt can be re-read: the scores exist right after it.
-            trigger: TriggerSchedule::PrefillOnly,
             gqa: GqaAggregation::Max,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            // Only a whole prompt can be re-read: the scores exist right after it.
+            ..PolicyContract::ranking(TriggerSchedule::PrefillOnly)
         }
     }
 

@@ -128,15 +128,9 @@ pub fn redundancy(keys: &Tensor, threshold: f32) -> Result<Vec<f32>> {
 impl KvEvictionPolicy for RKv {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
             recent_window: self.window,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: TriggerSchedule::Interval { every: self.every },
             gqa: self.gqa,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::Interval { every: self.every })
         }
     }
 

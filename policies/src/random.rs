@@ -10,7 +10,7 @@ use spectra_core::{
     PolicyContract, Result, TriggerSchedule,
 };
 
-use crate::selection::{score_only_contract, validate_score_only};
+use crate::selection::validate_score_only;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,7 +35,7 @@ fn stream(layer: usize, head: usize) -> u64 {
 #[typetag::serde]
 impl KvEvictionPolicy for Random {
     fn contract(&self) -> PolicyContract {
-        score_only_contract(self.trigger)
+        PolicyContract::ranking(self.trigger)
     }
 
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {

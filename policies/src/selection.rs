@@ -1,22 +1,6 @@
-//! The config checks the policies share, and the contract of those that rank by score alone.
+//! The config checks the policies share.
 
-use spectra_core::{Budget, GqaAggregation, PolicyContract, TriggerSchedule};
-
-/// The contract of a policy that ranks every entry by a score of its own, protects none and compresses
-/// as `trigger` says (KNorm, KeyDiff, Random).
-pub fn score_only_contract(trigger: TriggerSchedule) -> PolicyContract {
-    PolicyContract {
-        sinks: 0,
-        recent_window: 0,
-        protects_prompt: false,
-        fills_budget: true,
-        trigger,
-        gqa: GqaAggregation::NotApplicable,
-        shares_across_layers: false,
-        top_k_by_score: true,
-        heads_share_budget: false,
-    }
-}
+use spectra_core::{Budget, GqaAggregation, TriggerSchedule};
 
 /// The config checks of such a policy: a trigger that can fire and a budget that keeps something.
 pub fn validate_score_only(

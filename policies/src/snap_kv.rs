@@ -84,15 +84,9 @@ impl SnapKv {
 impl KvEvictionPolicy for SnapKv {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
             recent_window: self.window,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: TriggerSchedule::PrefillOnly,
             gqa: self.gqa,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::PrefillOnly)
         }
     }
 

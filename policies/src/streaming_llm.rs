@@ -4,8 +4,8 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    scores_from_host, Budget, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
-    KvStepContext, PolicyContract, Result, TriggerSchedule,
+    scores_from_host, Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, TriggerSchedule,
 };
 
 use crate::selection::validate_protected;
@@ -28,14 +28,7 @@ impl KvEvictionPolicy for StreamingLlm {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
             sinks: self.sinks,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: TriggerSchedule::EveryStep,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::EveryStep)
         }
     }
 

@@ -35,15 +35,9 @@ impl KvEvictionPolicy for Tova {
     /// The newest entry is kept: the query that scores is its own, and kvpress gives it the top score.
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
             recent_window: 1,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: self.trigger,
             gqa: GqaAggregation::Mean,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(self.trigger)
         }
     }
 

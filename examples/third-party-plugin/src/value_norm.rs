@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use spectra_core::kv_policy::{GqaAggregation, TriggerSchedule};
+use spectra_core::kv_policy::TriggerSchedule;
 use spectra_core::{
     Budget, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
 };
@@ -25,14 +25,7 @@ impl KvEvictionPolicy for ValueNorm {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
             sinks: self.sinks,
-            recent_window: 0,
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: TriggerSchedule::PrefillOnly,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::PrefillOnly)
         }
     }
 

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::check_kv_policy;
 use spectra_core::kv_policy::{
-    keep_top_k, GqaAggregation, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
-    PolicyContract, TriggerSchedule,
+    keep_top_k, KeepPlan, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext, PolicyContract,
+    TriggerSchedule,
 };
 use spectra_core::Result;
 
@@ -30,15 +30,8 @@ struct Broken {
 impl KvEvictionPolicy for Broken {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
             recent_window: if self.flaw == Flaw::DropsWindow { 2 } else { 0 },
-            protects_prompt: false,
-            fills_budget: true,
-            trigger: TriggerSchedule::EveryStep,
-            gqa: GqaAggregation::NotApplicable,
-            shares_across_layers: false,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::EveryStep)
         }
     }
 

@@ -295,15 +295,11 @@ impl TriAttention {
 impl KvEvictionPolicy for TriAttention {
     fn contract(&self) -> PolicyContract {
         PolicyContract {
-            sinks: 0,
             recent_window: self.recent_window,
             protects_prompt: self.protect_prompt,
-            fills_budget: true,
-            trigger: TriggerSchedule::Slack { slack: self.slack },
             gqa: self.gqa,
             shares_across_layers: self.mode == TriAttentionMode::PerKvHead,
-            top_k_by_score: true,
-            heads_share_budget: false,
+            ..PolicyContract::ranking(TriggerSchedule::Slack { slack: self.slack })
         }
     }
 
