@@ -1,5 +1,6 @@
-//! The Lipschitz GPT: target norms from the modular-mass table (§3.2), parameter count and init, and
-//! causality. Its certificate is attacked in `certificate_attack.rs`.
+//! The Lipschitz GPT: target norms from the modular-mass table (docs/lipschitz.md §3.2, §6.4),
+//! parameter count and init (docs/lipschitz.md §6.2, §6.3), and causality. Its certificate is
+//! attacked in `certificate_attack.rs`.
 
 mod lipschitz_support;
 
@@ -32,8 +33,9 @@ fn target(gpt: &LipschitzGpt, name: &str) -> f64 {
 
 #[test]
 fn target_norms_match_the_papers_table() {
-    // §3.2: blocks_mass 16 → embed = out = 1/18, q/k/v = 16/18, w/mlp_in/mlp_out = 16/54;
-    // blocks_mass 32 → 1/34, 32/34, 32/102 (the table's 0.941176, 0.313725, 0.029412).
+    // docs/lipschitz.md §3.2, §6.4: blocks_mass 16 → embed = out = 1/18, q/k/v = 16/18,
+    // w/mlp_in/mlp_out = 16/54; blocks_mass 32 → 1/34, 32/34, 32/102 (the table's 0.941176,
+    // 0.313725, 0.029412).
     for (mass, embed, qkv, other) in [
         (16.0, 1.0 / 18.0, 16.0 / 18.0, 16.0 / 54.0),
         (32.0, 1.0 / 34.0, 32.0 / 34.0, 32.0 / 102.0),
@@ -81,7 +83,10 @@ fn target_norms_match_the_papers_table() {
 fn the_papers_model_has_its_parameter_count_and_init() {
     let gpt = LipschitzGpt::new(shape(16.0), &Device::Cpu, &mut derived_rng(0, 1)).unwrap();
     let count: usize = gpt.params().iter().map(|p| p.var.elem_count()).sum();
-    assert_eq!(count, 2_392_576, "§4.2: 3·(4·256² + 2·256·1024) + 2·65·256");
+    assert_eq!(
+        count, 2_392_576,
+        "the paper's model (docs/lipschitz.md §6.2): 3·(4·256² + 2·256·1024) + 2·65·256"
+    );
     let cert = gpt.certificate().unwrap();
     for (name, norm) in &cert.norms {
         let zero_init = name.ends_with("attn.o") || name.ends_with("mlp.out") || name == "head";

@@ -1,5 +1,6 @@
 //! The Lipschitz MLP: target norms, the zero-initialised input layer's first gradient (ReLU′(0) = ½,
-//! §8.3), and the certificate (product of RMS→RMS norms) against measured ratios in RMS norm.
+//! docs/lipschitz.md §9.3), and the certificate (product of RMS→RMS norms) against measured ratios
+//! in RMS norm.
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;

@@ -22,8 +22,8 @@ fn a_tiny_gpt_memorises_a_cycle_with_muon_and_the_soft_cap() {
         "validation accuracy {}",
         e.val_accuracy
     );
-    // The soft cap keeps every matrix's RMS→RMS norm at most w_max = 2 (its guarantee, §2.4); the
-    // certificate's norms are exact, so allow only f32 rounding.
+    // The soft cap keeps every matrix's RMS→RMS norm at most w_max = 2 (its guarantee,
+    // docs/lipschitz.md §2.4); the certificate's norms are exact, so allow only f32 rounding.
     for (name, n) in &e.norms {
         let cap = if name == "embed" { 1.0 } else { 2.0 };
         assert!(*n <= cap * (1.0 + 1e-4), "{name}: {n}");

@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 pub enum Schedule {
     /// Factor 1 throughout.
     Constant,
-    /// `(steps − step)/steps`, the Lipschitz paper's JAX schedule (§3.7): step 0 gets the full rate.
+    /// `(steps − step)/steps`, the Lipschitz paper's JAX schedule (docs/lipschitz.md §3.7): step 0
+    /// gets the full rate.
     Linear,
     /// `½(1 + cos(π·step/steps))`.
     Cosine,
     /// Linear warm-up over `warmup` steps, constant, then linear cooldown over the last
-    /// `cooldown_frac` of the run to `final_factor` (the NanoGPT schedule uses 0.4 and 0.1, §3.4).
+    /// `cooldown_frac` of the run to `final_factor` (the NanoGPT schedule uses 0.4 and 0.1,
+    /// docs/lipschitz.md §3.4).
     WarmupCooldown {
         warmup: u64,
         cooldown_frac: f64,
@@ -90,7 +92,8 @@ mod tests {
 
     #[test]
     fn nanogpt_cooldown_matches_its_formula() {
-        // x = step/steps; constant until 0.6, then w + (1 − w)·0.1 with w = (1 − x)/0.4 (§3.4).
+        // x = step/steps; constant until 0.6, then w + (1 − w)·0.1 with w = (1 − x)/0.4
+        // (docs/lipschitz.md §3.4).
         let s = Schedule::WarmupCooldown {
             warmup: 0,
             cooldown_frac: 0.4,

@@ -6,14 +6,16 @@ use rayon::prelude::*;
 use crate::cpu_op::{exp_nonpositive, vectorized};
 use crate::storage::contiguous_cpu;
 
-/// The paper's GELU divisor (§8.4): the exact GELU's largest slope, 1.12890. The tanh form, which the
-/// model uses, is steeper (1.12899), so the scaled activation is not quite 1-Lipschitz.
+/// The paper's GELU divisor (docs/lipschitz.md §9.4): the exact GELU's largest slope, 1.12890. The
+/// tanh form, which the model uses, is steeper (1.12899), so the scaled activation is not quite
+/// 1-Lipschitz.
 pub const GELU_DIVISOR: f64 = 1.1289;
 
-/// `max(x, 0)` whose derivative at 0 is ½, as JAX's `jnp.maximum` has it (§8.3). candle's `relu` has
-/// derivative 0 there, and its `abs` derivative 1, so `(x + |x|)/2` would give 1; `maximum` splits a
-/// tie's gradient evenly between its two arguments. A zero-initialised input layer makes every
-/// pre-activation exactly 0 at the first step: with derivative 0 no gradient would ever reach it.
+/// `max(x, 0)` whose derivative at 0 is ½, as JAX's `jnp.maximum` has it (docs/lipschitz.md §9.3).
+/// candle's `relu` has derivative 0 there, and its `abs` derivative 1, so `(x + |x|)/2` would give
+/// 1; `maximum` splits a tie's gradient evenly between its two arguments. A zero-initialised input
+/// layer makes every pre-activation exactly 0 at the first step: with derivative 0 no gradient
+/// would ever reach it.
 pub fn relu_half_at_zero(x: &Tensor) -> Result<Tensor> {
     x.maximum(0f32)
 }

@@ -1,4 +1,4 @@
-//! The Lipschitz GPT's MLP, `scaled_gelu(x W_inᵀ) W_outᵀ` (the paper's §4.2).
+//! The Lipschitz GPT's MLP, `scaled_gelu(x W_inᵀ) W_outᵀ` (docs/lipschitz.md §6.2).
 //!
 //! On the CPU (f32) one op: forward two products and a GELU pass; backward three products for the
 //! gradients and one pass that recomputes the activations beside the GELU's slope. Its two hidden

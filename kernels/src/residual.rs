@@ -1,4 +1,5 @@
-//! The Lipschitz GPT's residual connection `(1 − a)·x + a·f(x)` (the paper's §4.2, `a = 1/(2L)`).
+//! The Lipschitz GPT's residual connection `(1 − a)·x + a·f(x)` with `a = 1/(2L)`
+//! (docs/lipschitz.md §6.2).
 //!
 //! On the CPU (f32) one op: candle's chain (two scalings and a sum) is three nodes of the stream's size
 //! in the graph, each written forward and each given a zero-filled gradient buffer that its gradient is

@@ -1,10 +1,11 @@
 //! Rotary position embedding for the Lipschitz GPT.
 //!
-//! Standard "rotate half" RoPE: band f rotates the pair `(x[f], x[f + d/2])` by `pos·ω_f`; the GPT's
-//! frequencies are `ω_f = 10000^(−2f/d)`. The paper's code (§4.2) swaps sin and cos, making each band a reflection
-//! `[[c, s], [s, −c]]` instead of a rotation; `qᵀk` still depends only on the relative position and
-//! the map is still orthogonal (sensitivity 1), so the Lipschitz bound is the same. Its checkpoints would
-//! need the literal form; training from scratch does not.
+//! Standard "rotate half" RoPE: band f rotates the pair `(x[f], x[f + d/2])` by `pos·ω_f`; the
+//! GPT's frequencies are `ω_f = 10000^(−2f/d)` (docs/lipschitz.md §6.2). The paper's code swaps sin
+//! and cos, making each band a reflection `[[c, s], [s, −c]]` instead of a rotation
+//! (docs/lipschitz.md §9.6); `qᵀk` still depends only on the relative position and the map is still
+//! orthogonal (sensitivity 1), so the Lipschitz bound is the same. Its checkpoints would need the
+//! literal form; training from scratch does not.
 
 use std::sync::Arc;
 

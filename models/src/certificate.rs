@@ -1,7 +1,8 @@
 //! The Lipschitz certificate: a whole-network bound composed from exact per-matrix spectral norms
 //! (σ_max from an SVD, never a power-iteration estimate, which can only under-estimate). Every factor
-//! is derived in `docs/certificate.md`; the paper's own formula (§5) is kept beside it as
-//! `reference_bound`, for like-for-like comparison with published figures, and is not a certificate.
+//! is derived in `docs/certificate.md`; the paper's own formula (docs/lipschitz.md §7) is kept
+//! beside it as `reference_bound`, for like-for-like comparison with published figures, and is not
+//! a certificate.
 //!
 //! Norms: vectors are measured in RMS norm (`‖x‖₂/√dim`); a sequence `[seq, d]` in the largest
 //! per-position RMS norm. The GPT's bound is from token inputs (the embedding's ℓ1→RMS norm, i.e. its
@@ -325,7 +326,8 @@ mod tests {
 
     #[test]
     fn reference_bound_is_the_papers_loop() {
-        // §5 of the shared spec written out for two different blocks, run in tracker order (reversed).
+        // The published formula (docs/lipschitz.md §7.2) written out for two different blocks, run
+        // in tracker order (reversed).
         let a = 0.25f64;
         let (first, second) = (block(2.0, 2, 1.0), block(1.5, 2, 1.0));
         let mut r = 1.0f64;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lipschitz_gpt::{d256, three, GptShape};
 
-/// The model to train. Defaults are the Lipschitz paper's (§4).
+/// The model to train. Defaults are the Lipschitz paper's (docs/lipschitz.md §6).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub enum ModelConfig {

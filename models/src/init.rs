@@ -1,4 +1,5 @@
-//! Weight initialisation (the Lipschitz paper's §4): orthogonal, zero, and unit-RMS embedding columns.
+//! Weight initialisation (docs/lipschitz.md §6.3): orthogonal, zero, and unit-RMS embedding
+//! columns.
 
 use candle_core::{DType, Device, Tensor};
 use rand_distr::{Distribution, StandardNormal};

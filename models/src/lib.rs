@@ -1,5 +1,6 @@
-//! spectra's models and data loaders: the Lipschitz paper's MLP and GPT (§4), the Lipschitz
-//! certificate (§5), the Llama-family decoder, character-level text and IDX image data. Their
+//! spectra's models and data loaders: the Lipschitz paper's MLP and GPT (docs/lipschitz.md §6), the
+//! Lipschitz certificate (docs/certificate.md; the paper's formula, docs/lipschitz.md §7), the
+//! Llama-family decoder, character-level text and IDX image data (docs/lipschitz.md §8). Their
 //! compute runs on `spectra-kernels`.
 
 pub mod certificate;

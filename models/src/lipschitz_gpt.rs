@@ -1,10 +1,10 @@
-//! The Lipschitz transformer (the paper's §4.2): no layer norm, no QK norm, no logit soft cap; residuals
-//! `(1 − a)·x + a·f(x)` with `a = 1/(2L)`; attention logits scaled by `softmax_scale/d_head`; attention
-//! output divided by 3; GELU (tanh form) divided by 1.1289; RoPE.
+//! The Lipschitz transformer (docs/lipschitz.md §6.2): no layer norm, no QK norm, no logit soft
+//! cap; residuals `(1 − a)·x + a·f(x)` with `a = 1/(2L)`; attention logits scaled by
+//! `softmax_scale/d_head`; attention output divided by 3; GELU (tanh form) divided by 1.1289; RoPE.
 //!
 //! Weights are `(fan_out, fan_in)` and act as `y = x Wᵀ`; the embedding is `(d_model, vocab)`, one
 //! column per token. Blocks are numbered in the order they run (`blocks.0` first); the paper's code
-//! numbers them the other way round (§8.1).
+//! numbers them the other way round (docs/lipschitz.md §9.1).
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -116,9 +116,9 @@ impl GptShape {
         Ok(())
     }
 
-    /// The modular-mass tree (§3.2): embedding and head mass 1 each, the blocks `blocks_mass` in all;
-    /// the final scale is a bond of that sensitivity after the head, so every target norm is divided by
-    /// it.
+    /// The modular-mass tree (docs/lipschitz.md §3.2, §6.4): embedding and head mass 1 each, the
+    /// blocks `blocks_mass` in all; the final scale is a bond of that sensitivity after the head,
+    /// so every target norm is divided by it.
     pub fn mass_tree(&self) -> Module {
         let a = self.residual_weight();
         let atom = |name: String| Module::Atom(name);

@@ -1,6 +1,6 @@
-//! The ReLU MLP of the paper's §4.1: `layers` bias-free linear layers, ReLU between them, the input
-//! layer zero-initialised and the others orthogonal. Its Lipschitz bound (RMS norm in and out) is the
-//! product of the layers' RMS→RMS norms, since ReLU is 1-Lipschitz.
+//! The paper's ReLU MLP (docs/lipschitz.md §6.1): `layers` bias-free linear layers, ReLU between
+//! them, the input layer zero-initialised and the others orthogonal. Its Lipschitz bound (RMS norm
+//! in and out) is the product of the layers' RMS→RMS norms, since ReLU is 1-Lipschitz.
 
 use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};

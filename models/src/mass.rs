@@ -1,4 +1,4 @@
-//! Target norms from modular mass bookkeeping (the Lipschitz paper's §3.2).
+//! Target norms from modular mass bookkeeping (docs/lipschitz.md §3.2; the models' trees, §6.4).
 //!
 //! A network is a tree of atoms (weight matrices, mass 1, sensitivity 1), bonds (no weights, mass 0,
 //! a sensitivity of their own) and the ways they combine. A parameter's target norm is the share of the

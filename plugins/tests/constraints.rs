@@ -1,5 +1,6 @@
-//! Weight constraints against references: the spec's scalar test vectors pushed through the matrix
-//! path (matrices with known singular values), exact SVDs of random matrices, and bad input.
+//! Weight constraints against references: the scalar test vectors of docs/lipschitz.md §5 pushed
+//! through the matrix path (matrices with known singular values), exact SVDs of random matrices,
+//! and bad input.
 
 use candle_core::{DType, Device, Tensor, Var};
 use proptest::prelude::*;
@@ -107,7 +108,8 @@ const F32_TOL: f64 = 2e-5;
 
 #[test]
 fn soft_cap_reproduces_the_spec_vectors_through_the_matrix_path() {
-    // §9: w_max 1, η 0.1 → α = 0.158864; f(1.1) = 1, f(1.0) = 0.935678, f(0.5) = 0.497727.
+    // docs/lipschitz.md §5: w_max 1, η 0.1 → α = 0.158864; f(1.1) = 1, f(1.0) = 0.935678,
+    // f(0.5) = 0.497727.
     let cap = SpectralSoftCap::default();
     for (rows, cols) in SHAPES {
         let w = weight(rows, cols, &[1.1, 1.0, 0.5], 3);
@@ -231,8 +233,8 @@ proptest! {
 
 #[test]
 fn hard_cap_quintic_reproduces_the_spec_vectors() {
-    // §9 (4 decimals): f(0.1) = 0.0953, f(0.5) = 0.4979, f(0.8) = 0.8127, f(1.0) = 0.9661,
-    // f(1.2) = 1.0107, f(1.5) = 1.0013, f(2.0) = 1.0020; in units of w_max = 2.
+    // docs/lipschitz.md §5 (4 decimals): f(0.1) = 0.0953, f(0.5) = 0.4979, f(0.8) = 0.8127,
+    // f(1.0) = 0.9661, f(1.2) = 1.0107, f(1.5) = 1.0013, f(2.0) = 1.0020; in units of w_max = 2.
     let cap = SpectralHardCap {
         w_max: 2.0,
         mode: HardCapMode::Quintic,
@@ -256,7 +258,7 @@ fn hard_cap_quintic_reproduces_the_spec_vectors() {
 #[test]
 fn hard_cap_quintic_is_guarded_above_its_divergence() {
     // σ = 10, 5, 0.5 in units of w_max: the bare quintic sends 5 to ~6e126. The guard scales the matrix
-    // so that σ_max = 2 first: 2, 1, 0.1 → f = 1.0020, 0.9661, 0.0953 (§9).
+    // so that σ_max = 2 first: 2, 1, 0.1 → f = 1.0020, 0.9661, 0.0953 (docs/lipschitz.md §5).
     let cap = SpectralHardCap::default();
     let w = weight(20, 10, &[10.0, 5.0, 0.5], 8);
     let (out, _) = apply(&cap, &w, &Step::default()).unwrap();

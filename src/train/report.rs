@@ -228,7 +228,7 @@ fn markdown(run: &RunDescription<'_>, evals: &[&EvalRecord], summary: &TrainSumm
     let _ = writeln!(
         w,
         "\nThe certified bound is sound: every factor is derived in `docs/certificate.md`. The published formula \
-         is the paper code's (§5) on the same weights, for comparison with published figures; it is not a \
+         is the paper code's (`docs/lipschitz.md` §7) on the same weights, for comparison with published figures; it is not a \
          certificate. Scaling the logits leaves accuracy unchanged and scales the bound; certified robust \
          accuracy is invariant to it: a target counts at radius ε when it is predicted correctly with a logit margin \
          above √(2·classes)·L_ε·ε, so that no perturbation of the body's input (the embedding output, or the \

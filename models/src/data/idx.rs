@@ -1,6 +1,6 @@
 //! IDX image files (the MNIST layout): `train-images-idx3-ubyte[.gz]`, `train-labels-idx1-ubyte[.gz]`,
 //! `t10k-images-idx3-ubyte[.gz]`, `t10k-labels-idx1-ubyte[.gz]`. The test set validates.
-//! Pixels are divided by 255, nothing else (the paper's §4.1).
+//! Pixels are divided by 255, nothing else, as the paper's code does (docs/lipschitz.md §8.2).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

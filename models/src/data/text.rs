@@ -1,5 +1,6 @@
 //! Character-level text: the vocabulary is the corpus's distinct characters, sorted; the first 90% of
-//! the characters train, the last 10% validate (the nanoGPT Shakespeare recipe, the paper's §6.2).
+//! the characters train, the last 10% validate (the nanoGPT Shakespeare recipe, as the paper's code
+//! has it; docs/lipschitz.md §8.1).
 
 use std::path::{Path, PathBuf};
 
