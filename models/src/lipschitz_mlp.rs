@@ -7,7 +7,7 @@ use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
 use crate::certificate::{self, Certificate};
 use crate::init;
-use crate::mass::Module;
+use crate::mass::MassTree;
 use crate::Model;
 use spectra_kernels::activations::relu_half_at_zero;
 
@@ -43,9 +43,8 @@ impl LipschitzMlp {
                 format!("the images give {inputs} pixels and {classes} classes; both must be ≥ 1"),
             ));
         }
-        let targets = mass_tree(layers).target_norms(1.0);
         let mut params = Vec::with_capacity(layers);
-        for (i, (name, target)) in targets.into_iter().enumerate() {
+        for i in 0..layers {
             let fan_in = if i == 0 { inputs } else { hidden };
             let (fan_out, role) = if i + 1 == layers {
                 (classes, ParamRole::Head)
@@ -57,22 +56,27 @@ impl LipschitzMlp {
             } else {
                 init::orthogonal(fan_out, fan_in, rng, device)?
             };
-            params.push(Param::new(name, Var::from_tensor(&w)?, role).with_target_norm(target));
+            params.push(Param::new(
+                format!("layers.{i}"),
+                Var::from_tensor(&w)?,
+                role,
+            ));
         }
+        mass_tree(layers).assign_target_norms(&mut params)?;
         Ok(LipschitzMlp { params })
     }
 }
 
-/// Atoms in a chain with 1-Lipschitz ReLUs between them.
-fn mass_tree(layers: usize) -> Module {
+/// The layers (parameters 0, 1, …) in a chain with 1-Lipschitz ReLUs between them.
+fn mass_tree(layers: usize) -> MassTree {
     let mut chain = Vec::new();
     for i in 0..layers {
         if i > 0 {
-            chain.push(Module::Bond(1.0));
+            chain.push(MassTree::Bond(1.0));
         }
-        chain.push(Module::Atom(format!("layers.{i}")));
+        chain.push(MassTree::Atom(i));
     }
-    Module::Sequence(chain)
+    MassTree::Sequence(chain)
 }
 
 impl Model for LipschitzMlp {

@@ -6,6 +6,8 @@
 //! column per token. Blocks are numbered in the order they run (`blocks.0` first); the paper's code
 //! numbers them the other way round (docs/lipschitz.md §9.1).
 
+mod block;
+
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
@@ -13,12 +15,10 @@ use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
 use crate::certificate::{self, Certificate};
 use crate::init;
-use crate::mass::Module;
+use crate::mass::MassTree;
 use crate::Model;
-use spectra_kernels::causal_attention::{causal_rope_attention, AttentionDims};
+use block::Block;
 use spectra_kernels::linear::linear;
-use spectra_kernels::mlp::mlp;
-use spectra_kernels::residual::residual;
 use spectra_kernels::rope::Rope;
 
 /// The transformer's sizes; the paper's Shakespeare model is vocab 65, d 256, 3 blocks, 4 heads, 256.
@@ -115,48 +115,6 @@ impl GptShape {
         }
         Ok(())
     }
-
-    /// The modular-mass tree (docs/lipschitz.md §3.2, §6.4): embedding and head mass 1 each, the
-    /// blocks `blocks_mass` in all; the final scale is a bond of that sensitivity after the head,
-    /// so every target norm is divided by it.
-    pub fn mass_tree(&self) -> Module {
-        let a = self.residual_weight();
-        let atom = |name: String| Module::Atom(name);
-        let mut blocks = Vec::new();
-        for b in 0..self.blocks {
-            let p = |s: &str| format!("blocks.{b}.{s}");
-            // Scores depend on q and k (sensitivity 2·scale together), values on v (1).
-            let qkv = Module::Parallel {
-                children: vec![atom(p("attn.q")), atom(p("attn.k")), atom(p("attn.v"))],
-                sensitivity: 1.0 + 2.0 * self.softmax_scale,
-            };
-            let attention = Module::Sequence(vec![qkv, Module::Bond(1.0 / 3.0), atom(p("attn.o"))]);
-            let mlp = Module::Sequence(vec![
-                atom(p("mlp.in")),
-                Module::Bond(1.0),
-                atom(p("mlp.out")),
-            ]);
-            blocks.push(Module::residual(a, attention));
-            blocks.push(Module::residual(a, mlp));
-        }
-        Module::Sequence(vec![
-            Module::Tare(1.0, Box::new(atom("embed".into()))),
-            Module::Tare(self.blocks_mass, Box::new(Module::Sequence(blocks))),
-            Module::Tare(1.0, Box::new(atom("head".into()))),
-            Module::Bond(self.final_scale),
-        ])
-    }
-}
-
-/// Parameter indices of one block.
-#[derive(Clone, Debug)]
-struct Block {
-    q: usize,
-    k: usize,
-    v: usize,
-    o: usize,
-    mlp_in: usize,
-    mlp_out: usize,
 }
 
 pub struct LipschitzGpt {
@@ -169,59 +127,25 @@ pub struct LipschitzGpt {
 const EMBED: usize = 0;
 
 impl LipschitzGpt {
-    /// Orthogonal q, k, v and MLP-in; zero attention output, MLP-out and head; unit-RMS embedding columns.
+    /// Unit-RMS embedding columns, the blocks (`Block::new`), a zero head; target norms from the
+    /// mass tree of the same parts.
     pub fn new(shape: GptShape, device: &Device, rng: &mut SpectraRng) -> Result<Self> {
         shape.validate()?;
-        let (d, hidden) = (shape.d_model, shape.d_model * shape.mlp_ratio);
-        let targets = shape.mass_tree().target_norms(1.0);
-        let target = |name: &str| {
-            targets
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| *t)
-                .unwrap_or(1.0)
-        };
-        let mut params = Vec::new();
-        let mut push = |name: String, w: Tensor, role: ParamRole| -> Result<usize> {
-            let t = target(&name);
-            params.push(Param::new(name, Var::from_tensor(&w)?, role).with_target_norm(t));
-            Ok(params.len() - 1)
-        };
-        let zeros = |r: usize, c: usize| Tensor::zeros((r, c), DType::F32, device);
-        push(
-            "embed".into(),
-            init::unit_rms_columns(d, shape.vocab, rng, device)?,
+        let d = shape.d_model;
+        let mut params = vec![Param::new(
+            "embed",
+            Var::from_tensor(&init::unit_rms_columns(d, shape.vocab, rng, device)?)?,
             ParamRole::Embedding,
-        )?;
-        let mut blocks = Vec::new();
-        for b in 0..shape.blocks {
-            let name = |s: &str| format!("blocks.{b}.{s}");
-            blocks.push(Block {
-                q: push(
-                    name("attn.q"),
-                    init::orthogonal(d, d, rng, device)?,
-                    ParamRole::Hidden,
-                )?,
-                k: push(
-                    name("attn.k"),
-                    init::orthogonal(d, d, rng, device)?,
-                    ParamRole::Hidden,
-                )?,
-                v: push(
-                    name("attn.v"),
-                    init::orthogonal(d, d, rng, device)?,
-                    ParamRole::Hidden,
-                )?,
-                o: push(name("attn.o"), zeros(d, d)?, ParamRole::Hidden)?,
-                mlp_in: push(
-                    name("mlp.in"),
-                    init::orthogonal(hidden, d, rng, device)?,
-                    ParamRole::Hidden,
-                )?,
-                mlp_out: push(name("mlp.out"), zeros(d, hidden)?, ParamRole::Hidden)?,
-            });
-        }
-        push("head".into(), zeros(shape.vocab, d)?, ParamRole::Head)?;
+        )];
+        let blocks = (0..shape.blocks)
+            .map(|b| Block::new(b, &shape, &mut params, rng, device))
+            .collect::<Result<Vec<_>>>()?;
+        let head = Tensor::zeros((shape.vocab, d), DType::F32, device)?;
+        params.push(Param::new(
+            "head",
+            Var::from_tensor(&head)?,
+            ParamRole::Head,
+        ));
         let frequencies = RopeSpec::new(
             shape.head_dim(),
             10000.0,
@@ -230,12 +154,35 @@ impl LipschitzGpt {
         )
         .inv_freq;
         let rope = Rope::new(&frequencies, shape.seq_len, device)?;
-        Ok(LipschitzGpt {
+        let mut gpt = LipschitzGpt {
             shape,
             params,
             blocks,
             rope,
-        })
+        };
+        gpt.mass_tree().assign_target_norms(&mut gpt.params)?;
+        Ok(gpt)
+    }
+
+    /// The modular-mass tree (docs/lipschitz.md §3.2, §6.4): embedding and head mass 1 each, the
+    /// blocks `blocks_mass` in all; the final scale is a bond of that sensitivity after the head, so
+    /// every target norm is divided by it.
+    pub fn mass_tree(&self) -> MassTree {
+        let blocks = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.mass(&self.shape))
+            .collect();
+        MassTree::Sequence(vec![
+            MassTree::Tare(1.0, Box::new(MassTree::Atom(EMBED))),
+            MassTree::Tare(self.shape.blocks_mass, Box::new(MassTree::Sequence(blocks))),
+            MassTree::Tare(1.0, Box::new(MassTree::Atom(self.head()))),
+            MassTree::Bond(self.shape.final_scale),
+        ])
+    }
+
+    fn head(&self) -> usize {
+        self.params.len() - 1
     }
 
     pub fn shape(&self) -> &GptShape {
@@ -267,31 +214,12 @@ impl LipschitzGpt {
                 ),
             ));
         }
-        let a = self.shape.residual_weight();
         let mut h = h.reshape((b * t, d))?;
         for blk in &self.blocks {
-            let att = self.attention(&h, blk, b, t)?;
-            h = residual(&h, &att, a)?;
-            let mlp = mlp(&h, self.w(blk.mlp_in), self.w(blk.mlp_out))?;
-            h = residual(&h, &mlp, a)?;
+            h = blk.forward(&h, &self.params, &self.shape, &self.rope, (b, t))?;
         }
-        let head = self.params.len() - 1;
-        let logits = (linear(&h, self.w(head))? * self.shape.final_scale)?;
+        let logits = (linear(&h, self.w(self.head()))? * self.shape.final_scale)?;
         Ok(logits.reshape((b, t, self.shape.vocab))?)
-    }
-
-    fn attention(&self, h: &Tensor, blk: &Block, b: usize, t: usize) -> Result<Tensor> {
-        let dims = AttentionDims {
-            batch: b,
-            seq: t,
-            heads: self.shape.heads,
-            score_scale: self.shape.softmax_scale / self.shape.head_dim() as f64,
-            output_scale: 1.0 / 3.0,
-        };
-        // One product for the three projections: one pass over the stream and one gradient node.
-        let qkv = Tensor::cat(&[self.w(blk.q), self.w(blk.k), self.w(blk.v)], 0)?;
-        let mixed = causal_rope_attention(&linear(h, &qkv)?, &self.rope, dims)?;
-        Ok(linear(&mixed, self.w(blk.o))?)
     }
 }
 
@@ -306,34 +234,22 @@ impl Model for LipschitzGpt {
     }
 
     fn certificate(&self) -> Result<Certificate> {
-        let norm = |i: usize| -> Result<(String, f64)> {
-            Ok((
-                self.params[i].name.clone(),
-                certificate::rms_to_rms_norm(self.w(i))?,
-            ))
-        };
         let heads = self.shape.heads;
-        let mut blocks = Vec::new();
-        for blk in &self.blocks {
-            blocks.push(certificate::GptBlockNorms {
-                q: norm(blk.q)?,
-                k: norm(blk.k)?,
-                v: norm(blk.v)?,
-                o: norm(blk.o)?,
-                mlp_in: norm(blk.mlp_in)?,
-                mlp_out: norm(blk.mlp_out)?,
-                k_heads: certificate::head_spectral_norms(self.w(blk.k), heads)?,
-                v_heads: certificate::head_spectral_norms(self.w(blk.v), heads)?,
-            });
-        }
-        let embed = (
-            "embed".to_string(),
-            certificate::max_column_rms(self.w(EMBED))?,
-        );
+        let head = self.head();
         Ok(certificate::GptNorms {
-            embed,
-            blocks,
-            head: norm(self.params.len() - 1)?,
+            embed: (
+                self.params[EMBED].name.clone(),
+                certificate::max_column_rms(self.w(EMBED))?,
+            ),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.norms(&self.params, heads))
+                .collect::<Result<_>>()?,
+            head: (
+                self.params[head].name.clone(),
+                certificate::rms_to_rms_norm(self.w(head))?,
+            ),
             residual_weight: self.shape.residual_weight(),
             heads,
             softmax_scale: self.shape.softmax_scale,
