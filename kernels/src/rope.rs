@@ -1,54 +1,85 @@
-//! Rotary position embedding for the Lipschitz GPT.
+//! Rotary position embedding: the cos/sin tables of a set of positions, and the rotation they give
+//! to the Lipschitz GPT (differentiably, for training) and to the Llama decoder (candle's fused
+//! kernels, for inference).
 //!
-//! Standard "rotate half" RoPE: band f rotates the pair `(x[f], x[f + d/2])` by `pos·ω_f`; the
-//! GPT's frequencies are `ω_f = 10000^(−2f/d)` (docs/lipschitz.md §6.2). The paper's code swaps sin
-//! and cos, making each band a reflection `[[c, s], [s, −c]]` instead of a rotation
-//! (docs/lipschitz.md §9.6); `qᵀk` still depends only on the relative position and the map is still
-//! orthogonal (sensitivity 1), so the Lipschitz bound is the same. Its checkpoints would need the
-//! literal form; training from scratch does not.
+//! Band f turns the pair `(x[f], x[f + d/2])` ("rotate half") or `(x[2f], x[2f + 1])` (interleaved)
+//! by its phase at the position. The GPT's frequencies are `ω_f = 10000^(−2f/d)`, rotate half
+//! (docs/lipschitz.md §6.2). The paper's code swaps sin and cos, making each band a reflection
+//! `[[c, s], [s, −c]]` instead of a rotation (docs/lipschitz.md §9.6); `qᵀk` still depends only on
+//! the relative position and the map is still orthogonal (sensitivity 1), so the Lipschitz bound is
+//! the same. Its checkpoints would need the literal form; training from scratch does not.
 
 use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor, D};
 
-/// Cached cos/sin tables, `[seq_len, head_dim/2]` each, as tensors on the model's device and as f32
-/// for the fused CPU attention.
+/// Cached cos/sin tables, `[positions, head_dim/2]` each, as tensors on the model's device and as
+/// f32 for the fused CPU attention.
 #[derive(Clone, Debug)]
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
     tables: (Arc<[f32]>, Arc<[f32]>),
+    interleaved: bool,
 }
 
 impl Rope {
-    /// The tables of positions `0..seq_len` for the bands' angular frequencies `inv_freq` (one per
-    /// pair of a head's elements, as `RopeSpec::inv_freq` lists them).
+    /// The GPT's tables: positions `0..seq_len`, the bands' angular frequencies `inv_freq` (one per
+    /// pair of a head's elements, as `RopeSpec::inv_freq` lists them), rotate half.
     pub fn new(inv_freq: &[f64], seq_len: usize, device: &Device) -> Result<Self> {
-        let bands = inv_freq.len();
-        let mut cos = Vec::with_capacity(seq_len * bands);
-        let mut sin = Vec::with_capacity(seq_len * bands);
-        for pos in 0..seq_len {
-            for w in inv_freq {
-                let angle = pos as f64 * w;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+        let positions: Vec<u64> = (0..seq_len as u64).collect();
+        Self::at_positions(
+            inv_freq.len(),
+            &positions,
+            |f, p| p as f64 * inv_freq[f],
+            1.0,
+            false,
+            device,
+        )
+    }
+
+    /// Tables for `positions`: band f at position p turned by `phase(f, p)` radians (formed in f64:
+    /// positions beyond 2^24 would lose whole radians in f32), cos and sin multiplied by `scaling`
+    /// (YaRN's attention factor; 1 otherwise); `interleaved` pairs neighbouring elements.
+    pub fn at_positions(
+        bands: usize,
+        positions: &[u64],
+        phase: impl Fn(usize, u64) -> f64,
+        scaling: f64,
+        interleaved: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut cos = Vec::with_capacity(positions.len() * bands);
+        let mut sin = Vec::with_capacity(positions.len() * bands);
+        for &p in positions {
+            for f in 0..bands {
+                let angle = phase(f, p);
+                cos.push((scaling * angle.cos()) as f32);
+                sin.push((scaling * angle.sin()) as f32);
             }
         }
         let tables = (Arc::from(cos.as_slice()), Arc::from(sin.as_slice()));
         Ok(Rope {
-            cos: Tensor::from_vec(cos, (seq_len, bands), device)?,
-            sin: Tensor::from_vec(sin, (seq_len, bands), device)?,
+            cos: Tensor::from_vec(cos, (positions.len(), bands), device)?,
+            sin: Tensor::from_vec(sin, (positions.len(), bands), device)?,
             tables,
+            interleaved,
         })
     }
 
-    /// The cos and sin tables `[seq_len, head_dim/2]` as f32, shared.
+    /// The cos and sin tables `[positions, head_dim/2]` as f32, shared.
     pub fn tables(&self) -> (Arc<[f32]>, Arc<[f32]>) {
         self.tables.clone()
     }
 
-    /// Rotates `x` of shape `[batch, heads, seq, head_dim]`, positions 0..seq.
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]` at the first `seq` positions, as candle
+    /// ops that carry gradients (rotate-half tables only).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.interleaved {
+            candle_core::bail!(
+                "Rope::apply rotates halves; interleaved tables rotate with apply_fused"
+            );
+        }
         let (_, _, seq, head_dim) = x.dims4()?;
         let half = head_dim / 2;
         let cos = self.cos.narrow(0, 0, seq)?.to_dtype(x.dtype())?;
@@ -58,6 +89,20 @@ impl Rope {
         let first = (a.broadcast_mul(&cos)? - b.broadcast_mul(&sin)?)?;
         let second = (a.broadcast_mul(&sin)? + b.broadcast_mul(&cos)?)?;
         Tensor::cat(&[first, second], D::Minus1)
+    }
+
+    /// Rotates `x` of shape `[heads, tokens, head_dim]`, token `i` at the `i`-th position, with
+    /// candle's fused kernels (no gradient): the decoder's path.
+    pub fn apply_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let cos = self.cos.to_dtype(x.dtype())?;
+        let sin = self.sin.to_dtype(x.dtype())?;
+        let x4 = x.unsqueeze(0)?.contiguous()?;
+        let rotated = if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x4, &cos, &sin)?
+        } else {
+            candle_nn::rotary_emb::rope(&x4, &cos, &sin)?
+        };
+        rotated.squeeze(0)
     }
 }
 

@@ -9,7 +9,7 @@ use spectra_inference::{CausalDecoder, Logits, ReconstructionScores, RereadPromp
 use spectra_kv::{KvCache, KvCacheShape};
 
 use super::attention::{attend, causal_mask, rows_of, BatchRows};
-use super::rotary::Rotary;
+use super::rotary::rope_at;
 use super::weights::{RowKinds, WeightMatrix};
 use super::Llama;
 
@@ -59,7 +59,7 @@ impl CausalDecoder for Llama {
             }
         }
         // Shared by every layer: the rotation tables of every row's position.
-        let rotary = Rotary::new(&c.rope, &rows.positions, &self.device)?;
+        let rotary = rope_at(&c.rope, &rows.positions, &self.device)?;
         let t = rows.tokens.len();
         let kinds = RowKinds::of(rows.ranges.iter().map(|r| r.len()));
         for (l, w) in self.weights.layers.iter().enumerate() {
@@ -94,8 +94,8 @@ impl CausalDecoder for Llama {
                     s.taps.pre_rope_queries[l] = Some(rows_of(&q, range)?);
                 }
             }
-            let q = rotary.apply(&q)?;
-            let k = rotary.apply(&k)?;
+            let q = rotary.apply_fused(&q)?;
+            let k = rotary.apply_fused(&k)?;
             for (s, range) in batch.iter_mut().zip(&rows.ranges) {
                 let positions = &rows.positions[range.clone()];
                 s.cache
