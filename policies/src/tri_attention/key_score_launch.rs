@@ -6,8 +6,7 @@ use spectra_core::ops::grid::{blocks_of, Grid, MAX_BLOCKS};
 use spectra_core::ops::{kernel_int, op_error};
 use spectra_core::rope::RopePairing;
 
-use super::key_scores::KeyScoreInputs;
-use super::scoring::{norm_weight, OffsetAggregation};
+use super::scoring::{norm_weight, KeyScoreInputs, OffsetAggregation};
 
 /// Keys per block (one thread each); the kernel's `TILE`.
 const TILE: usize = 128;

@@ -18,21 +18,11 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 use spectra_core::ops::{contiguous_cpu, op_error};
-use spectra_core::rope::{RopePairing, RopeSpec};
+use spectra_core::rope::RopePairing;
 use spectra_core::{Error, Result};
 
-use super::scoring::{GroupForms, OffsetAggregation, OffsetTable, ScoreOptions};
-
-/// What the scores of one KV head's keys depend on besides the keys.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyScoreInputs<'a> {
-    /// One per query head of the group.
-    pub centers: &'a [HeadBandStats<'a>],
-    pub rope: &'a RopeSpec,
-    /// The phases of this step (built once per step, shared by every head and layer).
-    pub table: &'a OffsetTable,
-    pub options: &'a ScoreOptions,
-}
+pub use super::scoring::KeyScoreInputs;
+use super::scoring::{GroupForms, OffsetAggregation};
 
 /// Raw scores `[group, n]` (f32, on the keys' device) of the keys `[n, head_dim]` (post-RoPE; f32, f16
 /// or bf16 are read as they are, other float types are converted to f32 first).
@@ -448,7 +438,9 @@ mod tests {
     use crate::tri_attention::query_stats::{QueryBandStats, QueryStatsMeta};
     use rand::Rng;
     use spectra_core::rng::derived_rng;
-    use spectra_core::rope::RopeScaling;
+    use spectra_core::rope::{RopeScaling, RopeSpec};
+
+    use crate::tri_attention::{OffsetTable, ScoreOptions};
 
     use super::*;
 

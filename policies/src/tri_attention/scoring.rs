@@ -190,3 +190,14 @@ impl GroupForms {
         &self.norm[h * self.bands..(h + 1) * self.bands]
     }
 }
+
+/// What the scores of one KV head's keys depend on besides the keys.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyScoreInputs<'a> {
+    /// One per query head of the group.
+    pub centers: &'a [HeadBandStats<'a>],
+    pub rope: &'a RopeSpec,
+    /// The phases of this step (built once per step, shared by every head and layer).
+    pub table: &'a OffsetTable,
+    pub options: &'a ScoreOptions,
+}

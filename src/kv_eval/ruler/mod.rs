@@ -246,7 +246,12 @@ impl Prompt {
 
 /// Runs the suite at every length, continuing from the answers stored in the output folder.
 pub fn run(eval: &Evaluation<'_>, settings: &RulerSettings<'_>) -> Result<Vec<RulerResult>> {
-    let text = RulerText::read(settings.data, settings.tasks)?;
+    let asks = |task| settings.tasks.contains(&task);
+    let text = RulerText::read(
+        settings.data,
+        asks(RulerTask::QaSquad),
+        asks(RulerTask::QaHotpot),
+    )?;
     let mut progress = Progress::open(
         settings.output,
         ANSWERS,

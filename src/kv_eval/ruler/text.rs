@@ -7,7 +7,6 @@ use std::path::Path;
 use spectra_core::{Error, Result};
 
 use super::qa::QaSet;
-use super::tasks::RulerTask;
 
 /// Essays and words, as the generators use them.
 pub struct RulerText {
@@ -31,9 +30,10 @@ const HOW_TO_GET: &str =
 
 impl RulerText {
     /// Reads `dir/json/PaulGrahamEssays.json`, `dir/words/{adjective,noun,verb,profanity}list.txt`
-    /// and, where `tasks` ask for them and they are there, `dir/json/{squad,hotpotqa}.json` (46 MB of
-    /// JSON for HotpotQA, not read for a suite without qa_2).
-    pub fn read(dir: &Path, tasks: &[RulerTask]) -> Result<Self> {
+    /// and, where asked for (`squad` for qa_1, `hotpot` for qa_2) and there,
+    /// `dir/json/{squad,hotpotqa}.json` (46 MB of JSON for HotpotQA, not read for a suite without
+    /// qa_2).
+    pub fn read(dir: &Path, squad: bool, hotpot: bool) -> Result<Self> {
         let essays = dir.join("json/PaulGrahamEssays.json");
         let json: serde_json::Value = serde_json::from_str(&read_lossy(&essays)?)
             .map_err(|e| Error::file(&essays, format!("not JSON ({e}); {HOW_TO_GET}")))?;
@@ -82,19 +82,17 @@ impl RulerText {
             .collect();
         vocabulary.sort();
         vocabulary.dedup();
-        let qa = |task: RulerTask, name: &str, read: fn(&Path) -> Result<QaSet>| {
+        let qa = |wanted: bool, name: &str, read: fn(&Path) -> Result<QaSet>| {
             let path = dir.join("json").join(name);
-            (tasks.contains(&task) && path.exists())
-                .then(|| read(&path))
-                .transpose()
+            (wanted && path.exists()).then(|| read(&path)).transpose()
         };
         Ok(RulerText {
             essay_words,
             adjectives,
             nouns,
             vocabulary,
-            squad: qa(RulerTask::QaSquad, "squad.json", QaSet::squad)?,
-            hotpot: qa(RulerTask::QaHotpot, "hotpotqa.json", QaSet::hotpot)?,
+            squad: qa(squad, "squad.json", QaSet::squad)?,
+            hotpot: qa(hotpot, "hotpotqa.json", QaSet::hotpot)?,
         })
     }
 }
@@ -157,7 +155,7 @@ mod tests {
         std::fs::write(words.join("nounlist.txt"), ten("fox\nATM\nice cream\nbad")).unwrap();
         std::fs::write(words.join("verblist.txt"), "jump\n").unwrap();
         std::fs::write(words.join("profanitylist.txt"), "bad\n").unwrap();
-        let text = RulerText::read(dir.path(), &[RulerTask::QaSquad]).unwrap();
+        let text = RulerText::read(dir.path(), true, false).unwrap();
         assert_eq!(text.essay_words, ["First—one", "here", "second", "essay"]);
         assert_eq!(text.adjectives[..2], ["quick", "aa"]);
         assert_eq!(text.adjectives.len(), 10);
@@ -168,7 +166,10 @@ mod tests {
         assert_eq!(text.vocabulary[9..], ["ii", "jump", "quick"]);
         assert!(text.squad.is_none() && text.hotpot.is_none());
         std::fs::write(words.join("nounlist.txt"), "fox\n").unwrap();
-        let err = RulerText::read(dir.path(), &[]).err().unwrap().to_string();
+        let err = RulerText::read(dir.path(), false, false)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("nounlist.txt") && err.contains("at least 10"),
             "{err}"
@@ -177,7 +178,7 @@ mod tests {
 
     #[test]
     fn a_missing_folder_says_how_to_get_it() {
-        let err = RulerText::read(Path::new("/nonexistent/ruler"), &[])
+        let err = RulerText::read(Path::new("/nonexistent/ruler"), false, false)
             .err()
             .unwrap()
             .to_string();
