@@ -1,5 +1,6 @@
-//! Attacks on the Lipschitz certificate: projected gradient ascent with restarts on pairs of body
-//! inputs, and hill-climbing on pairs of token sequences, for random and trained tiny GPTs and MLPs.
+//! Attacks on the Lipschitz certificate (`spectra::models::attack`: projected gradient ascent with
+//! restarts on pairs of body inputs, and hill-climbing on pairs of token sequences), for random and
+//! trained tiny GPTs and MLPs.
 //! No pair may ever exceed the certified bound; each case prints its tightness (best ratio / bound).
 //! Two constructed networks exceed the paper code's formula (`reference_bound`): the old certificate
 //! fails on both.
@@ -11,14 +12,15 @@
 mod lipschitz_support;
 mod train_support;
 
-use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
 use spectra::models::{Certificate, GptShape, LipschitzGpt, LipschitzMlp, Model};
 use spectra::train::checkpoint;
 use spectra_core::linalg::svd::with_singular_values;
 use spectra_core::SpectraRng;
 
-use lipschitz_support::{random_inputs, randomize, row_rms, seq_norms};
+use lipschitz_support::randomize;
+use spectra::models::attack::{body_lower_bound, ratios, AttackEffort};
 
 /// f32 forward passes: a difference of outputs of size ~1e-2 carries ~1e-5 relative rounding, so a
 /// measured ratio may exceed an exact bound by that much and no more.
@@ -46,166 +48,14 @@ fn tiny_shape() -> GptShape {
     }
 }
 
-/// Scales every row of `[.., d]` down to RMS at most `r`.
-fn project(x: &Tensor, r: f64) -> Tensor {
-    let rms = row_rms(x);
-    let factor = (rms.maximum(r).unwrap().recip().unwrap() * r)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    x.broadcast_mul(&factor).unwrap()
-}
-
-/// Each row of `[.., d]` scaled to RMS 1 (the steepest-ascent direction of each position's own norm).
-fn normalized(g: &Tensor) -> Tensor {
-    let rms = (row_rms(g) + 1e-30).unwrap().to_dtype(DType::F32).unwrap();
-    g.broadcast_div(&rms).unwrap()
-}
-
-/// Per batch element, `‖f(x) − f(y)‖ / ‖x − y‖` in the sequence norm.
-fn ratios(f_diff: &Tensor, x_diff: &Tensor) -> Vec<f64> {
-    seq_norms(f_diff)
-        .into_iter()
-        .zip(seq_norms(x_diff))
-        .map(|(n, d)| if d > 0.0 { n / d } else { 0.0 })
-        .collect()
-}
-
-/// Random sequences whose every position lies in one random head's coordinates: the inputs on which
-/// one head carries all the energy, when q and k keep coordinates apart.
-fn one_head_inputs(
-    b: usize,
-    t: usize,
-    d: usize,
-    heads: usize,
-    r: f64,
-    rng: &mut SpectraRng,
-) -> Tensor {
-    let x = random_inputs(b, t, d, r, rng);
-    let dh = d / heads;
-    let h = rng.random_range(0..heads);
-    let mask: Vec<f32> = (0..d)
-        .map(|i| if i / dh == h { 1.0 } else { 0.0 })
-        .collect();
-    let mask = Tensor::from_vec(mask, d, &Device::Cpu).unwrap();
-    let x = x.broadcast_mul(&mask).unwrap();
-    let rms = (row_rms(&x) + 1e-30).unwrap();
-    let radius = rng.random_range(0.5..1.0) * r;
-    x.broadcast_mul(
-        &(rms.recip().unwrap() * radius)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-/// The best ratio projected gradient ascent finds for `f` on pairs `(x, x + δ)` with every position
-/// of both in the RMS ball of radius `r`: restarts at three scales of `‖δ‖` (a local slope, a nearby
-/// pair, a distant pair) and, every other restart, from inputs confined to one head's coordinates.
-fn attack_pairs(
-    f: &dyn Fn(&Tensor) -> Tensor,
-    dims: (usize, usize, usize),
-    heads: usize,
-    r: f64,
-    restarts: usize,
-    steps: usize,
-    rng: &mut SpectraRng,
-) -> f64 {
-    let (b, t, d) = dims;
-    let mut best = 0f64;
-    for restart in 0..restarts {
-        let eps = r * [1e-2, 0.1, 0.5][restart % 3];
-        let mut x = if restart % 2 == 1 {
-            one_head_inputs(b, t, d, heads, r, rng)
-        } else {
-            random_inputs(b, t, d, r, rng)
-        };
-        let mut delta = project(&random_inputs(b, t, d, eps, rng), eps);
-        for step in 0..steps {
-            let xv = Var::from_tensor(&x).unwrap();
-            let dv = Var::from_tensor(&delta).unwrap();
-            let y = (xv.as_tensor() + dv.as_tensor()).unwrap();
-            let diff = (f(&y) - f(xv.as_tensor())).unwrap();
-            best = ratios(&diff, &delta).into_iter().fold(best, f64::max);
-            let grads = diff.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-            // Step sizes shrink linearly so that the last steps refine rather than jump.
-            let decay = 1.0 - step as f64 / steps as f64;
-            let gx = normalized(grads.get(&xv).unwrap());
-            let gd = normalized(grads.get(&dv).unwrap());
-            x = project(&(&x + (gx * (0.1 * r * decay)).unwrap()).unwrap(), r);
-            delta = project(
-                &(&delta + (gd * (0.3 * eps * decay)).unwrap()).unwrap(),
-                eps,
-            );
-            let y = project(&(&x + &delta).unwrap(), r);
-            delta = (y - &x).unwrap();
-        }
-    }
-    best
-}
-
-/// The best ratio found on pairs of token sequences: hill-climbing, one position at a time, over every
-/// token there. The input distance of two different sequences is 2.
-fn attack_tokens(
-    model: &dyn Model,
-    shape: (usize, usize),
-    rounds: usize,
-    rng: &mut SpectraRng,
-) -> f64 {
-    let (t, vocab) = shape;
-    let logits = |seqs: &[Vec<u32>]| -> Tensor {
-        let flat: Vec<u32> = seqs.concat();
-        let tokens = Tensor::from_vec(flat, (seqs.len(), t), &Device::Cpu).unwrap();
-        model
-            .logits(&tokens)
-            .unwrap()
-            .reshape((seqs.len(), t, vocab))
-            .unwrap()
-    };
-    let mut best = 0f64;
-    for _ in 0..4 {
-        let mut pair: [Vec<u32>; 2] =
-            [0, 1].map(|_| (0..t).map(|_| rng.random_range(0..vocab as u32)).collect());
-        for _ in 0..rounds {
-            let (side, pos) = (rng.random_range(0..2), rng.random_range(0..t));
-            let candidates: Vec<Vec<u32>> = (0..vocab as u32)
-                .map(|tok| {
-                    let mut s = pair[side].clone();
-                    s[pos] = tok;
-                    s
-                })
-                .collect();
-            let other = logits(&[pair[1 - side].clone()]);
-            let diff = logits(&candidates).broadcast_sub(&other).unwrap();
-            let norms = seq_norms(&diff);
-            let (tok, ratio) = candidates
-                .iter()
-                .zip(norms)
-                .filter(|(c, _)| **c != pair[1 - side])
-                .map(|(c, n)| (c[pos], n / 2.0))
-                .fold((pair[side][pos], 0.0), |a, b| if b.1 > a.1 { b } else { a });
-            if ratio >= best {
-                best = ratio;
-                pair[side][pos] = tok;
-            }
-        }
-    }
-    best
-}
-
-fn gpt_body(gpt: &LipschitzGpt) -> impl Fn(&Tensor) -> Tensor + '_ {
-    move |x| gpt.body(x).unwrap()
-}
-
 /// Attacks the body and the token inputs of `gpt`; asserts the bounds hold and returns the body's
 /// tightness.
 fn attack_gpt(case: &str, gpt: &LipschitzGpt, rng: &mut SpectraRng) -> f64 {
     let cert = gpt.certificate().unwrap();
-    let s = gpt.shape();
-    let dims = (8, s.seq_len, s.d_model);
-    let body = attack_pairs(&gpt_body(gpt), dims, s.heads, cert.input_rms, 9, 40, rng);
-    let tokens = attack_tokens(gpt, (s.seq_len, s.vocab), 60, rng);
+    let found = gpt
+        .lower_bounds(&cert, &AttackEffort::default(), rng)
+        .unwrap();
+    let (body, tokens) = (found.body, found.inputs.unwrap());
     eprintln!(
         "{case}: body {body:.4} / certified {:.4} (tightness {:.3}; published formula {:.4}); \
          tokens {tokens:.4} / certified {:.4} (tightness {:.3})",
@@ -305,14 +155,11 @@ fn trained_gpt_and_mlp_never_exceed_their_certificate() {
 
 fn attack_mlp(case: &str, mlp: &LipschitzMlp, rng: &mut SpectraRng) -> f64 {
     let cert = mlp.certificate().unwrap();
-    let inputs = mlp.params()[0].var.dim(1).unwrap();
-    // An image is a sequence of one position; the MLP's bound holds on all of input space.
-    let f = |x: &Tensor| {
-        let (b, t, d) = x.dims3().unwrap();
-        let logits = mlp.logits(&x.reshape((b * t, d)).unwrap()).unwrap();
-        logits.reshape((b, t, ())).unwrap()
+    let effort = AttackEffort {
+        restarts: 6,
+        ..AttackEffort::default()
     };
-    let best = attack_pairs(&f, (32, 1, inputs), 1, 3.0, 6, 40, rng);
+    let best = mlp.lower_bounds(&cert, &effort, rng).unwrap().body;
     eprintln!(
         "{case}: {best:.4} / certified {:.4} (tightness {:.3})",
         cert.bound,
@@ -424,7 +271,7 @@ fn an_mlp_at_the_steepest_gelu_slope_exceeds_the_published_formula_but_not_the_c
     };
     let (x, y) = (at(1.0 - 2e-3), at(1.0));
     let diff = (gpt.body(&y).unwrap() - gpt.body(&x).unwrap()).unwrap();
-    let measured = ratios(&diff, &(&y - &x).unwrap())[0];
+    let measured = ratios(&diff, &(&y - &x).unwrap()).unwrap()[0];
     let published = cert.reference_bound / cert.input_rms;
     eprintln!(
         "steepest-GELU MLP: measured {measured:.5}, certified {:.5}, published formula {published:.5}",
@@ -469,15 +316,22 @@ fn attention_with_one_head_carrying_all_the_energy_exceeds_the_published_formula
         ],
     );
     let mut rng = SpectraRng::seed_from_u64(23);
-    let best = attack_pairs(
-        &gpt_body(&gpt),
+    let effort = AttackEffort {
+        restarts: 12,
+        steps: 60,
+        batch: 16,
+        token_rounds: 0,
+    };
+    let best = body_lower_bound(
+        &|x| gpt.body(x),
         (16, 4, 16),
         4,
         cert.input_rms,
-        12,
-        60,
+        &effort,
         &mut rng,
-    );
+        &Device::Cpu,
+    )
+    .unwrap();
     let published = cert.reference_bound / cert.input_rms;
     eprintln!(
         "one-head attention: attack {best:.4}, certified {:.4} (tightness {:.3}), published formula {published:.4}",

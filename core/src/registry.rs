@@ -108,6 +108,13 @@ pub fn to_ron<T: serde::Serialize + ?Sized>(value: &T) -> String {
         .unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
 }
 
+/// `value` as RON in spectra's dialect, laid out over lines (a config file `spectra` reads back).
+pub fn to_ron_pretty<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    crate::ron_dialect::ron_options()
+        .to_string_pretty(value, ron::ser::PrettyConfig::default())
+        .unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
+}
+
 /// Every registered plugin, by family then name.
 pub fn plugins() -> Vec<&'static PluginDescriptor> {
     let mut all: Vec<_> = inventory::iter::<PluginDescriptor>.into_iter().collect();

@@ -114,14 +114,14 @@ pub fn max_column_rms(e: &Tensor) -> Result<f64> {
 
 /// Layers applied one after another with 1-Lipschitz maps between them: the product of their norms.
 /// The bound holds on all of input space, so it is also the bound at every robust radius.
-pub fn chain(norms: Vec<(String, f64)>) -> Certificate {
+pub fn chain(norms: Vec<(String, f64)>, radii: &[f64]) -> Certificate {
     let bound = norms.iter().map(|(_, n)| n).product();
     Certificate {
         bound,
         body_bound: bound,
         input_rms: f64::INFINITY,
         reference_bound: bound,
-        robust_bounds: ROBUST_RADII.iter().map(|&eps| (eps, bound)).collect(),
+        robust_bounds: radii.iter().map(|&eps| (eps, bound)).collect(),
         norms,
     }
 }
@@ -226,10 +226,11 @@ impl GptNorms {
         l * self.head.1
     }
 
-    pub fn certificate(self) -> Certificate {
+    /// The certificate, with the body's bound at each of `radii` around its domain.
+    pub fn certificate(self, radii: &[f64]) -> Certificate {
         let input_rms = self.embed.1;
         let body = self.body_bound(input_rms);
-        let robust_bounds = ROBUST_RADII
+        let robust_bounds = radii
             .iter()
             .map(|&eps| (eps, self.body_bound(input_rms + eps)))
             .collect();
@@ -291,7 +292,7 @@ mod tests {
         // Orthogonal q, k, v, o, MLP in and out, 4 heads (each head's rows of an orthogonal matrix have
         // σ = 1), a = 1/2, r = 1. Value gain √4 = 2; score term 2·1·4·1·1·1 = 8: attention
         // L = (2 + 8)/3. MLP L = 1.0000825. Residuals 1/2 + L/2 each.
-        let c = gpt(vec![block(1.0, 4, 1.0)], 1.0, 0.5, 4, 1.0).certificate();
+        let c = gpt(vec![block(1.0, 4, 1.0)], 1.0, 0.5, 4, 1.0).certificate(&ROBUST_RADII);
         let expected = (0.5 + 0.5 * 10.0 / 3.0) * (0.5 + 0.5 * SCALED_GELU_LIPSCHITZ);
         assert!((c.bound - expected).abs() < 1e-15, "{}", c.bound);
         assert_eq!(c.norms.len(), 8);
@@ -317,7 +318,8 @@ mod tests {
             * (1.0 - a + a * mlp)
             * 2.0
             * 3.0;
-        let c = gpt(vec![block(2.0, 2, 1.5), block(2.0, 2, 1.5)], 2.0, a, 2, 3.0).certificate();
+        let c = gpt(vec![block(2.0, 2, 1.5), block(2.0, 2, 1.5)], 2.0, a, 2, 3.0)
+            .certificate(&ROBUST_RADII);
         assert!((c.bound - l).abs() < 1e-12 * l, "{} vs {l}", c.bound);
         // Larger domains give larger bounds.
         let bounds: Vec<f64> = c.robust_bounds.iter().map(|(_, b)| *b).collect();
@@ -339,7 +341,7 @@ mod tests {
             r = (1.0 - a) * r + a * (n * n / 1.1289) * r;
         }
         l *= 2.0;
-        let c = gpt(vec![first, second], 2.0, a, 2, 3.0).certificate();
+        let c = gpt(vec![first, second], 2.0, a, 2, 3.0).certificate(&ROBUST_RADII);
         assert!((c.reference_bound - l).abs() < 1e-12 * l);
     }
 
@@ -362,18 +364,17 @@ mod tests {
 
     #[test]
     fn chain_is_the_product() {
-        let c = chain(vec![
-            ("a".into(), 2.0),
-            ("b".into(), 0.5),
-            ("c".into(), 3.0),
-        ]);
+        let c = chain(
+            vec![("a".into(), 2.0), ("b".into(), 0.5), ("c".into(), 3.0)],
+            &ROBUST_RADII,
+        );
         assert_eq!(c.bound, 3.0);
         assert_eq!(c.reference_bound, 3.0);
     }
 
     #[test]
     fn robust_margins_scale_with_the_classes_and_the_radius() {
-        let c = chain(vec![("a".into(), 2.0)]);
+        let c = chain(vec![("a".into(), 2.0)], &ROBUST_RADII);
         let m = c.robust_margins(8);
         // √(2·8) = 4; L = 2.
         for (eps, margin) in m {

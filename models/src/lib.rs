@@ -3,6 +3,7 @@
 //! Llama-family decoder, character-level text and IDX image data (docs/lipschitz.md §8). Their
 //! compute runs on `spectra-kernels`.
 
+pub mod attack;
 pub mod certificate;
 pub mod config;
 pub mod data;
@@ -31,8 +32,23 @@ pub trait Model: Send {
     /// every window, in the order of the batch's targets.
     fn logits(&self, inputs: &Tensor) -> Result<Tensor>;
 
-    /// The whole-network Lipschitz bound from exact per-matrix norms of the current weights.
-    fn certificate(&self) -> Result<Certificate>;
+    /// The whole-network Lipschitz bound from exact per-matrix norms of the current weights, with
+    /// the body's bound at each of `radii` around its domain (`Certificate::robust_bounds`).
+    fn certificate_at(&self, radii: &[f64]) -> Result<Certificate>;
+
+    /// [`certificate_at`](Self::certificate_at) the reports' radii, [`certificate::ROBUST_RADII`].
+    fn certificate(&self) -> Result<Certificate> {
+        self.certificate_at(&certificate::ROBUST_RADII)
+    }
+
+    /// Lower bounds on the Lipschitz constants `certificate` bounds, found by attacking the network
+    /// (`attack.rs`) on inputs of its domain.
+    fn lower_bounds(
+        &self,
+        certificate: &Certificate,
+        effort: &attack::AttackEffort,
+        rng: &mut SpectraRng,
+    ) -> Result<attack::LowerBounds>;
 }
 
 /// Builds the configured model for a dataset; its weights are drawn from `rng`.

@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
+use crate::attack::{self, AttackEffort, LowerBounds};
 use crate::certificate::{self, Certificate};
 use crate::init;
 use crate::mass::MassTree;
@@ -95,7 +96,7 @@ impl Model for LipschitzMlp {
         Ok(x)
     }
 
-    fn certificate(&self) -> Result<Certificate> {
+    fn certificate_at(&self, radii: &[f64]) -> Result<Certificate> {
         let norms = self
             .params
             .iter()
@@ -106,6 +107,24 @@ impl Model for LipschitzMlp {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(certificate::chain(norms))
+        Ok(certificate::chain(norms, radii))
+    }
+
+    /// Images (sequences of one position) within RMS 3 of the origin: the bound holds everywhere,
+    /// and the ReLUs' kinks are met at every scale.
+    fn lower_bounds(
+        &self,
+        _certificate: &Certificate,
+        effort: &AttackEffort,
+        rng: &mut SpectraRng,
+    ) -> Result<LowerBounds> {
+        let first = self.params[0].var.as_tensor();
+        let f = |x: &Tensor| -> Result<Tensor> {
+            let (b, t, d) = x.dims3()?;
+            Ok(self.logits(&x.reshape((b * t, d))?)?.reshape((b, t, ()))?)
+        };
+        let dims = (4 * effort.batch, 1, first.dim(1)?);
+        let body = attack::body_lower_bound(&f, dims, 1, 3.0, effort, rng, first.device())?;
+        Ok(LowerBounds { body, inputs: None })
     }
 }

@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod calibrate;
+mod certify;
 mod check;
 mod generate;
 mod kv;
@@ -59,6 +60,9 @@ enum Command {
     Kv(kv::KvArgs),
     /// Run a grid of training runs and plot accuracy against the certified Lipschitz bound.
     Sweep(sweep::SweepArgs),
+    /// A trained run's certified Lipschitz bound, certified robust accuracy and (--attack) how close
+    /// attacks come to the bound.
+    Certify(certify::CertifyArgs),
 }
 
 pub fn run() -> ExitCode {
@@ -77,6 +81,7 @@ pub fn run() -> ExitCode {
         Command::Check { file } => done(check::run(&file)),
         Command::Train(args) => train::run(args),
         Command::Sweep(args) => done(sweep::run(args)),
+        Command::Certify(args) => done(certify::run(args)),
         Command::Generate(args) => done(rayon::scope(|_| generate::run(args))),
         Command::Calibrate(args) => done(calibrate::run(args)),
         Command::Kv(args) => done(rayon::scope(|_| kv::run(args))),

@@ -89,10 +89,10 @@ pub fn run(args: TrainArgs) -> Result<ExitCode, Error> {
         });
     }
     let files = if stopped {
-        "summary.json, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors; report.md comes \
+        "summary.json, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors, config.ron; report.md comes \
          when the run finishes"
     } else {
-        "report.md, summary.json, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors"
+        "report.md, summary.json, metrics.jsonl, train.csv, eval.csv, checkpoint.safetensors, config.ron"
     };
     say(format!("results in {} ({files})", summary.output.display()));
     if !stopped {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use safetensors::View;
-use spectra_core::{Error, Result, SpectraRng};
+use spectra_core::{Error, Param, Result, SpectraRng};
 
 /// The file name inside a run's output folder.
 pub const FILE_NAME: &str = "checkpoint.safetensors";
@@ -157,6 +157,32 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
             .map_err(io)?;
     }
     Ok(())
+}
+
+impl Checkpoint {
+    /// Sets every parameter of `params` to its tensor here; a missing one, or one of another
+    /// shape, is an error naming it (`path` names the file).
+    pub fn restore_params(&self, params: &[Param], path: &Path) -> Result<()> {
+        for p in params {
+            let key = param_key(&p.name);
+            let t = self
+                .tensors
+                .get(&key)
+                .ok_or_else(|| Error::file(path, format!("the checkpoint has no `{key}`")))?;
+            if t.shape() != p.var.shape() {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "`{key}` has shape {:?}, the model {:?}",
+                        t.shape(),
+                        p.var.shape()
+                    ),
+                ));
+            }
+            p.var.set(t)?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads a checkpoint written by `save`, its tensors on `device`.

@@ -1,5 +1,6 @@
 //! `spectra train` and `spectra sweep`: the training runner, its checkpoints, metrics and reports.
 
+pub mod certify;
 pub mod checkpoint;
 mod config;
 pub mod config_error;
@@ -17,5 +18,5 @@ pub mod sweep;
 mod sweep_grid;
 
 pub use config::{EvalConfig, ParamGroupConfig, TrainConfig};
-pub use runner::{train, train_file, TrainOptions};
+pub use runner::{train, train_file, TrainOptions, CONFIG_COPY};
 pub use summary::{Outcome, TrainSummary, STOPPED_EXIT_STATUS};

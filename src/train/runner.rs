@@ -47,6 +47,9 @@ pub struct TrainOptions {
 }
 
 /// Reads the config file and trains.
+/// The copy of the applied config every run folder holds.
+pub const CONFIG_COPY: &str = "config.ron";
+
 pub fn train_file(path: &Path, options: &TrainOptions) -> Result<TrainSummary> {
     let cfg: TrainConfig = config::load(path)?;
     train(cfg, path, options)
@@ -140,6 +143,7 @@ impl Run {
             routed,
         } = setup::build(&cfg, config_file, &device)?;
         let fingerprint = fingerprint(&cfg);
+        let effective = spectra_core::registry::to_ron_pretty(&cfg);
         let groups = assemble(model.params(), std::mem::take(&mut cfg.groups), &routed);
         let output = cfg.output.clone();
         crate::output::prepare(&output)?;
@@ -147,6 +151,16 @@ impl Run {
             Some(held) => held,
             None => crate::output::lock(&output)?,
         };
+        // The config as this run applies it (sweep values and command-line overrides included), so
+        // that `spectra certify` rebuilds the model its checkpoint holds.
+        let config_copy = output.join(CONFIG_COPY);
+        std::fs::write(
+            &config_copy,
+            format!(
+                "// The configuration of the run in this folder, as it was applied.\n{effective}\n"
+            ),
+        )
+        .map_err(|e| Error::file(&config_copy, format!("cannot write: {e}")))?;
         Ok(Run {
             _output_lock,
             rng: derived_rng(cfg.seed, CONSTRAINT_STREAM),
@@ -263,22 +277,7 @@ impl Run {
         if let Some(plan) = ck.plan {
             self.same_plan(plan)?;
         }
-        let missing = |name: &str| Error::file(&path, format!("the checkpoint has no `{name}`"));
-        for p in self.model.params() {
-            let key = checkpoint::param_key(&p.name);
-            let t = ck.tensors.get(&key).ok_or_else(|| missing(&key))?;
-            if t.shape() != p.var.shape() {
-                return Err(Error::file(
-                    &path,
-                    format!(
-                        "`{key}` has shape {:?}, the model {:?}",
-                        t.shape(),
-                        p.var.shape()
-                    ),
-                ));
-            }
-            p.var.set(t)?;
-        }
+        ck.restore_params(self.model.params(), &path)?;
         for g in &mut self.groups {
             let prefix = checkpoint::optimizer_prefix(&g.name);
             let state: HashMap<String, Tensor> = ck
@@ -531,7 +530,8 @@ fn eval_line(r: &EvalRecord, steps: u64) -> String {
 /// recorded, so that older ones stay resumable: RON as `ron` writes it by default (`Some(x)` spelled
 /// out), the model as its config reads, without a final scale of 1 (checkpoints written before the
 /// GPT had one name none).
-fn fingerprint(cfg: &TrainConfig) -> String {
+/// What a checkpoint must have been written with to continue (or certify) a run of `cfg`.
+pub(crate) fn fingerprint(cfg: &TrainConfig) -> String {
     fn plain<T: serde::Serialize>(value: &T) -> String {
         ron::to_string(value).unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
     }

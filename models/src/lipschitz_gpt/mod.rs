@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
+use crate::attack::{self, AttackEffort, LowerBounds};
 use crate::certificate::{self, Certificate};
 use crate::init;
 use crate::mass::MassTree;
@@ -233,7 +234,7 @@ impl Model for LipschitzGpt {
         Ok(logits.reshape(((), self.shape.vocab))?)
     }
 
-    fn certificate(&self) -> Result<Certificate> {
+    fn certificate_at(&self, radii: &[f64]) -> Result<Certificate> {
         let heads = self.shape.heads;
         let head = self.head();
         Ok(certificate::GptNorms {
@@ -255,6 +256,32 @@ impl Model for LipschitzGpt {
             softmax_scale: self.shape.softmax_scale,
             final_scale: self.shape.final_scale,
         }
-        .certificate())
+        .certificate(radii))
+    }
+
+    /// The body on sequences of embedding outputs within the certificate's domain, and the whole
+    /// network on token sequences.
+    fn lower_bounds(
+        &self,
+        certificate: &Certificate,
+        effort: &AttackEffort,
+        rng: &mut SpectraRng,
+    ) -> Result<LowerBounds> {
+        let s = &self.shape;
+        let device = self.w(EMBED).device();
+        let body = attack::body_lower_bound(
+            &|x| self.body(x),
+            (effort.batch, s.seq_len, s.d_model),
+            s.heads,
+            certificate.input_rms,
+            effort,
+            rng,
+            device,
+        )?;
+        let tokens = attack::token_lower_bound(self, (s.seq_len, s.vocab), effort, rng, device)?;
+        Ok(LowerBounds {
+            body,
+            inputs: Some(tokens),
+        })
     }
 }
