@@ -13,14 +13,14 @@ mod lipschitz_support;
 mod train_support;
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use spectra::models::{Certificate, GptShape, LipschitzGpt, LipschitzMlp, Model};
 use spectra::train::checkpoint;
 use spectra_core::linalg::svd::with_singular_values;
 use spectra_core::SpectraRng;
 
 use lipschitz_support::randomize;
-use spectra::models::attack::{body_lower_bound, ratios, AttackEffort};
+use spectra::models::attack::{ball_lower_bound, body_lower_bound, ratios, AttackEffort};
 
 /// f32 forward passes: a difference of outputs of size ~1e-2 carries ~1e-5 relative rounding, so a
 /// measured ratio may exceed an exact bound by that much and no more.
@@ -151,6 +151,60 @@ fn trained_gpt_and_mlp_never_exceed_their_certificate() {
         mlp.params(),
     );
     attack_mlp("MLP trained 40 steps (Muon + soft cap 4)", &mlp, &mut rng);
+}
+
+/// Each window's own certificate holds on its ball: gradient ascent on pairs within `ε` of a
+/// trained GPT's embedding outputs never exceeds the per-input bound (the blocks' local constant
+/// times the head's norm), which is never above the global bound at that radius.
+#[test]
+fn per_input_bounds_hold_on_their_balls() {
+    let mut rng = SpectraRng::seed_from_u64(24);
+    let gpt = LipschitzGpt::new(
+        GptShape {
+            vocab: 9,
+            blocks: 1,
+            heads: 2,
+            seq_len: 8,
+            ..tiny_shape()
+        },
+        &Device::Cpu,
+        &mut rng,
+    )
+    .unwrap();
+    trained_weights(
+        |dir, out| {
+            let corpus = train_support::write_cycle_corpus(dir);
+            train_support::gpt_config(&corpus, out, train_support::MUON_SOFT_CAP, 60, "")
+        },
+        gpt.params(),
+    );
+    let head = gpt.certificate().unwrap().norms.last().unwrap().1;
+    let effort = AttackEffort {
+        restarts: 6,
+        steps: 40,
+        ..AttackEffort::default()
+    };
+    for radius in [0.05, 0.3] {
+        let cert = gpt.certificate_at(&[radius]).unwrap();
+        for window in 0..3 {
+            let tokens: Vec<u32> = (0..8).map(|_| rng.random_range(0..9)).collect();
+            let tokens = Tensor::from_vec(tokens, (1, 8), &Device::Cpu).unwrap();
+            let h = gpt.embed(&tokens).unwrap();
+            let local = gpt.local_block_bounds(&h, radius).unwrap()[0]
+                .iter()
+                .fold(0f64, |m, &l| m.max(l))
+                * head;
+            let global = cert.robust_bounds[0].1;
+            assert!(local <= global * (1.0 + 1e-12), "{local} vs {global}");
+            let found = ball_lower_bound(&|x| gpt.body(x), &h, radius, &effort, &mut rng).unwrap();
+            eprintln!(
+                "window {window}, ε = {radius}: attack {found:.4} / own bound {local:.4} (tightness {:.3}), global {global:.4}",
+                found / local
+            );
+            assert!(found > 0.0);
+            within_bound(&format!("window {window} at ε = {radius}"), found, local);
+        }
+    }
 }
 
 fn attack_mlp(case: &str, mlp: &LipschitzMlp, rng: &mut SpectraRng) -> f64 {

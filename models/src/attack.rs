@@ -167,6 +167,41 @@ pub fn body_lower_bound(
     Ok(best)
 }
 
+/// The best ratio projected gradient ascent finds for `f` on pairs of inputs within `radius` of
+/// `center` (`[b, t, d]`, one ball per batch element): the bound a per-input certificate gives.
+pub fn ball_lower_bound(
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+    center: &Tensor,
+    radius: f64,
+    effort: &AttackEffort,
+    rng: &mut SpectraRng,
+) -> Result<f64> {
+    let (dims, device) = (center.dims3()?, center.device());
+    let into_ball =
+        |x: &Tensor| -> Result<Tensor> { Ok((project(&(x - center)?, radius)? + center)?) };
+    let mut best = 0f64;
+    for restart in 0..effort.restarts {
+        let eps = radius * [1e-2, 0.1, 0.5][restart % 3];
+        let mut x = into_ball(&(center + random_inputs(dims, radius, rng, device)?)?)?;
+        let mut delta = project(&random_inputs(dims, eps, rng, device)?, eps)?;
+        for step in 0..effort.steps {
+            let xv = Var::from_tensor(&x)?;
+            let dv = Var::from_tensor(&delta)?;
+            let diff = (f(&(xv.as_tensor() + dv.as_tensor())?)? - f(xv.as_tensor())?)?;
+            best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
+            let grads = diff.sqr()?.sum_all()?.backward()?;
+            let decay = 1.0 - step as f64 / effort.steps as f64;
+            let (Some(gx), Some(gd)) = (grads.get(&xv), grads.get(&dv)) else {
+                break;
+            };
+            x = into_ball(&(&x + (normalized(gx)? * (0.1 * radius * decay))?)?)?;
+            delta = project(&(&delta + (normalized(gd)? * (0.3 * eps * decay))?)?, eps)?;
+            delta = (into_ball(&(&x + &delta)?)? - &x)?;
+        }
+    }
+    Ok(best)
+}
+
 /// The best ratio found on pairs of token sequences of length `t` over a vocabulary of `vocab`:
 /// hill-climbing, one position at a time, over every token there. The input distance of two
 /// different sequences is 2.

@@ -19,6 +19,11 @@ use spectra_kernels::activations::GELU_DIVISOR;
 /// rounded up. It exceeds 1 because the paper's divisor is the exact GELU's slope, not the tanh form's.
 pub const SCALED_GELU_LIPSCHITZ: f64 = 1.000_082_5;
 
+/// The measured stream RMS comes from an f32 forward pass, each of whose operations rounds by at
+/// most 2⁻²⁴ relative; over a few dozen operations per block the real value exceeds the measured
+/// one by far less than this, which the per-input bound adds to it.
+pub const STREAM_SLACK: f64 = 1e-4;
+
 /// Radii (in the certificate's input norm) at which the reports give certified robust accuracy.
 pub const ROBUST_RADII: [f64; 3] = [0.001, 0.01, 0.1];
 
@@ -91,6 +96,26 @@ pub fn head_spectral_norms(w: &Tensor, heads: usize) -> Result<Vec<f64>> {
     (0..heads)
         .map(|h| spectral_norm(&w.narrow(0, h * dh, dh)?))
         .collect()
+}
+
+/// The ℓ2 distance between every two rows of `w: [rows, cols]`, in f64: how far apart two classes'
+/// logits can move per unit of the head's input.
+pub fn row_distances(w: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let rows = w.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    Ok(rows
+        .iter()
+        .map(|a| {
+            rows.iter()
+                .map(|b| {
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y) * (x - y))
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// The largest column RMS of an embedding `[d, vocab]`: its ℓ1→RMS norm, and the largest RMS of any
@@ -205,6 +230,46 @@ impl GptNorms {
             r *= (1.0 - a) + a * b.mlp_gain();
         }
         body * self.head.1 * self.final_scale
+    }
+
+    /// Per position `t` of one input sequence, the Lipschitz constant of the blocks (embedding output
+    /// to the stream entering the head) on the ball of radius `eps` around it (`docs/certificate.md`,
+    /// "Per-input certificates"). `stream_rms[l][s]` is the
+    /// measured RMS of the stream entering block `l` at position `s`. Position `t`'s logits depend on
+    /// positions `≤ t` only, so there every perturbed stream entering block `l` has per-position RMS
+    /// at most `R_l(t) = (1 + STREAM_SLACK)·max_{s≤t} stream_rms[l][s] + P_l(t)·eps`, `P_l(t)` the
+    /// Lipschitz constant of the blocks before `l` on the ball; and never more than the global
+    /// stage-1 radius on `D(input_rms + eps)`. Attention is `L_att(R_l(t))`-Lipschitz there.
+    pub fn local_block_bounds(
+        &self,
+        input_rms: f64,
+        stream_rms: &[Vec<f32>],
+        eps: f64,
+    ) -> Vec<f64> {
+        let a = self.residual_weight;
+        // The global radii entering each block's attention, on the enlarged domain.
+        let mut global = Vec::with_capacity(self.blocks.len());
+        let mut r = input_rms + eps;
+        for b in &self.blocks {
+            global.push(r);
+            r *= (1.0 - a) + a * b.attention_gain();
+            r *= (1.0 - a) + a * b.mlp_gain();
+        }
+        let positions = stream_rms.first().map_or(0, Vec::len);
+        let mut running: Vec<f64> = vec![0.0; self.blocks.len()];
+        (0..positions)
+            .map(|t| {
+                let mut p = 1.0;
+                for (l, b) in self.blocks.iter().enumerate() {
+                    running[l] = running[l].max(f64::from(stream_rms[l][t]));
+                    let radius = (running[l] * (1.0 + STREAM_SLACK) + p * eps).min(global[l]);
+                    p *= (1.0 - a)
+                        + a * b.attention_lipschitz(radius, self.heads, self.softmax_scale);
+                    p *= (1.0 - a) + a * b.mlp_lipschitz();
+                }
+                p
+            })
+            .collect()
     }
 
     /// The paper code's formula (`utils.py::calculate_lipschitz_constant`, 2025-06-12), as published:

@@ -75,8 +75,12 @@ fn describe(r: &CertifyReport) -> String {
         r.validation_targets
     );
     for a in &r.robust {
+        let per_input = a
+            .per_input_accuracy
+            .map(|p| format!("; {:.2}% by each input's own bound", 100.0 * p))
+            .unwrap_or_default();
         out += &format!(
-            "certified robust accuracy {:.2}% at ε = {} (body bound {:.4}, margin {:.4})\n",
+            "certified robust accuracy {:.2}% at ε = {} (body bound {:.4}, margin {:.4}){per_input}\n",
             100.0 * a.accuracy,
             a.radius,
             a.body_bound,

@@ -63,6 +63,9 @@ pub struct RobustAccuracy {
     /// The logit margin above which a prediction cannot be overturned.
     pub margin: f64,
     pub accuracy: f64,
+    /// Certified by each input's own bound on the ball around it, where the model gives one: at
+    /// least `accuracy`, since that bound is never above the global one.
+    pub per_input_accuracy: Option<f64>,
 }
 
 /// The attacks' best ratios, and their share of the certified bounds.
@@ -132,7 +135,14 @@ pub fn certify(run: &Path, options: &CertifyOptions) -> Result<CertifyReport> {
     let cert = model.certificate_at(&options.radii)?;
     let classes = built.data.input_kind().classes();
     let margins = cert.robust_margins(classes);
-    let e = evaluate(model, built.data.as_ref(), &cfg.eval, &device, &margins)?;
+    let e = evaluate(
+        model,
+        built.data.as_ref(),
+        &cfg.eval,
+        &device,
+        &margins,
+        &options.radii,
+    )?;
     let attack = match &options.attack {
         Some(effort) => {
             let started = Instant::now();
@@ -154,12 +164,14 @@ pub fn certify(run: &Path, options: &CertifyOptions) -> Result<CertifyReport> {
         .iter()
         .zip(&margins)
         .zip(&e.certified_accuracy)
+        .enumerate()
         .map(
-            |(((radius, body_bound), (_, margin)), (_, accuracy))| RobustAccuracy {
+            |(i, (((radius, body_bound), (_, margin)), (_, accuracy)))| RobustAccuracy {
                 radius: *radius,
                 body_bound: *body_bound,
                 margin: *margin,
                 accuracy: *accuracy,
+                per_input_accuracy: e.per_input_certified_accuracy.get(i).map(|(_, a)| *a),
             },
         )
         .collect();

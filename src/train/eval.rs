@@ -11,18 +11,24 @@ pub struct Evaluation {
     pub targets: u64,
     /// `(radius, fraction)` for each `(radius, margin)` asked for.
     pub certified_accuracy: Vec<(f64, f64)>,
+    /// `(radius, fraction)` for each per-input radius asked for: targets the model certifies by
+    /// their own input's certificate (`Model::certified_targets`); empty where it has none.
+    pub per_input_certified_accuracy: Vec<(f64, f64)>,
 }
 
 /// Mean cross-entropy and accuracy over every target of the first `eval.windows` validation items (all
-/// of them when absent), weighting each target equally; and, for each `(radius, margin)` of
-/// `robust_margins`, the fraction of targets predicted correctly by more than that margin.
+/// of them when absent), weighting each target equally; for each `(radius, margin)` of
+/// `robust_margins`, the fraction of targets predicted correctly by more than that margin; and for
+/// each of `per_input_radii`, the fraction certified by the model's per-input bounds.
 pub fn evaluate(
     model: &dyn Model,
     data: &dyn Dataset,
     eval: &EvalConfig,
     device: &Device,
     robust_margins: &[(f64, f64)],
+    per_input_radii: &[f64],
 ) -> Result<Evaluation> {
+    let mut per_input: Option<Vec<u64>> = None;
     let items = eval
         .windows
         .map_or(data.validation_items(), |w| w.min(data.validation_items()));
@@ -38,10 +44,19 @@ pub fn evaluate(
             as f64
             * n as f64;
         correct += correct_count(&logits, &batch.targets)?;
-        for m in target_margins(&logits, &batch.targets)? {
+        let margins = target_margins(&logits, &batch.targets)?;
+        for &m in &margins {
             for (count, (_, needed)) in certified.iter_mut().zip(robust_margins) {
                 *count += u64::from(f64::from(m) > *needed);
             }
+        }
+        for (i, &radius) in per_input_radii.iter().enumerate() {
+            let Some(certified) = model.certified_targets(&batch.inputs, &batch.targets, radius)?
+            else {
+                continue;
+            };
+            let counts = per_input.get_or_insert_with(|| vec![0; per_input_radii.len()]);
+            counts[i] += certified.iter().filter(|&&c| c).count() as u64;
         }
         targets += n as u64;
         start += count;
@@ -56,6 +71,15 @@ pub fn evaluate(
             .zip(certified)
             .map(|((eps, _), c)| (*eps, c as f64 / n))
             .collect(),
+        per_input_certified_accuracy: per_input
+            .map(|counts| {
+                per_input_radii
+                    .iter()
+                    .zip(counts)
+                    .map(|(eps, c)| (*eps, c as f64 / n))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -501,6 +501,7 @@ impl Run {
             &self.cfg.eval,
             &self.device,
             &cert.robust_margins(classes),
+            &[],
         )?;
         Ok(EvalRecord {
             step: self.step,

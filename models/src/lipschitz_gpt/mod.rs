@@ -186,6 +186,65 @@ impl LipschitzGpt {
         self.params.len() - 1
     }
 
+    /// The norms the certificate is composed from (exact, from SVDs).
+    fn norms(&self) -> Result<certificate::GptNorms> {
+        let heads = self.shape.heads;
+        let head = self.head();
+        Ok(certificate::GptNorms {
+            embed: (
+                self.params[EMBED].name.clone(),
+                certificate::max_column_rms(self.w(EMBED))?,
+            ),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.norms(&self.params, heads))
+                .collect::<Result<_>>()?,
+            head: (
+                self.params[head].name.clone(),
+                certificate::rms_to_rms_norm(self.w(head))?,
+            ),
+            residual_weight: self.shape.residual_weight(),
+            heads,
+            softmax_scale: self.shape.softmax_scale,
+            final_scale: self.shape.final_scale,
+        })
+    }
+
+    /// Per window of embedding outputs `h: [batch, seq, d_model]` and per position `t`, the blocks'
+    /// Lipschitz constant (embedding output to the stream entering the head) on the ball of `radius`
+    /// around the window, for the outputs at positions `≤ t` (`GptNorms::local_block_bounds`).
+    pub fn local_block_bounds(&self, h: &Tensor, radius: f64) -> Result<Vec<Vec<f64>>> {
+        let norms = self.norms()?;
+        let streams = self.stream_rms(h)?;
+        Ok((0..h.dim(0)?)
+            .map(|window| {
+                let per_block: Vec<Vec<f32>> = streams.iter().map(|s| s[window].clone()).collect();
+                norms.local_block_bounds(norms.embed.1, &per_block, radius)
+            })
+            .collect())
+    }
+
+    /// The RMS of the stream entering each block, per window and position: `[blocks][batch][seq]`,
+    /// for embedding outputs `h: [batch, seq, d_model]`.
+    pub fn stream_rms(&self, h: &Tensor) -> Result<Vec<Vec<Vec<f32>>>> {
+        let (b, t, d) = h.dims3()?;
+        let rms = |x: &Tensor| -> Result<Vec<Vec<f32>>> {
+            Ok(x.reshape((b, t, d))?
+                .sqr()?
+                .mean(2)?
+                .sqrt()?
+                .to_vec2::<f32>()?)
+        };
+        let mut h = h.reshape((b * t, d))?;
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for blk in &self.blocks {
+            out.push(rms(&h)?);
+            h = blk.forward(&h, &self.params, &self.shape, &self.rope, (b, t))?;
+        }
+        Ok(out)
+    }
+
     pub fn shape(&self) -> &GptShape {
         &self.shape
     }
@@ -235,28 +294,42 @@ impl Model for LipschitzGpt {
     }
 
     fn certificate_at(&self, radii: &[f64]) -> Result<Certificate> {
-        let heads = self.shape.heads;
-        let head = self.head();
-        Ok(certificate::GptNorms {
-            embed: (
-                self.params[EMBED].name.clone(),
-                certificate::max_column_rms(self.w(EMBED))?,
-            ),
-            blocks: self
-                .blocks
-                .iter()
-                .map(|b| b.norms(&self.params, heads))
-                .collect::<Result<_>>()?,
-            head: (
-                self.params[head].name.clone(),
-                certificate::rms_to_rms_norm(self.w(head))?,
-            ),
-            residual_weight: self.shape.residual_weight(),
-            heads,
-            softmax_scale: self.shape.softmax_scale,
-            final_scale: self.shape.final_scale,
+        Ok(self.norms()?.certificate(radii))
+    }
+
+    /// Each target certified by its own bound: the blocks' Lipschitz constant on the ball of
+    /// `radius` around its window's embedding output (from the stream's measured size entering every
+    /// block), and for each other class `j` the head's own rows, `|Δ(z_y − z_j)| ≤ final_scale·
+    /// ‖w_y − w_j‖₂·√d·‖Δh‖` (`docs/certificate.md`, "Per-input certificates").
+    fn certified_targets(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        radius: f64,
+    ) -> Result<Option<Vec<bool>>> {
+        let h = self.embed(inputs)?;
+        let blocks = self.local_block_bounds(&h, radius)?;
+        let positions = h.dim(1)?;
+        let logits = self
+            .body(&h)?
+            .reshape(((), self.shape.vocab))?
+            .to_vec2::<f32>()?;
+        let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let gaps = certificate::row_distances(self.w(self.head()))?;
+        let scale = self.shape.final_scale * (self.shape.d_model as f64).sqrt() * radius;
+        let mut certified = Vec::with_capacity(targets.len());
+        for (window, bounds) in blocks.into_iter().enumerate() {
+            for (t, l) in bounds.into_iter().enumerate() {
+                let row = window * positions + t;
+                let (z, y) = (&logits[row], targets[row] as usize);
+                certified.push(
+                    z.iter()
+                        .enumerate()
+                        .all(|(j, &zj)| j == y || f64::from(z[y] - zj) > gaps[y][j] * l * scale),
+                );
+            }
         }
-        .certificate(radii))
+        Ok(Some(certified))
     }
 
     /// The body on sequences of embedding outputs within the certificate's domain, and the whole
