@@ -12,7 +12,7 @@
 mod lipschitz_support;
 mod train_support;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use spectra::models::{Certificate, GptShape, LipschitzGpt, LipschitzMlp, Model};
 use spectra::train::checkpoint;
@@ -205,6 +205,97 @@ fn per_input_bounds_hold_on_their_balls() {
             within_bound(&format!("window {window} at ε = {radius}"), found, local);
         }
     }
+}
+
+/// A target its own certificate certifies at `ε` keeps its prediction under every perturbation of
+/// its window's embedding output within `ε`: gradient descent on its margin (against the runner-up
+/// of the moment) never brings the margin to 0.
+#[test]
+fn certified_targets_cannot_be_overturned_within_their_radius() {
+    let mut rng = SpectraRng::seed_from_u64(25);
+    let shape = GptShape {
+        vocab: 9,
+        blocks: 1,
+        heads: 2,
+        seq_len: 8,
+        ..tiny_shape()
+    };
+    let gpt = LipschitzGpt::new(shape, &Device::Cpu, &mut rng).unwrap();
+    trained_weights(
+        |dir, out| {
+            let corpus = train_support::write_cycle_corpus(dir);
+            train_support::gpt_config(&corpus, out, train_support::MUON_SOFT_CAP, 60, "")
+        },
+        gpt.params(),
+    );
+    // The corpus cycles through the vocabulary, so the next token is the current one plus 1.
+    let tokens: Vec<u32> = (0..8).map(|i| (i % 9) as u32).collect();
+    let targets: Vec<u32> = (1..9).map(|i| (i % 9) as u32).collect();
+    let tokens = Tensor::from_vec(tokens, (1, 8), &Device::Cpu).unwrap();
+    let targets_t = Tensor::from_vec(targets.clone(), 8, &Device::Cpu).unwrap();
+    let h = gpt.embed(&tokens).unwrap();
+    let mut checked = 0;
+    for radius in [0.01, 0.03, 0.1] {
+        let certified = gpt
+            .certified_targets(&tokens, &targets_t, radius)
+            .unwrap()
+            .unwrap();
+        for (t, _) in certified.iter().enumerate().filter(|(_, c)| **c) {
+            let y = targets[t] as usize;
+            let mut worst = f64::INFINITY;
+            for restart in 0..3 {
+                let start = random_start(&h, radius, restart, &mut rng);
+                let mut delta = start;
+                for step in 0..40 {
+                    let dv = Var::from_tensor(&delta).unwrap();
+                    let z = gpt.body(&(&h + dv.as_tensor()).unwrap()).unwrap();
+                    let row = z.get(0).unwrap().get(t).unwrap();
+                    let values = row.to_vec1::<f32>().unwrap();
+                    let rival = (0..values.len())
+                        .filter(|&j| j != y)
+                        .max_by(|&a, &b| values[a].total_cmp(&values[b]))
+                        .unwrap();
+                    let margin = (row.get(y).unwrap() - row.get(rival).unwrap()).unwrap();
+                    worst = worst.min(margin.to_scalar::<f32>().unwrap() as f64);
+                    let g = margin.backward().unwrap().get(&dv).unwrap().clone();
+                    let decay = 1.0 - step as f64 / 40.0;
+                    let moved = (&delta
+                        - (per_position_unit(&g) * (0.3 * radius * decay)).unwrap())
+                    .unwrap();
+                    delta = per_position_clamp(&moved, radius);
+                }
+            }
+            assert!(
+                worst > 0.0,
+                "position {t} at ε = {radius}: margin driven to {worst}"
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("certified targets attacked within their radius: {checked}, none overturned");
+    assert!(checked > 0, "nothing was certified to attack");
+}
+
+/// Each position of `g: [1, t, d]` scaled to RMS 1.
+fn per_position_unit(g: &Tensor) -> Tensor {
+    let rms = (g.sqr().unwrap().mean_keepdim(2).unwrap().sqrt().unwrap() + 1e-30).unwrap();
+    g.broadcast_div(&rms).unwrap()
+}
+
+/// Each position of `x: [1, t, d]` scaled down to RMS at most `r`.
+fn per_position_clamp(x: &Tensor, r: f64) -> Tensor {
+    let rms = x.sqr().unwrap().mean_keepdim(2).unwrap().sqrt().unwrap();
+    let factor = (rms.maximum(r).unwrap().recip().unwrap() * r).unwrap();
+    x.broadcast_mul(&factor).unwrap()
+}
+
+/// A random perturbation of every position of `h` with RMS up to `r` (none on the first restart).
+fn random_start(h: &Tensor, r: f64, restart: usize, rng: &mut SpectraRng) -> Tensor {
+    if restart == 0 {
+        return h.zeros_like().unwrap();
+    }
+    let dims = h.dims3().unwrap();
+    spectra::models::attack::random_inputs(dims, r, rng, &Device::Cpu).unwrap()
 }
 
 fn attack_mlp(case: &str, mlp: &LipschitzMlp, rng: &mut SpectraRng) -> f64 {

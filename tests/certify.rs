@@ -60,6 +60,13 @@ fn a_runs_certificate_and_robust_accuracy_are_what_the_run_reported() {
             .map(|r| (r.radius, r.accuracy))
             .collect();
         assert_eq!(robust, reported.certified_accuracy);
+        // Each input's own certificate is never weaker than the global one; only the GPT has one.
+        for r in &report.robust {
+            match r.per_input_accuracy {
+                Some(own) => assert!(own >= r.accuracy, "{r:?}"),
+                None => assert!(run.ends_with("mlp"), "{r:?}"),
+            }
+        }
         assert_eq!(report.step, summary.steps_done);
         let attack = report.attack.unwrap();
         // Below the bound up to f32 rounding of the forward passes (certificate_attack.rs).
