@@ -124,6 +124,18 @@ fn the_command_prints_the_report_and_refuses_what_it_cannot_certify() {
     refused(&["certify", "/nonexistent/run"], &["not a run folder"]);
     refused(&["certify", gpt_dir, "--eps", "-1"], &["--eps", "positive"]);
     refused(&["certify", gpt_dir, "--eps", "NaN"], &["--eps"]);
+    // Training another config into the folder is refused, and leaves the run's config copy alone.
+    let kept = std::fs::read_to_string(gpt.join("config.ron")).unwrap();
+    let other = std::fs::read_to_string(mlp.join("config.ron"))
+        .unwrap()
+        .replace(mlp.to_str().unwrap(), gpt_dir);
+    let other_file = dir.path().join("other.ron");
+    std::fs::write(&other_file, other).unwrap();
+    refused(&["train", other_file.to_str().unwrap()], &["earlier run"]);
+    assert_eq!(
+        std::fs::read_to_string(gpt.join("config.ron")).unwrap(),
+        kept
+    );
     // The MLP's config with the GPT's checkpoint: refused by the fingerprint.
     let mlp_config = mlp.join("config.ron");
     refused(

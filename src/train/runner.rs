@@ -68,6 +68,8 @@ struct Run {
     groups: Vec<Group>,
     rng: SpectraRng,
     fingerprint: String,
+    /// The config as applied, in RON ([`CONFIG_COPY`]).
+    applied_config: String,
     /// Steps completed.
     step: u64,
     last_checkpoint: Option<u64>,
@@ -127,6 +129,7 @@ pub fn train(
              (--output DIR) or delete the folder",
         ));
     }
+    run.keep_config()?;
     run.train(options)
 }
 
@@ -151,16 +154,6 @@ impl Run {
             Some(held) => held,
             None => crate::output::lock(&output)?,
         };
-        // The config as this run applies it (sweep values and command-line overrides included), so
-        // that `spectra certify` rebuilds the model its checkpoint holds.
-        let config_copy = output.join(CONFIG_COPY);
-        std::fs::write(
-            &config_copy,
-            format!(
-                "// The configuration of the run in this folder, as it was applied.\n{effective}\n"
-            ),
-        )
-        .map_err(|e| Error::file(&config_copy, format!("cannot write: {e}")))?;
         Ok(Run {
             _output_lock,
             rng: derived_rng(cfg.seed, CONSTRAINT_STREAM),
@@ -172,9 +165,22 @@ impl Run {
             model,
             groups,
             fingerprint,
+            applied_config: effective,
             step: 0,
             last_checkpoint: None,
         })
+    }
+
+    /// Keeps the config as this run applies it (sweep values and command-line overrides included)
+    /// in its folder, so that `spectra certify` rebuilds the model its checkpoint holds. Written once
+    /// the folder is known to be this run's (a fresh one, or a checkpoint this config continues).
+    fn keep_config(&self) -> Result<()> {
+        let path = self.output.join(CONFIG_COPY);
+        let text = format!(
+            "// The configuration of the run in this folder, as it was applied.\n{}\n",
+            self.applied_config
+        );
+        std::fs::write(&path, text).map_err(|e| Error::file(&path, format!("cannot write: {e}")))
     }
 
     fn checkpoint_path(&self) -> PathBuf {
