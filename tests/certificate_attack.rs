@@ -116,22 +116,17 @@ fn trained_weights(
     }
 }
 
-#[test]
-fn trained_gpt_and_mlp_never_exceed_their_certificate() {
-    let mut rng = SpectraRng::seed_from_u64(20);
-    // The runner's tiny GPT (train_support::gpt_config): d 16, 1 block, 2 heads, seq 8, vocab 9.
-    let gpt = LipschitzGpt::new(
-        GptShape {
-            vocab: 9,
-            blocks: 1,
-            heads: 2,
-            seq_len: 8,
-            ..tiny_shape()
-        },
-        &Device::Cpu,
-        &mut rng,
-    )
-    .unwrap();
+/// The runner's tiny GPT (train_support::gpt_config: d 16, 1 block, 2 heads, seq 8, vocab 9)
+/// after 60 steps of Muon and the soft cap on the cycling corpus.
+fn trained_tiny_gpt(rng: &mut SpectraRng) -> LipschitzGpt {
+    let shape = GptShape {
+        vocab: 9,
+        blocks: 1,
+        heads: 2,
+        seq_len: 8,
+        ..tiny_shape()
+    };
+    let gpt = LipschitzGpt::new(shape, &Device::Cpu, rng).unwrap();
     trained_weights(
         |dir, out| {
             let corpus = train_support::write_cycle_corpus(dir);
@@ -139,6 +134,13 @@ fn trained_gpt_and_mlp_never_exceed_their_certificate() {
         },
         gpt.params(),
     );
+    gpt
+}
+
+#[test]
+fn trained_gpt_and_mlp_never_exceed_their_certificate() {
+    let mut rng = SpectraRng::seed_from_u64(20);
+    let gpt = trained_tiny_gpt(&mut rng);
     let tightness = attack_gpt("GPT trained 60 steps (Muon + soft cap 2)", &gpt, &mut rng);
     assert!(tightness < 1.0);
 
@@ -159,25 +161,7 @@ fn trained_gpt_and_mlp_never_exceed_their_certificate() {
 #[test]
 fn per_input_bounds_hold_on_their_balls() {
     let mut rng = SpectraRng::seed_from_u64(24);
-    let gpt = LipschitzGpt::new(
-        GptShape {
-            vocab: 9,
-            blocks: 1,
-            heads: 2,
-            seq_len: 8,
-            ..tiny_shape()
-        },
-        &Device::Cpu,
-        &mut rng,
-    )
-    .unwrap();
-    trained_weights(
-        |dir, out| {
-            let corpus = train_support::write_cycle_corpus(dir);
-            train_support::gpt_config(&corpus, out, train_support::MUON_SOFT_CAP, 60, "")
-        },
-        gpt.params(),
-    );
+    let gpt = trained_tiny_gpt(&mut rng);
     let head = gpt.certificate().unwrap().norms.last().unwrap().1;
     let effort = AttackEffort {
         restarts: 6,
@@ -213,21 +197,7 @@ fn per_input_bounds_hold_on_their_balls() {
 #[test]
 fn certified_targets_cannot_be_overturned_within_their_radius() {
     let mut rng = SpectraRng::seed_from_u64(25);
-    let shape = GptShape {
-        vocab: 9,
-        blocks: 1,
-        heads: 2,
-        seq_len: 8,
-        ..tiny_shape()
-    };
-    let gpt = LipschitzGpt::new(shape, &Device::Cpu, &mut rng).unwrap();
-    trained_weights(
-        |dir, out| {
-            let corpus = train_support::write_cycle_corpus(dir);
-            train_support::gpt_config(&corpus, out, train_support::MUON_SOFT_CAP, 60, "")
-        },
-        gpt.params(),
-    );
+    let gpt = trained_tiny_gpt(&mut rng);
     // The corpus cycles through the vocabulary, so the next token is the current one plus 1.
     let tokens: Vec<u32> = (0..8).map(|i| (i % 9) as u32).collect();
     let targets: Vec<u32> = (1..9).map(|i| (i % 9) as u32).collect();
