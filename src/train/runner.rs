@@ -574,6 +574,34 @@ mod tests {
         })
     }
 
+    /// Every training config in experiments/ survives its copy: printed as a run folder keeps it
+    /// and read back, it describes the same run (fingerprint and every field).
+    #[test]
+    fn the_config_copy_reads_back_as_the_same_run() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let Ok(cfg) = config::load::<TrainConfig>(&path) else {
+                continue; // a sweep or a KV evaluation
+            };
+            let copy = spectra_core::registry::to_ron_pretty(&cfg);
+            let back: TrainConfig = config::parse(&copy, &path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: its copy does not read back: {e}\n{copy}",
+                    path.display()
+                )
+            });
+            assert_eq!(fingerprint(&back), fingerprint(&cfg), "{}", path.display());
+            assert_eq!(
+                spectra_core::registry::to_ron(&back),
+                spectra_core::registry::to_ron(&cfg)
+            );
+            checked += 1;
+        }
+        assert!(checked >= 10, "only {checked} training configs found");
+    }
+
     /// The text checkpoints written before `final_scale` existed carry for this model.
     #[test]
     fn a_final_scale_of_one_fingerprints_as_before_it_existed() {
