@@ -187,6 +187,18 @@ fn per_input_bounds_hold_on_their_balls() {
             );
             assert!(found > 0.0);
             within_bound(&format!("window {window} at ε = {radius}"), found, local);
+            // Position by position, the stream entering the head against that position's bound:
+            // the causal refinement (positions after t cannot move it).
+            let per_position = &gpt.local_block_bounds(&h, radius).unwrap()[0];
+            for t in [0, 3, 7] {
+                let at_t = |x: &Tensor| Ok(gpt.stream(x)?.narrow(1, t, 1)?);
+                let found = ball_lower_bound(&at_t, &h, radius, &effort, &mut rng).unwrap();
+                within_bound(
+                    &format!("window {window}, position {t}, ε = {radius}"),
+                    found,
+                    per_position[t],
+                );
+            }
         }
     }
 }

@@ -19,10 +19,12 @@ use spectra_kernels::activations::GELU_DIVISOR;
 /// rounded up. It exceeds 1 because the paper's divisor is the exact GELU's slope, not the tanh form's.
 pub const SCALED_GELU_LIPSCHITZ: f64 = 1.000_082_5;
 
-/// The measured stream RMS comes from an f32 forward pass, each of whose operations rounds by at
-/// most 2⁻²⁴ relative; over a few dozen operations per block the real value exceeds the measured
-/// one by far less than this, which the per-input bound adds to it.
+/// The per-input bounds measure the stream's size in an f64 forward pass (`LipschitzGpt::in_f64`),
+/// whose rounding, amplified through every block, stays many orders of magnitude below these
+/// margins: the measured RMS is enlarged by `STREAM_SLACK` relative, plus `STREAM_FLOOR` times
+/// the global radius (for a stream that a residual happens to cancel).
 pub const STREAM_SLACK: f64 = 1e-4;
+pub const STREAM_FLOOR: f64 = 1e-9;
 
 /// Radii (in the certificate's input norm) at which the reports give certified robust accuracy.
 pub const ROBUST_RADII: [f64; 3] = [0.001, 0.01, 0.1];
@@ -237,19 +239,30 @@ impl GptNorms {
     /// "Per-input certificates"). `stream_rms[l][s]` is the
     /// measured RMS of the stream entering block `l` at position `s`. Position `t`'s logits depend on
     /// positions `≤ t` only, so there every perturbed stream entering block `l` has per-position RMS
-    /// at most `R_l(t) = (1 + STREAM_SLACK)·max_{s≤t} stream_rms[l][s] + P_l(t)·eps`, `P_l(t)` the
+    /// at most `R_l(t) = (1 + STREAM_SLACK)·max_{s≤t} stream_rms[l][s] + P_l(t)·eps` (plus
+    /// `STREAM_FLOOR` of the global radius), `P_l(t)` the
     /// Lipschitz constant of the blocks before `l` on the ball; and never more than the global
     /// stage-1 radius on `D(input_rms + eps)`. Attention is `L_att(R_l(t))`-Lipschitz there.
     pub fn local_block_bounds(
         &self,
         input_rms: f64,
-        stream_rms: &[Vec<f32>],
+        stream_rms: &[Vec<f64>],
         eps: f64,
     ) -> Vec<f64> {
         let a = self.residual_weight;
         // The global radii entering each block's attention, on the enlarged domain.
+        // A centre outside `D(input_rms)` (a body input that no embedding gives) enlarges the domain.
+        let centre = stream_rms
+            .first()
+            .map_or(0.0, |s| s.iter().fold(0.0, |m: f64, &x| m.max(x)));
         let mut global = Vec::with_capacity(self.blocks.len());
-        let mut r = input_rms + eps;
+        // Embedding outputs measure at `input_rms` up to the f64 rounding of the two RMS sums.
+        let domain = if centre > input_rms * (1.0 + 1e-12) {
+            centre * (1.0 + STREAM_SLACK)
+        } else {
+            input_rms
+        };
+        let mut r = domain + eps;
         for b in &self.blocks {
             global.push(r);
             r *= (1.0 - a) + a * b.attention_gain();
@@ -261,8 +274,15 @@ impl GptNorms {
             .map(|t| {
                 let mut p = 1.0;
                 for (l, b) in self.blocks.iter().enumerate() {
-                    running[l] = running[l].max(f64::from(stream_rms[l][t]));
-                    let radius = (running[l] * (1.0 + STREAM_SLACK) + p * eps).min(global[l]);
+                    let measured = stream_rms[l][t];
+                    // A stream that is not finite is bounded by the global radius alone.
+                    running[l] = if measured.is_finite() {
+                        running[l].max(measured)
+                    } else {
+                        f64::INFINITY
+                    };
+                    let slack = running[l] * (1.0 + STREAM_SLACK) + STREAM_FLOOR * global[l];
+                    let radius = (slack + p * eps).min(global[l]);
                     p *= (1.0 - a)
                         + a * b.attention_lipschitz(radius, self.heads, self.softmax_scale);
                     p *= (1.0 - a) + a * b.mlp_lipschitz();

@@ -211,15 +211,46 @@ impl LipschitzGpt {
         })
     }
 
+    /// This model with every weight in f64 (the same values), run by candle's ops: what the per-input
+    /// certificates measure the stream and the logits with, so that their rounding is ~1e-16
+    /// relative rather than f32's.
+    pub fn in_f64(&self) -> Result<LipschitzGpt> {
+        let params = self
+            .params
+            .iter()
+            .map(|p| {
+                let w = Var::from_tensor(&p.var.as_tensor().to_dtype(DType::F64)?)?;
+                Ok(Param::new(p.name.clone(), w, p.role).with_target_norm(p.target_norm))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LipschitzGpt {
+            shape: self.shape.clone(),
+            params,
+            blocks: self.blocks.clone(),
+            rope: self.rope.clone(),
+        })
+    }
+
+    /// The stream entering the head, `[batch, seq, d_model]`, for embedding outputs `h`: what the
+    /// blocks' bounds ([`local_block_bounds`](Self::local_block_bounds)) bound.
+    pub fn stream(&self, h: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = h.dims3()?;
+        let mut x = h.reshape((b * t, d))?;
+        for blk in &self.blocks {
+            x = blk.forward(&x, &self.params, &self.shape, &self.rope, (b, t))?;
+        }
+        Ok(x.reshape((b, t, d))?)
+    }
+
     /// Per window of embedding outputs `h: [batch, seq, d_model]` and per position `t`, the blocks'
     /// Lipschitz constant (embedding output to the stream entering the head) on the ball of `radius`
     /// around the window, for the outputs at positions `≤ t` (`GptNorms::local_block_bounds`).
     pub fn local_block_bounds(&self, h: &Tensor, radius: f64) -> Result<Vec<Vec<f64>>> {
         let norms = self.norms()?;
-        let streams = self.stream_rms(h)?;
+        let streams = self.in_f64()?.stream_rms(&h.to_dtype(DType::F64)?)?;
         Ok((0..h.dim(0)?)
             .map(|window| {
-                let per_block: Vec<Vec<f32>> = streams.iter().map(|s| s[window].clone()).collect();
+                let per_block: Vec<Vec<f64>> = streams.iter().map(|s| s[window].clone()).collect();
                 norms.local_block_bounds(norms.embed.1, &per_block, radius)
             })
             .collect())
@@ -227,14 +258,15 @@ impl LipschitzGpt {
 
     /// The RMS of the stream entering each block, per window and position: `[blocks][batch][seq]`,
     /// for embedding outputs `h: [batch, seq, d_model]`.
-    pub fn stream_rms(&self, h: &Tensor) -> Result<Vec<Vec<Vec<f32>>>> {
+    pub fn stream_rms(&self, h: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
         let (b, t, d) = h.dims3()?;
-        let rms = |x: &Tensor| -> Result<Vec<Vec<f32>>> {
+        let rms = |x: &Tensor| -> Result<Vec<Vec<f64>>> {
             Ok(x.reshape((b, t, d))?
+                .to_dtype(DType::F64)?
                 .sqr()?
                 .mean(2)?
                 .sqrt()?
-                .to_vec2::<f32>()?)
+                .to_vec2::<f64>()?)
         };
         let mut h = h.reshape((b * t, d))?;
         let mut out = Vec::with_capacity(self.blocks.len());
@@ -307,13 +339,14 @@ impl Model for LipschitzGpt {
         targets: &Tensor,
         radius: f64,
     ) -> Result<Option<Vec<bool>>> {
-        let h = self.embed(inputs)?;
+        let exact = self.in_f64()?;
+        let h = exact.embed(inputs)?;
         let blocks = self.local_block_bounds(&h, radius)?;
         let positions = h.dim(1)?;
-        let logits = self
+        let logits = exact
             .body(&h)?
             .reshape(((), self.shape.vocab))?
-            .to_vec2::<f32>()?;
+            .to_vec2::<f64>()?;
         let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         let gaps = certificate::row_distances(self.w(self.head()))?;
         let scale = self.shape.final_scale * (self.shape.d_model as f64).sqrt() * radius;
@@ -325,7 +358,7 @@ impl Model for LipschitzGpt {
                 certified.push(
                     z.iter()
                         .enumerate()
-                        .all(|(j, &zj)| j == y || f64::from(z[y] - zj) > gaps[y][j] * l * scale),
+                        .all(|(j, &zj)| j == y || z[y] - zj > gaps[y][j] * l * scale),
                 );
             }
         }
