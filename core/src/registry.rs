@@ -108,11 +108,12 @@ pub fn to_ron<T: serde::Serialize + ?Sized>(value: &T) -> String {
         .unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
 }
 
-/// `value` as RON in spectra's dialect, laid out over lines (a config file `spectra` reads back).
-pub fn to_ron_pretty<T: serde::Serialize + ?Sized>(value: &T) -> String {
+/// `value` as RON in spectra's dialect, laid out over lines (a config file `spectra` reads back),
+/// or why it cannot be printed.
+pub fn to_ron_pretty<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, String> {
     crate::ron_dialect::ron_options()
         .to_string_pretty(value, ron::ser::PrettyConfig::default())
-        .unwrap_or_else(|e| format!("<cannot print as RON: {e}>"))
+        .map_err(|e| format!("cannot print as RON: {e}"))
 }
 
 /// Every registered plugin, by family then name.

@@ -139,6 +139,8 @@ pub fn body_lower_bound(
             random_inputs(dims, r, rng, device)?
         };
         let mut delta = project(&random_inputs(dims, eps, rng, device)?, eps)?;
+        // Both points of every pair scored lie in the domain.
+        delta = (project(&(&x + &delta)?, r)? - &x)?;
         for step in 0..effort.steps {
             let xv = Var::from_tensor(&x)?;
             let dv = Var::from_tensor(&delta)?;
@@ -163,6 +165,8 @@ pub fn body_lower_bound(
             let y = project(&(&x + &delta)?, r)?;
             delta = (y - &x)?;
         }
+        let diff = (f(&(&x + &delta)?)? - f(&x)?)?;
+        best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
     }
     Ok(best)
 }
@@ -184,6 +188,7 @@ pub fn ball_lower_bound(
         let eps = radius * [1e-2, 0.1, 0.5][restart % 3];
         let mut x = into_ball(&(center + random_inputs(dims, radius, rng, device)?)?)?;
         let mut delta = project(&random_inputs(dims, eps, rng, device)?, eps)?;
+        delta = (into_ball(&(&x + &delta)?)? - &x)?;
         for step in 0..effort.steps {
             let xv = Var::from_tensor(&x)?;
             let dv = Var::from_tensor(&delta)?;
@@ -198,6 +203,8 @@ pub fn ball_lower_bound(
             delta = project(&(&delta + (normalized(gd)? * (0.3 * eps * decay))?)?, eps)?;
             delta = (into_ball(&(&x + &delta)?)? - &x)?;
         }
+        let diff = (f(&(&x + &delta)?)? - f(&x)?)?;
+        best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
     }
     Ok(best)
 }
@@ -220,6 +227,8 @@ pub fn token_lower_bound(
     for _ in 0..4 {
         let mut pair: [Vec<u32>; 2] =
             [0, 1].map(|_| (0..t).map(|_| rng.random_range(0..vocab as u32)).collect());
+        // Each restart climbs from its own pair: a move is taken when it beats this pair's ratio.
+        let mut current = 0f64;
         for _ in 0..effort.token_rounds {
             let (side, pos) = (rng.random_range(0..2), rng.random_range(0..t));
             let candidates: Vec<Vec<u32>> = (0..vocab as u32)
@@ -237,8 +246,9 @@ pub fn token_lower_bound(
                 .filter(|(c, _)| **c != pair[1 - side])
                 .map(|(c, n)| (c[pos], n / 2.0))
                 .fold((pair[side][pos], 0.0), |a, b| if b.1 > a.1 { b } else { a });
-            if ratio >= best {
-                best = ratio;
+            if ratio >= current {
+                current = ratio;
+                best = best.max(ratio);
                 pair[side][pos] = tok;
             }
         }

@@ -25,10 +25,10 @@ pub struct CertifyArgs {
     #[arg(long)]
     attack: bool,
     /// Restarts of the attack's gradient ascent (more find larger ratios, slower).
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = at_least_one, requires = "attack")]
     restarts: Option<NonZeroUsize>,
     /// Steps of each restart.
-    #[arg(long, value_parser = at_least_one)]
+    #[arg(long, value_parser = at_least_one, requires = "attack")]
     steps: Option<NonZeroUsize>,
     /// Print the report as JSON.
     #[arg(long)]

@@ -91,6 +91,13 @@ pub fn certify(run: &Path, options: &CertifyOptions) -> Result<CertifyReport> {
             ));
         }
     }
+    let mut radii = options.radii.clone();
+    let mut seen = Vec::new();
+    radii.retain(|r| {
+        let new = !seen.contains(r);
+        seen.push(*r);
+        new
+    });
     if !run.is_dir() {
         return Err(Error::file(
             run,
@@ -132,7 +139,7 @@ pub fn certify(run: &Path, options: &CertifyOptions) -> Result<CertifyReport> {
     }
     ck.restore_params(built.model.params(), &checkpoint_file)?;
     let model = built.model.as_ref();
-    let cert = model.certificate_at(&options.radii)?;
+    let cert = model.certificate_at(&radii)?;
     let classes = built.data.input_kind().classes();
     let margins = cert.robust_margins(classes);
     let e = evaluate(
@@ -141,7 +148,7 @@ pub fn certify(run: &Path, options: &CertifyOptions) -> Result<CertifyReport> {
         &cfg.eval,
         &device,
         &margins,
-        &options.radii,
+        &radii,
     )?;
     let attack = match &options.attack {
         Some(effort) => {

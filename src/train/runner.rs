@@ -146,7 +146,8 @@ impl Run {
             routed,
         } = setup::build(&cfg, config_file, &device)?;
         let fingerprint = fingerprint(&cfg);
-        let effective = spectra_core::registry::to_ron_pretty(&cfg);
+        let effective = spectra_core::registry::to_ron_pretty(&cfg)
+            .map_err(|e| Error::invalid("config", format!("the run's config copy: {e}")))?;
         let groups = assemble(model.params(), std::mem::take(&mut cfg.groups), &routed);
         let output = cfg.output.clone();
         crate::output::prepare(&output)?;
@@ -180,7 +181,11 @@ impl Run {
             "// The configuration of the run in this folder, as it was applied.\n{}\n",
             self.applied_config
         );
-        std::fs::write(&path, text).map_err(|e| Error::file(&path, format!("cannot write: {e}")))
+        // Written beside it and renamed, so that a reader never sees half a file.
+        let partial = path.with_extension("ron.partial");
+        std::fs::write(&partial, text)
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .map_err(|e| Error::file(&path, format!("cannot write: {e}")))
     }
 
     fn checkpoint_path(&self) -> PathBuf {
@@ -585,7 +590,7 @@ mod tests {
             let Ok(cfg) = config::load::<TrainConfig>(&path) else {
                 continue; // a sweep or a KV evaluation
             };
-            let copy = spectra_core::registry::to_ron_pretty(&cfg);
+            let copy = spectra_core::registry::to_ron_pretty(&cfg).unwrap();
             let back: TrainConfig = config::parse(&copy, &path).unwrap_or_else(|e| {
                 panic!(
                     "{}: its copy does not read back: {e}\n{copy}",

@@ -33,9 +33,12 @@ inline To bits_as(From x) {
     return y;
 }
 
+// Kernels run on HIP-CPU's own threads; std::exit there would wait for them at exit, so the
+// process ends at once.
 [[noreturn]] inline void unsupported(const char* what) {
     std::fprintf(stderr, "emulation: %s\n", what);
-    std::exit(3);
+    std::fflush(stderr);
+    std::_Exit(3);
 }
 
 // CUDA's warp is 32 threads; HIP-CPU's is 64, and its shuffles are barriers of the whole block, so
@@ -54,6 +57,10 @@ inline std::uint32_t warp_width() {
 inline void warp_barrier() {
     const std::uint32_t width = warp_width();
     if (width == 1) return;
+    // HIP-CPU runs a block's threads as fibers only once thread 0 has met a barrier; before that it
+    // runs them one after another on one stack, where control cannot pass round a warp.
+    if (!hip::detail::this_tile::has_barrier && thread_in_block() != 0)
+        unsupported("a warp operation before thread 0 has met any barrier is not emulated");
     // Tells HIP-CPU that the block's threads are fibers that must each run to the end.
     hip::detail::this_tile::has_barrier = true;
     const std::uint32_t me = thread_in_block(), first = me / warp * warp;
@@ -69,7 +76,9 @@ inline std::uint64_t* slots() {
 inline void whole_warp(unsigned mask) {
     const std::uint32_t width = warp_width();
     const unsigned all = width == 32 ? 0xffffffffu : (1u << width) - 1u;
-    if (mask != all) unsupported("a warp operation with a partial lane mask is not emulated");
+    // A full mask on a block's last, partial warp names lanes that do not exist: CUDA allows it.
+    if (mask != all && mask != 0xffffffffu)
+        unsupported("a warp operation with a partial lane mask is not emulated");
 }
 
 template <typename T>

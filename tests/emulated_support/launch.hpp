@@ -20,7 +20,8 @@
 namespace spectra_emulation {
 [[noreturn]] inline void refuse(const std::string& why) {
     std::fprintf(stderr, "emulation: %s\n", why.c_str());
-    std::exit(2);
+    std::fflush(stderr);
+    std::_Exit(2);
 }
 
 inline void read_exactly(void* into, std::size_t bytes) {

@@ -145,6 +145,13 @@ impl Module {
         let mut key = DefaultHasher::new();
         program.hash(&mut key);
         FLAGS.hash(&mut key);
+        // The compiler is part of what was built.
+        Command::new(compiler())
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default()
+            .hash(&mut key);
         for header in ["cuda_on_hip_cpu.hpp", "launch.hpp"] {
             std::fs::read(support.join(header)).unwrap().hash(&mut key);
         }
@@ -157,9 +164,17 @@ impl Module {
         let binary = dir.join(format!("{stem}-{:016x}", key.finish()));
         if !binary.is_file() {
             let started = Instant::now();
-            let cpp = dir.join(format!("{stem}-{}.cpp", std::process::id()));
+            // Unique per compile, so that two compiles of one module never share a file.
+            static COMPILES: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
+            let unique = format!(
+                "{}-{}",
+                std::process::id(),
+                COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let cpp = dir.join(format!("{stem}-{unique}.cpp"));
             std::fs::write(&cpp, &program).unwrap();
-            let partial = binary.with_extension(format!("{}.partial", std::process::id()));
+            let partial = binary.with_extension(format!("{unique}.partial"));
             let output = Command::new(compiler())
                 .args(FLAGS)
                 .arg("-I")
@@ -214,27 +229,30 @@ impl Module {
             let mut reply = Vec::new();
             stdout.read_to_end(&mut reply).map(|_| reply)
         });
+        // Drained as it comes, so that a chatty child never blocks on a full pipe.
+        let mut stderr = child.stderr.take().unwrap();
+        let complaints = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
         let started = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
             }
             if started.elapsed() > LAUNCH_LIMIT {
-                child.kill().unwrap();
+                let _ = child.kill();
+                let _ = child.wait();
+                let said = complaints.join().unwrap_or_default();
                 panic!(
-                    "{}: {kernel} on {grid:?} ran past {LAUNCH_LIMIT:?}",
+                    "{}: {kernel} on {grid:?} ran past {LAUNCH_LIMIT:?}: {said}",
                     self.file
                 );
             }
             std::thread::sleep(Duration::from_millis(2));
         };
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = complaints.join().unwrap_or_default();
         assert!(
             status.success(),
             "{}: {kernel} on {grid:?} failed ({status}): {stderr}",
