@@ -20,7 +20,9 @@ use spectra_core::linalg::svd::with_singular_values;
 use spectra_core::SpectraRng;
 
 use lipschitz_support::randomize;
-use spectra::models::attack::{ball_lower_bound, body_lower_bound, ratios, AttackEffort};
+use spectra::models::attack::{
+    ball_lower_bound, body_lower_bound, normalized, project, ratios, AttackEffort,
+};
 
 /// f32 forward passes: a difference of outputs of size ~1e-2 carries ~1e-5 relative rounding, so a
 /// measured ratio may exceed an exact bound by that much and no more.
@@ -219,9 +221,10 @@ fn certified_targets_cannot_be_overturned_within_their_radius() {
     let mut checked = 0;
     for radius in [0.01, 0.03, 0.1] {
         let certified = gpt
-            .certified_targets(&tokens, &targets_t, radius)
+            .certified_targets(&tokens, &targets_t, &[radius])
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .remove(0);
         for (t, _) in certified.iter().enumerate().filter(|(_, c)| **c) {
             let y = targets[t] as usize;
             let mut worst = f64::INFINITY;
@@ -242,9 +245,9 @@ fn certified_targets_cannot_be_overturned_within_their_radius() {
                     let g = margin.backward().unwrap().get(&dv).unwrap().clone();
                     let decay = 1.0 - step as f64 / 40.0;
                     let moved = (&delta
-                        - (per_position_unit(&g) * (0.3 * radius * decay)).unwrap())
+                        - (normalized(&g).unwrap() * (0.3 * radius * decay)).unwrap())
                     .unwrap();
-                    delta = per_position_clamp(&moved, radius);
+                    delta = project(&moved, radius).unwrap();
                 }
             }
             assert!(
@@ -256,19 +259,6 @@ fn certified_targets_cannot_be_overturned_within_their_radius() {
     }
     eprintln!("certified targets attacked within their radius: {checked}, none overturned");
     assert!(checked > 0, "nothing was certified to attack");
-}
-
-/// Each position of `g: [1, t, d]` scaled to RMS 1.
-fn per_position_unit(g: &Tensor) -> Tensor {
-    let rms = (g.sqr().unwrap().mean_keepdim(2).unwrap().sqrt().unwrap() + 1e-30).unwrap();
-    g.broadcast_div(&rms).unwrap()
-}
-
-/// Each position of `x: [1, t, d]` scaled down to RMS at most `r`.
-fn per_position_clamp(x: &Tensor, r: f64) -> Tensor {
-    let rms = x.sqr().unwrap().mean_keepdim(2).unwrap().sqrt().unwrap();
-    let factor = (rms.maximum(r).unwrap().recip().unwrap() * r).unwrap();
-    x.broadcast_mul(&factor).unwrap()
 }
 
 /// A random perturbation of every position of `h` with RMS up to `r` (none on the first restart).

@@ -75,13 +75,13 @@ pub fn random_inputs(
 }
 
 /// Every row of `[.., d]` scaled down to RMS at most `r`.
-fn project(x: &Tensor, r: f64) -> Result<Tensor> {
+pub fn project(x: &Tensor, r: f64) -> Result<Tensor> {
     let factor = (row_rms(x)?.maximum(r)?.recip()? * r)?.to_dtype(DType::F32)?;
     Ok(x.broadcast_mul(&factor)?)
 }
 
 /// Each row of `[.., d]` scaled to RMS 1 (the steepest-ascent direction of each position's norm).
-fn normalized(g: &Tensor) -> Result<Tensor> {
+pub fn normalized(g: &Tensor) -> Result<Tensor> {
     let rms = (row_rms(g)? + 1e-30)?.to_dtype(DType::F32)?;
     Ok(g.broadcast_div(&rms)?)
 }
@@ -130,45 +130,14 @@ pub fn body_lower_bound(
     rng: &mut SpectraRng,
     device: &Device,
 ) -> Result<f64> {
-    let mut best = 0f64;
-    for restart in 0..effort.restarts {
-        let eps = r * [1e-2, 0.1, 0.5][restart % 3];
-        let mut x = if restart % 2 == 1 {
-            one_head_inputs(dims, heads, r, rng, device)?
+    let start = |restart: usize, rng: &mut SpectraRng| {
+        if restart % 2 == 1 {
+            one_head_inputs(dims, heads, r, rng, device)
         } else {
-            random_inputs(dims, r, rng, device)?
-        };
-        let mut delta = project(&random_inputs(dims, eps, rng, device)?, eps)?;
-        // Both points of every pair scored lie in the domain.
-        delta = (project(&(&x + &delta)?, r)? - &x)?;
-        for step in 0..effort.steps {
-            let xv = Var::from_tensor(&x)?;
-            let dv = Var::from_tensor(&delta)?;
-            let y = (xv.as_tensor() + dv.as_tensor())?;
-            let diff = (f(&y)? - f(xv.as_tensor())?)?;
-            best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
-            let grads = diff.sqr()?.sum_all()?.backward()?;
-            let grad = |v: &Var| {
-                grads.get(v).cloned().ok_or_else(|| {
-                    spectra_core::Error::invalid(
-                        "attack",
-                        "the network's output does not depend on its input",
-                    )
-                })
-            };
-            // Step sizes shrink linearly so that the last steps refine rather than jump.
-            let decay = 1.0 - step as f64 / effort.steps as f64;
-            let gx = normalized(&grad(&xv)?)?;
-            let gd = normalized(&grad(&dv)?)?;
-            x = project(&(&x + (gx * (0.1 * r * decay))?)?, r)?;
-            delta = project(&(&delta + (gd * (0.3 * eps * decay))?)?, eps)?;
-            let y = project(&(&x + &delta)?, r)?;
-            delta = (y - &x)?;
+            random_inputs(dims, r, rng, device)
         }
-        let diff = (f(&(&x + &delta)?)? - f(&x)?)?;
-        best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
-    }
-    Ok(best)
+    };
+    ascend(f, (dims, device), r, &|x| project(x, r), start, effort, rng)
 }
 
 /// The best ratio projected gradient ascent finds for `f` on pairs of inputs within `radius` of
@@ -183,28 +152,52 @@ pub fn ball_lower_bound(
     let (dims, device) = (center.dims3()?, center.device());
     let into_ball =
         |x: &Tensor| -> Result<Tensor> { Ok((project(&(x - center)?, radius)? + center)?) };
+    let start = |_: usize, rng: &mut SpectraRng| {
+        into_ball(&(center + random_inputs(dims, radius, rng, device)?)?)
+    };
+    ascend(f, (dims, device), radius, &into_ball, start, effort, rng)
+}
+
+/// Gradient ascent on `‖f(x + δ) − f(x)‖ / ‖δ‖` over pairs kept in a domain by `into_domain` (of
+/// size `r`), each restart from `start(restart)` with `‖δ‖` at one of three scales of `r`; step
+/// sizes shrink linearly so that the last steps refine rather than jump. Every pair scored lies in
+/// the domain, the last step's too.
+fn ascend(
+    f: &dyn Fn(&Tensor) -> Result<Tensor>,
+    (dims, device): ((usize, usize, usize), &Device),
+    r: f64,
+    into_domain: &dyn Fn(&Tensor) -> Result<Tensor>,
+    mut start: impl FnMut(usize, &mut SpectraRng) -> Result<Tensor>,
+    effort: &AttackEffort,
+    rng: &mut SpectraRng,
+) -> Result<f64> {
+    let ratio_of = |x: &Tensor, delta: &Tensor| -> Result<Vec<f64>> {
+        ratios(&(f(&(x + delta)?)? - f(x)?)?, delta)
+    };
     let mut best = 0f64;
     for restart in 0..effort.restarts {
-        let eps = radius * [1e-2, 0.1, 0.5][restart % 3];
-        let mut x = into_ball(&(center + random_inputs(dims, radius, rng, device)?)?)?;
+        let eps = r * [1e-2, 0.1, 0.5][restart % 3];
+        let mut x = start(restart, rng)?;
         let mut delta = project(&random_inputs(dims, eps, rng, device)?, eps)?;
-        delta = (into_ball(&(&x + &delta)?)? - &x)?;
+        delta = (into_domain(&(&x + &delta)?)? - &x)?;
         for step in 0..effort.steps {
             let xv = Var::from_tensor(&x)?;
             let dv = Var::from_tensor(&delta)?;
             let diff = (f(&(xv.as_tensor() + dv.as_tensor())?)? - f(xv.as_tensor())?)?;
             best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
             let grads = diff.sqr()?.sum_all()?.backward()?;
-            let decay = 1.0 - step as f64 / effort.steps as f64;
             let (Some(gx), Some(gd)) = (grads.get(&xv), grads.get(&dv)) else {
-                break;
+                return Err(spectra_core::Error::invalid(
+                    "attack",
+                    "the network's output does not depend on its input",
+                ));
             };
-            x = into_ball(&(&x + (normalized(gx)? * (0.1 * radius * decay))?)?)?;
+            let decay = 1.0 - step as f64 / effort.steps as f64;
+            x = into_domain(&(&x + (normalized(gx)? * (0.1 * r * decay))?)?)?;
             delta = project(&(&delta + (normalized(gd)? * (0.3 * eps * decay))?)?, eps)?;
-            delta = (into_ball(&(&x + &delta)?)? - &x)?;
+            delta = (into_domain(&(&x + &delta)?)? - &x)?;
         }
-        let diff = (f(&(&x + &delta)?)? - f(&x)?)?;
-        best = ratios(&diff, &delta)?.into_iter().fold(best, f64::max);
+        best = ratio_of(&x, &delta)?.into_iter().fold(best, f64::max);
     }
     Ok(best)
 }

@@ -41,16 +41,16 @@ pub trait Model: Send {
         self.certificate_at(&certificate::ROBUST_RADII)
     }
 
-    /// Per target of `inputs` (in the order of [`logits`](Self::logits)' rows), whether it is
-    /// predicted correctly and no perturbation of norm ≤ `radius` of the body's input can overturn
-    /// it, by a certificate of that input's own (the GPT's, from the stream's measured size and the
-    /// head's rows); `None` where the model has only its global certificate.
+    /// For each of `radii`, per target of `inputs` (in the order of [`logits`](Self::logits)' rows),
+    /// whether it is predicted correctly and no perturbation of norm ≤ that radius of the body's
+    /// input can overturn it, by a certificate of that input's own (the GPT's, from the stream's
+    /// measured size and the head's rows); `None` where the model has only its global certificate.
     fn certified_targets(
         &self,
         _inputs: &Tensor,
         _targets: &Tensor,
-        _radius: f64,
-    ) -> Result<Option<Vec<bool>>> {
+        _radii: &[f64],
+    ) -> Result<Option<Vec<Vec<bool>>>> {
         Ok(None)
     }
 

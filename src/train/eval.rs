@@ -50,13 +50,15 @@ pub fn evaluate(
                 *count += u64::from(f64::from(m) > *needed);
             }
         }
-        for (i, &radius) in per_input_radii.iter().enumerate() {
-            let Some(certified) = model.certified_targets(&batch.inputs, &batch.targets, radius)?
-            else {
-                continue;
-            };
-            let counts = per_input.get_or_insert_with(|| vec![0; per_input_radii.len()]);
-            counts[i] += certified.iter().filter(|&&c| c).count() as u64;
+        if !per_input_radii.is_empty() {
+            if let Some(per_radius) =
+                model.certified_targets(&batch.inputs, &batch.targets, per_input_radii)?
+            {
+                let counts = per_input.get_or_insert_with(|| vec![0; per_input_radii.len()]);
+                for (count, certified) in counts.iter_mut().zip(per_radius) {
+                    *count += certified.iter().filter(|&&c| c).count() as u64;
+                }
+            }
         }
         targets += n as u64;
         start += count;

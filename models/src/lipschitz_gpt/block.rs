@@ -64,20 +64,8 @@ impl Block {
         params: &[Param],
         shape: &GptShape,
         rope: &Rope,
-        dims: (usize, usize),
-    ) -> Result<Tensor> {
-        Ok(self.forward_parts(h, params, shape, rope, dims)?.1)
-    }
-
-    /// The stream after the attention residual, and after the MLP residual (the block's output).
-    pub(super) fn forward_parts(
-        &self,
-        h: &Tensor,
-        params: &[Param],
-        shape: &GptShape,
-        rope: &Rope,
         (batch, seq): (usize, usize),
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<Tensor> {
         let w = |i: usize| params[i].var.as_tensor();
         let a = shape.residual_weight();
         let dims = AttentionDims {
@@ -92,8 +80,7 @@ impl Block {
         let mixed = causal_rope_attention(&linear(h, &qkv)?, rope, dims)?;
         let h = residual(h, &linear(&mixed, w(self.o))?, a)?;
         let mlp = mlp(&h, w(self.mlp_in), w(self.mlp_out))?;
-        let out = residual(&h, &mlp, a)?;
-        Ok((h, out))
+        Ok(residual(&h, &mlp, a)?)
     }
 
     /// The block's two residual sub-blocks in the mass bookkeeping: attention's scores depend on q

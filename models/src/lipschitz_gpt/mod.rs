@@ -231,50 +231,55 @@ impl LipschitzGpt {
         })
     }
 
-    /// The stream entering the head, `[batch, seq, d_model]`, for embedding outputs `h`: what the
-    /// blocks' bounds ([`local_block_bounds`](Self::local_block_bounds)) bound.
-    pub fn stream(&self, h: &Tensor) -> Result<Tensor> {
+    /// The blocks run on embedding outputs `h: [batch, seq, d_model]`, `entering` shown the stream
+    /// `[batch·seq, d_model]` before each block: the stream entering the head, `[batch·seq, d_model]`.
+    fn run_blocks(
+        &self,
+        h: &Tensor,
+        mut entering: impl FnMut(&Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let mut x = h.reshape((b * t, d))?;
         for blk in &self.blocks {
+            entering(&x)?;
             x = blk.forward(&x, &self.params, &self.shape, &self.rope, (b, t))?;
         }
-        Ok(x.reshape((b, t, d))?)
+        Ok(x)
+    }
+
+    /// The stream entering the head, `[batch, seq, d_model]`, for embedding outputs `h`: what the
+    /// blocks' bounds ([`local_block_bounds`](Self::local_block_bounds)) bound.
+    pub fn stream(&self, h: &Tensor) -> Result<Tensor> {
+        Ok(self.run_blocks(h, |_| Ok(()))?.reshape(h.dims3()?)?)
+    }
+
+    /// One pass over embedding outputs `h: [batch, seq, d_model]`: the RMS of the stream entering
+    /// each block per window and position (`[blocks][batch][seq]`, f64), and the logits
+    /// `[batch·seq, vocab]`.
+    fn measure(&self, h: &Tensor) -> Result<(Vec<Vec<Vec<f64>>>, Tensor)> {
+        let (b, t, d) = h.dims3()?;
+        let mut streams = Vec::with_capacity(self.blocks.len());
+        let x = self.run_blocks(h, |x| {
+            let rms = x
+                .reshape((b, t, d))?
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .mean(2)?
+                .sqrt()?;
+            streams.push(rms.to_vec2::<f64>()?);
+            Ok(())
+        })?;
+        let logits = (linear(&x, self.w(self.head()))? * self.shape.final_scale)?;
+        Ok((streams, logits))
     }
 
     /// Per window of embedding outputs `h: [batch, seq, d_model]` and per position `t`, the blocks'
     /// Lipschitz constant (embedding output to the stream entering the head) on the ball of `radius`
-    /// around the window, for the outputs at positions `≤ t` (`GptNorms::local_block_bounds`).
+    /// around the window, for the outputs at positions `≤ t` (`GptNorms::local_block_bounds`), the
+    /// stream measured in f64.
     pub fn local_block_bounds(&self, h: &Tensor, radius: f64) -> Result<Vec<Vec<f64>>> {
-        let norms = self.norms()?;
-        let streams = self.in_f64()?.stream_rms(&h.to_dtype(DType::F64)?)?;
-        Ok((0..h.dim(0)?)
-            .map(|window| {
-                let per_block: Vec<Vec<f64>> = streams.iter().map(|s| s[window].clone()).collect();
-                norms.local_block_bounds(norms.embed.1, &per_block, radius)
-            })
-            .collect())
-    }
-
-    /// The RMS of the stream entering each block, per window and position: `[blocks][batch][seq]`,
-    /// for embedding outputs `h: [batch, seq, d_model]`.
-    pub fn stream_rms(&self, h: &Tensor) -> Result<Vec<Vec<Vec<f64>>>> {
-        let (b, t, d) = h.dims3()?;
-        let rms = |x: &Tensor| -> Result<Vec<Vec<f64>>> {
-            Ok(x.reshape((b, t, d))?
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .mean(2)?
-                .sqrt()?
-                .to_vec2::<f64>()?)
-        };
-        let mut h = h.reshape((b * t, d))?;
-        let mut out = Vec::with_capacity(self.blocks.len());
-        for blk in &self.blocks {
-            out.push(rms(&h)?);
-            h = blk.forward(&h, &self.params, &self.shape, &self.rope, (b, t))?;
-        }
-        Ok(out)
+        let (streams, _) = self.in_f64()?.measure(&h.to_dtype(DType::F64)?)?;
+        Ok(window_bounds(&self.norms()?, &streams, radius))
     }
 
     pub fn shape(&self) -> &GptShape {
@@ -296,7 +301,7 @@ impl LipschitzGpt {
     /// Logits `[batch, seq, vocab]` from an embedding output `[batch, seq, d_model]`: the function the
     /// certificate bounds after the embedding.
     pub fn body(&self, h: &Tensor) -> Result<Tensor> {
-        let (b, t, d) = h.dims3()?;
+        let (b, t, _) = h.dims3()?;
         if t > self.shape.seq_len {
             return Err(Error::invalid(
                 "inputs",
@@ -306,13 +311,25 @@ impl LipschitzGpt {
                 ),
             ));
         }
-        let mut h = h.reshape((b * t, d))?;
-        for blk in &self.blocks {
-            h = blk.forward(&h, &self.params, &self.shape, &self.rope, (b, t))?;
-        }
-        let logits = (linear(&h, self.w(self.head()))? * self.shape.final_scale)?;
+        let x = self.run_blocks(h, |_| Ok(()))?;
+        let logits = (linear(&x, self.w(self.head()))? * self.shape.final_scale)?;
         Ok(logits.reshape((b, t, self.shape.vocab))?)
     }
+}
+
+/// Per window of `streams` (`[blocks][batch][seq]`) and per position, `norms`' local block bounds.
+fn window_bounds(
+    norms: &certificate::GptNorms,
+    streams: &[Vec<Vec<f64>>],
+    radius: f64,
+) -> Vec<Vec<f64>> {
+    let windows = streams.first().map_or(0, Vec::len);
+    (0..windows)
+        .map(|window| {
+            let per_block: Vec<Vec<f64>> = streams.iter().map(|s| s[window].clone()).collect();
+            norms.local_block_bounds(norms.embed.1, &per_block, radius)
+        })
+        .collect()
 }
 
 impl Model for LipschitzGpt {
@@ -337,32 +354,39 @@ impl Model for LipschitzGpt {
         &self,
         inputs: &Tensor,
         targets: &Tensor,
-        radius: f64,
-    ) -> Result<Option<Vec<bool>>> {
+        radii: &[f64],
+    ) -> Result<Option<Vec<Vec<bool>>>> {
         let exact = self.in_f64()?;
         let h = exact.embed(inputs)?;
-        let blocks = self.local_block_bounds(&h, radius)?;
         let positions = h.dim(1)?;
-        let logits = exact
-            .body(&h)?
-            .reshape(((), self.shape.vocab))?
-            .to_vec2::<f64>()?;
+        let (streams, logits) = exact.measure(&h)?;
+        let logits = logits.to_vec2::<f64>()?;
         let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let norms = self.norms()?;
         let gaps = certificate::row_distances(self.w(self.head()))?;
-        let scale = self.shape.final_scale * (self.shape.d_model as f64).sqrt() * radius;
-        let mut certified = Vec::with_capacity(targets.len());
-        for (window, bounds) in blocks.into_iter().enumerate() {
-            for (t, l) in bounds.into_iter().enumerate() {
-                let row = window * positions + t;
-                let (z, y) = (&logits[row], targets[row] as usize);
-                certified.push(
-                    z.iter()
-                        .enumerate()
-                        .all(|(j, &zj)| j == y || z[y] - zj > gaps[y][j] * l * scale),
-                );
-            }
-        }
-        Ok(Some(certified))
+        let per_radius = radii
+            .iter()
+            .map(|&radius| {
+                let scale = self.shape.final_scale * (self.shape.d_model as f64).sqrt() * radius;
+                let mut certified = Vec::with_capacity(targets.len());
+                for (window, bounds) in window_bounds(&norms, &streams, radius)
+                    .into_iter()
+                    .enumerate()
+                {
+                    for (t, l) in bounds.into_iter().enumerate() {
+                        let row = window * positions + t;
+                        let (z, y) = (&logits[row], targets[row] as usize);
+                        certified.push(
+                            z.iter()
+                                .enumerate()
+                                .all(|(j, &zj)| j == y || z[y] - zj > gaps[y][j] * l * scale),
+                        );
+                    }
+                }
+                certified
+            })
+            .collect();
+        Ok(Some(per_radius))
     }
 
     /// The body on sequences of embedding outputs within the certificate's domain, and the whole
