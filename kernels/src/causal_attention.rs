@@ -63,7 +63,19 @@ pub fn causal_rope_attention(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -> 
 /// The same with candle's ops: split into heads, rotate, score, mask, softmax, mix, merge.
 fn causal_rope_attention_chain(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -> Result<Tensor> {
     let (rows, columns) = qkv.dims2()?;
-    let width = columns / 3;
+    let [q, k, v] = rotated_heads(qkv, rope, dims)?;
+    let probs = causal_probabilities(&q, &k, dims.score_scale)?;
+    let mixed = probs
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((rows, columns / 3))?;
+    mixed * dims.output_scale
+}
+
+/// The queries and keys (rotated) and the values, `[batch, heads, seq, d_head]` each, that attention
+/// over `qkv = [q | k | v]: [batch·seq, 3·width]` mixes.
+pub fn rotated_heads(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -> Result<[Tensor; 3]> {
+    let width = qkv.dim(1)? / 3;
     let (b, t, heads) = (dims.batch, dims.seq, dims.heads);
     let split = |part: usize| -> Result<Tensor> {
         qkv.narrow(1, part * width, width)?
@@ -71,27 +83,22 @@ fn causal_rope_attention_chain(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -
             .transpose(1, 2)?
             .contiguous()
     };
-    let q = rope.apply(&split(0)?)?;
-    let k = rope.apply(&split(1)?)?;
-    let probs = causal_softmax_chain(&q.matmul(&k.t()?)?, dims.score_scale)?;
-    let mixed = probs
-        .matmul(&split(2)?)?
-        .transpose(1, 2)?
-        .reshape((rows, width))?;
-    mixed * dims.output_scale
+    Ok([rope.apply(&split(0)?)?, rope.apply(&split(1)?)?, split(2)?])
 }
 
-/// `softmax(scale · scores)` over the keys each query may see (key j ≤ query i), 0 for the others, for
-/// `[.., seq, seq]` scores. The mask is built on the scores' device from a `seq`-long index and
-/// broadcast, never materialized at the scores' size.
-fn causal_softmax_chain(scores: &Tensor, scale: f64) -> Result<Tensor> {
+/// The attention weights `[batch, heads, seq, seq]` of rotated queries and keys `[batch, heads, seq,
+/// d_head]`: `softmax(scale · q·kᵀ)` over the keys each query may see (key j ≤ query i), 0 for the
+/// others. The mask is built on the scores' device from a `seq`-long index and broadcast, never
+/// materialized at the scores' size.
+pub fn causal_probabilities(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    let scores = q.matmul(&k.t()?)?;
     let seq = scores.dim(D::Minus1)?;
     let device = scores.device();
     let visible = Tensor::tril2(seq, DType::U8, device)?.broadcast_as(scores.shape())?;
     let hidden = Tensor::full(f32::NEG_INFINITY, (), device)?
         .to_dtype(scores.dtype())?
         .broadcast_as(scores.shape())?;
-    let x = visible.where_cond(&(scores * scale)?, &hidden)?;
+    let x = visible.where_cond(&(&scores * scale)?, &hidden)?;
     // The row maximum is subtracted as a constant, which leaves the value and the gradient unchanged
     // (candle-nn's fused softmax has no gradient).
     let max = x.max_keepdim(D::Minus1)?.detach();

@@ -14,17 +14,13 @@ use spectra_core::{Error, Result};
 
 use spectra_kernels::activations::GELU_DIVISOR;
 
+mod per_input;
+pub use per_input::StreamSizes;
+
 /// The Lipschitz constant of `gelu_tanh(x)/1.1289`: the tanh form's largest slope, 1.128993068658772
 /// at x = ±1.418504 (the root of its second derivative, found to 40 digits), divided by 1.1289 and
 /// rounded up. It exceeds 1 because the paper's divisor is the exact GELU's slope, not the tanh form's.
 pub const SCALED_GELU_LIPSCHITZ: f64 = 1.000_082_5;
-
-/// The per-input bounds measure the stream's size in an f64 forward pass (`LipschitzGpt::in_f64`),
-/// whose rounding, amplified through every block, stays many orders of magnitude below these
-/// margins: the measured RMS is enlarged by `STREAM_SLACK` relative, plus `STREAM_FLOOR` times
-/// the global radius (for a stream that a residual happens to cancel).
-pub const STREAM_SLACK: f64 = 1e-4;
-pub const STREAM_FLOOR: f64 = 1e-9;
 
 /// Radii (in the certificate's input norm) at which the reports give certified robust accuracy.
 pub const ROBUST_RADII: [f64; 3] = [0.001, 0.01, 0.1];
@@ -154,7 +150,7 @@ pub fn chain(norms: Vec<(String, f64)>, radii: &[f64]) -> Certificate {
 }
 
 /// One GPT block's norms: the RMS→RMS norm of every matrix (all of q, k, v, o are square, where it is
-/// σ_max) and σ_max of each head's rows of the key and value projections.
+/// σ_max) and σ_max of each head's rows of the query, key and value projections.
 #[derive(Clone, Debug)]
 pub struct GptBlockNorms {
     pub q: (String, f64),
@@ -163,6 +159,7 @@ pub struct GptBlockNorms {
     pub o: (String, f64),
     pub mlp_in: (String, f64),
     pub mlp_out: (String, f64),
+    pub q_heads: Vec<f64>,
     pub k_heads: Vec<f64>,
     pub v_heads: Vec<f64>,
 }
@@ -212,6 +209,7 @@ pub struct GptNorms {
     /// The residual weight `a` of `(1 − a)·x + a·f(x)`.
     pub residual_weight: f64,
     pub heads: usize,
+    pub d_model: usize,
     pub softmax_scale: f64,
     pub final_scale: f64,
 }
@@ -232,64 +230,6 @@ impl GptNorms {
             r *= (1.0 - a) + a * b.mlp_gain();
         }
         body * self.head.1 * self.final_scale
-    }
-
-    /// Per position `t` of one input sequence, the Lipschitz constant of the blocks (embedding output
-    /// to the stream entering the head) on the ball of radius `eps` around it (`docs/certificate.md`,
-    /// "Per-input certificates"). `stream_rms[l][s]` is the
-    /// measured RMS of the stream entering block `l` at position `s`. Position `t`'s logits depend on
-    /// positions `≤ t` only, so there every perturbed stream entering block `l` has per-position RMS
-    /// at most `R_l(t) = (1 + STREAM_SLACK)·max_{s≤t} stream_rms[l][s] + P_l(t)·eps` (plus
-    /// `STREAM_FLOOR` of the global radius), `P_l(t)` the
-    /// Lipschitz constant of the blocks before `l` on the ball; and never more than the global
-    /// stage-1 radius on `D(input_rms + eps)`. Attention is `L_att(R_l(t))`-Lipschitz there.
-    pub fn local_block_bounds(
-        &self,
-        input_rms: f64,
-        stream_rms: &[Vec<f64>],
-        eps: f64,
-    ) -> Vec<f64> {
-        let a = self.residual_weight;
-        // The global radii entering each block's attention, on the enlarged domain.
-        // A centre outside `D(input_rms)` (a body input that no embedding gives) enlarges the domain.
-        let centre = stream_rms
-            .first()
-            .map_or(0.0, |s| s.iter().fold(0.0, |m: f64, &x| m.max(x)));
-        let mut global = Vec::with_capacity(self.blocks.len());
-        // Embedding outputs measure at `input_rms` up to the f64 rounding of the two RMS sums.
-        let domain = if centre > input_rms * (1.0 + 1e-12) {
-            centre * (1.0 + STREAM_SLACK)
-        } else {
-            input_rms
-        };
-        let mut r = domain + eps;
-        for b in &self.blocks {
-            global.push(r);
-            r *= (1.0 - a) + a * b.attention_gain();
-            r *= (1.0 - a) + a * b.mlp_gain();
-        }
-        let positions = stream_rms.first().map_or(0, Vec::len);
-        let mut running: Vec<f64> = vec![0.0; self.blocks.len()];
-        (0..positions)
-            .map(|t| {
-                let mut p = 1.0;
-                for (l, b) in self.blocks.iter().enumerate() {
-                    let measured = stream_rms[l][t];
-                    // A stream that is not finite is bounded by the global radius alone.
-                    running[l] = if measured.is_finite() {
-                        running[l].max(measured)
-                    } else {
-                        f64::INFINITY
-                    };
-                    let slack = running[l] * (1.0 + STREAM_SLACK) + STREAM_FLOOR * global[l];
-                    let radius = (slack + p * eps).min(global[l]);
-                    p *= (1.0 - a)
-                        + a * b.attention_lipschitz(radius, self.heads, self.softmax_scale);
-                    p *= (1.0 - a) + a * b.mlp_lipschitz();
-                }
-                p
-            })
-            .collect()
     }
 
     /// The paper code's formula (`utils.py::calculate_lipschitz_constant`, 2025-06-12), as published:
@@ -337,10 +277,10 @@ impl GptNorms {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn block(n: f64, heads: usize, head_norm: f64) -> GptBlockNorms {
+    pub(crate) fn block(n: f64, heads: usize, head_norm: f64) -> GptBlockNorms {
         let e = |s: &str| (s.to_string(), n);
         GptBlockNorms {
             q: e("q"),
@@ -349,12 +289,13 @@ mod tests {
             o: e("o"),
             mlp_in: e("in"),
             mlp_out: e("out"),
+            q_heads: vec![head_norm; heads],
             k_heads: vec![head_norm; heads],
             v_heads: vec![head_norm; heads],
         }
     }
 
-    fn gpt(
+    pub(crate) fn gpt(
         blocks: Vec<GptBlockNorms>,
         head: f64,
         a: f64,
@@ -367,6 +308,7 @@ mod tests {
             head: ("head".into(), head),
             residual_weight: a,
             heads,
+            d_model: 8,
             softmax_scale: 1.0,
             final_scale,
         }

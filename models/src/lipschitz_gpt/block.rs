@@ -5,19 +5,23 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Param, ParamRole, Result, SpectraRng};
-use spectra_kernels::causal_attention::{causal_rope_attention, AttentionDims};
+use spectra_kernels::causal_attention::{
+    causal_probabilities, causal_rope_attention, rotated_heads, AttentionDims,
+};
 use spectra_kernels::linear::linear;
 use spectra_kernels::mlp::mlp;
 use spectra_kernels::residual::residual;
-use spectra_kernels::rope::Rope;
 
-use super::GptShape;
-use crate::certificate::{self, GptBlockNorms};
+use super::{GptShape, LipschitzGpt};
+use crate::certificate::{self, GptBlockNorms, StreamSizes};
 use crate::init;
 use crate::mass::MassTree;
 
 /// The attention output is divided by 3 (docs/lipschitz.md §6.2).
 const ATTENTION_OUTPUT_SCALE: f64 = 1.0 / 3.0;
+
+/// `(batch, seq)`: how many windows of how many tokens a stream holds.
+type Windows = (usize, usize);
 
 /// Parameter indices of one block.
 #[derive(Clone, Debug)]
@@ -57,30 +61,45 @@ impl Block {
         })
     }
 
-    /// The stream `h: [batch·seq, d_model]` after the block, for `batch` windows of `seq` tokens.
+    /// The stream `h: [batch·seq, d_model]` after the block of `gpt`, for `batch` windows of `seq`
+    /// tokens.
     pub(super) fn forward(
         &self,
         h: &Tensor,
-        params: &[Param],
-        shape: &GptShape,
-        rope: &Rope,
-        (batch, seq): (usize, usize),
+        gpt: &LipschitzGpt,
+        windows: Windows,
     ) -> Result<Tensor> {
-        let w = |i: usize| params[i].var.as_tensor();
-        let a = shape.residual_weight();
-        let dims = AttentionDims {
-            batch,
-            seq,
-            heads: shape.heads,
-            score_scale: shape.softmax_scale / shape.head_dim() as f64,
-            output_scale: ATTENTION_OUTPUT_SCALE,
-        };
-        // One product for the three projections: one pass over the stream and one gradient node.
-        let qkv = Tensor::cat(&[w(self.q), w(self.k), w(self.v)], 0)?;
-        let mixed = causal_rope_attention(&linear(h, &qkv)?, rope, dims)?;
+        let w = |i: usize| gpt.params[i].var.as_tensor();
+        let a = gpt.shape.residual_weight();
+        let dims = attention_dims(&gpt.shape, windows);
+        let qkv = self.projections(h, &gpt.params)?;
+        let mixed = causal_rope_attention(&qkv, &gpt.rope, dims)?;
         let h = residual(h, &linear(&mixed, w(self.o))?, a)?;
         let mlp = mlp(&h, w(self.mlp_in), w(self.mlp_out))?;
         Ok(residual(&h, &mlp, a)?)
+    }
+
+    /// `[q | k | v]: [batch·seq, 3·d_model]` of the stream `h`: one product for the three
+    /// projections, one pass over the stream and one gradient node.
+    fn projections(&self, h: &Tensor, params: &[Param]) -> Result<Tensor> {
+        let w = |i: usize| params[i].var.as_tensor();
+        let qkv = Tensor::cat(&[w(self.q), w(self.k), w(self.v)], 0)?;
+        Ok(linear(h, &qkv)?)
+    }
+
+    /// Per window, what the per-input certificate measures of the stream `h: [batch·seq, d_model]`
+    /// entering this block: its RMS, and the heads' queries, keys, values and attention weights.
+    pub(super) fn stream_sizes(
+        &self,
+        h: &Tensor,
+        gpt: &LipschitzGpt,
+        windows: Windows,
+    ) -> Result<Vec<StreamSizes>> {
+        let dims = attention_dims(&gpt.shape, windows);
+        let [q, k, v] = rotated_heads(&self.projections(h, &gpt.params)?, &gpt.rope, dims)?;
+        let weights = causal_probabilities(&q, &k, dims.score_scale)?;
+        let stream = h.reshape((windows.0, windows.1, gpt.shape.d_model))?;
+        StreamSizes::measure(&stream, [&q, &k, &v], &weights)
     }
 
     /// The block's two residual sub-blocks in the mass bookkeeping: attention's scores depend on q
@@ -122,8 +141,19 @@ impl Block {
             o: norm(self.o)?,
             mlp_in: norm(self.mlp_in)?,
             mlp_out: norm(self.mlp_out)?,
+            q_heads: certificate::head_spectral_norms(w(self.q), heads)?,
             k_heads: certificate::head_spectral_norms(w(self.k), heads)?,
             v_heads: certificate::head_spectral_norms(w(self.v), heads)?,
         })
+    }
+}
+
+fn attention_dims(shape: &GptShape, (batch, seq): Windows) -> AttentionDims {
+    AttentionDims {
+        batch,
+        seq,
+        heads: shape.heads,
+        score_scale: shape.softmax_scale / shape.head_dim() as f64,
+        output_scale: ATTENTION_OUTPUT_SCALE,
     }
 }

@@ -14,7 +14,7 @@ use spectra_core::rope::{RopePairing, RopeScaling, RopeSpec};
 use spectra_core::{Error, Param, ParamRole, Result, SpectraRng};
 
 use crate::attack::{self, AttackEffort, LowerBounds};
-use crate::certificate::{self, Certificate};
+use crate::certificate::{self, Certificate, StreamSizes};
 use crate::init;
 use crate::mass::MassTree;
 use crate::Model;
@@ -206,6 +206,7 @@ impl LipschitzGpt {
             ),
             residual_weight: self.shape.residual_weight(),
             heads,
+            d_model: self.shape.d_model,
             softmax_scale: self.shape.softmax_scale,
             final_scale: self.shape.final_scale,
         })
@@ -231,18 +232,19 @@ impl LipschitzGpt {
         })
     }
 
-    /// The blocks run on embedding outputs `h: [batch, seq, d_model]`, `entering` shown the stream
-    /// `[batch·seq, d_model]` before each block: the stream entering the head, `[batch·seq, d_model]`.
+    /// The blocks run on embedding outputs `h: [batch, seq, d_model]`, `entering` shown each block
+    /// and the stream `[batch·seq, d_model]` before it: the stream entering the head,
+    /// `[batch·seq, d_model]`.
     fn run_blocks(
         &self,
         h: &Tensor,
-        mut entering: impl FnMut(&Tensor) -> Result<()>,
+        mut entering: impl FnMut(&Block, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let mut x = h.reshape((b * t, d))?;
         for blk in &self.blocks {
-            entering(&x)?;
-            x = blk.forward(&x, &self.params, &self.shape, &self.rope, (b, t))?;
+            entering(blk, &x)?;
+            x = blk.forward(&x, self, (b, t))?;
         }
         Ok(x)
     }
@@ -250,27 +252,24 @@ impl LipschitzGpt {
     /// The stream entering the head, `[batch, seq, d_model]`, for embedding outputs `h`: what the
     /// blocks' bounds ([`local_block_bounds`](Self::local_block_bounds)) bound.
     pub fn stream(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self.run_blocks(h, |_| Ok(()))?.reshape(h.dims3()?)?)
+        Ok(self.run_blocks(h, |_, _| Ok(()))?.reshape(h.dims3()?)?)
     }
 
-    /// One pass over embedding outputs `h: [batch, seq, d_model]`: the RMS of the stream entering
-    /// each block per window and position (`[blocks][batch][seq]`, f64), and the logits
+    /// One pass over embedding outputs `h: [batch, seq, d_model]`: per window, what the per-input
+    /// certificate measures entering each block (`[batch][blocks]`), and the logits
     /// `[batch·seq, vocab]`.
-    fn measure(&self, h: &Tensor) -> Result<(Vec<Vec<Vec<f64>>>, Tensor)> {
-        let (b, t, d) = h.dims3()?;
-        let mut streams = Vec::with_capacity(self.blocks.len());
-        let x = self.run_blocks(h, |x| {
-            let rms = x
-                .reshape((b, t, d))?
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .mean(2)?
-                .sqrt()?;
-            streams.push(rms.to_vec2::<f64>()?);
+    fn measure(&self, h: &Tensor) -> Result<(Vec<Vec<StreamSizes>>, Tensor)> {
+        let (b, t, _) = h.dims3()?;
+        let mut windows = vec![Vec::with_capacity(self.blocks.len()); b];
+        let x = self.run_blocks(h, |blk, x| {
+            let sizes = blk.stream_sizes(x, self, (b, t))?;
+            for (window, s) in windows.iter_mut().zip(sizes) {
+                window.push(s);
+            }
             Ok(())
         })?;
         let logits = (linear(&x, self.w(self.head()))? * self.shape.final_scale)?;
-        Ok((streams, logits))
+        Ok((windows, logits))
     }
 
     /// Per window of embedding outputs `h: [batch, seq, d_model]` and per position `t`, the blocks'
@@ -278,8 +277,8 @@ impl LipschitzGpt {
     /// around the window, for the outputs at positions `≤ t` (`GptNorms::local_block_bounds`), the
     /// stream measured in f64.
     pub fn local_block_bounds(&self, h: &Tensor, radius: f64) -> Result<Vec<Vec<f64>>> {
-        let (streams, _) = self.in_f64()?.measure(&h.to_dtype(DType::F64)?)?;
-        Ok(window_bounds(&self.norms()?, &streams, radius))
+        let (windows, _) = self.in_f64()?.measure(&h.to_dtype(DType::F64)?)?;
+        Ok(window_bounds(&self.norms()?, &windows, radius))
     }
 
     pub fn shape(&self) -> &GptShape {
@@ -311,24 +310,21 @@ impl LipschitzGpt {
                 ),
             ));
         }
-        let x = self.run_blocks(h, |_| Ok(()))?;
+        let x = self.run_blocks(h, |_, _| Ok(()))?;
         let logits = (linear(&x, self.w(self.head()))? * self.shape.final_scale)?;
         Ok(logits.reshape((b, t, self.shape.vocab))?)
     }
 }
 
-/// Per window of `streams` (`[blocks][batch][seq]`) and per position, `norms`' local block bounds.
+/// Per window of `windows` (`[batch][blocks]`) and per position, `norms`' local block bounds.
 fn window_bounds(
     norms: &certificate::GptNorms,
-    streams: &[Vec<Vec<f64>>],
+    windows: &[Vec<StreamSizes>],
     radius: f64,
 ) -> Vec<Vec<f64>> {
-    let windows = streams.first().map_or(0, Vec::len);
-    (0..windows)
-        .map(|window| {
-            let per_block: Vec<Vec<f64>> = streams.iter().map(|s| s[window].clone()).collect();
-            norms.local_block_bounds(norms.embed.1, &per_block, radius)
-        })
+    windows
+        .iter()
+        .map(|window| norms.local_block_bounds(norms.embed.1, window, radius))
         .collect()
 }
 
@@ -359,7 +355,7 @@ impl Model for LipschitzGpt {
         let exact = self.in_f64()?;
         let h = exact.embed(inputs)?;
         let positions = h.dim(1)?;
-        let (streams, logits) = exact.measure(&h)?;
+        let (windows, logits) = exact.measure(&h)?;
         let logits = logits.to_vec2::<f64>()?;
         let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
         let norms = self.norms()?;
@@ -369,7 +365,7 @@ impl Model for LipschitzGpt {
             .map(|&radius| {
                 let scale = self.shape.final_scale * (self.shape.d_model as f64).sqrt() * radius;
                 let mut certified = Vec::with_capacity(targets.len());
-                for (window, bounds) in window_bounds(&norms, &streams, radius)
+                for (window, bounds) in window_bounds(&norms, &windows, radius)
                     .into_iter()
                     .enumerate()
                 {
