@@ -136,6 +136,28 @@ fn the_command_prints_the_report_and_refuses_what_it_cannot_certify() {
         std::fs::read_to_string(gpt.join("config.ron")).unwrap(),
         kept
     );
+    // Data named relative to the directory training ran in, certified from elsewhere: the error
+    // says where the path is taken from and what to do.
+    let corpus = dir.path().join("cycle.txt");
+    let relative = kept.replace(
+        corpus.to_str().unwrap(),
+        "data-of-a-run-elsewhere/cycle.txt",
+    );
+    assert_ne!(relative, kept);
+    let relative_file = dir.path().join("relative.ron");
+    std::fs::write(&relative_file, relative).unwrap();
+    refused(
+        &[
+            "certify",
+            gpt_dir,
+            "--config",
+            relative_file.to_str().unwrap(),
+        ],
+        &[
+            "data-of-a-run-elsewhere/cycle.txt",
+            "directory training ran in",
+        ],
+    );
     // The MLP's config with the GPT's checkpoint: refused by the fingerprint.
     let mlp_config = mlp.join("config.ron");
     refused(

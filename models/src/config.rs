@@ -33,6 +33,14 @@ pub enum DataConfig {
 }
 
 impl DataConfig {
+    /// The file or folder the data is read from.
+    pub fn path(&self) -> &Path {
+        match self {
+            DataConfig::Text { path, .. } => path,
+            DataConfig::Idx { dir, .. } => dir,
+        }
+    }
+
     /// Examples per training batch.
     pub fn batch_size(&self) -> usize {
         match self {

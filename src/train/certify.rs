@@ -116,6 +116,19 @@ pub fn certify(run: &Path, options: &CertifyOptions) -> Result<CertifyReport> {
         ));
     }
     let cfg: TrainConfig = config::load(&config_file)?;
+    let data = cfg.data.path();
+    if data.is_relative() && !data.exists() {
+        return Err(Error::file(
+            data,
+            format!(
+                "not found from {}: {} names the data as training was given it, relative to the \
+                 directory training ran in; run `spectra certify` from there (or fetch the data there: \
+                 `scripts/get-data.sh`)",
+                std::env::current_dir().map_or_else(|_| "here".into(), |d| d.display().to_string()),
+                config_file.display()
+            ),
+        ));
+    }
     let checkpoint_file = checkpoint::path_in(run);
     if !checkpoint_file.is_file() {
         return Err(Error::file(
