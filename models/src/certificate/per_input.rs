@@ -111,6 +111,9 @@ fn prefix_spread(vectors: &[Vec<f64>]) -> Vec<f64> {
             *m += a / vectors.len() as f64;
         }
     }
+    if mean.iter().any(|m| !m.is_finite()) {
+        return vec![f64::INFINITY; vectors.len()];
+    }
     let (mut about_origin, mut about_mean) = (0f64, 0f64);
     vectors
         .iter()
@@ -139,9 +142,27 @@ impl GptBlockNorms {
     ) -> f64 {
         let root_d = (gpt.d_model as f64).sqrt();
         let c = gpt.softmax_scale * gpt.heads as f64 / gpt.d_model as f64;
+        // A size that is not finite leaves the bound to (A2): `max` and `min` would pass over a NaN.
+        let every_size = [
+            &sizes.query,
+            &sizes.key_spread,
+            &sizes.value_spread,
+            &sizes.key_deviation,
+            &sizes.value_deviation,
+            &sizes.largest_weight,
+        ];
+        if every_size
+            .iter()
+            .any(|x| x[t].iter().any(|v| !v.is_finite()))
+        {
+            return f64::INFINITY;
+        }
         let measured =
             |x: f64, sigma: f64| x * (1.0 + STREAM_SLACK) + sigma * root_d * STREAM_FLOOR * global;
-        let grow = |x: f64, sigma: f64| measured(x, sigma) + sigma * root_d * eta;
+        // How far the ball moves a head's vectors; the slack also covers the f32 RoPE tables,
+        // whose bands are rotations only to ~1e-7.
+        let moved = |sigma: f64| sigma * root_d * eta * (1.0 + STREAM_SLACK);
+        let grow = |x: f64, sigma: f64| measured(x, sigma) + moved(sigma);
         let (mut kv_max, mut kv_query_rows, mut key_rows_v_max, mut query_side) =
             (0f64, 0f64, 0f64, 0f64);
         let mut query_total = 0f64;
@@ -152,11 +173,13 @@ impl GptBlockNorms {
             let k_spread = grow(sizes.key_spread[t][h], sk);
             // How far the ball can tilt the weights: every score of query t moves by at most
             // `drift` plus a constant, so each weight changes by a factor within e^{±2·drift}.
-            let drift = c * root_d * eta * (sq * k_spread + query * sk);
+            let drift = c * (moved(sq) * k_spread + query * moved(sk));
             let tilt = drift.exp();
-            let k = k_spread.min(tilt * grow(sizes.key_deviation[t][h], sk));
+            // The tilted weights' deviation of the measured vectors, then how far the ball moves
+            // them (Minkowski under the tilted weights).
+            let k = k_spread.min(tilt * measured(sizes.key_deviation[t][h], sk) + moved(sk));
             let v = grow(sizes.value_spread[t][h], sv)
-                .min(tilt * grow(sizes.value_deviation[t][h], sv));
+                .min(tilt * measured(sizes.value_deviation[t][h], sv) + moved(sv));
             // Scores of moving keys vary around the most-weighted key's by at most twice their size,
             // on the weight it leaves to the others.
             let others = (1.0 - sizes.largest_weight[t][h]).max(0.0) + VARIANCE_ROUNDING;
@@ -188,9 +211,15 @@ impl GptNorms {
     pub fn local_block_bounds(&self, input_rms: f64, window: &[StreamSizes], eps: f64) -> Vec<f64> {
         let a = self.residual_weight;
         // A centre outside `D(input_rms)` (a body input that no embedding gives) enlarges the domain.
-        let centre = window
-            .first()
-            .map_or(0.0, |s| s.rms.iter().fold(0.0, |m: f64, &x| m.max(x)));
+        let centre = window.first().map_or(0.0, |s| {
+            s.rms.iter().fold(0.0, |m: f64, &x| {
+                if x.is_finite() {
+                    m.max(x)
+                } else {
+                    f64::INFINITY
+                }
+            })
+        });
         // Embedding outputs measure at `input_rms` up to the f64 rounding of the two RMS sums.
         let domain = if centre > input_rms * (1.0 + 1e-12) {
             centre * (1.0 + STREAM_SLACK)
@@ -263,6 +292,9 @@ mod tests {
             v[1..].iter().all(|r| (r - 8.0 / 3.0).abs() < 1e-15),
             "{v:?}"
         );
+        // A vector that is not finite, even after the position, leaves no ball.
+        let v = prefix_spread(&[vec![1.0, 0.0], vec![f64::NAN, 0.0]]);
+        assert!(v.iter().all(|r| *r == f64::INFINITY), "{v:?}");
         // One window, one head, two positions of 2-vectors: queries (3, 4), (0, 1); keys (3, 4),
         // (3, −4); values (1, 0), (1, 0). The second query weighs the keys ¼ and ¾.
         let tensor = |x: &[f64]| Tensor::from_slice(x, (1, 1, 2, 2), &Device::Cpu).unwrap();
@@ -334,9 +366,15 @@ mod tests {
         // (The embedding output itself is always finite: it is a column of the table.)
         let mut first = uniform(3, heads, 1.0, 0.1);
         first.query[1][0] = f64::NAN;
+        first.largest_weight[2][1] = f64::NAN;
         let mut second = uniform(3, heads, 1.0, 0.1);
         second.rms[2] = f64::INFINITY;
         second.value_spread[0][1] = f64::INFINITY;
+        let b = &norms.blocks[0];
+        for t in [1, 2] {
+            let measured = b.measured_attention_lipschitz(&first, t, 0.01, 1.0, &norms);
+            assert_eq!(measured, f64::INFINITY, "position {t}");
+        }
         let fallback = norms.local_block_bounds(1.0, &[first, second], 0.01);
         assert!(fallback
             .iter()
