@@ -62,13 +62,18 @@ pub fn causal_rope_attention(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -> 
 
 /// The same with candle's ops: split into heads, rotate, score, mask, softmax, mix, merge.
 fn causal_rope_attention_chain(qkv: &Tensor, rope: &Rope, dims: AttentionDims) -> Result<Tensor> {
-    let (rows, columns) = qkv.dims2()?;
     let [q, k, v] = rotated_heads(qkv, rope, dims)?;
-    let probs = causal_probabilities(&q, &k, dims.score_scale)?;
-    let mixed = probs
-        .matmul(&v)?
+    mix_heads(&causal_probabilities(&q, &k, dims.score_scale)?, &v, dims)
+}
+
+/// The mixed values `[batch·seq, width]` of attention weights `[batch, heads, seq, seq]` over values
+/// `[batch, heads, seq, d_head]`: `output_scale · weights·v`, the heads merged.
+pub fn mix_heads(weights: &Tensor, v: &Tensor, dims: AttentionDims) -> Result<Tensor> {
+    let (batch, heads, seq, head_dim) = v.dims4()?;
+    let mixed = weights
+        .matmul(v)?
         .transpose(1, 2)?
-        .reshape((rows, columns / 3))?;
+        .reshape((batch * seq, heads * head_dim))?;
     mixed * dims.output_scale
 }
 

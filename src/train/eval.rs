@@ -44,8 +44,7 @@ pub fn evaluate(
             as f64
             * n as f64;
         correct += correct_count(&logits, &batch.targets)?;
-        let margins = target_margins(&logits, &batch.targets)?;
-        for &m in &margins {
+        for m in target_margins(&logits, &batch.targets)? {
             for (count, (_, needed)) in certified.iter_mut().zip(robust_margins) {
                 *count += u64::from(f64::from(m) > *needed);
             }

@@ -58,15 +58,15 @@ impl StreamSizes {
             let per_head: Vec<Vec<f64>> = vectors.iter().map(|x| prefix_spread(x)).collect();
             Ok(per_head.chunks(heads).map(by_position).collect())
         };
-        let (key_spread, value_spread) = (spreads(&k)?, spreads(&v)?);
         Ok(rms
             .into_iter()
+            .zip(spreads(&k)?.into_iter().zip(spreads(&v)?))
             .enumerate()
-            .map(|(i, rms)| StreamSizes {
+            .map(|(i, (rms, (key_spread, value_spread)))| StreamSizes {
                 rms,
                 query: by_position(&query[i]),
-                key_spread: key_spread[i].clone(),
-                value_spread: value_spread[i].clone(),
+                key_spread,
+                value_spread,
                 key_deviation: by_position(&key_deviation[i]),
                 value_deviation: by_position(&value_deviation[i]),
                 largest_weight: by_position(&largest_weight[i]),

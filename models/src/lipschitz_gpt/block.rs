@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use spectra_core::{Param, ParamRole, Result, SpectraRng};
 use spectra_kernels::causal_attention::{
-    causal_probabilities, causal_rope_attention, rotated_heads, AttentionDims,
+    causal_probabilities, causal_rope_attention, mix_heads, rotated_heads, AttentionDims,
 };
 use spectra_kernels::linear::linear;
 use spectra_kernels::mlp::mlp;
@@ -69,12 +69,35 @@ impl Block {
         gpt: &LipschitzGpt,
         windows: Windows,
     ) -> Result<Tensor> {
-        let w = |i: usize| gpt.params[i].var.as_tensor();
-        let a = gpt.shape.residual_weight();
         let dims = attention_dims(&gpt.shape, windows);
         let qkv = self.projections(h, &gpt.params)?;
-        let mixed = causal_rope_attention(&qkv, &gpt.rope, dims)?;
-        let h = residual(h, &linear(&mixed, w(self.o))?, a)?;
+        self.after_attention(h, &causal_rope_attention(&qkv, &gpt.rope, dims)?, gpt)
+    }
+
+    /// [`forward`](Self::forward) by candle's attention chain, and per window what the per-input
+    /// certificate measures of the stream entering the block: its RMS, and the heads' queries, keys,
+    /// values and attention weights, taken from the same pass.
+    pub(super) fn forward_measured(
+        &self,
+        h: &Tensor,
+        gpt: &LipschitzGpt,
+        windows: Windows,
+    ) -> Result<(Tensor, Vec<StreamSizes>)> {
+        let dims = attention_dims(&gpt.shape, windows);
+        let [q, k, v] = rotated_heads(&self.projections(h, &gpt.params)?, &gpt.rope, dims)?;
+        let weights = causal_probabilities(&q, &k, dims.score_scale)?;
+        let stream = h.reshape((windows.0, windows.1, gpt.shape.d_model))?;
+        let sizes = StreamSizes::measure(&stream, [&q, &k, &v], &weights)?;
+        let next = self.after_attention(h, &mix_heads(&weights, &v, dims)?, gpt)?;
+        Ok((next, sizes))
+    }
+
+    /// The rest of the block once attention has mixed the values: the output projection and its
+    /// residual, then the MLP's.
+    fn after_attention(&self, h: &Tensor, mixed: &Tensor, gpt: &LipschitzGpt) -> Result<Tensor> {
+        let w = |i: usize| gpt.params[i].var.as_tensor();
+        let a = gpt.shape.residual_weight();
+        let h = residual(h, &linear(mixed, w(self.o))?, a)?;
         let mlp = mlp(&h, w(self.mlp_in), w(self.mlp_out))?;
         Ok(residual(&h, &mlp, a)?)
     }
@@ -85,21 +108,6 @@ impl Block {
         let w = |i: usize| params[i].var.as_tensor();
         let qkv = Tensor::cat(&[w(self.q), w(self.k), w(self.v)], 0)?;
         Ok(linear(h, &qkv)?)
-    }
-
-    /// Per window, what the per-input certificate measures of the stream `h: [batch·seq, d_model]`
-    /// entering this block: its RMS, and the heads' queries, keys, values and attention weights.
-    pub(super) fn stream_sizes(
-        &self,
-        h: &Tensor,
-        gpt: &LipschitzGpt,
-        windows: Windows,
-    ) -> Result<Vec<StreamSizes>> {
-        let dims = attention_dims(&gpt.shape, windows);
-        let [q, k, v] = rotated_heads(&self.projections(h, &gpt.params)?, &gpt.rope, dims)?;
-        let weights = causal_probabilities(&q, &k, dims.score_scale)?;
-        let stream = h.reshape((windows.0, windows.1, gpt.shape.d_model))?;
-        StreamSizes::measure(&stream, [&q, &k, &v], &weights)
     }
 
     /// The block's two residual sub-blocks in the mass bookkeeping: attention's scores depend on q

@@ -232,19 +232,18 @@ impl LipschitzGpt {
         })
     }
 
-    /// The blocks run on embedding outputs `h: [batch, seq, d_model]`, `entering` shown each block
-    /// and the stream `[batch·seq, d_model]` before it: the stream entering the head,
+    /// The blocks run on embedding outputs `h: [batch, seq, d_model]`, each by `step(block, stream,
+    /// (batch, seq))` on the stream `[batch·seq, d_model]` entering it: the stream entering the head,
     /// `[batch·seq, d_model]`.
     fn run_blocks(
         &self,
         h: &Tensor,
-        mut entering: impl FnMut(&Block, &Tensor) -> Result<()>,
+        mut step: impl FnMut(&Block, &Tensor, (usize, usize)) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let (b, t, d) = h.dims3()?;
         let mut x = h.reshape((b * t, d))?;
         for blk in &self.blocks {
-            entering(blk, &x)?;
-            x = blk.forward(&x, self, (b, t))?;
+            x = step(blk, &x, (b, t))?;
         }
         Ok(x)
     }
@@ -252,21 +251,22 @@ impl LipschitzGpt {
     /// The stream entering the head, `[batch, seq, d_model]`, for embedding outputs `h`: what the
     /// blocks' bounds ([`local_block_bounds`](Self::local_block_bounds)) bound.
     pub fn stream(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(self.run_blocks(h, |_, _| Ok(()))?.reshape(h.dims3()?)?)
+        Ok(self
+            .run_blocks(h, |blk, x, windows| blk.forward(x, self, windows))?
+            .reshape(h.dims3()?)?)
     }
 
     /// One pass over embedding outputs `h: [batch, seq, d_model]`: per window, what the per-input
     /// certificate measures entering each block (`[batch][blocks]`), and the logits
     /// `[batch·seq, vocab]`.
     fn measure(&self, h: &Tensor) -> Result<(Vec<Vec<StreamSizes>>, Tensor)> {
-        let (b, t, _) = h.dims3()?;
-        let mut windows = vec![Vec::with_capacity(self.blocks.len()); b];
-        let x = self.run_blocks(h, |blk, x| {
-            let sizes = blk.stream_sizes(x, self, (b, t))?;
+        let mut windows = vec![Vec::with_capacity(self.blocks.len()); h.dim(0)?];
+        let x = self.run_blocks(h, |blk, x, dims| {
+            let (next, sizes) = blk.forward_measured(x, self, dims)?;
             for (window, s) in windows.iter_mut().zip(sizes) {
                 window.push(s);
             }
-            Ok(())
+            Ok(next)
         })?;
         let logits = (linear(&x, self.w(self.head()))? * self.shape.final_scale)?;
         Ok((windows, logits))
@@ -310,7 +310,7 @@ impl LipschitzGpt {
                 ),
             ));
         }
-        let x = self.run_blocks(h, |_, _| Ok(()))?;
+        let x = self.run_blocks(h, |blk, x, windows| blk.forward(x, self, windows))?;
         let logits = (linear(&x, self.w(self.head()))? * self.shape.final_scale)?;
         Ok(logits.reshape((b, t, self.shape.vocab))?)
     }
