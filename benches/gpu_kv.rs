@@ -160,7 +160,7 @@ fn main() {
         let side = KvSideInfo {
             window_queries: None,
             rope: Some(&rope),
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let ctx = KvStepContext {
             phase: KvPhase::Decode,
@@ -192,7 +192,7 @@ fn main() {
         let side = KvSideInfo {
             window_queries: Some(&queries),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let seconds = time(&gpu, || {
             std::hint::black_box(snap.select(&view, &side, &ctx).unwrap());

@@ -157,7 +157,7 @@ fn policies(c: &mut Criterion) {
                     KvSideInfo {
                         window_queries: None,
                         rope: Some(&rope),
-                        reconstruction: None,
+                        ..KvSideInfo::default()
                     },
                 ),
                 (
@@ -166,7 +166,7 @@ fn policies(c: &mut Criterion) {
                     KvSideInfo {
                         window_queries: Some(&queries),
                         rope: None,
-                        reconstruction: None,
+                        ..KvSideInfo::default()
                     },
                 ),
                 ("H2o", &H2o { recent_window: 32 }, KvSideInfo::default()),
@@ -319,7 +319,7 @@ fn smollm(c: &mut Criterion) {
         KvSideInfo {
             window_queries: None,
             rope: Some(&rope),
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         layers
     ];

@@ -700,6 +700,25 @@ fn generation_requests_are_refused_or_stream_exactly_their_text() {
     let (model, tokenizer) = (Arc::new(model), Arc::new(tokenizer));
     let vocab = model.vocab() as u32;
     let policy = |text: &str| Some(config::parse_ron(text, Path::new("fuzz.ron")).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let surrogate = dir.path().join("kvzap.safetensors");
+    let (layers, width) = (llama_support::LAYERS, llama_support::HIDDEN);
+    let heads = llama_support::KV_HEADS;
+    spectra_policies::kv_zap::Surrogate::new(
+        heads,
+        width,
+        (0..layers)
+            .map(|l| {
+                (0..heads * width)
+                    .map(|i| ((l + i) % 5) as f32 - 2.0)
+                    .collect()
+            })
+            .collect(),
+        vec![vec![0.0; heads]; layers],
+    )
+    .unwrap()
+    .save(&surrogate)
+    .unwrap();
     let mut hostile = Hostile {
         rng: ChaCha8Rng::seed_from_u64(33),
         policies: vec![
@@ -709,6 +728,10 @@ fn generation_requests_are_refused_or_stream_exactly_their_text() {
             policy(r#"(type: "H2o", cfg: (recent_window: 2))"#),
             policy(r#"(type: "TriAttention", cfg: (stats: ObservationWindow(8), slack: 4))"#),
             policy(r#"(type: "KvZip", cfg: ())"#),
+            policy(&format!(
+                r#"(type: "KvZap", cfg: (surrogate: "{}", recent_window: 2, trigger: EveryStep))"#,
+                surrogate.display()
+            )),
         ],
         texts: [
             "The capital of France is",

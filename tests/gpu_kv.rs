@@ -227,7 +227,7 @@ fn run(policy: &dyn KvEvictionPolicy, case: &Case, device: &Device) -> Run {
         .map(|q| KvSideInfo {
             window_queries: q.as_ref(),
             rope: Some(&rope),
-            reconstruction: None,
+            ..KvSideInfo::default()
         })
         .collect();
     let ctxs = vec![ctx; case.layers];

@@ -50,6 +50,27 @@ fn decode(session: &mut Session<Llama>, tokens: &[u32], prompt: usize) -> Vec<Ve
     out
 }
 
+/// Steps `forked` through `seq[from..]`, each step's logits within TOL of `own`'s at that position.
+fn continues_alike(
+    forked: &mut Session<Llama>,
+    seq: &[u32],
+    from: usize,
+    own: &[Vec<f32>],
+    what: &str,
+) {
+    for (i, &t) in seq[from..].iter().enumerate() {
+        let got: Vec<f32> = forked
+            .step(t)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let diff = max_diff(&got, &own[from + i]);
+        assert!(diff < TOL, "{what} step {i}: {diff}");
+    }
+}
+
 // Tolerances: the same f32 arithmetic in a different association order (chunks, per-token steps,
 // permuted rows) differs by a few ulps of logits of size ~1–10.
 const TOL: f32 = 1e-5;
@@ -234,17 +255,7 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
             .with_prefill_compression(PrefillCompression::AtEnd);
         let own_logits = decode(&mut own, &seq, 10);
         let mut forked = shared.fork(Some(p.clone()), Budget::Tokens(6), 0).unwrap();
-        for (i, &t) in seq[10..].iter().enumerate() {
-            let got = forked
-                .step(t)
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let diff = max_diff(&got, &own_logits[10 + i]);
-            assert!(diff < TOL, "{} step {i}: {diff}", p.typetag_name());
-        }
+        continues_alike(&mut forked, &seq, 10, &own_logits, p.typetag_name());
         for l in 0..LAYERS {
             for h in 0..KV_HEADS {
                 assert_eq!(
@@ -383,4 +394,86 @@ fn corrupt_or_truncated_files_are_errors() {
         missing.to_string().contains("scripts/get-model.sh"),
         "{missing}"
     );
+}
+
+/// KVzap scores each entry once, as it is written, from the layer's input: a fork of a recording
+/// session holds what a session of its own holds, and while decoding (trigger EveryStep) the scores
+/// follow their entries through every compaction. At layer 0 the input is the normalized embedding,
+/// which no eviction changes, so the kept entries there are the window and the best by the surrogate's
+/// prediction recomputed from a plain forward pass.
+#[test]
+fn kv_zap_scores_entries_as_written_and_keeps_the_best_predicted() {
+    use spectra::inference::{CausalDecoder, Taps};
+    use spectra::policies::kv_zap::Surrogate;
+
+    let tiny = Tiny::new();
+    let model = Arc::new(tiny.gguf());
+    let seq = tokens(18);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("surrogate.safetensors");
+    let weight = |l: usize, i: usize| ((l * 131 + i * 37) % 19) as f32 / 9.0 - 1.0;
+    Surrogate::new(
+        KV_HEADS,
+        llama_support::HIDDEN,
+        (0..LAYERS)
+            .map(|l| {
+                (0..KV_HEADS * llama_support::HIDDEN)
+                    .map(|i| weight(l, i))
+                    .collect()
+            })
+            .collect(),
+        vec![vec![0.5; KV_HEADS]; LAYERS],
+    )
+    .unwrap()
+    .save(&path)
+    .unwrap();
+    let kv_zap = policy(&format!(
+        r#"(type: "KvZap", cfg: (surrogate: "{}", recent_window: 2, trigger: EveryStep))"#,
+        path.display()
+    ));
+    let budget = Budget::Tokens(6);
+    let mut shared = Session::recording(model.clone(), kv_zap.needs()).unwrap();
+    shared.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    let mut own = Session::new(model.clone(), Some(kv_zap.clone()), budget.clone(), 0)
+        .unwrap()
+        .with_prefill_compression(PrefillCompression::AtEnd);
+    let own_logits = decode(&mut own, &seq, 10);
+    let mut forked = shared.fork(Some(kv_zap.clone()), budget, 0).unwrap();
+    continues_alike(&mut forked, &seq, 10, &own_logits, "KvZap");
+    let mut taps = Taps {
+        record_layer_inputs: true,
+        ..Taps::default()
+    };
+    let mut cache = model.new_cache(false).unwrap();
+    model
+        .forward_one(&seq, 0, &mut cache, &mut taps, Logits::None)
+        .unwrap();
+    let surrogate = Surrogate::load(&path).unwrap();
+    // Per KV head, the 18 entries' predicted scores.
+    let predicted = surrogate
+        .predict(0, taps.layer_inputs[0].as_ref().unwrap())
+        .unwrap()
+        .t()
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    for (h, scores) in predicted.iter().enumerate() {
+        // The newest 2 are kept; of the 16 older entries, the 4 best predicted.
+        let mut older: Vec<u64> = (0..16).collect();
+        older.sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+        let mut want: Vec<u64> = older[..4].iter().copied().chain([16, 17]).collect();
+        want.sort_unstable();
+        for session in [&own, &forked] {
+            assert_eq!(session.cache().positions(0, h).unwrap(), want, "head {h}");
+        }
+        for l in 1..LAYERS {
+            assert_eq!(
+                forked.cache().positions(l, h).unwrap(),
+                own.cache().positions(l, h).unwrap()
+            );
+        }
+    }
+    let bare = Session::recording(model.clone(), SideInfoNeeds::default()).unwrap();
+    let err = bare.fork(Some(kv_zap), Budget::Tokens(6), 0).err().unwrap();
+    assert!(err.to_string().contains("did not record"), "{err}");
 }

@@ -169,6 +169,9 @@ pub struct KvSideInfo<'a> {
     /// its group) while the model re-read its context (KVzip's context reconstruction). Given only
     /// right after a whole prompt was read, while the entries are still those the re-read saw.
     pub reconstruction: Option<&'a [Vec<f32>]>,
+    /// Per KV head, per entry: the score the policy gave the entry when it was written
+    /// ([`KvEvictionPolicy::score_written`]), kept beside it through every compaction.
+    pub written_scores: Option<&'a [Vec<f32>]>,
 }
 
 /// What a policy needs the forward pass to provide.
@@ -183,6 +186,9 @@ pub struct SideInfoNeeds {
     /// Have the model re-read the prompt after reading it, and record the most attention each entry
     /// receives (KVzip).
     pub context_reconstruction: bool,
+    /// Show the policy each layer's input rows as entries are written, to score them then
+    /// ([`KvEvictionPolicy::score_written`]).
+    pub layer_inputs: bool,
 }
 
 impl SideInfoNeeds {
@@ -193,6 +199,7 @@ impl SideInfoNeeds {
             accumulated_attention: self.accumulated_attention || other.accumulated_attention,
             rope: self.rope || other.rope,
             context_reconstruction: self.context_reconstruction || other.context_reconstruction,
+            layer_inputs: self.layer_inputs || other.layer_inputs,
         }
     }
 }
@@ -334,6 +341,12 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
         self.inner().map(|p| p.needs()).unwrap_or_default()
     }
 
+    /// The files this configuration reads (a calibration, a surrogate). A server refuses a policy a
+    /// request configures that names any: its files are the server's to choose, in its presets.
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        self.inner().map(|p| p.files()).unwrap_or_default()
+    }
+
     /// Checks the configuration against a budget when the config is read: a window that does not fit,
     /// sinks plus window over budget, and so on. The message says what to change.
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
@@ -369,6 +382,18 @@ pub trait KvEvictionPolicy: std::fmt::Debug + Send + Sync {
             (TriggerSchedule::Interval { every }, KvPhase::Decode) => {
                 over && ctx.position.is_multiple_of(every.max(1) as u64)
             }
+        }
+    }
+
+    /// Scores the entries `layer` is about to hold from what the layer read to write them: `inputs`
+    /// `[t, d_model]`, the normalized rows its attention projects into the `t` new keys and values.
+    /// Returns `[t, kv_heads]` f32 (higher = keep), which reach [`score`](Self::score) as
+    /// [`KvSideInfo::written_scores`]. Called after every forward pass for a policy whose needs ask for
+    /// `layer_inputs` (KVzap's surrogate); the default scores nothing.
+    fn score_written(&self, layer: usize, inputs: &Tensor) -> Result<Option<Tensor>> {
+        match self.inner() {
+            Some(inner) => inner.score_written(layer, inputs),
+            None => Ok(None),
         }
     }
 

@@ -27,6 +27,10 @@ pub struct Taps {
     /// only) in `pre_rope_queries`, for calibration.
     pub record_pre_rope: bool,
     pub pre_rope_queries: Vec<Option<Tensor>>,
+    /// Record each layer's normalized input (`[tokens, d_model]`, this pass's tokens only) in
+    /// `layer_inputs`, for a policy that scores entries as they are written.
+    pub record_layer_inputs: bool,
+    pub layer_inputs: Vec<Option<Tensor>>,
 }
 
 /// One sequence's part of a forward pass: its new tokens, at positions `start..`, after everything

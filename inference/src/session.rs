@@ -49,6 +49,9 @@ pub struct Session<D> {
     /// The request with which the model re-reads its prompt, where a policy scores by that (KVzip).
     reread: Option<RereadPrompt>,
     reconstructs: bool,
+    /// Per layer, the input rows of every pass so far, where this session records them for forks
+    /// whose policies score entries as they are written.
+    recorded_inputs: Option<Vec<Vec<Tensor>>>,
     prompt: Prompt,
 }
 
@@ -73,6 +76,8 @@ impl<D: CausalDecoder> Session<D> {
         let needs = compression.needs();
         let mut session = Session::recording(model, needs)?;
         session.compression = compression;
+        // The policy scores each pass's rows itself; nothing needs to be kept for forks.
+        session.recorded_inputs = None;
         if needs.context_reconstruction {
             // The re-read scores the whole prompt, so nothing is evicted before it ends.
             session.prefill = PrefillCompression::AtEnd;
@@ -82,13 +87,16 @@ impl<D: CausalDecoder> Session<D> {
 
     /// A session that never evicts but records what `needs` asks for, so that its prefill can be
     /// [forked](Self::fork) by every policy whose needs it covers (see [`SideInfoNeeds::union`]).
+    /// Layer inputs are kept whole (`tokens × d_model` floats per layer), for the forks to score.
     pub fn recording(model: Arc<D>, needs: SideInfoNeeds) -> Result<Self> {
+        let layers = model.cache_shape().layers;
         Ok(Session {
             cache: model.new_cache(needs.accumulated_attention)?,
             model,
             compression: Compression::never(),
             taps: Taps {
                 window: needs.window_queries.unwrap_or(0),
+                record_layer_inputs: needs.layer_inputs,
                 ..Taps::default()
             },
             position: 0,
@@ -96,6 +104,7 @@ impl<D: CausalDecoder> Session<D> {
             decoding: 0,
             reread: None,
             reconstructs: needs.context_reconstruction,
+            recorded_inputs: needs.layer_inputs.then(|| vec![Vec::new(); layers]),
             prompt: Prompt::default(),
         })
     }
@@ -136,12 +145,13 @@ impl<D: CausalDecoder> Session<D> {
         budget: Budget,
         seed: u64,
     ) -> Result<Session<D>> {
-        let compression = self.compression.fork(policy, budget, seed);
+        let mut compression = self.compression.fork(policy, budget, seed);
         let needs = compression.needs();
         let window = needs.window_queries.unwrap_or(0);
         if window > self.taps.window
             || (needs.accumulated_attention && !self.cache.tracks_attention())
             || (needs.context_reconstruction && !compression.has_reconstruction())
+            || (needs.layer_inputs && self.recorded_inputs.is_none())
         {
             return Err(Error::invalid(
                 "Session::fork",
@@ -165,6 +175,17 @@ impl<D: CausalDecoder> Session<D> {
                     .transpose()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        if let Some(recorded) = self.recorded_inputs.as_ref().filter(|_| needs.layer_inputs) {
+            let inputs = recorded
+                .iter()
+                .map(|rows| {
+                    Ok((!rows.is_empty())
+                        .then(|| Tensor::cat(rows, 0))
+                        .transpose()?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            compression.write(&self.cache, &inputs)?;
+        }
         let mut forked = Session {
             model: self.model.clone(),
             cache: self.cache.deep_copy()?,
@@ -172,6 +193,7 @@ impl<D: CausalDecoder> Session<D> {
             taps: Taps {
                 window,
                 window_queries,
+                record_layer_inputs: needs.layer_inputs,
                 ..Taps::default()
             },
             position: self.position,
@@ -180,6 +202,7 @@ impl<D: CausalDecoder> Session<D> {
             // A fork never reads a prompt, so it never re-reads one.
             reread: None,
             reconstructs: false,
+            recorded_inputs: None,
             prompt: Prompt::default(),
         };
         forked.compress(KvPhase::Prefill)?;
@@ -341,6 +364,13 @@ impl<D: CausalDecoder> Session<D> {
     /// policy that scores by that, and compresses as the policy says.
     pub fn fed(&mut self, feed: Feed, tokens: usize) -> Result<()> {
         self.position += tokens as u64;
+        self.compression
+            .write(&self.cache, &self.taps.layer_inputs)?;
+        if let Some(recorded) = &mut self.recorded_inputs {
+            for (rows, input) in recorded.iter_mut().zip(&self.taps.layer_inputs) {
+                rows.extend(input.clone());
+            }
+        }
         self.compression.record_peak(&self.cache);
         match feed {
             Feed::Decode => self.compress(KvPhase::Decode),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use candle_core::Tensor;
 use spectra_core::rope::RopeSpec;
 use spectra_core::{
-    Budget, Error, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result, SideInfoNeeds,
-    TriggerSchedule,
+    Budget, Error, KeepPlan, KvEvictionPolicy, KvPhase, KvSideInfo, KvStepContext, Result,
+    SideInfoNeeds, TriggerSchedule,
 };
 
 use crate::KvCache;
@@ -36,6 +36,9 @@ pub struct Compression {
     /// The scores of a re-read of the prompt (KVzip), `[layer][kv_head][entry]`, until the cache is
     /// first compacted (they name entries by index).
     reconstruction: Option<Vec<Vec<Vec<f32>>>>,
+    /// The scores the policy gave entries as they were written, `[layer][kv_head][entry]`, compacted
+    /// with the cache.
+    written: Option<Vec<Vec<Vec<f32>>>>,
     pub stats: CompressionStats,
 }
 
@@ -49,6 +52,7 @@ impl Compression {
             seed,
             prompt_len: 0,
             reconstruction: None,
+            written: None,
             stats: CompressionStats::default(),
         }
     }
@@ -59,7 +63,8 @@ impl Compression {
     }
 
     /// The same sequence's state (prompt, re-read scores) continued with another policy; its stats
-    /// start empty.
+    /// start empty. Scores given as entries were written belong to this policy, so the fork has none
+    /// until it is given the inputs that wrote them ([`write`](Self::write)).
     pub fn fork(
         &self,
         policy: Option<Arc<dyn KvEvictionPolicy>>,
@@ -115,6 +120,60 @@ impl Compression {
 
     pub fn has_reconstruction(&self) -> bool {
         self.reconstruction.is_some()
+    }
+
+    /// Has the policy score the entries the last forward pass appended to `cache`, where it scores
+    /// entries as they are written: `inputs[l]` `[t, d_model]` holds layer `l`'s input rows for them.
+    pub fn write(&mut self, cache: &KvCache, inputs: &[Option<Tensor>]) -> Result<()> {
+        let Some(policy) = self.policy.as_deref() else {
+            return Ok(());
+        };
+        if !policy.needs().layer_inputs {
+            return Ok(());
+        }
+        let shape = cache.shape();
+        let name = policy.typetag_name();
+        let written = self
+            .written
+            .get_or_insert_with(|| vec![vec![Vec::new(); shape.kv_heads]; shape.layers]);
+        for (l, layer) in written.iter_mut().enumerate() {
+            let input = inputs.get(l).and_then(Option::as_ref).ok_or_else(|| {
+                Error::invalid(
+                    name,
+                    format!(
+                        "scores entries as they are written, and layer {l}'s input was not \
+                         recorded; set Taps::record_layer_inputs"
+                    ),
+                )
+            })?;
+            let t = input.dim(0)?;
+            let scores = policy.score_written(l, input)?.ok_or_else(|| {
+                Error::invalid(
+                    name,
+                    "asks for the layer inputs (SideInfoNeeds::layer_inputs) but scores nothing \
+                     with them; implement score_written",
+                )
+            })?;
+            if scores.dims() != [t, shape.kv_heads] {
+                return Err(Error::invalid(
+                    name,
+                    format!(
+                        "score_written gave scores of shape {:?} for {t} entries of layer {l}; \
+                         give [{t}, {}], one per entry and KV head",
+                        scores.dims(),
+                        shape.kv_heads
+                    ),
+                ));
+            }
+            let per_head = scores
+                .to_dtype(candle_core::DType::F32)?
+                .t()?
+                .to_vec2::<f32>()?;
+            for (head, new) in layer.iter_mut().zip(per_head) {
+                head.extend(new);
+            }
+        }
+        Ok(())
     }
 
     /// Notes the cache's current allocation in [`CompressionStats::peak_kv_bytes`].
@@ -177,6 +236,21 @@ impl Compression {
         if contract.shares_across_layers {
             chosen = (0..layers).collect();
         }
+        if let Some(written) = &self.written {
+            for &l in &chosen {
+                let lens: Vec<usize> = written[l].iter().map(Vec::len).collect();
+                if lens != cache.lens(l)? {
+                    return Err(Error::invalid(
+                        policy.typetag_name(),
+                        format!(
+                            "layer {l} holds {:?} entries per head but {lens:?} were scored as \
+                             they were written; give every forward pass's inputs to write()",
+                            cache.lens(l)?
+                        ),
+                    ));
+                }
+            }
+        }
         let views = chosen
             .iter()
             .map(|&l| cache.layer_view(l))
@@ -187,6 +261,7 @@ impl Compression {
                 window_queries: window_queries.get(l).and_then(Option::as_ref),
                 rope,
                 reconstruction: self.reconstruction.as_ref().map(|r| r[l].as_slice()),
+                written_scores: self.written.as_ref().map(|w| w[l].as_slice()),
             })
             .collect();
         let ctx: Vec<KvStepContext> = chosen.iter().map(|&l| contexts[l]).collect();
@@ -194,11 +269,21 @@ impl Compression {
         drop(views);
         for (&l, plan) in chosen.iter().zip(&plans) {
             cache.compact(l, plan)?;
+            if let Some(written) = &mut self.written {
+                keep_scores(&mut written[l], plan);
+            }
         }
         self.reconstruction = None;
         self.stats.compressions += 1;
         self.stats.eviction_time += started.elapsed();
         Ok(())
+    }
+}
+
+/// Keeps, per head, the scores of the entries `plan` keeps (a plan [`KvCache::compact`] accepted).
+pub(crate) fn keep_scores(per_head: &mut [Vec<f32>], plan: &KeepPlan) {
+    for (scores, keep) in per_head.iter_mut().zip(&plan.per_head) {
+        *scores = keep.iter().map(|&i| scores[i as usize]).collect();
     }
 }
 
@@ -330,5 +415,78 @@ mod tests {
         assert_eq!(cache.entries(), 12);
         compression.record_peak(&cache);
         assert_eq!(compression.stats.peak_kv_bytes, cache.bytes());
+    }
+
+    /// Scores each entry as it is written by its input's first number, and keeps the best.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct FirstInput;
+
+    #[typetag::serde]
+    impl KvEvictionPolicy for FirstInput {
+        fn contract(&self) -> PolicyContract {
+            PolicyContract::ranking(TriggerSchedule::EveryStep)
+        }
+
+        fn needs(&self) -> SideInfoNeeds {
+            SideInfoNeeds {
+                layer_inputs: true,
+                ..SideInfoNeeds::default()
+            }
+        }
+
+        fn score_written(&self, _layer: usize, inputs: &Tensor) -> Result<Option<Tensor>> {
+            Ok(Some(inputs.narrow(1, 0, 1)?))
+        }
+
+        fn score(
+            &self,
+            _layer: &KvLayerView<'_>,
+            side: &KvSideInfo<'_>,
+            _ctx: &KvStepContext,
+        ) -> Result<Option<Vec<Tensor>>> {
+            Ok(Some(scores_from_host(
+                side.written_scores.unwrap().to_vec(),
+            )?))
+        }
+    }
+
+    /// The written scores follow their entries through compactions, and a pass whose inputs were not
+    /// given leaves them out of step with the cache, which is an error, not a wrong ranking.
+    #[test]
+    fn written_scores_follow_their_entries() {
+        let mut compression = Compression::new(Some(Arc::new(FirstInput)), Budget::Tokens(2), 0);
+        let inputs = |firsts: &[f32]| {
+            let rows: Vec<f32> = firsts.iter().flat_map(|&f| [f, 0.0]).collect();
+            let t = Tensor::from_vec(rows, (firsts.len(), 2), &Device::Cpu).unwrap();
+            vec![Some(t.clone()), Some(t)]
+        };
+        let mut cache = cache(4, 4);
+        compression
+            .write(&cache, &inputs(&[3.0, 1.0, 4.0, 2.0]))
+            .unwrap();
+        compression
+            .compress(&mut cache, KvPhase::Prefill, 4, &[], None)
+            .unwrap();
+        assert_eq!(cache.positions(0, 0).unwrap(), [0, 2]);
+        // A new entry scoring 3.5 evicts the one at position 0 (3.0), not the one at 2 (4.0).
+        let k = Tensor::zeros((1, 1, 2), DType::F32, &Device::Cpu).unwrap();
+        for layer in 0..2 {
+            cache.append(layer, &k, &k, &[4]).unwrap();
+        }
+        compression.write(&cache, &inputs(&[3.5])).unwrap();
+        compression
+            .compress(&mut cache, KvPhase::Decode, 5, &[], None)
+            .unwrap();
+        assert_eq!(cache.positions(1, 0).unwrap(), [2, 4]);
+        for layer in 0..2 {
+            cache.append(layer, &k, &k, &[5]).unwrap();
+        }
+        let err = compression
+            .compress(&mut cache, KvPhase::Decode, 6, &[], None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("give every forward pass's inputs"),
+            "{err}"
+        );
     }
 }

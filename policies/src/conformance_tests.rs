@@ -6,8 +6,8 @@ use spectra_kv::conformance::{check_kv_policy, check_kv_policy_with, KvModelShap
 
 use crate::tri_attention::{OffsetAggregation, TriAttention, TriAttentionMode};
 use crate::{
-    AdaKv, ExpectedAttention, Full, H2o, KNorm, KeyDiff, KvZip, Pooling, PyramidKv, RKv, Random,
-    SnapKv, StreamingLlm, Tova,
+    AdaKv, ExpectedAttention, Full, H2o, KNorm, KeyDiff, KvZap, KvZip, Pooling, PyramidKv, RKv,
+    Random, SnapKv, StreamingLlm, Tova,
 };
 
 #[test]
@@ -49,6 +49,23 @@ fn kv_zip() {
         policy: Box::new(KvZip::default()),
         ..AdaKv::default()
     });
+}
+
+#[test]
+fn kv_zap() {
+    // The suite gives the written scores itself; the surrogate only has to load.
+    let surrogate =
+        || crate::kv_zap::Surrogate::new(1, 1, vec![vec![1.0]], vec![vec![0.0]]).unwrap();
+    check_kv_policy(&KvZap::default().with_surrogate(surrogate()));
+    check_kv_policy(
+        &KvZap {
+            sinks: 2,
+            recent_window: 3,
+            trigger: TriggerSchedule::EveryStep,
+            ..KvZap::default()
+        }
+        .with_surrogate(surrogate()),
+    );
 }
 
 #[test]

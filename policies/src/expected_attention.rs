@@ -437,7 +437,7 @@ mod tests {
             let side = KvSideInfo {
                 window_queries: Some(&q),
                 rope: Some(&rope),
-                reconstruction: None,
+                ..KvSideInfo::default()
             };
             let step = ctx(6, position as usize);
             let got = policy.host_scores(&layer.view(), &side, &step);
@@ -476,7 +476,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: Some(&rope),
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let policy = ExpectedAttention {
             window: 1,

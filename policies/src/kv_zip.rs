@@ -12,11 +12,11 @@
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use spectra_core::{
-    scores_from_host, Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo,
-    KvStepContext, PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
+    Budget, Error, GqaAggregation, KvEvictionPolicy, KvLayerView, KvSideInfo, KvStepContext,
+    PolicyContract, Result, SideInfoNeeds, TriggerSchedule,
 };
 
-use crate::selection::validate_protected;
+use crate::selection::{given_scores, validate_protected};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,22 +67,9 @@ impl KvEvictionPolicy for KvZip {
                  the request to repeat it (`Session::with_reread`)",
             )
         })?;
-        if scores.len() != layer.heads.len()
-            || scores
-                .iter()
-                .zip(&layer.heads)
-                .any(|(s, h)| s.len() != h.len())
-        {
-            return Err(Error::invalid(
-                "KvZip",
-                format!(
-                    "the re-read scored other entries than layer {} holds (it must be compressed \
-                     before anything else evicts from it)",
-                    layer.layer
-                ),
-            ));
-        }
-        Ok(Some(scores_from_host(scores.to_vec())?))
+        let given = "the re-read of the whole prompt (compress right after it, before anything \
+                     else evicts)";
+        Ok(Some(given_scores("KvZip", layer, scores, given)?))
     }
 }
 

@@ -1,6 +1,7 @@
 //! spectra's KV-cache eviction policies, each a registered `KvEvictionPolicy`
 //! (docs/kv-policies.md §2–4): `Full`, `StreamingLlm`, `H2o`, `SnapKv`, `RKv`, `KNorm`, `KeyDiff`,
-//! `Tova`, `ExpectedAttention`, `PyramidKv`, `AdaKv`, `KvZip`, `Random` and `TriAttention`.
+//! `Tova`, `ExpectedAttention`, `PyramidKv`, `AdaKv`, `KvZip`, `KvZap`, `Random` and
+//! `TriAttention`.
 
 mod ada_kv;
 mod expected_attention;
@@ -8,7 +9,9 @@ mod full;
 mod h2o;
 mod k_norm;
 mod key_diff;
+pub mod kv_zap;
 mod kv_zip;
+pub mod loaded;
 mod pyramid_kv;
 mod r_kv;
 mod random;
@@ -31,6 +34,7 @@ pub use full::Full;
 pub use h2o::H2o;
 pub use k_norm::KNorm;
 pub use key_diff::KeyDiff;
+pub use kv_zap::KvZap;
 pub use kv_zip::KvZip;
 pub use pyramid_kv::PyramidKv;
 pub use r_kv::RKv;

@@ -216,7 +216,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&queries),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let only_redundancy = RKv {
             window: w,

@@ -1,6 +1,32 @@
-//! The config checks the policies share.
+//! The config checks the policies share, and the check of scores given to them.
 
-use spectra_core::{Budget, GqaAggregation, TriggerSchedule};
+use candle_core::Tensor;
+use spectra_core::{
+    scores_from_host, Budget, Error, GqaAggregation, KvLayerView, Result, TriggerSchedule,
+};
+
+/// Scores the policy was given per head and entry (a re-read's, or those written with the entries),
+/// as the tensors `score` returns, once they are checked to name `layer`'s entries; `given` says
+/// where they came from in the error otherwise.
+pub fn given_scores(
+    policy: &str,
+    layer: &KvLayerView<'_>,
+    scores: &[Vec<f32>],
+    given: &str,
+) -> Result<Vec<Tensor>> {
+    let lens: Vec<usize> = scores.iter().map(Vec::len).collect();
+    let held: Vec<usize> = layer.heads.iter().map(|h| h.len()).collect();
+    if lens != held {
+        return Err(Error::invalid(
+            policy,
+            format!(
+                "layer {} holds {held:?} entries per head, and {given} scored {lens:?}",
+                layer.layer
+            ),
+        ));
+    }
+    scores_from_host(scores.to_vec())
+}
 
 /// The config checks of such a policy: a trigger that can fire and a budget that keeps something.
 pub fn validate_score_only(

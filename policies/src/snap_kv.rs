@@ -169,7 +169,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let step = ctx(8, 13);
         let s: f32 = 1.0 / 28.0 + 1.0 / 32.0 + 1.0 / 36.0 + 1.0 / 40.0 + 1.0 / 44.0;
@@ -217,7 +217,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&qt),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let policy = SnapKv {
             window: w,
@@ -291,7 +291,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         for (pooling, gqa) in [
             (Pooling::Avg, GqaAggregation::Mean),

@@ -128,7 +128,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let got = Tova::default().host_scores(&layer.view(), &side, &ctx(2, 3));
         let want = [1.0, 2.0, 4.0].map(|c: f64| (c / 7.0 + 1.0 / 3.0) / 2.0);
@@ -157,7 +157,7 @@ mod tests {
         let side = KvSideInfo {
             window_queries: Some(&q),
             rope: None,
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let policy = Tova::default();
         let scores = policy.host_scores(&layer.view(), &side, &ctx(2, 3));

@@ -144,6 +144,23 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is more bytes than this machine can count"))
 }
 
+/// For a command that reads a model with exact (f32) products and writes a file to `out`: checks
+/// first that `out`'s folder can be written (so a long run does not end unable to save), then
+/// resolves `device` and loads `model` there.
+pub fn load_exact_for(
+    model: &Path,
+    device: &str,
+    out: &Path,
+) -> Result<(Llama, TextTokenizer), Error> {
+    let folder = out.parent().filter(|p| !p.as_os_str().is_empty());
+    spectra::output::prepare_advising(
+        folder.unwrap_or(Path::new(".")),
+        "; choose another path for --out",
+    )?;
+    let device: DeviceSpec = parse_ron(device, Path::new("--device"))?;
+    Llama::load(model, &device.resolve()?, WeightFormat::F32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

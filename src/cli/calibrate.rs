@@ -5,12 +5,11 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::Args;
-use spectra_core::{DeviceSpec, Error};
+use spectra_core::Error;
 use spectra_inference::{CausalDecoder, Logits, Taps};
-use spectra_models::llama::{Llama, WeightFormat};
 use spectra_policies::tri_attention::query_stats::{QueryStatsAccumulator, QueryStatsMeta};
 
-use super::args::at_least_one;
+use super::args::{at_least_one, load_exact_for};
 
 #[derive(Args)]
 pub struct CalibrateArgs {
@@ -34,15 +33,7 @@ pub struct CalibrateArgs {
 }
 
 pub fn run(args: CalibrateArgs) -> Result<(), Error> {
-    let device: DeviceSpec =
-        spectra_core::config::parse_ron(&args.device, std::path::Path::new("--device"))?;
-    let device = device.resolve()?;
-    let folder = args.out.parent().filter(|p| !p.as_os_str().is_empty());
-    spectra::output::prepare_advising(
-        folder.unwrap_or(std::path::Path::new(".")),
-        "; choose another path for --out",
-    )?;
-    let (model, tokenizer) = Llama::load(&args.model, &device, WeightFormat::F32)?;
+    let (model, tokenizer) = load_exact_for(&args.model, &args.device, &args.out)?;
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| Error::file(&args.text, format!("cannot read: {e}")))?;
     let mut tokens = tokenizer.encode(&text)?;

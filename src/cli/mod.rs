@@ -5,6 +5,7 @@ mod bench;
 mod calibrate;
 mod certify;
 mod check;
+mod fit_kvzap;
 mod generate;
 mod kv;
 mod list;
@@ -46,6 +47,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Compute TriAttention's calibration statistics for a model from plain text.
     Calibrate(calibrate::CalibrateArgs),
+    /// Fit KVzap's surrogate for a model on its own KVzip scores over plain text.
+    FitKvzap(fit_kvzap::FitKvzapArgs),
     /// Generate text with a Llama, Qwen2 or Qwen3 model, optionally with a bounded KV cache.
     Generate(generate::GenerateArgs),
     /// Many sequences decoded together: prefill and decoding rates, time to first token, KV memory.
@@ -84,6 +87,7 @@ pub fn run() -> ExitCode {
         Command::Certify(args) => done(certify::run(args)),
         Command::Generate(args) => done(rayon::scope(|_| generate::run(args))),
         Command::Calibrate(args) => done(calibrate::run(args)),
+        Command::FitKvzap(args) => done(rayon::scope(|_| fit_kvzap::run(args))),
         Command::Kv(args) => done(rayon::scope(|_| kv::run(args))),
         Command::Perplexity(args) => done(rayon::scope(|_| perplexity::run(args))),
         Command::Bench(args) => done(rayon::scope(|_| bench::run(args))),

@@ -85,21 +85,12 @@ pub fn resolve(kv: Option<&KvRequest>, config: &ServeConfig) -> Result<KvChoice,
 }
 
 /// A policy the request configures itself: of an allowed type, naming no file (files are the
-/// server's to choose, in its presets).
+/// server's to choose, in its presets). Deserializing it reads nothing; its files are refused
+/// before it is validated, which would read them.
 fn configured(
     json: &serde_json::Value,
     config: &ServeConfig,
 ) -> Result<Arc<dyn KvEvictionPolicy>, ApiError> {
-    if names_a_file(json) {
-        return Err(ApiError::invalid(
-            "kv.policy",
-            format!(
-                "`kv.policy` names a file; a request cannot reach the server's files. Use a preset \
-                 that the server configured (presets: {})",
-                config.preset_names()
-            ),
-        ));
-    }
     let policy: Box<dyn KvEvictionPolicy> = serde_json::from_value(json.clone()).map_err(|e| {
         ApiError::invalid(
             "kv.policy",
@@ -109,6 +100,16 @@ fn configured(
             ),
         )
     })?;
+    if !policy.files().is_empty() {
+        return Err(ApiError::invalid(
+            "kv.policy",
+            format!(
+                "`kv.policy` names a file; a request cannot reach the server's files. Use a preset \
+                 that the server configured (presets: {})",
+                config.preset_names()
+            ),
+        ));
+    }
     if let Some(allowed) = &config.allowed_policies {
         if !allowed.iter().any(|a| a == policy.typetag_name()) {
             return Err(ApiError::invalid(
@@ -124,14 +125,38 @@ fn configured(
     Ok(Arc::from(policy))
 }
 
-/// Whether the config holds a `File(...)` setting anywhere (as serde writes such an enum in JSON:
-/// `{"File": "path"}`).
-fn names_a_file(json: &serde_json::Value) -> bool {
-    match json {
-        serde_json::Value::Object(map) => {
-            map.contains_key("File") || map.values().any(names_a_file)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choose(policy: serde_json::Value) -> Result<KvChoice, ApiError> {
+        let kv = KvRequest {
+            policy: Some(policy),
+            budget: Some(256),
+        };
+        resolve(Some(&kv), &ServeConfig::default())
+    }
+
+    /// A request cannot have the server read a file of the request's choosing, whichever setting
+    /// names it, and learns nothing of whether it exists.
+    #[test]
+    fn a_policy_naming_a_file_is_refused_before_anything_is_read() {
+        for policy in [
+            serde_json::json!({"type": "TriAttention", "cfg": {"stats": {"File": "/etc/passwd"}}}),
+            serde_json::json!({"type": "KvZap", "cfg": {"surrogate": "/etc/passwd"}}),
+            serde_json::json!({"type": "KvZap", "cfg": {"surrogate": "/no/such/file"}}),
+            serde_json::json!({"type": "AdaKv", "cfg": {"policy":
+                {"type": "KvZap", "cfg": {"surrogate": "/etc/passwd"}}}}),
+        ] {
+            let err = choose(policy.clone()).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("kv.policy"));
+            assert!(
+                err.message.contains("names a file"),
+                "{policy}: {}",
+                err.message
+            );
         }
-        serde_json::Value::Array(items) => items.iter().any(names_a_file),
-        _ => false,
+        let chosen = choose(serde_json::json!({"type": "SnapKv", "cfg": {}})).unwrap();
+        assert_eq!(chosen.label, "SnapKv");
     }
 }

@@ -176,6 +176,8 @@ pub struct Fixture {
     pub window_queries: Vec<Option<Tensor>>,
     /// Per layer, per head, when the policy asks for a re-read's scores.
     pub reconstruction: Vec<Option<Vec<Vec<f32>>>>,
+    /// Per layer, per head, when the policy scores entries as they are written.
+    pub written: Vec<Option<Vec<Vec<f32>>>>,
     pub ctx: KvStepContext,
 }
 
@@ -214,6 +216,7 @@ pub fn build(
         KvCache::new(shape, DType::F32, &Device::Cpu, needs.accumulated_attention).expect("cache");
     let mut window_queries = Vec::new();
     let mut reconstruction = Vec::new();
+    let mut written = Vec::new();
     for layer in 0..spec.layers {
         let mut keys = Vec::with_capacity(heads * universe * d);
         for h in 0..heads {
@@ -262,21 +265,16 @@ pub fn build(
                 cache.add_attention(layer, h, &received).expect("attention");
             }
         }
-        reconstruction.push(needs.context_reconstruction.then(|| {
-            lens.iter()
-                .enumerate()
-                .map(|(h, &n)| {
-                    let mut rng = derived_rng(spec.seed, 1 << 45 | (layer * heads + h) as u64);
-                    match spec.values {
-                        Values::AllEqual => vec![0.5; n],
-                        Values::FewDistinct => (0..n)
-                            .map(|_| f32::from(rng.random_range(0..4u8)) / 4.0)
-                            .collect(),
-                        _ => (0..n).map(|_| rng.random_range(0.0..1.0)).collect(),
-                    }
-                })
-                .collect()
-        }));
+        reconstruction.push(
+            needs
+                .context_reconstruction
+                .then(|| entry_scores(spec, &lens, layer, 1 << 45)),
+        );
+        written.push(
+            needs
+                .layer_inputs
+                .then(|| entry_scores(spec, &lens, layer, 1 << 46)),
+        );
         window_queries.push(needs.window_queries.map(|w| {
             let mut rng = derived_rng(spec.seed, 1 << 43 | layer as u64);
             let q: Vec<f32> = (0..heads * spec.group_size * w * d)
@@ -297,8 +295,26 @@ pub fn build(
         rope: spec.rope(),
         window_queries,
         reconstruction,
+        written,
         ctx,
     }
+}
+
+/// Per head of `layer`, one score in [0, 1) per entry (of the requested kind), from `stream`.
+fn entry_scores(spec: &CaseSpec, lens: &[usize], layer: usize, stream: u64) -> Vec<Vec<f32>> {
+    lens.iter()
+        .enumerate()
+        .map(|(h, &n)| {
+            let mut rng = derived_rng(spec.seed, stream | (layer * lens.len() + h) as u64);
+            match spec.values {
+                Values::AllEqual => vec![0.5; n],
+                Values::FewDistinct => (0..n)
+                    .map(|_| f32::from(rng.random_range(0..4u8)) / 4.0)
+                    .collect(),
+                _ => (0..n).map(|_| rng.random_range(0.0..1.0)).collect(),
+            }
+        })
+        .collect()
 }
 
 /// `n` rows of `d` numbers of the requested kind.
@@ -343,10 +359,12 @@ impl Fixture {
         self.window_queries
             .iter()
             .zip(&self.reconstruction)
-            .map(|(q, r)| KvSideInfo {
+            .zip(&self.written)
+            .map(|((q, r), w)| KvSideInfo {
                 window_queries: q.as_ref(),
                 rope: needs_rope.then_some(&self.rope),
                 reconstruction: r.as_deref(),
+                written_scores: w.as_deref(),
             })
             .collect()
     }

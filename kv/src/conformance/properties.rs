@@ -333,6 +333,9 @@ pub fn trigger(
             let k = Tensor::from_vec(k, (shape.kv_heads, 1, shape.head_dim), &Device::Cpu)
                 .expect("key");
             fixture.cache.append(layer, &k, &k, &[at]).expect("append");
+            for head in fixture.written[layer].iter_mut().flatten() {
+                head.push(rng.random_range(0.0..1.0));
+            }
         }
         fixture.ctx.position = at + 1;
         let len = (0..shape.layers)
@@ -373,6 +376,9 @@ pub fn trigger(
             .map_err(|e| TestCaseError::fail(format!("select during decoding failed: {e}")))?;
         for (layer, plan) in plans.iter().enumerate() {
             fixture.cache.compact(layer, plan).expect("compact");
+            if let Some(written) = &mut fixture.written[layer] {
+                crate::compression::keep_scores(written, plan);
+            }
             let lens = fixture.cache.lens(layer).expect("lens");
             prop_assert!(
                 c.cache_len(&lens) <= budget,

@@ -52,7 +52,11 @@ impl CausalDecoder for Llama {
         let rows = BatchRows::of(batch, c.vocab, &self.device)?;
         let mut x = self.weights.embed.rows(&rows.tokens, &self.device)?;
         for s in batch.iter_mut() {
-            for recorded in [&mut s.taps.window_queries, &mut s.taps.pre_rope_queries] {
+            for recorded in [
+                &mut s.taps.window_queries,
+                &mut s.taps.pre_rope_queries,
+                &mut s.taps.layer_inputs,
+            ] {
                 if recorded.len() < c.layers {
                     recorded.resize(c.layers, None);
                 }
@@ -64,6 +68,11 @@ impl CausalDecoder for Llama {
         let kinds = RowKinds::of(rows.ranges.iter().map(|r| r.len()));
         for (l, w) in self.weights.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &w.attn_norm, c.rms_eps as f32)?;
+            for (s, range) in batch.iter_mut().zip(&rows.ranges) {
+                if s.taps.record_layer_inputs {
+                    s.taps.layer_inputs[l] = Some(h.narrow(0, range.start, range.len())?);
+                }
+            }
             let heads = |projected: &Tensor, n: usize| -> Result<Tensor> {
                 Ok(projected
                     .reshape((t, n, c.head_dim))?

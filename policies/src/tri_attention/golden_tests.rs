@@ -316,7 +316,7 @@ fn e_queries_at_the_centre_rank_keys_by_the_exact_mean_future_logit() {
         let side = KvSideInfo {
             window_queries: None,
             rope: Some(&rope),
-            reconstruction: None,
+            ..KvSideInfo::default()
         };
         let ctx = KvStepContext {
             phase: KvPhase::Decode,
@@ -361,7 +361,7 @@ fn calibration_file_prompt_protection_and_mismatch() {
     let side = KvSideInfo {
         window_queries: None,
         rope: Some(&rope),
-        reconstruction: None,
+        ..KvSideInfo::default()
     };
     let decode = KvStepContext {
         phase: KvPhase::Decode,
@@ -394,7 +394,7 @@ fn calibration_file_prompt_protection_and_mismatch() {
     let side = KvSideInfo {
         window_queries: None,
         rope: Some(&other),
-        reconstruction: None,
+        ..KvSideInfo::default()
     };
     let err = policy
         .select(&layer.view(), &side, &decode)
@@ -457,7 +457,7 @@ fn window_estimate_recovers_a_constant_query() {
     let side = KvSideInfo {
         window_queries: Some(&queries),
         rope: Some(&rope),
-        reconstruction: None,
+        ..KvSideInfo::default()
     };
     let from_window = estimated.host_scores(&layer.view(), &side, &ctx);
     let meta = QueryStatsMeta::for_rope(&rope, 1, 1);
@@ -473,7 +473,7 @@ fn window_estimate_recovers_a_constant_query() {
     let side = KvSideInfo {
         window_queries: None,
         rope: Some(&rope),
-        reconstruction: None,
+        ..KvSideInfo::default()
     };
     let from_stats = calibrated.host_scores(&layer.view(), &side, &ctx);
     // z-scores of the same raw scores up to the f32 rounding of the rotated and inverted queries.

@@ -22,7 +22,7 @@ mod golden_tests;
 mod unfused;
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use crate::tri_attention::query_stats::QueryBandStats;
 use candle_core::{DType, Tensor};
@@ -38,6 +38,7 @@ use key_scores::{key_scores, KeyScoreInputs};
 use normalize::{tie_noise, Finish};
 pub use scoring::{OffsetAggregation, OffsetTable, ScoreOptions};
 
+use crate::loaded::Loaded;
 use crate::selection::{validate_gqa, validate_protected};
 
 /// Where the query centres come from.
@@ -85,28 +86,7 @@ pub struct TriAttention {
     pub disable_trig: bool,
     /// Runtime state: the statistics once loaded (or given with [`TriAttention::with_stats`]).
     #[serde(skip)]
-    pub calibrated: LoadedStats,
-}
-
-/// Statistics loaded from the file (or given in code), kept for the policy's lifetime. Runtime state,
-/// so it takes no part in comparing configs.
-#[derive(Clone, Default)]
-pub struct LoadedStats(OnceLock<Arc<QueryBandStats>>);
-
-impl PartialEq for LoadedStats {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for LoadedStats {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "loaded"
-        } else {
-            "not loaded"
-        })
-    }
+    pub calibrated: Loaded<QueryBandStats>,
 }
 
 impl Default for TriAttention {
@@ -126,7 +106,7 @@ impl Default for TriAttention {
             normalize: true,
             disable_mlr: false,
             disable_trig: false,
-            calibrated: LoadedStats::default(),
+            calibrated: Loaded::default(),
         }
     }
 }
@@ -134,8 +114,10 @@ impl Default for TriAttention {
 impl TriAttention {
     /// This configuration scoring with `stats` (instead of its `stats` source).
     pub fn with_stats(self, stats: QueryBandStats) -> Self {
-        let calibrated = LoadedStats(OnceLock::from(Arc::new(stats)));
-        TriAttention { calibrated, ..self }
+        TriAttention {
+            calibrated: Loaded::with(stats),
+            ..self
+        }
     }
 
     fn options(&self) -> ScoreOptions {
@@ -149,14 +131,13 @@ impl TriAttention {
 
     /// The calibrated statistics, loading the file the first time.
     fn calibrated(&self) -> Result<Option<Arc<QueryBandStats>>> {
-        if let Some(stats) = self.calibrated.0.get() {
-            return Ok(Some(stats.clone()));
+        if let Some(stats) = self.calibrated.get() {
+            return Ok(Some(stats));
         }
         match &self.stats {
-            StatsSource::File(path) => {
-                let loaded = Arc::new(QueryBandStats::load(path)?);
-                Ok(Some(self.calibrated.0.get_or_init(|| loaded).clone()))
-            }
+            StatsSource::File(path) => Ok(Some(
+                self.calibrated.get_or_load(|| QueryBandStats::load(path))?,
+            )),
             StatsSource::ObservationWindow(_) => Ok(None),
         }
     }
@@ -304,7 +285,7 @@ impl KvEvictionPolicy for TriAttention {
     }
 
     fn needs(&self) -> SideInfoNeeds {
-        let window_queries = match (&self.stats, self.calibrated.0.get()) {
+        let window_queries = match (&self.stats, self.calibrated.get()) {
             (StatsSource::ObservationWindow(n), None) => Some(*n),
             _ => None,
         };
@@ -312,6 +293,13 @@ impl KvEvictionPolicy for TriAttention {
             window_queries,
             rope: true,
             ..SideInfoNeeds::default()
+        }
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        match &self.stats {
+            StatsSource::File(path) => vec![path.clone()],
+            StatsSource::ObservationWindow(_) => Vec::new(),
         }
     }
 

@@ -289,20 +289,13 @@ impl QueryBandStats {
             .map_err(|e| format!("damaged safetensors data: {e}"))?;
         let want = [parsed.num_layers, parsed.num_query_heads, parsed.bands()];
         let read = |name: &str| -> std::result::Result<Vec<f32>, String> {
-            let t = tensors
-                .tensor(name)
-                .map_err(|e| format!("tensor `{name}`: {e}"))?;
-            if t.dtype() != Dtype::F32 || t.shape() != want {
+            let (shape, data) = crate::loaded::f32_tensor(&tensors, name)?;
+            if shape != want {
                 return Err(format!(
-                    "tensor `{name}` is {:?} {:?}, expected F32 {want:?} (from the metadata)",
-                    t.dtype(),
-                    t.shape()
+                    "tensor `{name}` has shape {shape:?}, expected {want:?} (from the metadata)"
                 ));
             }
-            Ok(t.data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
+            Ok(data)
         };
         Self::checked(
             parsed,
