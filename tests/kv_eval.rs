@@ -210,6 +210,7 @@ fn a_ruler_task_without_its_text_says_how_to_get_it() {
         data: dir.path().join("no-such-folder"),
         max_new_tokens: Some(4),
         format: PromptFormat::Plain,
+        batch: 4,
     }];
     let err = spectra::kv_eval::run(&cfg, dir.path())
         .err()
@@ -252,6 +253,7 @@ fn a_ruler_task_reports_full_and_leaves_out_what_it_fails() {
         data,
         max_new_tokens: Some(4),
         format: PromptFormat::Plain,
+        batch: 4,
     }];
     let out = dir.path().join("report");
     let report = spectra::kv_eval::run(&cfg, &out).unwrap();

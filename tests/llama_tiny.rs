@@ -477,3 +477,68 @@ fn kv_zap_scores_entries_as_written_and_keeps_the_best_predicted() {
     let err = bare.fork(Some(kv_zap), Budget::Tokens(6), 0).err().unwrap();
     assert!(err.to_string().contains("did not record"), "{err}");
 }
+
+/// Sessions answering together, one forward pass a step for all (`continue_sessions`), choose the
+/// tokens each would choose alone, stop on their own stop tokens and lengths, and leave their caches
+/// as they would alone.
+#[test]
+fn sessions_answering_together_answer_as_each_alone() {
+    use spectra::inference::{continue_session, continue_sessions, GenerationParams};
+
+    let tiny = Tiny::new();
+    let model = Arc::new(tiny.gguf());
+    let seq = tokens(14);
+    let policies = [
+        None,
+        Some(policy(r#"(type: "StreamingLlm", cfg: (sinks: 1))"#)),
+        Some(policy(r#"(type: "H2o", cfg: (recent_window: 2))"#)),
+    ];
+    let needs = policies
+        .iter()
+        .flatten()
+        .fold(SideInfoNeeds::default(), |n, p| n.union(p.needs()));
+    let mut shared = Session::recording(model.clone(), needs).unwrap();
+    shared.prefill(&seq[..10], 4, Logits::Last).unwrap();
+    let fork = |p: &Option<Arc<dyn KvEvictionPolicy>>| {
+        shared.fork(p.clone(), Budget::Tokens(7), 0).unwrap()
+    };
+    let question = &seq[10..];
+    let params = GenerationParams {
+        max_tokens: 9,
+        stop_tokens: vec![7],
+        ..GenerationParams::default()
+    };
+    // Session i stops after i + 3 tokens, so the lockstep loses members on the way.
+    let enough = |i: usize, said: &[u32]| Ok(said.len() >= i + 3);
+    let next = |s: &mut Session<Llama>| -> Vec<f32> {
+        s.step(3).unwrap().squeeze(0).unwrap().to_vec1().unwrap()
+    };
+    // Per session: its answer, the positions layer 1 keeps per head, the next step's logits.
+    type Alone = (Vec<u32>, Vec<Vec<u64>>, Vec<f32>);
+    let alone: Vec<Alone> = policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut s = fork(p);
+            let logits = s.extend(question, Logits::Last).unwrap();
+            let said = continue_session(&mut s, &logits, &params, |t| enough(i, t)).unwrap();
+            let kept = (0..KV_HEADS)
+                .map(|h| s.cache().positions(1, h).unwrap().to_vec())
+                .collect();
+            (said, kept, next(&mut s))
+        })
+        .collect();
+    let mut sessions: Vec<Session<Llama>> = policies.iter().map(fork).collect();
+    let mut together: Vec<&mut Session<Llama>> = sessions.iter_mut().collect();
+    let logits = Session::extend_together(&mut together, &[question; 3], Logits::Last).unwrap();
+    let said = continue_sessions(&mut together, &logits, &params, enough).unwrap();
+    for ((said, session), (want, positions, logits)) in said.iter().zip(&mut sessions).zip(&alone) {
+        assert_eq!(said, want);
+        for (h, kept) in positions.iter().enumerate() {
+            assert_eq!(session.cache().positions(1, h).unwrap(), kept.as_slice());
+        }
+        assert!(max_diff(&next(session), logits) < TOL);
+    }
+    let lengths: Vec<usize> = said.iter().map(Vec::len).collect();
+    assert_eq!(lengths, [3, 4, 5]);
+}

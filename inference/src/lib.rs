@@ -13,8 +13,8 @@ pub mod session;
 pub use decoder::{CausalDecoder, Logits, ReconstructionScores, RereadPrompt, SequenceRows, Taps};
 pub use engine::{Engine, EngineConfig, Event, Request, SequenceStats, StepStats};
 pub use generation::{
-    continue_session, Choice, Detokenize, FinishReason, GenerationParams, Sampler, SamplingParams,
-    StopStrings, TextStream,
+    continue_session, continue_sessions, Choice, Detokenize, FinishReason, GenerationParams,
+    Sampler, SamplingParams, StopStrings, TextStream,
 };
 pub use kv_memory::{peak_kv_bytes, SequencePlan};
 pub use scheduler::{Scheduler, SchedulerConfig, SequenceId, StepPriority, Work};

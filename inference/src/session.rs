@@ -311,6 +311,50 @@ impl<D: CausalDecoder> Session<D> {
         Ok(logits)
     }
 
+    /// [`extend`](Self::extend) for several sessions of one model in one forward pass: session `i`
+    /// reads `tokens[i]` after what it holds and compresses as its policy says. Every linear layer
+    /// reads its weights once for all of them. Returns each session's logits as `rows` asks.
+    pub fn extend_together(
+        sessions: &mut [&mut Session<D>],
+        tokens: &[&[u32]],
+        rows: Logits,
+    ) -> Result<Vec<Tensor>> {
+        let Some(first) = sessions.first() else {
+            return Ok(Vec::new());
+        };
+        if tokens.len() != sessions.len() {
+            return Err(Error::invalid(
+                "Session::extend_together",
+                format!(
+                    "{} token lists for {} sessions; give one per session",
+                    tokens.len(),
+                    sessions.len()
+                ),
+            ));
+        }
+        let model = first.model.clone();
+        if sessions.iter().any(|s| !Arc::ptr_eq(&s.model, &model)) {
+            return Err(Error::invalid(
+                "Session::extend_together",
+                "the sessions run different models; one forward pass runs one",
+            ));
+        }
+        for s in sessions.iter_mut() {
+            s.feed(Feed::Decode)?;
+        }
+        let mut batch: Vec<SequenceRows<'_>> = sessions
+            .iter_mut()
+            .zip(tokens)
+            .map(|(s, t)| s.rows(Feed::Decode, t, rows))
+            .collect();
+        let logits = model.forward(&mut batch)?;
+        drop(batch);
+        for (s, t) in sessions.iter_mut().zip(tokens) {
+            s.fed(Feed::Decode, t.len())?;
+        }
+        Ok(logits)
+    }
+
     /// Readies the cache for a forward pass that feeds `feed`: a prompt chunk reserves room for exactly
     /// what arrives before the next compression, so that the peak is the budget plus one chunk, or the
     /// whole prompt when nothing is evicted on the way (and the decoded tokens too when nothing is

@@ -56,6 +56,10 @@ fn reasoning_batch() -> usize {
     8
 }
 
+fn ruler_batch() -> usize {
+    16
+}
+
 fn scoring_chunk() -> usize {
     32
 }
@@ -90,7 +94,9 @@ pub enum KvTask {
     /// prompts per task of each total length (context, question and answer, in tokens), generated
     /// from the seed with essays and words from `data` (`scripts/get-ruler-data.sh`). The context is
     /// compressed before the question is seen, or with it where `query_aware`. `max_new_tokens`
-    /// replaces RULER's answer lengths (128 tokens for needles, 30, 120 and 50 for the others).
+    /// replaces RULER's answer lengths (128 tokens for needles, 30, 120 and 50 for the others). Up to
+    /// `batch` policy × budget arms of a sample answer together, one forward pass a step, each from
+    /// its own fork of the sample's prefill.
     Ruler {
         tasks: Vec<RulerTask>,
         lengths: Vec<usize>,
@@ -104,6 +110,8 @@ pub enum KvTask {
         max_new_tokens: Option<usize>,
         #[serde(default)]
         format: PromptFormat,
+        #[serde(default = "ruler_batch")]
+        batch: usize,
     },
     /// Chain-of-thought answers to math problems with the cache bounded *during* generation
     /// (decode-time compression, TriAttention's setting): each set's first `problems` problems
@@ -284,9 +292,11 @@ fn validate_task(task: &KvTask) -> Result<(), Invalid> {
             lengths,
             samples,
             max_new_tokens,
+            batch,
             ..
         } => {
             at_least_one("samples", *samples)?;
+            at_least_one("batch", *batch)?;
             if let Some(n) = max_new_tokens {
                 at_least_one("max_new_tokens", *n)?;
             }

@@ -168,6 +168,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                 data,
                 max_new_tokens,
                 format,
+                batch,
             } => report.ruler.extend(ruler::run(
                 &eval,
                 &ruler::RulerSettings {
@@ -178,6 +179,7 @@ pub fn run(config: &KvEvalConfig, output: &Path) -> Result<KvReport> {
                     data,
                     max_new_tokens: *max_new_tokens,
                     format: *format,
+                    batch: *batch,
                     model: &model_name,
                     output,
                 },

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use spectra_core::{Error, Result};
 
-use crate::decoder::CausalDecoder;
+use crate::decoder::{CausalDecoder, Logits};
 use crate::session::Session;
 
 pub use sampling::{Choice, Sampler, SamplingParams};
@@ -91,23 +91,65 @@ pub fn continue_session<D: CausalDecoder>(
     params: &GenerationParams,
     mut done: impl FnMut(&[u32]) -> Result<bool>,
 ) -> Result<Vec<u32>> {
-    let mut sampler = Sampler::new(params.sampling.clone())?;
-    let mut row: Vec<f32> = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?;
-    let mut said = Vec::new();
-    while said.len() < params.max_tokens {
-        let token = sampler.sample(&row)?.token;
-        if !params.ignore_stop_tokens && params.stop_tokens.contains(&token) {
-            break;
+    let mut said = continue_sessions(
+        &mut [session],
+        std::slice::from_ref(logits),
+        params,
+        |_, tokens| done(tokens),
+    )?;
+    Ok(said.remove(0))
+}
+
+/// [`continue_session`] for several sessions of one model in lockstep: each step, the sessions
+/// still going read their chosen tokens in one forward pass ([`Session::extend_together`]), so
+/// the weights are read once a step for all of them. Each session's tokens are those it would
+/// choose alone; `done(i, tokens)` is asked of session `i`.
+pub fn continue_sessions<D: CausalDecoder>(
+    sessions: &mut [&mut Session<D>],
+    logits: &[Tensor],
+    params: &GenerationParams,
+    mut done: impl FnMut(usize, &[u32]) -> Result<bool>,
+) -> Result<Vec<Vec<u32>>> {
+    let row = |logits: &Tensor| -> Result<Vec<f32>> {
+        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1()?)
+    };
+    let mut rows = logits.iter().map(row).collect::<Result<Vec<_>>>()?;
+    let mut samplers = (0..sessions.len())
+        .map(|_| Sampler::new(params.sampling.clone()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut said = vec![Vec::new(); sessions.len()];
+    let mut going: Vec<usize> = (0..sessions.len()).collect();
+    while !going.is_empty() {
+        let mut reading = Vec::new();
+        for &i in &going {
+            if said[i].len() >= params.max_tokens {
+                continue;
+            }
+            let token = samplers[i].sample(&rows[i])?.token;
+            if !params.ignore_stop_tokens && params.stop_tokens.contains(&token) {
+                continue;
+            }
+            said[i].push(token);
+            if said[i].len() < params.max_tokens && !done(i, &said[i])? {
+                reading.push(i);
+            }
         }
-        said.push(token);
-        if said.len() == params.max_tokens || done(&said)? {
-            break;
+        let tokens: Vec<[u32; 1]> = reading
+            .iter()
+            .map(|&i| [*said[i].last().unwrap()])
+            .collect();
+        let token_rows: Vec<&[u32]> = tokens.iter().map(|t| t.as_slice()).collect();
+        let mut batch: Vec<&mut Session<D>> = sessions
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| reading.binary_search(i).is_ok())
+            .map(|(_, s)| &mut **s)
+            .collect();
+        let logits = Session::extend_together(&mut batch, &token_rows, Logits::Last)?;
+        for (&i, l) in reading.iter().zip(&logits) {
+            rows[i] = row(l)?;
         }
-        row = session
-            .step(token)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec1()?;
+        going = reading;
     }
     Ok(said)
 }

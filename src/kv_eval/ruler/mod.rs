@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use spectra_core::rng::derived_rng;
 use spectra_core::{Budget, Error, Result, SpectraRng};
-use spectra_inference::{continue_session, GenerationParams, Logits, Session};
+use spectra_inference::{continue_sessions, GenerationParams, Logits, Session};
 use spectra_models::llama::Llama;
 use spectra_models::llama::TextTokenizer;
 
@@ -138,6 +138,8 @@ pub struct RulerSettings<'a> {
     pub data: &'a Path,
     pub max_new_tokens: Option<usize>,
     pub format: PromptFormat,
+    /// Arms answered together.
+    pub batch: usize,
     /// The model file, as the stored answers name it.
     pub model: &'a str,
     /// Where the answers are stored as they complete ([`ANSWERS`]).
@@ -327,8 +329,8 @@ fn run_length(
             shared.prefill(&prompt.compressed, eval.prefill_chunk, Logits::Last)?;
             Ok((prompt, shared))
         };
-        let ask = |arm: usize, sample: usize, prompt: &Prompt, session: Session<Llama>| {
-            let (said, peak_kv_bytes) = answer(eval, session, &prompt.asked, max_new)?;
+        let ask = |arm: usize, sample: usize, prompt: &Prompt, answered: (String, usize)| {
+            let (said, peak_kv_bytes) = answered;
             let (policy, budget) = match arm.checked_sub(1).map(|i| &arms[i]) {
                 Some(a) => (a.label.clone(), a.budget_label()),
                 None => (FULL.to_string(), "—".to_string()),
@@ -358,7 +360,18 @@ fn run_length(
             }
             let started = Instant::now();
             let (prompt, shared) = prefill(seed)?;
-            let full = ask(0, sample, &prompt, shared.fork_uncompressed()?)?;
+            let answered = answer_together(
+                eval,
+                vec![shared.fork_uncompressed()?],
+                &prompt.asked,
+                max_new,
+            )?;
+            let full = ask(
+                0,
+                sample,
+                &prompt,
+                answered.into_iter().next().expect("one answer"),
+            )?;
             eprintln!(
                 "ruler {length}, {} sample {}: {FULL} scores {:.0} ({} + {} tokens, {:.0}s)",
                 task.name(),
@@ -401,16 +414,24 @@ fn run_length(
                 Some(p) => p,
                 None => prefill(seed)?,
             };
-            for &arm in &missing {
-                let policy = &arms[arm - 1];
-                let session = shared.fork(
-                    Some(policy.policy.clone()),
-                    policy.budget.clone(),
-                    eval.seed,
-                )?;
-                let said = ask(arm, sample, &prompt, session)?;
-                progress.record(said.clone())?;
-                tally.add(t, arm, said);
+            for together in missing.chunks(settings.batch.max(1)) {
+                let sessions = together
+                    .iter()
+                    .map(|&arm| {
+                        let policy = &arms[arm - 1];
+                        shared.fork(
+                            Some(policy.policy.clone()),
+                            policy.budget.clone(),
+                            eval.seed,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let answered = answer_together(eval, sessions, &prompt.asked, max_new)?;
+                for (&arm, answered) in together.iter().zip(answered) {
+                    let said = ask(arm, sample, &prompt, answered)?;
+                    progress.record(said.clone())?;
+                    tally.add(t, arm, said);
+                }
             }
             eprintln!(
                 "ruler {length}, {} sample {}: {} arms in {:.0}s",
@@ -537,20 +558,29 @@ fn fit(
 
 /// Feeds the question and decodes greedily until the end of the turn or `max_new` tokens; the
 /// answer and the session's peak KV bytes.
-fn answer(
+/// Asks each session (an arm's compressed cache, at most the prompt's bytes beside the shared
+/// prefill) the question and has it answer greedily, the sessions in lockstep, one forward pass a
+/// step for all of them. Each answer with its session's
+/// peak KV bytes.
+fn answer_together(
     eval: &Evaluation<'_>,
-    mut session: Session<Llama>,
+    mut sessions: Vec<Session<Llama>>,
     asked: &[u32],
     max_new: usize,
-) -> Result<(String, usize)> {
-    let logits = session.extend(asked, Logits::Last)?;
+) -> Result<Vec<(String, usize)>> {
+    let mut reading: Vec<&mut Session<Llama>> = sessions.iter_mut().collect();
+    let questions = vec![asked; reading.len()];
+    let logits = Session::extend_together(&mut reading, &questions, Logits::Last)?;
     let params = GenerationParams {
         max_tokens: max_new,
         stop_tokens: eval.tokenizer.eos.into_iter().collect(),
         ..GenerationParams::default()
     };
-    let said = continue_session(&mut session, &logits, &params, |_| Ok(false))?;
-    Ok((eval.tokenizer.decode(&said)?, session.stats().peak_kv_bytes))
+    let said = continue_sessions(&mut reading, &logits, &params, |_, _| Ok(false))?;
+    said.iter()
+        .zip(&sessions)
+        .map(|(said, session)| Ok((eval.tokenizer.decode(said)?, session.stats().peak_kv_bytes)))
+        .collect()
 }
 
 #[cfg(test)]
