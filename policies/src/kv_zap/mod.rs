@@ -27,28 +27,40 @@ use crate::selection::{given_scores, validate_protected};
 pub use surrogate::Surrogate;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct KvZap {
-    /// The surrogate `spectra fit-kvzap` wrote for the model.
+    /// The surrogate `spectra fit-kvzap` wrote for the model; a config must name it.
     pub surrogate: PathBuf,
     /// The first entries, always kept.
+    #[serde(default)]
     pub sinks: usize,
     /// The newest entries, always kept (kvpress's sliding window).
+    #[serde(default = "sliding_window")]
     pub recent_window: usize,
     /// When to compress: after the prompt, or also while decoding.
+    #[serde(default = "after_the_prompt")]
     pub trigger: TriggerSchedule,
     /// Runtime state: the surrogate once loaded (or given with [`KvZap::with_surrogate`]).
     #[serde(skip)]
     pub loaded: Loaded<Surrogate>,
 }
 
+fn sliding_window() -> usize {
+    128
+}
+
+fn after_the_prompt() -> TriggerSchedule {
+    TriggerSchedule::PrefillOnly
+}
+
 impl Default for KvZap {
+    /// kvpress's settings, with no surrogate: `spectra list` shows it, and a config must name one.
     fn default() -> Self {
         KvZap {
             surrogate: PathBuf::new(),
             sinks: 0,
-            recent_window: 128,
-            trigger: TriggerSchedule::PrefillOnly,
+            recent_window: sliding_window(),
+            trigger: after_the_prompt(),
             loaded: Loaded::default(),
         }
     }
@@ -101,9 +113,13 @@ impl KvEvictionPolicy for KvZap {
             .collect()
     }
 
-    /// Also reads the surrogate, so that a missing or damaged file stops a run before it starts.
+    /// Also reads the surrogate a config names, so that a missing or damaged file stops a run before
+    /// it starts. (Without one, as in the default, scoring says to name one.)
     fn validate(&self, budget: &Budget) -> std::result::Result<(), String> {
         validate_protected(budget, self.sinks, self.recent_window)?;
+        if self.surrogate.as_os_str().is_empty() {
+            return Ok(());
+        }
         self.surrogate().map(|_| ()).map_err(|e| e.to_string())
     }
 
@@ -177,8 +193,19 @@ mod tests {
 
     #[test]
     fn a_missing_surrogate_says_how_to_fit_one() {
-        let err = KvZap::default().validate(&Budget::Tokens(200)).unwrap_err();
+        let inputs = Tensor::zeros((1, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = KvZap::default()
+            .score_written(0, &inputs)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("fit-kvzap"), "{err}");
+        let unnamed = spectra_core::config::parse_ron::<Box<dyn KvEvictionPolicy>>(
+            r#"(type: "KvZap", cfg: (recent_window: 4))"#,
+            std::path::Path::new("kv.ron"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(unnamed.contains("surrogate"), "{unnamed}");
         let policy = KvZap {
             surrogate: "no/such/surrogate.safetensors".into(),
             ..KvZap::default()
