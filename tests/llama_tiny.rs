@@ -542,3 +542,47 @@ fn sessions_answering_together_answer_as_each_alone() {
     let lengths: Vec<usize> = said.iter().map(Vec::len).collect();
     assert_eq!(lengths, [3, 4, 5]);
 }
+
+/// A recording session may put off KVzip's re-read until a fork needs it: forking before
+/// `reread` is refused, and afterwards the fork holds what a re-read at the prompt's end gives.
+#[test]
+fn a_deferred_reread_gives_the_same_forks() {
+    let tiny = Tiny::new();
+    let model = Arc::new(tiny.gguf());
+    let seq = tokens(12);
+    let kv_zip = policy(r#"(type: "KvZip", cfg: (sinks: 1))"#);
+    let reread = RereadPrompt {
+        first: vec![5, 6, 7],
+        next: vec![8],
+        suffix: vec![9, 10],
+    };
+    let recording = || {
+        Session::recording(model.clone(), kv_zip.needs())
+            .unwrap()
+            .with_reread(reread.clone())
+    };
+    let mut at_once = recording();
+    at_once.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    let mut deferred = recording().with_deferred_reread();
+    deferred.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    let err = deferred
+        .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("Session::reread"), "{err}");
+    deferred.reread().unwrap();
+    let want = at_once
+        .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
+        .unwrap();
+    let got = deferred
+        .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
+        .unwrap();
+    for l in 0..LAYERS {
+        for h in 0..KV_HEADS {
+            assert_eq!(
+                got.cache().positions(l, h).unwrap(),
+                want.cache().positions(l, h).unwrap()
+            );
+        }
+    }
+}

@@ -49,6 +49,10 @@ pub struct Session<D> {
     /// The request with which the model re-reads its prompt, where a policy scores by that (KVzip).
     reread: Option<RereadPrompt>,
     reconstructs: bool,
+    /// A whole prompt read but not yet re-read, where the re-read waits for [`reread`](Self::reread).
+    unread: Option<Prompt>,
+    /// Whether a re-read waits for [`reread`](Self::reread) instead of following the prompt.
+    defers_reread: bool,
     /// Per layer, the input rows of every pass so far, where this session records them for forks
     /// whose policies score entries as they are written.
     recorded_inputs: Option<Vec<Vec<Tensor>>>,
@@ -104,6 +108,8 @@ impl<D: CausalDecoder> Session<D> {
             decoding: 0,
             reread: None,
             reconstructs: needs.context_reconstruction,
+            unread: None,
+            defers_reread: false,
             recorded_inputs: needs.layer_inputs.then(|| vec![Vec::new(); layers]),
             prompt: Prompt::default(),
         })
@@ -114,6 +120,21 @@ impl<D: CausalDecoder> Session<D> {
     pub fn with_reread(mut self, prompt: RereadPrompt) -> Self {
         self.reread = Some(prompt);
         self
+    }
+
+    /// This recording session, re-reading its prompt (for KVzip's forks) only when [`reread`]
+    /// (Self::reread) asks, so that a prompt no fork needs re-read costs nothing.
+    pub fn with_deferred_reread(mut self) -> Self {
+        self.defers_reread = true;
+        self
+    }
+
+    /// Has the model re-read the prompt now, where that was deferred and has not happened yet.
+    pub fn reread(&mut self) -> Result<()> {
+        match self.unread.take() {
+            Some(prompt) => self.reconstruct(&prompt),
+            None => Ok(()),
+        }
     }
 
     /// This session, compressing its prompt as `prefill` says.
@@ -148,6 +169,13 @@ impl<D: CausalDecoder> Session<D> {
         let mut compression = self.compression.fork(policy, budget, seed);
         let needs = compression.needs();
         let window = needs.window_queries.unwrap_or(0);
+        if needs.context_reconstruction && self.unread.is_some() {
+            return Err(Error::invalid(
+                "Session::fork",
+                "the policy scores by a re-read of the prompt, which this session deferred; call \
+                 Session::reread before forking",
+            ));
+        }
         if window > self.taps.window
             || (needs.accumulated_attention && !self.cache.tracks_attention())
             || (needs.context_reconstruction && !compression.has_reconstruction())
@@ -202,6 +230,8 @@ impl<D: CausalDecoder> Session<D> {
             // A fork never reads a prompt, so it never re-reads one.
             reread: None,
             reconstructs: false,
+            unread: None,
+            defers_reread: false,
             recorded_inputs: None,
             prompt: Prompt::default(),
         };
@@ -423,7 +453,11 @@ impl<D: CausalDecoder> Session<D> {
                 self.prompt.pass = self.prompt.pass.max(len);
                 let last = self.prompt_left() == 0;
                 if last && self.reconstructs {
-                    self.reconstruct()?;
+                    if self.defers_reread {
+                        self.unread = Some(self.prompt.clone());
+                    } else {
+                        self.reconstruct(&self.prompt.clone())?;
+                    }
                 }
                 if last || self.prefill == PrefillCompression::EveryChunk {
                     // What has been read so far is the prompt, for policies that protect or score it.
@@ -442,8 +476,8 @@ impl<D: CausalDecoder> Session<D> {
         self.compression.evicts() && self.prefill == PrefillCompression::EveryChunk
     }
 
-    /// Has the model re-read the prompt, which the cache holds whole, and keeps the scores.
-    fn reconstruct(&mut self) -> Result<()> {
+    /// Has the model re-read `prompt`, which the cache holds whole, and keeps the scores.
+    fn reconstruct(&mut self, prompt: &Prompt) -> Result<()> {
         let request = self.reread.as_ref().ok_or_else(|| {
             Error::invalid(
                 "Session",
@@ -453,10 +487,10 @@ impl<D: CausalDecoder> Session<D> {
         })?;
         let scores = self.model.reconstruction_scores(
             &self.cache,
-            &self.prompt.tokens,
+            &prompt.tokens,
             self.position,
             request,
-            self.prompt.pass,
+            prompt.pass,
         )?;
         self.compression.set_reconstruction(scores);
         Ok(())

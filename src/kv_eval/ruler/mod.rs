@@ -324,8 +324,10 @@ fn run_length(
         let seeds: Vec<u64> = (0..settings.samples).map(|_| rng.random()).collect();
         let prefill = |seed: u64| -> Result<(Prompt, Session<Llama>)> {
             let prompt = fit(eval, (settings, &turn), text, task, length, max_new, seed)?;
-            let mut shared =
-                Session::recording(eval.model.clone(), eval.needs)?.with_reread(reread.clone());
+            // Re-read (for KVzip) only where the policies run: not where Full fails.
+            let mut shared = Session::recording(eval.model.clone(), eval.needs)?
+                .with_reread(reread.clone())
+                .with_deferred_reread();
             shared.prefill(&prompt.compressed, eval.prefill_chunk, Logits::Last)?;
             Ok((prompt, shared))
         };
@@ -410,10 +412,11 @@ fn run_length(
                 continue;
             }
             let started = Instant::now();
-            let (prompt, shared) = match prefilled[sample].take() {
+            let (prompt, mut shared) = match prefilled[sample].take() {
                 Some(p) => p,
                 None => prefill(seed)?,
             };
+            shared.reread()?;
             for together in missing.chunks(settings.batch.max(1)) {
                 let sessions = together
                     .iter()
