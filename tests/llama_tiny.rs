@@ -434,6 +434,9 @@ fn kv_zap_scores_entries_as_written_and_keeps_the_best_predicted() {
     let budget = Budget::Tokens(6);
     let mut shared = Session::recording(model.clone(), kv_zap.needs()).unwrap();
     shared.prefill(&seq[..10], 3, Logits::Last).unwrap();
+    // It holds the 10 tokens' f32 inputs of every layer for its forks, beside its cache.
+    let inputs = LAYERS * 10 * llama_support::HIDDEN * 4;
+    assert_eq!(shared.bytes(), shared.cache().bytes() + inputs);
     let mut own = Session::new(model.clone(), Some(kv_zap.clone()), budget.clone(), 0)
         .unwrap()
         .with_prefill_compression(PrefillCompression::AtEnd);

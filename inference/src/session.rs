@@ -249,6 +249,18 @@ impl<D: CausalDecoder> Session<D> {
         &self.cache
     }
 
+    /// The memory it holds: its cache, and the layer inputs it recorded for forks.
+    pub fn bytes(&self) -> usize {
+        let recorded: usize = self
+            .recorded_inputs
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .sum();
+        self.cache.bytes() + recorded
+    }
+
     /// The policy and budget it evicts with.
     pub fn compression(&self) -> &Compression {
         &self.compression

@@ -272,8 +272,9 @@ pub fn run(eval: &Evaluation<'_>, settings: &RulerSettings<'_>) -> Result<Vec<Ru
         .collect()
 }
 
-/// Bytes of prefilled caches kept from `Full`'s pass for the policies' (the rest are prefilled
-/// again): at 4K tokens, a few dozen samples of a 0.5B model.
+/// Bytes of prefilled sessions (caches, and the layer inputs recorded for KVzap's forks) kept from
+/// `Full`'s pass for the policies' (the rest are prefilled again): at 4K tokens, a few dozen
+/// samples of a 0.5B model without the inputs, about nine with them.
 const KEPT_PREFILLS: usize = 4 << 30;
 
 /// The answers counted so far: per task and arm (0 is `Full`) each sample's score.
@@ -385,7 +386,7 @@ fn run_length(
             );
             progress.record(full.clone())?;
             tally.add(t, 0, full);
-            let bytes = shared.cache().bytes();
+            let bytes = shared.bytes();
             prefilled.push((kept + bytes <= KEPT_PREFILLS).then(|| {
                 kept += bytes;
                 (prompt, shared)
