@@ -36,8 +36,9 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
-const COLORS: [&str; 8] = [
+const COLORS: [&str; 10] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#7f7f7f", "#bcbd22",
 ];
 
 /// One axis: data range, log or linear, mapped onto a pixel range.
@@ -119,6 +120,8 @@ impl Axis {
 }
 
 fn label(v: f64) -> String {
+    // A tick at zero may be −0.0, which would print as "-0".
+    let v = if v == 0.0 { 0.0 } else { v };
     let a = v.abs();
     if a != 0.0 && !(1e-3..1e5).contains(&a) {
         format!("{v:.0e}")
@@ -283,6 +286,13 @@ mod tests {
         assert_eq!(svg.matches("<circle").count(), 1);
         assert!(svg.contains("loss &lt;train&gt;") && svg.contains(">val<"));
         assert!(svg.trim_end().ends_with("</svg>"));
+    }
+
+    #[test]
+    fn zero_is_labelled_without_a_sign() {
+        assert_eq!(label(-0.0), "0");
+        assert_eq!(label(-0.5), "-0.5");
+        assert_eq!(label(20.0), "20");
     }
 
     #[test]
