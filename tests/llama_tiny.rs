@@ -71,6 +71,28 @@ fn continues_alike(
     }
 }
 
+/// A stand-in for the request to repeat the prompt, in the tiny model's vocabulary.
+fn repeat_request() -> RereadPrompt {
+    RereadPrompt {
+        first: vec![5, 6, 7],
+        next: vec![8],
+        suffix: vec![9, 10],
+    }
+}
+
+/// Both sessions keep the same positions in every layer and head.
+fn assert_same_kept(a: &Session<Llama>, b: &Session<Llama>) {
+    for l in 0..LAYERS {
+        for h in 0..KV_HEADS {
+            assert_eq!(
+                a.cache().positions(l, h).unwrap(),
+                b.cache().positions(l, h).unwrap(),
+                "layer {l} head {h}"
+            );
+        }
+    }
+}
+
 // Tolerances: the same f32 arithmetic in a different association order (chunks, per-token steps,
 // permuted rows) differs by a few ulps of logits of size ~1–10.
 const TOL: f32 = 1e-5;
@@ -256,14 +278,7 @@ fn a_forked_session_continues_like_a_session_of_its_own() {
         let own_logits = decode(&mut own, &seq, 10);
         let mut forked = shared.fork(Some(p.clone()), Budget::Tokens(6), 0).unwrap();
         continues_alike(&mut forked, &seq, 10, &own_logits, p.typetag_name());
-        for l in 0..LAYERS {
-            for h in 0..KV_HEADS {
-                assert_eq!(
-                    forked.cache().positions(l, h).unwrap(),
-                    own.cache().positions(l, h).unwrap()
-                );
-            }
-        }
+        assert_same_kept(&forked, &own);
     }
     // The shared session is untouched by its forks.
     assert_eq!(shared.cache().entries(), LAYERS * KV_HEADS * 10);
@@ -283,11 +298,7 @@ fn kv_zip_rereads_on_a_copy_and_compresses_like_a_session_of_its_own() {
     let model = Arc::new(tiny.gguf());
     let seq = tokens(12);
     let kv_zip = policy(r#"(type: "KvZip", cfg: (sinks: 1))"#);
-    let reread = RereadPrompt {
-        first: vec![5, 6, 7],
-        next: vec![8],
-        suffix: vec![9, 10],
-    };
+    let reread = repeat_request();
     let mut plain = Session::recording(model.clone(), SideInfoNeeds::default()).unwrap();
     plain.prefill(&seq[..10], 3, Logits::Last).unwrap();
     let mut shared = Session::recording(model.clone(), kv_zip.needs())
@@ -469,13 +480,8 @@ fn kv_zap_scores_entries_as_written_and_keeps_the_best_predicted() {
         for session in [&own, &forked] {
             assert_eq!(session.cache().positions(0, h).unwrap(), want, "head {h}");
         }
-        for l in 1..LAYERS {
-            assert_eq!(
-                forked.cache().positions(l, h).unwrap(),
-                own.cache().positions(l, h).unwrap()
-            );
-        }
     }
+    assert_same_kept(&forked, &own);
     let bare = Session::recording(model.clone(), SideInfoNeeds::default()).unwrap();
     let err = bare.fork(Some(kv_zap), Budget::Tokens(6), 0).err().unwrap();
     assert!(err.to_string().contains("did not record"), "{err}");
@@ -554,11 +560,7 @@ fn a_deferred_reread_gives_the_same_forks() {
     let model = Arc::new(tiny.gguf());
     let seq = tokens(12);
     let kv_zip = policy(r#"(type: "KvZip", cfg: (sinks: 1))"#);
-    let reread = RereadPrompt {
-        first: vec![5, 6, 7],
-        next: vec![8],
-        suffix: vec![9, 10],
-    };
+    let reread = repeat_request();
     let recording = || {
         Session::recording(model.clone(), kv_zip.needs())
             .unwrap()
@@ -580,12 +582,5 @@ fn a_deferred_reread_gives_the_same_forks() {
     let got = deferred
         .fork(Some(kv_zip.clone()), Budget::Tokens(5), 0)
         .unwrap();
-    for l in 0..LAYERS {
-        for h in 0..KV_HEADS {
-            assert_eq!(
-                got.cache().positions(l, h).unwrap(),
-                want.cache().positions(l, h).unwrap()
-            );
-        }
-    }
+    assert_same_kept(&got, &want);
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -15,13 +15,23 @@ use spectra_core::{Error, Result};
 const FORMAT: &str = "spectra-kvzap-linear-1";
 
 /// `[layers][kv_heads × d_model]` weights and `[layers][kv_heads]` biases.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Surrogate {
     pub layers: usize,
     pub kv_heads: usize,
     pub d_model: usize,
     weights: Vec<Vec<f32>>,
     biases: Vec<Vec<f32>>,
+    /// Per layer, the map as it is applied on the CPU: `Wᵀ` `[d_model, kv_heads]` and `b`, built
+    /// once rather than at every forward pass.
+    applied: Vec<(Tensor, Tensor)>,
+}
+
+impl PartialEq for Surrogate {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kv_heads, self.d_model, &self.weights, &self.biases)
+            == (other.kv_heads, other.d_model, &other.weights, &other.biases)
+    }
 }
 
 impl Surrogate {
@@ -53,12 +63,25 @@ impl Surrogate {
                 return Err(format!("layer {l} holds a number that is not finite"));
             }
         }
+        let applied = weights
+            .iter()
+            .zip(&biases)
+            .map(|(w, b)| {
+                let w = Tensor::from_slice(w, (kv_heads, d_model), &Device::Cpu)?;
+                Ok((
+                    w.t()?.contiguous()?,
+                    Tensor::from_slice(b, kv_heads, &Device::Cpu)?,
+                ))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(|e| e.to_string())?;
         Ok(Surrogate {
             layers: weights.len(),
             kv_heads,
             d_model,
             weights,
             biases,
+            applied,
         })
     }
 
@@ -76,9 +99,9 @@ impl Surrogate {
                 ),
             ));
         }
+        let (weight, bias) = &self.applied[layer];
         let device = inputs.device();
-        let weight = Tensor::from_slice(&self.weights[layer], (self.kv_heads, d), device)?.t()?;
-        let bias = Tensor::from_slice(&self.biases[layer], self.kv_heads, device)?;
+        let (weight, bias) = (weight.to_device(device)?, bias.to_device(device)?);
         Ok(inputs
             .to_dtype(DType::F32)?
             .matmul(&weight)?
@@ -185,7 +208,6 @@ impl Surrogate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     fn small() -> Surrogate {
         Surrogate::new(
